@@ -1,0 +1,5 @@
+"""Allow `python -m plasmaboot`."""
+
+from plasmaboot.cli import main
+
+main()
