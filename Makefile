@@ -1,0 +1,52 @@
+# plasmaboot: set-up, tests and the main job. Run as root on Debian 12 (or with sudo).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PB := $(VENV)/bin/plasmaboot
+APT_PACKAGES := mmdebstrap squashfs-tools qemu-system-x86 ipxe-qemu qemu-utils \
+	busybox-static openssh-client nix-bin nginx-light zstd xz-utils cpio dpkg-dev \
+	arch-test uidmap python3-venv ca-certificates
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_KEY := .cache/demo/id_ed25519
+
+.PHONY: setup setup-system setup-python test test-fast lint demo clean
+
+setup: setup-system setup-python
+
+setup-system:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+setup-python: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+lint: setup-python
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy --strict src/
+
+# The whole suite: lint, types, unit tests and the slow build/boot tests. Ends with pytest's summary.
+test: setup lint
+	$(VENV)/bin/pytest -v
+
+test-fast: setup-python
+	$(VENV)/bin/pytest -m "not slow"
+
+# The main job: set up, build the all-in-one image, verify it and PXE-boot it in QEMU.
+demo: setup
+	mkdir -p $(dir $(DEMO_KEY))
+	[ -f $(DEMO_KEY) ] || ssh-keygen -q -t ed25519 -N '' -C plasmaboot-demo -f $(DEMO_KEY)
+	$(PB) build --profile all-in-one --ssh-key $(DEMO_KEY).pub --output-dir artifacts
+	$(PB) verify artifacts/all-in-one
+	$(PB) boot-test all-in-one --artifacts artifacts --identity $(DEMO_KEY)
+
+clean:
+	rm -rf artifacts .cache

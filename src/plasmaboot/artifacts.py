@@ -1,0 +1,198 @@
+"""The artifact set of one profile: its layout, manifest.json, and atomic publishing.
+
+    artifacts/<label>/bzImage  initrd  netboot.ipxe  manifest.json  build.log
+
+A set is always replaced whole. Each set lives in `.sets/<label>-<content id>/` and
+`<label>` is a symlink to the current one, switched with a single rename(2): a reader (a
+PXE server, `serve`, a node booting) sees the previous complete set or the new complete set,
+never a mix. The previous set is kept, so a node half-way through downloading it finishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from plasmaboot.errors import UserError
+
+KERNEL = "bzImage"
+INITRD = "initrd"
+IPXE = "netboot.ipxe"
+MANIFEST = "manifest.json"
+BUILD_LOG = "build.log"
+BOOT_FILES = (KERNEL, INITRD, IPXE)
+HASHED_FILES = (KERNEL, INITRD, IPXE)
+STAGING_PREFIX = ".staging-"
+SETS_DIR = ".sets"
+KEEP_GENERATIONS = 2
+MANIFEST_VERSION = 1
+
+
+class FileRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    sha256: str
+    size: int
+
+
+class Manifest(BaseModel):
+    """What manifest.json holds: enough to check every byte and to know what was built."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: int = MANIFEST_VERSION
+    profile: str
+    variant: str | None = None
+    label: str
+    content_hash: str
+    cache_key: str
+    backend: str
+    distro: str
+    kernel_version: str
+    kernel_params: list[str]
+    files: dict[str, FileRecord]
+    packages: dict[str, str]
+    services: dict[str, dict[str, Any]]
+    steps: dict[str, float]
+    built_at: str
+    plasmaboot_version: str
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_records(directory: Path, names: tuple[str, ...] = HASHED_FILES) -> dict[str, FileRecord]:
+    return {
+        name: FileRecord(sha256=sha256_file(directory / name), size=(directory / name).stat().st_size)
+        for name in names
+        if (directory / name).is_file()
+    }
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    (directory / MANIFEST).write_text(text, encoding="utf-8")
+
+
+def read_manifest(directory: Path) -> Manifest:
+    return Manifest.model_validate_json((directory / MANIFEST).read_text(encoding="utf-8"))
+
+
+def ensure_writable_dir(directory: Path, option: str) -> None:
+    """Create `directory` if needed and check it can take files, before any work starts."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise UserError(
+            f"{option} {directory}: cannot write there ({exc.strerror})",
+            hint="choose a directory you can write, or fix its permissions",
+        ) from exc
+
+
+def sets_dir(parent: Path) -> Path:
+    return parent / SETS_DIR
+
+
+def clean_stale(parent: Path) -> None:
+    """Remove staging directories and temporary links left by a build that was killed."""
+    sets = sets_dir(parent)
+    for child in [*(sets.iterdir() if sets.is_dir() else []), *parent.iterdir()]:
+        if child.name.startswith(STAGING_PREFIX):
+            if child.is_symlink() or child.is_file():
+                child.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def staging_dir(parent: Path, label: str) -> Path:
+    """A fresh directory under `parent/.sets` (same filesystem, so rename is atomic)."""
+    sets = sets_dir(parent)
+    sets.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{label}-", dir=sets))
+
+
+def set_id(directory: Path, names: tuple[str, ...]) -> str:
+    """A short content id of a set: the same bytes give the same id."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(name.encode() + b"\0" + sha256_file(directory / name).encode())
+    return digest.hexdigest()[:16]
+
+
+def commit_set(staged: Path, parent: Path, label: str, names: tuple[str, ...]) -> Path:
+    """Make the staged set current: rename it to `.sets/<label>-<id>`, then point the
+    `parent/<label>` symlink at it with one rename(2). Returns the set's directory."""
+    for name in names:
+        os.chmod(staged / name, 0o644)
+    os.chmod(staged, 0o755)
+    fsync_dir(staged)
+    final = sets_dir(parent) / f"{label}-{set_id(staged, names)}"
+    if final.exists():  # identical content is already there: keep it, drop the copy
+        shutil.rmtree(staged)
+    else:
+        os.rename(staged, final)
+    link = parent / label
+    if link.is_dir() and not link.is_symlink():
+        # a plain directory from an older layout or a user: retire it into .sets first
+        os.rename(link, sets_dir(parent) / f"{label}-replaced-{os.getpid()}")
+    temp_link = parent / f"{STAGING_PREFIX}{label}.link"
+    temp_link.unlink(missing_ok=True)
+    temp_link.symlink_to(Path(SETS_DIR) / final.name)
+    os.replace(temp_link, link)
+    fsync_dir(parent)
+    prune_sets(parent, label, keep=final)
+    return final
+
+
+def prune_sets(parent: Path, label: str, keep: Path, generations: int = KEEP_GENERATIONS) -> None:
+    """Keep the current set and the previous ones (a node may still be downloading them)."""
+    sets = sorted(
+        (p for p in sets_dir(parent).glob(f"{label}-*") if p.is_dir() and p != keep
+         and set_label(p.name) == label),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in sets[generations - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def set_label(set_name: str) -> str:
+    """`control-plane-0123abcd...` -> `control-plane`."""
+    return set_name.rsplit("-", 1)[0].removesuffix("-replaced")
+
+
+def publish_atomically(source: Path, parent: Path, label: str, names: tuple[str, ...]) -> Path:
+    """Copy `names` from `source` into `parent/label/` so the whole set appears at once;
+    until then, and if anything fails, the previous set stays current and intact."""
+    parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(parent)
+    staged = staging_dir(parent, label)
+    try:
+        for name in names:
+            shutil.copy2(source / name, staged / name)
+        return commit_set(staged, parent, label, names)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

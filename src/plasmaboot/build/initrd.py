@@ -1,0 +1,237 @@
+"""Deterministic newc cpio: the writer that makes initrd segments and the reader that
+lists them back (verify uses it).
+
+An initrd is a concatenation of segments; each is a newc archive, optionally compressed.
+The kernel unpacks them in order into one rootfs. Our writer sorts entries, sets uid/gid
+0 and clamps mtimes to SOURCE_DATE_EPOCH, so the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import BinaryIO
+
+NEWC_MAGIC = b"070701"
+HEADER_SIZE = 110
+TRAILER = "TRAILER!!!"
+COPY_CHUNK = 1 << 20
+
+
+class Compression(StrEnum):
+    NONE = "none"
+    GZIP = "gzip"
+    ZSTD = "zstd"
+    XZ = "xz"
+    LZ4 = "lz4"
+
+    @classmethod
+    def detect(cls, head: bytes) -> Compression | None:
+        """The compression of a segment from its first bytes; None if not a known format."""
+        if head.startswith(NEWC_MAGIC):
+            return cls.NONE
+        for compression, magic in MAGICS.items():
+            if head.startswith(magic):
+                return compression
+        return None
+
+
+MAGICS: dict[Compression, bytes] = {
+    Compression.GZIP: b"\x1f\x8b",
+    Compression.ZSTD: b"\x28\xb5\x2f\xfd",
+    Compression.XZ: b"\xfd7zXZ\x00",
+    Compression.LZ4: b"\x02\x21\x4c\x18",  # lz4 legacy frame, what the kernel reads
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cpio member: a path inside the archive and where its bytes come from."""
+
+    name: str  # without leading slash, e.g. "init" or "lib/modules"
+    mode: int  # full st_mode (type and permissions)
+    source: Path | None = None  # regular file contents
+    data: bytes | None = None  # inline contents (small files)
+    link_target: str | None = None  # symlink target
+
+    def size(self) -> int:
+        if self.link_target is not None:
+            return len(self.link_target.encode())
+        if self.data is not None:
+            return len(self.data)
+        if self.source is not None:
+            return self.source.stat().st_size
+        return 0
+
+
+def source_date_epoch() -> int:
+    return int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+
+
+def entries_from_tree(root: Path) -> list[Entry]:
+    """Every file, directory and symlink under `root`, as cpio entries (sorted)."""
+    entries: list[Entry] = []
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        name = path.relative_to(root).as_posix()
+        if stat.S_ISLNK(info.st_mode):
+            entries.append(Entry(name, info.st_mode, link_target=os.readlink(path)))
+        elif stat.S_ISDIR(info.st_mode):
+            entries.append(Entry(name, info.st_mode))
+        elif stat.S_ISREG(info.st_mode):
+            entries.append(Entry(name, info.st_mode, source=path))
+    return entries
+
+
+def parent_dirs(entries: list[Entry]) -> list[Entry]:
+    """Directory entries for every parent that is not listed, so the kernel can create files."""
+    listed = {e.name for e in entries}
+    missing: set[str] = set()
+    for entry in entries:
+        parts = entry.name.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            parent = "/".join(parts[:depth])
+            if parent not in listed:
+                missing.add(parent)
+    return [Entry(name, stat.S_IFDIR | 0o755) for name in missing]
+
+
+def header(ino: int, entry: Entry, mtime: int, size: int, nlink: int) -> bytes:
+    name = entry.name.encode() + b"\0"
+    fields = [ino, entry.mode, 0, 0, nlink, mtime, size, 0, 0, 0, 0, len(name), 0]
+    return NEWC_MAGIC + b"".join(f"{v:08x}".encode() for v in fields) + name
+
+
+def pad4(length: int) -> bytes:
+    return b"\0" * (-length % 4)
+
+
+def write_cpio(entries: list[Entry], out: BinaryIO, mtime: int | None = None) -> None:
+    """Write a newc archive: sorted entries, uid/gid 0, mtimes clamped to SOURCE_DATE_EPOCH."""
+    clamp = source_date_epoch() if mtime is None else mtime
+    ordered = sorted([*entries, *parent_dirs(entries)], key=lambda e: e.name)
+    written = 0
+    for ino, entry in enumerate(ordered, start=1):
+        size = entry.size()
+        nlink = 2 if stat.S_ISDIR(entry.mode) else 1
+        head = header(ino, entry, clamp, size, nlink)
+        out.write(head + pad4(len(head)))
+        written += len(head) + len(pad4(len(head)))
+        if entry.link_target is not None:
+            out.write(entry.link_target.encode())
+        elif entry.data is not None:
+            out.write(entry.data)
+        elif entry.source is not None:
+            with entry.source.open("rb") as handle:
+                shutil.copyfileobj(handle, out, COPY_CHUNK)
+        out.write(pad4(size))
+        written += size + len(pad4(size))
+    trailer = header(0, Entry(TRAILER, 0), 0, 0, 1)
+    out.write(trailer + pad4(len(trailer)))
+    written += len(trailer) + len(pad4(len(trailer)))
+    # pad the segment to a 512-byte block, as GNU cpio does; the kernel skips the zeros
+    out.write(b"\0" * (-written % 512))
+
+
+def write_segment(entries: list[Entry], path: Path, compression: Compression) -> None:
+    """Write one initrd segment to `path`, compressed as asked."""
+    if compression is Compression.NONE:
+        with path.open("wb") as out:
+            write_cpio(entries, out)
+    elif compression is Compression.GZIP:
+        with path.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+            write_cpio(entries, out)  # type: ignore[arg-type]
+    else:
+        tool = {
+            Compression.ZSTD: ["zstd", "-q", "-19", "-T0"],
+            # the kernel's xz decoder only knows crc32 checks
+            Compression.XZ: ["xz", "--check=crc32", "-9"],
+        }
+        if compression not in tool:
+            raise ValueError(f"cannot write {compression} segments")
+        with path.open("wb") as out:
+            proc = subprocess.Popen([*tool[compression], "-c"], stdin=subprocess.PIPE, stdout=out)
+            assert proc.stdin is not None
+            write_cpio(entries, proc.stdin)
+            proc.stdin.close()
+            if proc.wait() != 0:
+                raise OSError(f"{tool[compression][0]} failed writing {path}")
+
+
+def concatenate(segments: list[Path], out_path: Path) -> None:
+    """Join segments into one initrd, each starting 4-byte aligned."""
+    with out_path.open("wb") as out:
+        for segment in segments:
+            position = out.tell()
+            out.write(pad4(position))
+            with segment.open("rb") as handle:
+                shutil.copyfileobj(handle, out, COPY_CHUNK)
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+
+
+class CpioError(ValueError):
+    """The bytes are not a well-formed newc archive."""
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    mode: int
+    size: int
+    mtime: int
+    uid: int
+    gid: int
+    offset: int  # where the member's data starts in the archive stream
+    link_target: str | None = None
+
+    @property
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_executable(self) -> bool:
+        return self.is_file and bool(self.mode & 0o111)
+
+
+def read_members(data: bytes, start: int = 0) -> tuple[list[Member], int]:
+    """Parse a newc archive from `data[start:]`; return its members and the end offset
+    (just past the trailer's padding)."""
+    members: list[Member] = []
+    pos = start
+    while True:
+        if pos + HEADER_SIZE > len(data):
+            raise CpioError(f"truncated cpio header at offset {pos}")
+        head = data[pos : pos + HEADER_SIZE]
+        if not head.startswith(NEWC_MAGIC):
+            raise CpioError(f"bad cpio magic {head[:6]!r} at offset {pos}")
+        try:
+            fields = [int(head[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
+        except ValueError as exc:
+            raise CpioError(f"bad cpio header at offset {pos}") from exc
+        mode, uid, gid, mtime, size, namesize = (
+            fields[1], fields[2], fields[3], fields[5], fields[6], fields[11]
+        )
+        name_end = pos + HEADER_SIZE + namesize
+        if name_end > len(data):
+            raise CpioError(f"truncated cpio name at offset {pos}")
+        name = data[pos + HEADER_SIZE : name_end - 1].decode("utf-8", "replace")
+        data_start = name_end + (-(HEADER_SIZE + namesize) % 4)
+        data_end = data_start + size
+        if data_end > len(data):
+            raise CpioError(f"truncated data of {name!r}: needs {size} bytes at {data_start}")
+        pos = data_end + (-size % 4)
+        if name == TRAILER:
+            return members, pos
+        link = data[data_start:data_end].decode() if stat.S_ISLNK(mode) else None
+        members.append(
+            Member(name.lstrip("/"), mode, size, mtime, uid, gid, data_start, link)
+        )
