@@ -1,0 +1,422 @@
+"""QEMU for boot-test: probe the accelerator, PXE-boot a guest over user-mode networking
+(firmware PXE -> DHCP -> TFTP boot.ipxe -> HTTP netboot.ipxe -> HTTP kernel and initrd),
+capture its serial console, time the phases, and never leave a QEMU process behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+
+from plasmaboot.errors import UserError, WorkError
+from plasmaboot.log import Log
+from plasmaboot.run import require_tool
+
+QEMU = "qemu-system-x86_64"
+# QEMU's user-mode network (slirp) maps this guest-side address to the host's loopback.
+GUEST_HOST_ADDRESS = "10.0.2.2"
+BOOTFILE = "boot.ipxe"
+# SeaBIOS writes its progress to this I/O port; QEMU's isa-debugcon device captures it.
+FIRMWARE_DEBUG_PORT = "0x402"
+# SeaBIOS prints this when POST is done and it starts looking for a boot device: guest
+# code really ran on the accelerator (a broken KVM hangs long before it).
+FIRMWARE_BOOT_PHASE = b"enter handle_19"
+PROBE_TIMEOUT = 4.0
+STOP_TIMEOUT = 5.0
+SERIAL_TAIL_LINES = 30
+PR_SET_PDEATHSIG = 1
+
+
+class Accelerator(StrEnum):
+    KVM = "kvm"
+    TCG = "tcg"
+
+    def cpu(self) -> str:
+        # TCG's "max" model has every feature TCG emulates (x86-64-v2 and up for the kernel).
+        return "host" if self is Accelerator.KVM else "max"
+
+
+class Nic(StrEnum):
+    VIRTIO = "virtio"
+    E1000 = "e1000"
+
+    def device(self) -> str:
+        return {Nic.VIRTIO: "virtio-net-pci", Nic.E1000: "e1000"}[self]
+
+    def rom(self) -> str:
+        """The iPXE option ROM QEMU loads for this NIC by default (from ipxe-qemu).
+
+        QEMU's own choice is used rather than `romfile=`: with an explicit romfile the
+        virtio-net ROM is not run by SeaBIOS (QEMU 7.2, ipxe-qemu 2019).
+        """
+        return {Nic.VIRTIO: "efi-virtio.rom", Nic.E1000: "efi-e1000.rom"}[self]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    accelerator: Accelerator
+    reason: str  # why this accelerator: for the report
+
+
+def qemu_data_dirs(qemu: str = QEMU) -> list[Path]:
+    """The directories QEMU searches for firmware and ROMs (`-L help`)."""
+    proc = subprocess.run(
+        [require_tool(qemu), "-L", "help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    return [Path(line.strip()).resolve() for line in proc.stdout.splitlines() if line.strip()]
+
+
+def require_rom(nic: Nic, qemu: str = QEMU) -> Path:
+    """The NIC's iPXE ROM as QEMU will find it, or a UserError naming the package."""
+    for directory in qemu_data_dirs(qemu):
+        if (directory / nic.rom()).is_file():
+            return directory / nic.rom()
+    raise UserError(
+        f"--nic {nic}: QEMU's PXE ROM {nic.rom()} was not found in its data directories",
+        hint="install it: apt-get install ipxe-qemu (or run `make setup`)",
+    )
+
+
+def die_with_parent() -> None:
+    """Runs in the child before exec: the kernel kills QEMU if plasmaboot dies (even -9)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def start_qemu(argv: list[str], output: Path, log: Log | None = None) -> subprocess.Popen[bytes]:
+    """Start QEMU in the background; its own messages go to `output`."""
+    argv = [require_tool(argv[0]), *argv[1:]]
+    if log is not None:
+        log.command(argv)
+    with output.open("ab") as sink:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+    """Terminate, then kill if it does not exit in time; always reaps the process."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_for_file_text(
+    path: Path, needle: bytes, proc: subprocess.Popen[bytes], timeout: float
+) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and needle in path.read_bytes():
+            return True
+        if proc.poll() is not None:
+            return path.exists() and needle in path.read_bytes()
+        time.sleep(0.05)
+    return False
+
+
+def kvm_usable() -> str | None:
+    """None if /dev/kvm can be opened, else why not."""
+    if not os.path.exists("/dev/kvm"):
+        return "no /dev/kvm"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is not readable and writable by this user"
+    return None
+
+
+def probe_accelerator(
+    workdir: Path, qemu: str = QEMU, timeout: float = PROBE_TIMEOUT, log: Log | None = None
+) -> ProbeResult:
+    """KVM if it really runs guest code, else TCG. Starts SeaBIOS under KVM with no boot
+    device and waits (at most `timeout` seconds) until it reaches its boot phase."""
+    unusable = kvm_usable()
+    if unusable is not None:
+        return ProbeResult(Accelerator.TCG, f"KVM not available ({unusable})")
+    workdir.mkdir(parents=True, exist_ok=True)
+    firmware_log = workdir / "kvm-probe-firmware.log"
+    firmware_log.unlink(missing_ok=True)
+    argv = [
+        qemu,
+        "-accel", "kvm",
+        "-machine", "pc",
+        "-m", "32",
+        "-nodefaults",
+        "-display", "none",
+        "-no-reboot",
+        "-chardev", f"file,id=firmware,path={firmware_log}",
+        "-device", f"isa-debugcon,iobase={FIRMWARE_DEBUG_PORT},chardev=firmware",
+    ]  # fmt: skip
+    proc = start_qemu(argv, workdir / "kvm-probe-qemu.log", log)
+    try:
+        ran = wait_for_file_text(firmware_log, FIRMWARE_BOOT_PHASE, proc, timeout)
+        exited = proc.poll()
+    finally:
+        stop_process(proc)
+    if ran:
+        return ProbeResult(Accelerator.KVM, "KVM ran the firmware")
+    if exited is not None:
+        return ProbeResult(Accelerator.TCG, f"KVM failed: QEMU exited with code {exited}")
+    return ProbeResult(
+        Accelerator.TCG, f"KVM failed: the firmware did not get through POST in {timeout:.0f}s"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for QEMU's SSH port forward)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def boot_script(http_port: int, label: str) -> str:
+    """The TFTP bootfile: iPXE gets an address, then chains to the image's script over HTTP."""
+    url = f"http://{GUEST_HOST_ADDRESS}:{http_port}/{label}/netboot.ipxe"
+    return f"#!ipxe\ndhcp\nchain {url}\n"
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    """One PXE boot: where its files go, what it boots, and the machine it runs on."""
+
+    workdir: Path  # tftp/, serial.log, firmware.log, qemu.log
+    label: str
+    http_port: int
+    ssh_port: int
+    accelerator: Accelerator
+    memory_mib: int = 2048
+    nic: Nic = Nic.VIRTIO
+    cpus: int = 2
+
+    @property
+    def tftp_dir(self) -> Path:
+        return self.workdir / "tftp"
+
+    @property
+    def serial_log(self) -> Path:
+        return self.workdir / "serial.log"
+
+    @property
+    def firmware_log(self) -> Path:
+        return self.workdir / "firmware.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.workdir / "qemu.log"
+
+
+def qemu_command(config: VmConfig, qemu: str = QEMU) -> list[str]:
+    """The QEMU command line of a headless PXE boot with SSH forwarded to 127.0.0.1."""
+    netdev = ",".join(
+        [
+            "user",
+            "id=n0",
+            f"tftp={config.tftp_dir}",
+            f"bootfile={BOOTFILE}",
+            f"hostfwd=tcp:127.0.0.1:{config.ssh_port}-:22",
+        ]
+    )
+    return [
+        qemu,
+        "-accel", str(config.accelerator),
+        "-machine", "pc",
+        "-cpu", config.accelerator.cpu(),
+        "-smp", str(config.cpus),
+        "-m", str(config.memory_mib),
+        "-nodefaults",
+        "-display", "none",
+        "-monitor", "none",
+        "-no-reboot",
+        "-serial", f"file:{config.serial_log}",
+        "-chardev", f"file,id=firmware,path={config.firmware_log}",
+        "-device", f"isa-debugcon,iobase={FIRMWARE_DEBUG_PORT},chardev=firmware",
+        "-object", "rng-random,id=rng0,filename=/dev/urandom",
+        "-device", "virtio-rng-pci,rng=rng0",
+        "-netdev", netdev,
+        "-device", f"{config.nic.device()},netdev=n0",
+        "-boot", "order=n",
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# Watching a boot: the serial console and the HTTP server's access log, read as they grow.
+
+# serve.py's access log: "<time> <client> <method> <path> <status> <bytes> <seconds>s"
+ACCESS_LINE = re.compile(
+    r"^\S+ \S+ (?P<method>\S+) (?P<path>\S+) (?P<status>\d+) \d+ (?P<secs>[\d.]+)s$"
+)
+KERNEL_BANNER = b"Linux version "
+# What an access-log request for each file marks: event name by the path's last segment.
+FETCH_EVENTS = {
+    "netboot.ipxe": "script_fetched",
+    "bzImage": "kernel_fetched",
+    "initrd": "initrd_fetched",
+}
+
+
+@dataclass
+class BootWatch:
+    """Events of one boot, in seconds since QEMU started, from the logs it reads."""
+
+    serial_log: Path
+    access_log: Path | None
+    started: float = field(default_factory=time.monotonic)
+    events: dict[str, float] = field(default_factory=dict)
+    access_offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.access_log is not None and self.access_log.exists():
+            self.access_offset = self.access_log.stat().st_size  # earlier boots' requests
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+    def mark(self, event: str, at: float | None = None) -> None:
+        self.events.setdefault(event, self.elapsed() if at is None else round(at, 3))
+
+    def poll(self) -> None:
+        self._poll_access()
+        if "kernel_started" in self.events or not self.serial_log.exists():
+            return
+        if KERNEL_BANNER in self.serial_log.read_bytes():
+            self.mark("kernel_started")
+
+    def _poll_access(self) -> None:
+        if self.access_log is None or not self.access_log.exists():
+            return
+        with self.access_log.open("rb") as handle:
+            handle.seek(self.access_offset)
+            chunk = handle.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.access_offset += len(complete)
+        for line in complete.decode("utf-8", "replace").splitlines():
+            match = ACCESS_LINE.match(line)
+            if not match or match["method"] != "GET" or match["status"] != "200":
+                continue
+            event = FETCH_EVENTS.get(match["path"].rsplit("/", 1)[-1])
+            if event is not None:
+                now = self.elapsed()
+                self.mark(event, now)
+                # the line is written when the response ends: the request began `secs` earlier
+                self.mark(event.replace("fetched", "requested"), now - float(match["secs"]))
+
+    def phases(self) -> dict[str, float]:
+        """Durations between events that both happened."""
+        spans = {
+            "pxe_to_kernel_request": ("start", "kernel_requested"),
+            "kernel_download": ("kernel_requested", "kernel_fetched"),
+            "initrd_download": ("initrd_requested", "initrd_fetched"),
+            "kernel_to_ssh": ("kernel_fetched", "ssh_reachable"),
+            "total_to_ssh": ("start", "ssh_reachable"),
+        }
+        events = {"start": 0.0, **self.events}
+        return {
+            name: round(events[end] - events[begin], 3)
+            for name, (begin, end) in spans.items()
+            if begin in events and end in events
+        }
+
+
+def tail(path: Path, lines: int = SERIAL_TAIL_LINES) -> str:
+    if not path.exists():
+        return f"({path.name} is empty: nothing was written)"
+    text = path.read_bytes().decode("utf-8", "replace").replace("\r", "")
+    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join(kept) if kept else f"({path.name} is empty: nothing was written)"
+
+
+class PxeVm:
+    """A running PXE-booted guest; a context manager that always stops QEMU on exit."""
+
+    def __init__(
+        self,
+        config: VmConfig,
+        access_log: Path | None = None,
+        log: Log | None = None,
+        qemu: str = QEMU,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self.argv = qemu_command(config, qemu)
+        self.access_log = access_log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.watch = BootWatch(config.serial_log, access_log)
+
+    def __enter__(self) -> PxeVm:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.config.tftp_dir.mkdir(parents=True, exist_ok=True)
+        script = boot_script(self.config.http_port, self.config.label)
+        (self.config.tftp_dir / BOOTFILE).write_text(script, encoding="utf-8")
+        for stale in (self.config.serial_log, self.config.firmware_log):
+            stale.unlink(missing_ok=True)
+        self.watch = BootWatch(self.config.serial_log, self.access_log)
+        self.proc = start_qemu(self.argv, self.config.qemu_log, self.log)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def serial_text(self) -> str:
+        if not self.config.serial_log.exists():
+            return ""
+        return self.config.serial_log.read_bytes().decode("utf-8", "replace")
+
+    def wait_until(
+        self, done: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
+    ) -> None:
+        """Poll `done` until it is true; WorkError with the serial tail on timeout or if the
+        guest stopped (with -no-reboot a panic or a power-off ends QEMU)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.watch.poll()
+            if done():
+                return
+            if not self.running():
+                code = self.proc.returncode if self.proc is not None else None
+                raise self.failure(f"the guest stopped (QEMU exit code {code}) before {what}")
+            if time.monotonic() >= deadline:
+                raise self.failure(f"timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(interval)
+
+    def failure(self, message: str) -> WorkError:
+        where = [f"serial console: {self.config.serial_log}"]
+        if "kernel_started" not in self.watch.events:
+            where.append(f"firmware: {self.config.firmware_log}")
+            where.append(f"QEMU: {self.config.qemu_log}")
+        seen = ", ".join(
+            f"{k} {v:.1f}s" for k, v in sorted(self.watch.events.items(), key=lambda i: i[1])
+        )
+        return WorkError(
+            f"{message}; events: {seen or 'none'}\n"
+            f"--- last lines of the serial console ---\n{tail(self.config.serial_log)}",
+            hint="full logs: " + ", ".join(where),
+        )

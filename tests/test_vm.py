@@ -1,0 +1,341 @@
+"""QEMU pieces of boot-test: the accelerator probe, the command line, the TFTP boot script,
+the boot watcher, process cleanup, and (slow) a real PXE boot TFTP -> iPXE -> HTTP."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from plasmaboot.build.initrd import Compression, Entry, write_segment
+from plasmaboot.serve import ServerThread
+from plasmaboot.vm import (
+    BOOTFILE,
+    FIRMWARE_BOOT_PHASE,
+    FIRMWARE_DEBUG_PORT,
+    QEMU,
+    Accelerator,
+    BootWatch,
+    Nic,
+    PxeVm,
+    VmConfig,
+    boot_script,
+    kvm_usable,
+    probe_accelerator,
+    qemu_command,
+    require_rom,
+    start_qemu,
+    stop_process,
+    wait_for_file_text,
+)
+
+MARKER = "PLASMABOOT-TEST-MARKER: stage-1 reached"
+
+
+def qemu_processes_mentioning(text: str) -> list[int]:
+    """PIDs of live QEMU processes whose command line contains `text`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if QEMU in cmdline and text in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def config(tmp_path: Path, **changes: object) -> VmConfig:
+    values: dict[str, object] = {
+        "workdir": tmp_path / "vm",
+        "label": "worker",
+        "http_port": 8123,
+        "ssh_port": 2222,
+        "accelerator": Accelerator.TCG,
+    }
+    values.update(changes)
+    return VmConfig(**values)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------
+# accelerator probe
+
+
+def firmware_argv(log: Path, accel: str, *extra: str) -> list[str]:
+    return [
+        QEMU, "-accel", accel, "-machine", "pc", "-m", "32", "-nodefaults", "-display", "none",
+        "-chardev", f"file,id=fw,path={log}",
+        "-device", f"isa-debugcon,iobase={FIRMWARE_DEBUG_PORT},chardev=fw", *extra,
+    ]  # fmt: skip
+
+
+def test_firmware_marker_is_seen_when_the_guest_runs(tmp_path: Path) -> None:
+    log = tmp_path / "fw.log"
+    proc = start_qemu(firmware_argv(log, "tcg"), tmp_path / "qemu.log")
+    try:
+        assert wait_for_file_text(log, FIRMWARE_BOOT_PHASE, proc, timeout=60)
+    finally:
+        stop_process(proc)
+    assert proc.returncode is not None
+
+
+def test_firmware_marker_is_not_seen_when_the_guest_never_runs(tmp_path: Path) -> None:
+    # -S: the CPU never starts, like a KVM that hangs; the wait gives up instead of hanging.
+    log = tmp_path / "fw.log"
+    proc = start_qemu(firmware_argv(log, "tcg", "-S"), tmp_path / "qemu.log")
+    try:
+        assert not wait_for_file_text(log, FIRMWARE_BOOT_PHASE, proc, timeout=2)
+        assert proc.poll() is None
+    finally:
+        stop_process(proc)
+    assert not qemu_processes_mentioning(str(log))
+
+
+def test_probe_picks_an_accelerator_that_runs_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    result = probe_accelerator(tmp_path, timeout=3)
+    if kvm_usable() is not None:
+        assert result.accelerator is Accelerator.TCG
+        assert "KVM not available" in result.reason
+    elif result.accelerator is Accelerator.TCG:
+        # /dev/kvm opened but did not run the firmware (this machine): the reason says so
+        assert result.reason.startswith("KVM failed")
+    else:
+        assert (tmp_path / "kvm-probe-firmware.log").read_bytes().count(FIRMWARE_BOOT_PHASE)
+    assert not qemu_processes_mentioning(str(tmp_path))
+
+
+# --------------------------------------------------------------------------------------
+# command line and boot script
+
+
+def test_qemu_command_pxe_boots_headless_with_ssh_forwarded(tmp_path: Path) -> None:
+    cfg = config(tmp_path, memory_mib=1536)
+    argv = qemu_command(cfg)
+    assert argv[0] == QEMU
+    pairs = dict(zip(argv[1::2], argv[2::2], strict=False))
+    assert argv[argv.index("-accel") + 1] == "tcg"
+    assert argv[argv.index("-cpu") + 1] == "max"
+    assert argv[argv.index("-m") + 1] == "1536"
+    assert argv[argv.index("-serial") + 1] == f"file:{cfg.serial_log}"
+    assert argv[argv.index("-boot") + 1] == "order=n"
+    assert "-no-reboot" in argv and "-nodefaults" in argv
+    assert argv[argv.index("-display") + 1] == "none"
+    netdev = argv[argv.index("-netdev") + 1].split(",")
+    assert netdev[0] == "user"
+    assert f"tftp={cfg.tftp_dir}" in netdev
+    assert f"bootfile={BOOTFILE}" in netdev
+    assert "hostfwd=tcp:127.0.0.1:2222-:22" in netdev
+    assert "virtio-net-pci,netdev=n0" in argv
+    assert not any("romfile=" in a for a in argv)
+    assert "accel" not in pairs.get("-machine", "")
+
+
+def test_qemu_command_kvm_and_e1000(tmp_path: Path) -> None:
+    argv = qemu_command(config(tmp_path, accelerator=Accelerator.KVM, nic=Nic.E1000))
+    assert argv[argv.index("-accel") + 1] == "kvm"
+    assert argv[argv.index("-cpu") + 1] == "host"
+    assert "e1000,netdev=n0" in argv
+
+
+def test_nic_roms_are_installed() -> None:
+    for nic in Nic:
+        assert require_rom(nic).name == nic.rom()
+
+
+def test_boot_script_chains_to_the_label_over_http() -> None:
+    assert boot_script(8123, "control-plane") == (
+        "#!ipxe\ndhcp\nchain http://10.0.2.2:8123/control-plane/netboot.ipxe\n"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# the boot watcher reads the real server's access log
+
+
+def test_watch_sees_fetches_in_the_servers_access_log(tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    (root / "demo").mkdir(parents=True)
+    (root / "demo" / "bzImage").write_bytes(b"k" * 4096)
+    (root / "demo" / "initrd").write_bytes(b"i" * 4096)
+    (root / "demo" / "netboot.ipxe").write_text(
+        "#!ipxe\nkernel ${boot-server}/demo/bzImage initrd=initrd\n"
+        "initrd --name initrd ${boot-server}/demo/initrd\nboot\n"
+    )
+    access = tmp_path / "access.log"
+    serial = tmp_path / "serial.log"
+    with ServerThread(root, access_log=access) as server:
+        watch = BootWatch(serial, access)
+        watch.poll()
+        assert watch.events == {}
+        for name in ("netboot.ipxe", "bzImage", "initrd"):
+            with urllib.request.urlopen(f"{server.base_url}/demo/{name}") as response:
+                response.read()
+        deadline = time.monotonic() + 10
+        while "initrd_fetched" not in watch.events and time.monotonic() < deadline:
+            watch.poll()
+            time.sleep(0.05)
+    assert {"script_fetched", "kernel_requested", "kernel_fetched", "initrd_fetched"} <= set(
+        watch.events
+    )
+    assert "kernel_started" not in watch.events
+    serial.write_bytes(b"[    0.000000] Linux version 6.1.0 (debian)\n")
+    watch.poll()
+    assert "kernel_started" in watch.events
+    watch.mark("ssh_reachable")
+    phases = watch.phases()
+    assert set(phases) >= {"pxe_to_kernel_request", "kernel_download", "kernel_to_ssh"}
+    assert all(value >= 0 for value in phases.values())
+
+
+def test_watch_ignores_failed_requests_and_earlier_boots(tmp_path: Path) -> None:
+    access = tmp_path / "access.log"
+    access.write_text("2026-01-01T00:00:00Z 127.0.0.1 GET /a/bzImage 200 10 0.001s\n")
+    watch = BootWatch(tmp_path / "serial.log", access)
+    with access.open("a") as handle:
+        handle.write("2026-01-01T00:00:01Z 127.0.0.1 GET /a/initrd 404 0 0.001s\n")
+        handle.write("2026-01-01T00:00:01Z 127.0.0.1 HEAD /a/netboot.ipxe 200 0 0.001s\n")
+        handle.write("2026-01-01T00:00:02Z 127.0.0.1 GET /sets/a-1/initrd 200 10 0.5")
+    watch.poll()
+    assert watch.events == {}  # the last line is not complete yet
+    with access.open("a") as handle:
+        handle.write("00s\n")
+    watch.poll()
+    assert set(watch.events) == {"initrd_requested", "initrd_fetched"}
+
+
+# --------------------------------------------------------------------------------------
+# QEMU never outlives its owner
+
+
+def test_vm_is_stopped_when_the_block_raises(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    with pytest.raises(RuntimeError, match="boom"), PxeVm(cfg) as vm:
+        assert vm.running()
+        assert (cfg.tftp_dir / BOOTFILE).read_text() == boot_script(8123, "worker")
+        raise RuntimeError("boom")
+    assert vm.proc is not None and vm.proc.returncode is not None
+    assert not qemu_processes_mentioning(str(cfg.workdir))
+
+
+def test_vm_dies_with_a_killed_parent(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    script = (
+        "import sys, time, pickle\n"
+        "from plasmaboot.vm import PxeVm\n"
+        "vm = PxeVm(pickle.loads(sys.stdin.buffer.read()))\n"
+        "vm.start()\n"
+        "print(vm.proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert parent.stdin is not None and parent.stdout is not None
+    parent.stdin.write(pickle.dumps(cfg))
+    parent.stdin.close()
+    qemu_pid = int(parent.stdout.readline())
+    assert qemu_processes_mentioning(str(cfg.workdir)) == [qemu_pid]
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while qemu_processes_mentioning(str(cfg.workdir)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not qemu_processes_mentioning(str(cfg.workdir))
+
+
+def test_wait_until_fails_with_the_serial_tail_when_the_guest_stops(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    with PxeVm(cfg) as vm:
+        cfg.serial_log.write_text("line one\nKernel panic - not syncing: test\n")
+        assert vm.proc is not None
+        vm.proc.terminate()
+        vm.proc.wait()
+        with pytest.raises(Exception, match="the guest stopped") as caught:
+            vm.wait_until(lambda: False, timeout=30, what="SSH to answer")
+    assert "Kernel panic - not syncing: test" in str(caught.value)
+
+
+def test_wait_until_times_out_with_a_clear_message(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    with PxeVm(cfg) as vm, pytest.raises(Exception, match="timed out after 1s waiting for SSH"):
+        vm.wait_until(lambda: False, timeout=1, what="SSH")
+
+
+# --------------------------------------------------------------------------------------
+# slow: a real PXE boot of a kernel and a busybox initrd
+
+
+@pytest.fixture
+def test_kernel() -> Path:
+    """A bootable x86-64 bzImage from $PLASMABOOT_TEST_KERNEL (CI passes the built image's)."""
+    value = os.environ.get("PLASMABOOT_TEST_KERNEL")
+    if not value:
+        pytest.skip("set PLASMABOOT_TEST_KERNEL to a bzImage to PXE-boot it")
+    path = Path(value)
+    if not path.is_file():
+        pytest.skip(f"PLASMABOOT_TEST_KERNEL={value} is not a file")
+    return path
+
+
+def marker_image(root: Path, label: str, kernel: Path) -> None:
+    """An artifact set whose /init prints MARKER on the serial console and powers off."""
+    directory = root / label
+    directory.mkdir(parents=True)
+    (directory / "bzImage").write_bytes(kernel.read_bytes())
+    init = f"#!/bin/busybox sh\n/bin/busybox echo '{MARKER}'\n/bin/busybox poweroff -f\n"
+    entries = [
+        Entry("init", stat.S_IFREG | 0o755, data=init.encode()),
+        Entry("bin/busybox", stat.S_IFREG | 0o755, source=Path("/bin/busybox")),
+    ]
+    write_segment(entries, directory / "initrd", Compression.GZIP)
+    (directory / "netboot.ipxe").write_text(
+        "#!ipxe\n"
+        f"kernel ${{boot-server}}/{label}/bzImage initrd=initrd console=ttyS0,115200 panic=-1\n"
+        f"initrd --name initrd ${{boot-server}}/{label}/initrd\n"
+        "boot\n"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nic", list(Nic))
+def test_pxe_boot_reaches_the_initrd_over_tftp_ipxe_and_http(
+    tmp_path: Path, test_kernel: Path, nic: Nic
+) -> None:
+    root = tmp_path / "artifacts"
+    marker_image(root, "marker", test_kernel)
+    access = tmp_path / "access.log"
+    probe = probe_accelerator(tmp_path)
+    with ServerThread(root, access_log=access) as server:
+        cfg = config(
+            tmp_path,
+            label="marker",
+            http_port=server.port,
+            accelerator=probe.accelerator,
+            memory_mib=512,
+            nic=nic,
+        )
+        with PxeVm(cfg, access_log=access) as vm:
+            vm.wait_until(lambda: MARKER in vm.serial_text(), 240, "the marker")
+            assert vm.proc is not None
+            # /init powers off and -no-reboot makes QEMU exit by itself
+            assert vm.proc.wait(timeout=60) == 0
+    requests = access.read_text().splitlines()
+    fetched = [line.split()[3] for line in requests if line.split()[4] == "200"]
+    assert fetched[0] == "/marker/netboot.ipxe"
+    assert any(path.endswith("/bzImage") for path in fetched)
+    assert any(path.endswith("/initrd") for path in fetched)
+    assert {"script_fetched", "kernel_fetched", "initrd_fetched", "kernel_started"} <= set(
+        vm.watch.events
+    )
+    assert (cfg.tftp_dir / BOOTFILE).read_text().endswith(f":{server.port}/marker/netboot.ipxe\n")
