@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,7 +41,7 @@ from plasmaboot.vm import (
 DEFAULT_MEMORY_MIB = 2048
 BOOT_TIMEOUT = {Accelerator.TCG: 300.0, Accelerator.KVM: 120.0}
 SETTLE_TIMEOUT = 180  # systemctl is-system-running --wait
-SSH_POLL_INTERVAL = 2.0
+SSH_POLL_INTERVAL = 1.0
 SSH_COMMAND_TIMEOUT = 120.0
 MIN_AVAILABLE_MIB = 256  # room left for an operator (or nixos-anywhere) after boot
 
@@ -273,9 +273,18 @@ class Ssh:
             raise WorkError(f"over SSH, `{command}` failed with exit code {code}: {out.strip()}")
         return out
 
-    def reachable(self) -> bool:
-        code, _ = self.run("true", timeout=30)
-        return code == 0
+    def banner(self) -> bool:
+        """Does an SSH server answer on the port? (QEMU accepts the TCP connection itself
+        even while the guest has nothing listening, so wait for the server's banner.)"""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=3) as sock:
+                return sock.recv(64).startswith(b"SSH-")
+        except OSError:
+            return False
+
+    def login(self) -> tuple[bool, str]:
+        code, out = self.run("true", timeout=60)
+        return code == 0, out.strip()
 
     def password_probe(self) -> tuple[int, str]:
         """Try to log in with a password only, verbosely: what does the server offer?"""
@@ -586,25 +595,25 @@ def boot_once(
     host_key: str | None = None
     name = f"boot {index}: PXE to SSH"
     with PxeVm(config, access_log=access_log, log=log) as vm:
-        last_try = [0.0]
-
-        def answered() -> bool:
-            if time.monotonic() - last_try[0] < SSH_POLL_INTERVAL:
-                return False
-            last_try[0] = time.monotonic()
-            return ssh.reachable()
-
         try:
-            vm.wait_until(answered, timeout, "SSH to answer")
+            vm.wait_until(ssh.banner, timeout, "the SSH server to answer", SSH_POLL_INTERVAL)
         except WorkError as exc:
             check = Check(name=name, passed=False, detail=exc.message)
         else:
             vm.watch.mark("ssh_reachable")
             seconds = vm.watch.events["ssh_reachable"]
-            check = Check(name=name, passed=True, detail=f"SSH answered after {seconds:.0f}s")
-            on_ssh(ssh)
-            code, out = ssh.run(f"cat {HOST_KEY}")
-            host_key = out.strip() if code == 0 and out.strip() else None
+            logged_in, out = ssh.login()
+            if logged_in:
+                check = Check(name=name, passed=True, detail=f"SSH answered after {seconds:.0f}s")
+                on_ssh(ssh)
+                code, out = ssh.run(f"cat {HOST_KEY}")
+                host_key = out.strip() if code == 0 and out.strip() else None
+            else:
+                detail = (
+                    f"the SSH server answered after {seconds:.0f}s but refused the key "
+                    f"{options.identity}: {out}"
+                )
+                check = Check(name=name, passed=False, detail=detail)
         record = BootRecord(
             index=index,
             ssh_port=config.ssh_port,
@@ -620,9 +629,14 @@ def boot_once(
         return record, check, vm.argv
 
 
-def run_boot_test(options: BootTestOptions) -> Report:
-    """Validate, boot `options.boots` times, check, write the JSON report, return it."""
+def run_boot_test(
+    options: BootTestOptions, announce: Callable[[str], None] | None = None
+) -> Report:
+    """Validate, boot `options.boots` times, check, write the JSON report, return it.
+    `announce` hears one line once the input is valid and the boot starts."""
     manifest, profile = validate(options)
+    if announce is not None:
+        announce(f"booting {options.label} in QEMU (logs: {options.workdir}) ...")
     if options.workdir.exists():
         shutil.rmtree(options.workdir)
     options.workdir.mkdir(parents=True)

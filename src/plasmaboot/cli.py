@@ -256,9 +256,7 @@ def boot_test(
         timeout=timeout,
         profiles_dirs=obj.profiles_dirs,
     )
-    if not as_json:
-        err_console.print(f"booting {label} in QEMU (logs: {options.workdir}) ...")
-    result = run_boot_test(options)
+    result = run_boot_test(options, announce=None if as_json else err_console.print)
     if as_json:
         click.echo(report_json(result))
     else:

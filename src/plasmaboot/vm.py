@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ FIRMWARE_DEBUG_PORT = "0x402"
 # code really ran on the accelerator (a broken KVM hangs long before it).
 FIRMWARE_BOOT_PHASE = b"enter handle_19"
 PROBE_TIMEOUT = 4.0
+WATCH_INTERVAL = 0.2
 STOP_TIMEOUT = 5.0
 SERIAL_TAIL_LINES = 30
 PR_SET_PDEATHSIG = 1
@@ -259,10 +261,9 @@ def qemu_command(config: VmConfig, qemu: str = QEMU) -> list[str]:
 # --------------------------------------------------------------------------------------
 # Watching a boot: the serial console and the HTTP server's access log, read as they grow.
 
-# serve.py's access log: "<time> <client> <method> <path> <status> <bytes> <seconds>s"
-ACCESS_LINE = re.compile(
-    r"^\S+ \S+ (?P<method>\S+) (?P<path>\S+) (?P<status>\d+) \d+ (?P<secs>[\d.]+)s$"
-)
+# serve.py's access log, one line per finished request:
+# "<time> <client> <method> <path> <status> <bytes> <seconds>s"
+ACCESS_LINE = re.compile(r"^\S+ \S+ (?P<method>\S+) (?P<path>\S+) (?P<status>\d+) \d+ [\d.]+s$")
 KERNEL_BANNER = b"Linux version "
 # What an access-log request for each file marks: event name by the path's last segment.
 FETCH_EVENTS = {
@@ -313,17 +314,13 @@ class BootWatch:
                 continue
             event = FETCH_EVENTS.get(match["path"].rsplit("/", 1)[-1])
             if event is not None:
-                now = self.elapsed()
-                self.mark(event, now)
-                # the line is written when the response ends: the request began `secs` earlier
-                self.mark(event.replace("fetched", "requested"), now - float(match["secs"]))
+                self.mark(event)
 
     def phases(self) -> dict[str, float]:
         """Durations between events that both happened."""
         spans = {
-            "pxe_to_kernel_request": ("start", "kernel_requested"),
-            "kernel_download": ("kernel_requested", "kernel_fetched"),
-            "initrd_download": ("initrd_requested", "initrd_fetched"),
+            "pxe_to_kernel": ("start", "kernel_fetched"),
+            "initrd_download": ("kernel_fetched", "initrd_fetched"),
             "kernel_to_ssh": ("kernel_fetched", "ssh_reachable"),
             "total_to_ssh": ("start", "ssh_reachable"),
         }
@@ -359,6 +356,8 @@ class PxeVm:
         self.access_log = access_log
         self.proc: subprocess.Popen[bytes] | None = None
         self.watch = BootWatch(config.serial_log, access_log)
+        self._stop_watching = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def __enter__(self) -> PxeVm:
         self.start()
@@ -377,10 +376,24 @@ class PxeVm:
             stale.unlink(missing_ok=True)
         self.watch = BootWatch(self.config.serial_log, self.access_log)
         self.proc = start_qemu(self.argv, self.config.qemu_log, self.log)
+        # The logs are read on a thread of their own, so a slow check (an SSH attempt
+        # waiting for its timeout) does not blur the timings.
+        self._stop_watching.clear()
+        self._watcher = threading.Thread(target=self._watch_logs, name="plasmaboot-vm-watch")
+        self._watcher.start()
+
+    def _watch_logs(self) -> None:
+        while not self._stop_watching.wait(WATCH_INTERVAL):
+            self.watch.poll()
 
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
+        if self._watcher is not None:
+            self._stop_watching.set()
+            self._watcher.join()
+            self._watcher = None
+        self.watch.poll()  # whatever arrived last
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -391,21 +404,24 @@ class PxeVm:
         return self.config.serial_log.read_bytes().decode("utf-8", "replace")
 
     def wait_until(
-        self, done: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
+        self, done: Callable[[], bool], timeout: float, what: str, every: float = 0.0
     ) -> None:
-        """Poll `done` until it is true; WorkError with the serial tail on timeout or if the
-        guest stopped (with -no-reboot a panic or a power-off ends QEMU)."""
+        """Poll `done` (at most once per `every` seconds) until it is true; WorkError with
+        the serial tail on timeout or if the guest stopped (with -no-reboot a panic or a
+        power-off ends QEMU)."""
         deadline = time.monotonic() + timeout
+        next_try = 0.0
         while True:
-            self.watch.poll()
-            if done():
-                return
+            if time.monotonic() >= next_try:
+                if done():
+                    return
+                next_try = time.monotonic() + every
             if not self.running():
                 code = self.proc.returncode if self.proc is not None else None
                 raise self.failure(f"the guest stopped (QEMU exit code {code}) before {what}")
             if time.monotonic() >= deadline:
                 raise self.failure(f"timed out after {timeout:.0f}s waiting for {what}")
-            time.sleep(interval)
+            time.sleep(WATCH_INTERVAL)
 
     def failure(self, message: str) -> WorkError:
         where = [f"serial console: {self.config.serial_log}"]

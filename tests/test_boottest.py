@@ -1,0 +1,280 @@
+"""boot-test: input errors (exit 2), the conversions the service checks compare against,
+parsing what the guest prints, the report, and the checks that decide from SSH output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from plasmaboot.boottest import (
+    PACKAGE_COMMANDS,
+    BootTestOptions,
+    Check,
+    Report,
+    check_host_keys,
+    check_memory,
+    cpu_quota_timespan,
+    memory_bytes,
+    module_name,
+    package_map,
+    parse_show_blocks,
+    promised_commands,
+    render_table,
+    validate,
+    write_report,
+)
+from plasmaboot import cli
+from plasmaboot.cli import main
+from plasmaboot.errors import UserError
+from plasmaboot.profiles import ProfileStore
+
+MANIFEST = {
+    "profile": "worker",
+    "variant": None,
+    "label": "worker",
+    "content_hash": "0" * 64,
+    "cache_key": "0" * 64,
+    "backend": "debian",
+    "distro": "debian bookworm",
+    "kernel_version": "6.1.0-50-amd64",
+    "kernel_params": ["console=ttyS0,115200"],
+    "files": {},
+    "packages": {},
+    "services": {},
+    "steps": {},
+    "built_at": "2026-01-01T00:00:00+00:00",
+    "plasmaboot_version": "0.1.0",
+}
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    root = tmp_path / "artifacts"
+    directory = root / "worker"
+    directory.mkdir(parents=True)
+    for name in ("bzImage", "initrd", "netboot.ipxe"):
+        (directory / name).write_bytes(b"x")
+    (directory / "manifest.json").write_text(json.dumps(MANIFEST))
+    return root
+
+
+@pytest.fixture
+def identity(tmp_path: Path) -> Path:
+    key = tmp_path / "id_ed25519"
+    key.write_text("not read before the guest answers\n")
+    return key
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Error lines are matched whole: do not let rich wrap them at 80 columns."""
+    monkeypatch.setattr(cli.err_console, "width", 400)
+    monkeypatch.setattr(cli.console, "width", 400)
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+# --------------------------------------------------------------------------------------
+# bad input: exit 2, one line naming what is wrong, nothing written
+
+
+def test_unknown_label_names_the_directory_and_the_labels_there(
+    artifacts: Path, identity: Path
+) -> None:
+    code, output = invoke(
+        "boot-test", "control", "--artifacts", str(artifacts), "--identity", str(identity)
+    )
+    assert code == 2
+    assert f"{artifacts / 'control'}: no artifact set for 'control'" in output
+    assert "worker" in output
+    assert "Traceback" not in output
+    assert not list(artifacts.glob("boot-test-*"))
+
+
+def test_missing_identity_is_bad_input(artifacts: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    code, output = invoke(
+        "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(missing)
+    )
+    assert code == 2
+    assert f"--identity {missing}: no such private key file" in output
+    assert not list(artifacts.glob("boot-test-*"))
+
+
+def test_incomplete_set_names_the_missing_file(artifacts: Path, identity: Path) -> None:
+    (artifacts / "worker" / "initrd").unlink()
+    with pytest.raises(UserError, match=r"worker/initrd: missing"):
+        validate(BootTestOptions("worker", artifacts, identity))
+
+
+def test_missing_qemu_names_the_debian_package(
+    artifacts: Path, identity: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").symlink_to(shutil.which("ssh") or "/usr/bin/ssh")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    code, output = invoke(
+        "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(identity)
+    )
+    assert code == 2
+    assert "qemu-system-x86_64" in output
+    assert "apt-get install qemu-system-x86" in output
+
+
+def test_valid_input_resolves_the_built_profile(artifacts: Path, identity: Path) -> None:
+    manifest, profile = validate(BootTestOptions("worker", artifacts, identity))
+    assert manifest.label == "worker"
+    assert profile.name == "worker"
+    assert "kvm" in profile.kernel_modules
+
+
+def test_report_path_defaults_beside_the_set(artifacts: Path, identity: Path) -> None:
+    options = BootTestOptions("worker", artifacts, identity)
+    assert options.report_path == artifacts / "boot-test-worker.json"
+    assert options.workdir == artifacts / "boot-test-worker"
+    other = BootTestOptions("worker", artifacts, identity, report=Path("/tmp/x/r.json"))
+    assert other.workdir == Path("/tmp/x/boot-test-worker")
+
+
+# --------------------------------------------------------------------------------------
+# what the service checks compare against: as `systemctl show` prints it
+
+
+@pytest.mark.parametrize(
+    ("setting", "shown"),
+    [("512M", "536870912"), ("1G", "1073741824"), ("64K", "65536"), ("infinity", "infinity")],
+)
+def test_memory_max_as_systemd_shows_it(setting: str, shown: str) -> None:
+    assert memory_bytes(setting) == shown
+
+
+@pytest.mark.parametrize(
+    ("quota", "shown"), [("50%", "500ms"), ("100%", "1s"), ("150%", "1s 500ms"), ("5%", "50ms")]
+)
+def test_cpu_quota_as_systemd_shows_it(quota: str, shown: str) -> None:
+    assert cpu_quota_timespan(quota) == shown
+
+
+def test_show_blocks_of_several_units() -> None:
+    text = (
+        "Id=iam.service\nLoadState=loaded\nMemoryMax=536870912\n\n"
+        "Id=novanet.service\nLoadState=not-found\nCPUQuotaPerSecUSec=infinity\n"
+    )
+    blocks = parse_show_blocks(text)
+    assert blocks == [
+        {"Id": "iam.service", "LoadState": "loaded", "MemoryMax": "536870912"},
+        {"Id": "novanet.service", "LoadState": "not-found", "CPUQuotaPerSecUSec": "infinity"},
+    ]
+
+
+def test_module_names_from_proc_and_modules_builtin() -> None:
+    assert module_name("kernel/arch/x86/kvm/kvm-intel.ko") == "kvm_intel"
+    assert module_name("kvm_amd") == "kvm_amd"
+    assert module_name("kernel/net/openvswitch/openvswitch.ko") == "openvswitch"
+
+
+# --------------------------------------------------------------------------------------
+# which tools a profile promises
+
+
+def test_base_tools_are_all_promised() -> None:
+    base = ProfileStore().resolve("base")
+    unavailable = {k for k, v in package_map("debian").items() if v == ""}
+    promised, unknown = promised_commands(base.packages, unavailable)
+    commands = {c for groups in promised.values() for alts in groups for c in alts}
+    for tool in ("parted", "sgdisk", "cryptsetup", "lvm", "mkfs.ext4", "mkfs.xfs", "ip"):
+        assert tool in commands
+    for tool in ("curl", "tcpdump", "vim", "tmux", "htop", "tar", "cpio", "setsid", "kexec"):
+        assert tool in commands
+    assert "disko" not in promised  # Nix only: not promised by a Debian image
+    assert unknown == []
+
+
+def test_every_builtin_profile_package_has_a_command() -> None:
+    store = ProfileStore()
+    for name in store.profile_names():
+        for variant in [None, *store.variant_names()]:
+            profile = store.resolve(name, variant)
+            _, unknown = promised_commands(profile.packages, set())
+            assert unknown == [], f"{profile.label}: {unknown} (add them to PACKAGE_COMMANDS)"
+    assert all(groups for groups in PACKAGE_COMMANDS.values())
+
+
+def test_unknown_packages_are_reported_not_checked() -> None:
+    promised, unknown = promised_commands(["curl", "some-new-tool"], set())
+    assert set(promised) == {"curl"}
+    assert unknown == ["some-new-tool"]
+
+
+# --------------------------------------------------------------------------------------
+# checks decided from collected values
+
+
+def test_host_keys_must_differ_between_boots() -> None:
+    one = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOne root@node"
+    two = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITwo root@node"
+    assert check_host_keys([one, two]).passed
+    same = check_host_keys([one, one])
+    assert not same.passed
+    assert not check_host_keys([one, None]).passed
+
+
+def test_free_memory_has_a_floor() -> None:
+    assert check_memory({"mem_total_mib": 2000, "mem_available_mib": 1500}).passed
+    low = check_memory({"mem_total_mib": 512, "mem_available_mib": 100})
+    assert not low.passed
+    assert "MemAvailable 100 MiB of 512 MiB" in low.detail
+
+
+# --------------------------------------------------------------------------------------
+# the report
+
+
+def sample_report(path: Path, passed: bool) -> Report:
+    checks = [
+        Check(name="kernel command line", passed=True, detail="console=ttyS0,115200"),
+        Check(name="systemd is running", passed=passed, detail="running" if passed else "degraded"),
+    ]
+    return Report(
+        label="worker",
+        profile="worker",
+        variant=None,
+        accelerator="tcg",
+        accelerator_reason="KVM failed",
+        nic="virtio",
+        memory_mib=2048,
+        qemu_command=["qemu-system-x86_64"],
+        boots=[],
+        memory={"mem_total_mib": 1990, "mem_available_mib": 1500},
+        checks=checks,
+        passed=all(c.passed for c in checks),
+        report_path=str(path),
+    )
+
+
+def test_report_is_written_as_json(tmp_path: Path) -> None:
+    path = tmp_path / "reports" / "boot-test-worker.json"
+    write_report(sample_report(path, passed=False), path)
+    data = json.loads(path.read_text())
+    assert data["passed"] is False
+    assert data["accelerator"] == "tcg"
+    assert data["memory"]["mem_available_mib"] == 1500
+    assert [c["name"] for c in data["checks"]] == ["kernel command line", "systemd is running"]
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left
+
+
+def test_table_shows_each_check(tmp_path: Path) -> None:
+    console = Console(record=True, width=120)
+    console.print(render_table(sample_report(tmp_path / "r.json", passed=False)))
+    text = console.export_text()
+    assert "kernel command line" in text and "pass" in text
+    assert "systemd is running" in text and "FAIL" in text and "degraded" in text
