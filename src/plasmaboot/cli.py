@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from plasmaboot import __version__
-from plasmaboot.errors import PlasmabootError
+from plasmaboot.build.debian import DEFAULT_SQUASHFS_LEVEL
+from plasmaboot.build.pipeline import BACKENDS, BuildOptions, BuildOutcome, build_profiles
+from plasmaboot.errors import PlasmabootError, UserError
 from plasmaboot.profiles import Profile, ProfileStore, profile_json_schema
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -170,3 +175,206 @@ def print_profile(profile: Profile) -> None:
 def schema() -> None:
     """Print the JSON Schema of a profile file (for editors)."""
     click.echo(json.dumps(profile_json_schema(), indent=2))
+
+
+# --------------------------------------------------------------------------------------
+# build
+
+
+@main.command()
+@click.option("--profile", "-p", "profile_names", multiple=True, help="Profile to build (repeat).")
+@click.option("--all", "build_all", is_flag=True, help="Build every profile.")
+@click.option("--variant", help="Variant applied to each profile (minimal, debug, rescue, ...).")
+@click.option(
+    "--output-dir",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=Path("artifacts"),
+    show_default=True,
+    help="Artifacts go to OUTPUT_DIR/<profile>/.",
+)
+@click.option(
+    "--pxe-dir",
+    type=click.Path(path_type=Path),
+    help="Also publish bzImage, initrd, netboot.ipxe atomically to PXE_DIR/<profile>/.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="auto = nix where a working nix with flakes is present, else debian.",
+)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Profiles built in parallel.",
+)
+@click.option(
+    "--no-cache", is_flag=True, help="Rebuild from scratch (downloaded .debs are still reused)."
+)
+@click.option(
+    "--ssh-key",
+    "ssh_keys",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Public key file for root's authorized_keys (repeat). Private keys are refused.",
+)
+@click.option("--release", default="bookworm", show_default=True, help="Debian release.")
+@click.option(
+    "--mirror", default="http://deb.debian.org/debian", show_default=True, help="Debian mirror URL."
+)
+@click.option(
+    "--squashfs-level",
+    type=click.IntRange(1, 22),
+    default=DEFAULT_SQUASHFS_LEVEL,
+    show_default=True,
+    help="zstd level of the root squashfs (higher: smaller, slower).",
+)
+@click.option("--flake", type=click.Path(path_type=Path), help="Nix backend: flake directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
+@pass_context
+def build(
+    obj: Context,
+    profile_names: tuple[str, ...],
+    build_all: bool,
+    variant: str | None,
+    output_dir: Path,
+    pxe_dir: Path | None,
+    backend: str,
+    jobs: int,
+    no_cache: bool,
+    ssh_keys: tuple[Path, ...],
+    release: str,
+    mirror: str,
+    squashfs_level: int,
+    flake: Path | None,
+    as_json: bool,
+) -> None:
+    """Build netboot artifacts into OUTPUT_DIR/<profile>/ (bzImage, initrd, netboot.ipxe, ...).
+
+    \b
+    Examples:
+      plasmaboot build --profile control-plane --ssh-key ~/.ssh/id_ed25519.pub
+      plasmaboot build --all --jobs 2 --pxe-dir /srv/pxe/assets/nixos
+      plasmaboot build -p worker --variant debug --backend debian
+    """
+    store = obj.store()
+    names = list(profile_names)
+    if build_all:
+        names += [n for n in store.profile_names() if n not in names]
+    if not names:
+        raise UserError("no profile given", hint="pass --profile NAME (repeatable) or --all")
+    resolved = [store.resolve(name, variant) for name in names]
+    options = BuildOptions(
+        output_dir=output_dir,
+        pxe_dir=pxe_dir,
+        backend=backend,
+        jobs=jobs,
+        use_cache=not no_cache,
+        ssh_keys=ssh_keys,
+        release=release,
+        mirror=mirror,
+        squashfs_level=squashfs_level,
+        flake=flake,
+    )
+    with BuildProgress(err_console, quiet=as_json) as progress:
+        outcomes = build_profiles(
+            resolved, options, progress.update, on_backend=progress.announce_backend
+        )
+    if as_json:
+        click.echo(json.dumps([outcome_json(o) for o in outcomes], indent=2))
+    else:
+        print_summary(outcomes)
+
+
+def outcome_json(outcome: BuildOutcome) -> dict[str, Any]:
+    return {
+        "profile": outcome.profile.name,
+        "variant": outcome.profile.variant,
+        "label": outcome.profile.label,
+        "backend": outcome.backend,
+        "kernel_version": outcome.kernel_version,
+        "kernel_size": outcome.kernel_size,
+        "initrd_size": outcome.initrd_size,
+        "total_size": outcome.total_size,
+        "seconds": round(outcome.seconds, 2),
+        "cache_hit": outcome.cache_hit,
+        "path": str(outcome.path),
+        "published": str(outcome.published) if outcome.published else None,
+        "warnings": outcome.warnings,
+    }
+
+
+def mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def print_summary(outcomes: list[BuildOutcome]) -> None:
+    table = Table(title="build summary")
+    for column in ("profile", "variant", "backend", "kernel", "initrd", "total", "time", "cache"):
+        table.add_column(column)
+    for o in outcomes:
+        table.add_row(
+            o.profile.name,
+            o.profile.variant or "-",
+            o.backend,
+            mib(o.kernel_size),
+            mib(o.initrd_size),
+            mib(o.total_size),
+            f"{o.seconds:.1f}s",
+            "hit" if o.cache_hit else "miss",
+        )
+    console.print(table)
+    for o in outcomes:
+        for warning in o.warnings:
+            console.print(f"[yellow]warning[/] {o.profile.label}: {warning}", highlight=False)
+        console.print(
+            f"{o.profile.label}: {o.path}"
+            + (f" (published to {o.published})" if o.published else "")
+        )
+
+
+class BuildProgress:
+    """Live progress per profile on a terminal; plain timestamped lines otherwise."""
+
+    def __init__(self, out: Console, quiet: bool = False) -> None:
+        self.out = out
+        self.quiet = quiet
+        self.live = out.is_terminal and not quiet
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=out,
+            transient=False,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> BuildProgress:
+        if self.live:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.progress.stop()
+
+    def announce_backend(self, name: str) -> None:
+        if not self.quiet:
+            self.out.print(f"backend: {name}")
+
+    def update(self, subject: str, step: str, seconds: float | None) -> None:
+        if self.quiet:
+            return
+        if not self.live:
+            done = f" done in {seconds:.1f}s" if seconds is not None else ""
+            self.out.print(f"{time.strftime('%H:%M:%S')} {subject}: {step}{done}", highlight=False)
+            return
+        if subject not in self.tasks:
+            self.tasks[subject] = self.progress.add_task(subject, total=None)
+        text = f"[bold]{subject}[/]: {escape(step)}" + (f" ({seconds:.1f}s)" if seconds else "")
+        self.progress.update(self.tasks[subject], description=text)

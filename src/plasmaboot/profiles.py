@@ -528,8 +528,7 @@ def apply_unset(merged: dict[str, Any], paths: list[str], source: ProfileSource)
         if section not in ProfileFile.model_fields or section in {"name", "extends", "unset"}:
             raise UserError(
                 f"{source.display}: unset[{index}]: unknown setting {path!r}",
-                hint=f"use a top-level key ({', '.join(unsettable_keys())}) "
-                "or <table>.<key>",
+                hint=f"use a top-level key ({', '.join(unsettable_keys())}) or <table>.<key>",
             )
         if not key:
             result.pop(section, None)
@@ -554,7 +553,10 @@ def absolutize_refs(data: dict[str, Any], root: Path) -> dict[str, Any]:
         new_services = {}
         for name, section in services.items():
             if isinstance(section, dict) and section.get("package"):
-                section = {**section, "package": str(resolve_file_ref(section["package"], root, name))}
+                section = {
+                    **section,
+                    "package": str(resolve_file_ref(section["package"], root, name)),
+                }
             new_services[name] = section
         out["services"] = new_services
     return out
@@ -614,9 +616,13 @@ def build_profile(
     system = merged.get("system", {})
     services = resolve_services(merged, leaf)
     check_port_clashes(services, chain[-1])
-    description = next((s.parsed.description for s in reversed(profile_chain) if s.parsed.description), "")
+    description = next(
+        (s.parsed.description for s in reversed(profile_chain) if s.parsed.description), ""
+    )
     if variant is not None:
-        description = f"{description} ({variant} variant: {chain[-1].parsed.description or variant})"
+        description = (
+            f"{description} ({variant} variant: {chain[-1].parsed.description or variant})"
+        )
     return Profile(
         name=name,
         variant=variant,

@@ -59,6 +59,7 @@ class Entry:
     source: Path | None = None  # regular file contents
     data: bytes | None = None  # inline contents (small files)
     link_target: str | None = None  # symlink target
+    rdev: tuple[int, int] = (0, 0)  # device number of a device node (major, minor)
 
     def size(self) -> int:
         if self.link_target is not None:
@@ -104,7 +105,8 @@ def parent_dirs(entries: list[Entry]) -> list[Entry]:
 
 def header(ino: int, entry: Entry, mtime: int, size: int, nlink: int) -> bytes:
     name = entry.name.encode() + b"\0"
-    fields = [ino, entry.mode, 0, 0, nlink, mtime, size, 0, 0, 0, 0, len(name), 0]
+    major, minor = entry.rdev
+    fields = [ino, entry.mode, 0, 0, nlink, mtime, size, 0, 0, major, minor, len(name), 0]
     return NEWC_MAGIC + b"".join(f"{v:08x}".encode() for v in fields) + name
 
 
@@ -218,7 +220,12 @@ def read_members(data: bytes, start: int = 0) -> tuple[list[Member], int]:
         except ValueError as exc:
             raise CpioError(f"bad cpio header at offset {pos}") from exc
         mode, uid, gid, mtime, size, namesize = (
-            fields[1], fields[2], fields[3], fields[5], fields[6], fields[11]
+            fields[1],
+            fields[2],
+            fields[3],
+            fields[5],
+            fields[6],
+            fields[11],
         )
         name_end = pos + HEADER_SIZE + namesize
         if name_end > len(data):
@@ -232,6 +239,4 @@ def read_members(data: bytes, start: int = 0) -> tuple[list[Member], int]:
         if name == TRAILER:
             return members, pos
         link = data[data_start:data_end].decode() if stat.S_ISLNK(mode) else None
-        members.append(
-            Member(name.lstrip("/"), mode, size, mtime, uid, gid, data_start, link)
-        )
+        members.append(Member(name.lstrip("/"), mode, size, mtime, uid, gid, data_start, link))
