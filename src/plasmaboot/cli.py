@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from plasmaboot import __version__
@@ -54,10 +55,14 @@ class Group(click.Group):
 
 
 def report_error(exc: PlasmabootError) -> None:
+    # escape: messages quote TOML ("[services.iam]"), which rich would take for markup;
+    # soft_wrap: a message stays one line whatever the terminal width.
     kind = "error" if exc.exit_code == 2 else "failed"
-    err_console.print(f"[bold red]{kind}:[/] {exc.message}", markup=True, highlight=False)
+    line = f"[bold red]{kind}:[/] {escape(exc.message)}"
+    err_console.print(line, markup=True, highlight=False, soft_wrap=True)
     if exc.hint:
-        err_console.print(f"[dim]hint:[/] {exc.hint}", markup=True, highlight=False)
+        hint = f"[dim]hint:[/] {escape(exc.hint)}"
+        err_console.print(hint, markup=True, highlight=False, soft_wrap=True)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
