@@ -48,7 +48,7 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except PlasmabootError as exc:
-            if "--debug" in sys.argv:
+            if isinstance(ctx.obj, Context) and ctx.obj.debug:
                 raise
             report_error(exc)
             sys.exit(exc.exit_code)
