@@ -292,6 +292,13 @@ CORPUS = [
         args=("edge", "--variant", "debgu"),
     ),
     Case(
+        "variant-with-extends",
+        {"edge.toml": "", "variants/lab.toml": 'extends = "worker"\n'},
+        'profiles/variants/lab.toml: extends: expected no `extends` in a variant, got "worker"',
+        hint="a variant applies on top of whatever profile it is used with",
+        args=("edge", "--variant", "lab"),
+    ),
+    Case(
         "unknown-profile",
         {},
         "unknown profile \"contrl-plane\" (did you mean 'control-plane'?)",
@@ -395,11 +402,14 @@ def test_missing_profiles_dir_is_a_usage_error(workdir: Path) -> None:
     )
 
 
-def test_messages_stay_one_line_on_a_narrow_terminal(workdir: Path) -> None:
+def test_long_messages_stay_one_line(workdir: Path) -> None:
+    """Off a terminal rich assumes 80 columns; a longer message must not be wrapped."""
     write_tree(workdir / "profiles", {"edge.toml": "[services.chainfyre]\n"})
-    result = invoke("--profiles-dir", "profiles", "profiles", "show", "edge", env={"COLUMNS": "40"})
+    result = invoke("--profiles-dir", "profiles", "profiles", "show", "edge")
     assert result.exit_code == 2
-    assert result.stderr.splitlines()[0] == (
+    first = result.stderr.splitlines()[0]
+    assert len(first) > 80
+    assert first == (
         "error: profiles/edge.toml: services.chainfyre: unknown service (did you mean 'chainfire'?)"
     )
 
@@ -740,6 +750,13 @@ def test_profiles_dir_from_the_environment(workdir: Path) -> None:
     assert json.loads(result.stdout)["description"] == "Edge: a worker with DNS"
     without = invoke("profiles", "show", "edge")
     assert without.exit_code == 2
+
+    write_tree(workdir / "more", {"edge-dns.toml": 'extends = "edge"\n'})
+    both = invoke(
+        "profiles", "show", "edge-dns", "--json", env={"PLASMABOOT_PROFILES_DIR": "more:site"}
+    )
+    assert both.exit_code == 0, both.output
+    assert json.loads(both.stdout)["sources"][-2:] == ["site/edge.toml", "more/edge-dns.toml"]
 
 
 def test_show_prints_the_resolved_profile(workdir: Path) -> None:

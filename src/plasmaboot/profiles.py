@@ -552,7 +552,14 @@ class ProfileStore:
         if variant is not None:
             if self.locate(variant, "variant") is None:
                 raise self.unknown(variant, "variant", where="--variant: ")
-            chain.append(self.find(variant, "variant"))
+            overlay = self.find(variant, "variant")
+            if overlay.parsed.extends is not None:
+                raise UserError(
+                    f"{overlay.display}: extends: expected no `extends` in a variant, "
+                    f"got {render_value(overlay.parsed.extends)}",
+                    hint="a variant applies on top of whatever profile it is used with",
+                )
+            chain.append(overlay)
         merged: dict[str, Any] = {}
         for source in chain:
             merged = merge_source(merged, source)
