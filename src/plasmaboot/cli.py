@@ -52,17 +52,21 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except PlasmabootError as exc:
-            if "--debug" in sys.argv:
+            if isinstance(ctx.obj, Context) and ctx.obj.debug:
                 raise
             report_error(exc)
             sys.exit(exc.exit_code)
 
 
 def report_error(exc: PlasmabootError) -> None:
+    # escape: messages quote TOML ("[services.iam]"), which rich would take for markup;
+    # soft_wrap: a message stays one line whatever the terminal width.
     kind = "error" if exc.exit_code == 2 else "failed"
-    err_console.print(f"[bold red]{kind}:[/] {exc.message}", markup=True, highlight=False)
+    line = f"[bold red]{kind}:[/] {escape(exc.message)}"
+    err_console.print(line, markup=True, highlight=False, soft_wrap=True)
     if exc.hint:
-        err_console.print(f"[dim]hint:[/] {exc.hint}", markup=True, highlight=False)
+        hint = f"[dim]hint:[/] {escape(exc.hint)}"
+        err_console.print(hint, markup=True, highlight=False, soft_wrap=True)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
