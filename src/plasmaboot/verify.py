@@ -15,7 +15,7 @@ import shlex
 import struct
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
@@ -256,7 +256,7 @@ def check_initrd(directory: Path) -> tuple[list[Check], bytes | None]:
     except (SegmentError, WorkError, UserError, OSError) as exc:
         checks = [failed("initrd.segments", str(exc).splitlines()[0])]
         return checks + [skipped(name, "initrd unreadable") for name in later], None
-    summary = ", ".join(f"{s.compression} ({len(s.members)} members)" for s in segments)
+    summary = ", ".join(f"{s.compression} ({count(s.members, 'member')})" for s in segments)
     checks = [passed("initrd.segments", f"{len(segments)} segments: {summary}")]
 
     init = last_member(segments, "init")
@@ -296,8 +296,8 @@ LISTING_LINE = re.compile(
     r"^(?P<mode>[-dlcbps][-rwxsStT]{9})\s+\S+\s+(?P<size>\d+|\d+,\s*\d+)\s+"
     r"\d{4}-\d\d-\d\d \d\d:\d\d\s+squashfs-root(?P<path>/.*)?$"
 )
-EXTRACTED_DIRS = ("etc", "root", "home")
-KEY_SCAN_DIRS = ("etc/", "root/", "home/")
+EXTRACTED_DIRS = ("etc", "root", "home")  # all a check reads; small enough to extract whole
+EXTRACTED_PREFIXES = tuple(f"{name}/" for name in EXTRACTED_DIRS)
 KEY_SCAN_MAX_SIZE = 64 << 10
 PRIVATE_KEY_MARKER = b"PRIVATE KEY-----"
 SYMLINK_HOPS = 40
@@ -371,8 +371,8 @@ class ImageTree:
         return self.read_regular(resolved).decode("utf-8", "replace")
 
     def read_regular(self, resolved: str) -> bytes:
-        if not resolved.startswith(KEY_SCAN_DIRS):
-            raise FormatError(f"/{resolved} is outside the extracted {', '.join(KEY_SCAN_DIRS)}")
+        if not resolved.startswith(EXTRACTED_PREFIXES):
+            raise FormatError(f"/{resolved} is outside the extracted /etc, /root and /home")
         return (self.extracted / resolved).read_bytes()
 
     def glob(self, pattern: str) -> list[str]:
@@ -415,6 +415,10 @@ def parse_listing(text: str) -> dict[str, ImageEntry]:
     return entries
 
 
+def count(items: Sized, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
 def shown(paths: list[str]) -> str:
     more = f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else ""
     return ", ".join(f"/{p}" for p in paths[:SHOWN]) + more
@@ -427,7 +431,9 @@ def check_private_keys(name: str, tree: ImageTree) -> Check:
     scanned = [
         path
         for path, entry in tree.entries.items()
-        if entry.kind == "-" and path.startswith(KEY_SCAN_DIRS) and entry.size <= KEY_SCAN_MAX_SIZE
+        if entry.kind == "-"
+        and path.startswith(EXTRACTED_PREFIXES)
+        and entry.size <= KEY_SCAN_MAX_SIZE
     ]
     by_content = [p for p in scanned if PRIVATE_KEY_MARKER in tree.read_regular(p)]
     found = sorted({*by_name, *by_content})
@@ -596,7 +602,7 @@ def check_authorized_keys(name: str, tree: ImageTree) -> Check:
     bad = [number for number, key_type in enumerate(types, start=1) if key_type is None]
     if bad:
         return failed(name, f"/{path}: key lines {bad} are not valid public keys")
-    return passed(name, f"{len(lines)} keys ({', '.join(sorted({t or '' for t in types}))})")
+    return passed(name, f"{count(lines, 'key')} ({', '.join(sorted({t or '' for t in types}))})")
 
 
 def check_service(name: str, tree: ImageTree, service: str, spec: dict[str, Any]) -> Check:

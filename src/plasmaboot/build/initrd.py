@@ -280,7 +280,7 @@ def read_segments(path: Path) -> list[Segment]:
             raise SegmentError(f"unknown segment format {data[pos : pos + 6]!r} at offset {pos}")
         try:
             segment = read_segment(data, pos, compression)
-        except CpioError as exc:
+        except ValueError as exc:  # a CpioError, or a link target that is not UTF-8
             raise SegmentError(f"{compression} segment at offset {pos}: {exc}") from exc
         segments.append(segment)
         pos = segment.end
