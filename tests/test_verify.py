@@ -299,6 +299,19 @@ def test_segments_of_a_truncated_initrd_fail(tmp_path: Path) -> None:
         read_segments(initrd)
 
 
+@pytest.mark.parametrize("compression", [Compression.GZIP, Compression.XZ, Compression.ZSTD])
+def test_segments_with_overwritten_bytes_fail(tmp_path: Path, compression: Compression) -> None:
+    segment = tmp_path / "segment"
+    entries = [Entry("init", stat.S_IFREG | 0o755, data=os.urandom(20000))]
+    write_segment(entries, segment, compression)
+    data = bytearray(segment.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0x5A for b in data[middle : middle + 64])
+    segment.write_bytes(data)
+    with pytest.raises(SegmentError, match=f"{compression} segment at offset 0"):
+        read_segments(segment)
+
+
 def test_squashfs_superblock_of_mksquashfs_output(tmp_path: Path) -> None:
     image = make_squashfs(make_tree(tmp_path / "tree", "k\n"), tmp_path / "img")
     data = image.read_bytes()

@@ -195,7 +195,7 @@ def verify(directory: Path, as_json: bool) -> None:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
         styles = {Outcome.PASS: "green", Outcome.FAIL: "bold red", Outcome.SKIP: "yellow"}
-        table = Table(title=f"verify {directory}")
+        table = Table(title=Text(f"verify {directory}"))
         for column in ("check", "result", "detail"):
             table.add_column(column)
         for check in report.checks:
