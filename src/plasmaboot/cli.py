@@ -224,5 +224,5 @@ def serve(
         port,
         public_url=public_url,
         access_log=access_log,
-        announce=lambda line: err_console.print(line, markup=False, highlight=False),
+        announce=lambda line: click.echo(line, err=True),
     )

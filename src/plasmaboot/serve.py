@@ -261,7 +261,7 @@ def make_app(root: Path, public_base_url: str | None = None) -> web.Application:
 def check_public_url(url: str) -> str:
     if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", url):
         raise UserError(
-            f"--public-url {url!r}: expected http://HOST[:PORT][/PATH]",
+            f"--public-url {url!r}: expected http://HOST:PORT or http://HOST:PORT/PATH",
             hint="give the URL nodes use to reach this server, e.g. http://10.0.0.1:8080",
         )
     return url.rstrip("/")
