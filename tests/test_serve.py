@@ -263,10 +263,16 @@ def test_netboot_script_uses_own_address_by_default(server: ServerThread) -> Non
 
 def test_boot_menu_lists_labels(server: ServerThread, tmp_path: Path) -> None:
     publish(tmp_path, server.root, seed=7, label="worker")
+    plain = server.root / "plain"  # a plain copy with no manifest: listed by label alone
+    plain.mkdir()
+    (plain / IPXE).write_text(SCRIPT)
+    (server.root / "junk").mkdir()  # no boot script: not listed
     text = request(server, "/boot.ipxe", headers={"Host": "10.0.2.2:80"}).body.decode()
     assert text.startswith("#!ipxe\nmenu ")
     assert "item cp cp (debian/bookworm, kernel 6.1.0, built 2026-01-01T00:00:00Z)\n" in text
     assert "item worker worker (" in text
+    assert "item plain plain\n" in text
+    assert "junk" not in text
     assert "choose --default cp target || exit 1\n" in text
     assert "chain http://10.0.2.2:80/${target}/netboot.ipxe\n" in text
 

@@ -150,13 +150,15 @@ def render_script(text: str, base_url: str, url_prefix: str) -> str:
 def menu_text(root: Path, label: str) -> str:
     """One menu line: the label and what its manifest says, if it can be read."""
     found = find_set(root, label)
+    if found is None or resolve_within(found.directory, MANIFEST) is None:
+        return label
     try:
-        assert found is not None
         data = json.loads((found.directory / MANIFEST).read_text(encoding="utf-8"))
         details = f"{data['backend']}/{data['distro']}, kernel {data['kernel_version']}"
-        return f"{label} ({details}, built {data['built_at']})"
-    except (AssertionError, OSError, ValueError, KeyError, TypeError):
+        text = f"{label} ({details}, built {data['built_at']})"
+    except (OSError, ValueError, KeyError, TypeError):
         return label
+    return "".join(c if c.isprintable() else " " for c in text)  # one line of the script
 
 
 def boot_menu(root: Path, base_url: str) -> str:
