@@ -34,7 +34,11 @@ FLAKES_HINT = (
 )
 PROBE_TIMEOUT = 60.0
 # The parts of an image the flake builds, each to an out-link in the staging directory.
-OUTPUTS = (("netbootRamdisk", "initrd-link"), ("kernel", "kernel-link"), ("toplevel", "toplevel-link"))
+OUTPUTS = (
+    ("netbootRamdisk", "initrd-link"),
+    ("kernel", "kernel-link"),
+    ("toplevel", "toplevel-link"),
+)
 
 
 def nix_command(*args: str) -> list[str]:
@@ -342,10 +346,10 @@ def nix_profiles(profiles_dir: Path, lib_file: Path | None = None) -> dict[str, 
     return {label: comparable(body, "nixPackages") for label, body in resolved.items()}
 
 
-def profile_differences(profiles_dir: Path) -> list[str]:
+def profile_differences(profiles_dir: Path, lib_file: Path | None = None) -> list[str]:
     """Where the Nix and Python resolutions of the profiles in `profiles_dir` differ."""
     python_side = python_profiles(profiles_dir)
-    nix_side = nix_profiles(profiles_dir)
+    nix_side = nix_profiles(profiles_dir, lib_file)
     problems = [
         f"{label}: only the {side} side has it"
         for label, side in [
