@@ -15,6 +15,7 @@ import re
 import shutil
 import tomllib
 from collections.abc import Iterable, Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ def nix_command(*args: str) -> list[str]:
     return ["nix", *FEATURES, *store_options(), *args]
 
 
-def store_options() -> list[str]:
+@cache
+def store_options() -> tuple[str, ...]:
     """Options that make a root, daemon-less Nix (Debian's nix-bin as installed) build.
 
     Nix as root builds as the users of `build-users-group` (nixbld); Debian's nix-bin does
@@ -54,15 +56,15 @@ def store_options() -> list[str]:
     the group, root builds as itself, still in the sandbox.
     """
     if os.geteuid() != 0:
-        return []
+        return ()
     group = configured_build_users_group()
     if not group:
-        return []
+        return ()
     try:
         grp.getgrnam(group)
     except KeyError:
-        return ["--option", "build-users-group", ""]
-    return []
+        return ("--option", "build-users-group", "")
+    return ()
 
 
 def configured_build_users_group() -> str:
