@@ -470,3 +470,57 @@ def serve(
         access_log=access_log,
         announce=lambda line: click.echo(line, err=True),
     )
+
+
+# --------------------------------------------------------------------------------------
+# check (the Nix side)
+
+
+@main.command()
+@click.option(
+    "--flake",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="The plasmaboot flake directory (default: this checkout).",
+)
+@click.option(
+    "--eval-only",
+    is_flag=True,
+    help="Skip `nix flake check` (it fetches nixpkgs); only parse and compare profiles.",
+)
+def check(flake: Path | None, eval_only: bool) -> None:
+    """Check the Nix side: parse every .nix file, prove nix/lib/profiles.nix resolves every
+    profile and variant as the Python loader does, then run `nix flake check`."""
+    import shutil
+
+    from plasmaboot.build.nix import (
+        check_nix,
+        default_flake,
+        nix_command,
+        nix_files,
+        parse_nix_files,
+        profile_differences,
+    )
+    from plasmaboot.errors import UserError, WorkError
+    from plasmaboot.run import run
+
+    root = flake or default_flake()
+    if shutil.which("nix") is None:
+        raise UserError(
+            "check skipped: nix is not installed, so the flake cannot be evaluated",
+            hint="install it: apt-get install nix-bin (or run `make setup`)",
+        )
+    check_nix()
+    files = nix_files(root)
+    parse_nix_files(files)
+    console.print(f"parsed {len(files)} .nix files")
+    problems = profile_differences(root / "profiles", root / "nix" / "lib" / "profiles.nix")
+    if problems:
+        raise WorkError(
+            "nix/lib/profiles.nix and the Python loader disagree:\n  " + "\n  ".join(problems)
+        )
+    console.print("profiles: Nix and Python resolve every profile and variant alike")
+    if eval_only:
+        console.print("nix flake check: skipped (--eval-only)")
+        return
+    run(nix_command("flake", "check", str(root.resolve()), "--print-build-logs"))
+    console.print("nix flake check: passed")
