@@ -96,8 +96,8 @@ def ensure_writable_dir(directory: Path, option: str) -> None:
     """Create `directory` if needed and check it can take files, before any work starts."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-", delete=True)
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
+            pass
     except OSError as exc:
         raise UserError(
             f"{option} {directory}: cannot write there ({exc.strerror})",

@@ -382,6 +382,8 @@ class BuildProgress:
             self.tasks[subject] = self.progress.add_task(subject, total=None)
         text = f"[bold]{subject}[/]: {escape(step)}" + (f" ({seconds:.1f}s)" if seconds else "")
         self.progress.update(self.tasks[subject], description=text)
+
+
 # verify
 
 

@@ -50,7 +50,9 @@ DPKG_INCLUDES = (
     "/usr/share/locale/en*",
     "/usr/share/locale/locale.alias",
 )
-DEFAULT_SQUASHFS_LEVEL = 15
+# With 1 MiB blocks, zstd 9 is within 1% of level 15's size at a tenth of the time
+# (measured on control-plane: 112.7 vs 112.1 MB, 8 s vs 83 s).
+DEFAULT_SQUASHFS_LEVEL = 9
 
 
 def debian_package_map() -> dict[str, str]:
@@ -193,7 +195,9 @@ class DebianBackend:
                 f"--customize-hook=sync-out /var/cache/apt/archives {new_debs}",
             ]
         command += [
-            f'--customize-hook={sys.executable} -m plasmaboot.build.customize "$1" {work / "plan.json"}',
+            # the profile is applied inside mmdebstrap, so unshare mode works as well as root
+            f"--customize-hook={sys.executable} -m plasmaboot.build.customize"
+            f' "$1" {work / "plan.json"}',
             request.release,
             "/dev/null",
             request.mirror,

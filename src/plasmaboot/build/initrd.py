@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from plasmaboot.run import run
 
@@ -118,7 +118,7 @@ def pad4(length: int) -> bytes:
     return b"\0" * (-length % 4)
 
 
-def write_cpio(entries: list[Entry], out: BinaryIO, mtime: int | None = None) -> None:
+def write_cpio(entries: list[Entry], out: IO[bytes], mtime: int | None = None) -> None:
     """Write a newc archive: sorted entries, uid/gid 0, mtimes clamped to SOURCE_DATE_EPOCH."""
     clamp = source_date_epoch() if mtime is None else mtime
     ordered = sorted([*entries, *parent_dirs(entries)], key=lambda e: e.name)
