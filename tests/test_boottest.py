@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
+from plasmaboot import cli
 from plasmaboot.boottest import (
     PACKAGE_COMMANDS,
     BootTestOptions,
@@ -28,7 +29,6 @@ from plasmaboot.boottest import (
     validate,
     write_report,
 )
-from plasmaboot import cli
 from plasmaboot.cli import main
 from plasmaboot.errors import UserError
 from plasmaboot.profiles import ProfileStore

@@ -75,7 +75,9 @@ def sha256_file(path: Path) -> str:
 
 def file_records(directory: Path, names: tuple[str, ...] = HASHED_FILES) -> dict[str, FileRecord]:
     return {
-        name: FileRecord(sha256=sha256_file(directory / name), size=(directory / name).stat().st_size)
+        name: FileRecord(
+            sha256=sha256_file(directory / name), size=(directory / name).stat().st_size
+        )
         for name in names
         if (directory / name).is_file()
     }
@@ -94,8 +96,8 @@ def ensure_writable_dir(directory: Path, option: str) -> None:
     """Create `directory` if needed and check it can take files, before any work starts."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-", delete=True)
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
+            pass
     except OSError as exc:
         raise UserError(
             f"{option} {directory}: cannot write there ({exc.strerror})",
@@ -133,14 +135,17 @@ def set_id(directory: Path, names: tuple[str, ...]) -> str:
     return digest.hexdigest()[:16]
 
 
-def commit_set(staged: Path, parent: Path, label: str, names: tuple[str, ...]) -> Path:
+def commit_set(
+    staged: Path, parent: Path, label: str, names: tuple[str, ...], content_id: str | None = None
+) -> Path:
     """Make the staged set current: rename it to `.sets/<label>-<id>`, then point the
-    `parent/<label>` symlink at it with one rename(2). Returns the set's directory."""
+    `parent/<label>` symlink at it with one rename(2). Returns the set's directory.
+    `content_id` saves re-hashing when the caller already knows the files' hashes."""
     for name in names:
         os.chmod(staged / name, 0o644)
     os.chmod(staged, 0o755)
     fsync_dir(staged)
-    final = sets_dir(parent) / f"{label}-{set_id(staged, names)}"
+    final = sets_dir(parent) / f"{label}-{content_id or set_id(staged, names)}"
     if final.exists():  # identical content is already there: keep it, drop the copy
         shutil.rmtree(staged)
     else:
@@ -161,8 +166,11 @@ def commit_set(staged: Path, parent: Path, label: str, names: tuple[str, ...]) -
 def prune_sets(parent: Path, label: str, keep: Path, generations: int = KEEP_GENERATIONS) -> None:
     """Keep the current set and the previous ones (a node may still be downloading them)."""
     sets = sorted(
-        (p for p in sets_dir(parent).glob(f"{label}-*") if p.is_dir() and p != keep
-         and set_label(p.name) == label),
+        (
+            p
+            for p in sets_dir(parent).glob(f"{label}-*")
+            if p.is_dir() and p != keep and set_label(p.name) == label
+        ),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
@@ -179,7 +187,6 @@ def publish_atomically(source: Path, parent: Path, label: str, names: tuple[str,
     """Copy `names` from `source` into `parent/label/` so the whole set appears at once;
     until then, and if anything fails, the previous set stays current and intact."""
     parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(parent)
     staged = staging_dir(parent, label)
     try:
         for name in names:

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import ErrorDetails
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plasmaboot.errors import UserError
 from plasmaboot.paths import builtin_profiles_dir
@@ -30,7 +29,19 @@ SYSCTL_PATTERN = r"^[a-z0-9_]+(\.[A-Za-z0-9_*-]+)+$"
 MEMORY_PATTERN = r"^(\d+[KMGT]?|infinity)$"
 CPU_QUOTA_PATTERN = r"^\d+%$"
 PACKAGE_PATTERN = r"^!?[a-z0-9][a-z0-9+.-]*$"
+SERIAL_PATTERN = r"^tty[A-Za-z]+\d+$"
 REMOVE_PREFIX = "!"
+
+# What each pattern means, for error messages ("expected <this>, got ...").
+PATTERN_EXPECTATIONS: dict[str, str] = {
+    NAME_PATTERN: "a profile name of lowercase letters, digits and '-'",
+    SYSCTL_PATTERN: "a sysctl name like net.ipv4.ip_forward",
+    MEMORY_PATTERN: "a size like 512M, 2G or infinity",
+    CPU_QUOTA_PATTERN: "a percentage like 50%",
+    PACKAGE_PATTERN: "a package name of lowercase letters, digits, '+', '.' and '-' "
+    "(optionally prefixed with '!')",
+    SERIAL_PATTERN: "a tty name like ttyS0",
+}
 
 ProfileName = Annotated[str, Field(pattern=NAME_PATTERN)]
 PackageName = Annotated[str, Field(pattern=PACKAGE_PATTERN)]
@@ -40,9 +51,10 @@ SysctlValue = int | str
 
 
 class Section(BaseModel):
-    """A table of a profile file: unknown keys are errors."""
+    """A table of a profile file: unknown keys are errors, and types are not coerced
+    (`dhcp = "yes"` is an error, not true)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class SshSection(Section):
@@ -71,7 +83,7 @@ class NetworkSection(Section):
 
 
 class ConsoleSection(Section):
-    serial: str | None = Field(None, pattern=r"^tty[A-Za-z]+\d+$", description="Serial tty.")
+    serial: str | None = Field(None, pattern=SERIAL_PATTERN, description="Serial tty.")
     baud: int | None = Field(None, ge=1200, le=4000000, description="Serial speed.")
 
 
@@ -88,7 +100,7 @@ class LimitsSection(Section):
 class ServiceSection(Section):
     """A service's settings in a profile; its port options come from the catalog."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
     enable: bool | None = Field(None, description="Start at boot (default false).")
     package: str | None = Field(
@@ -104,7 +116,7 @@ class ServiceSection(Section):
 class ProfileFile(Section):
     """One profile (or variant) file, exactly as written."""
 
-    name: str | None = Field(None, description="Must equal the file name, if given.")
+    name: ProfileName | None = Field(None, description="Must equal the file name, if given.")
     description: str | None = None
     extends: ProfileName | list[ProfileName] | None = Field(
         None, description="Parent profile(s), merged in order before this file."
@@ -127,13 +139,6 @@ class ProfileFile(Section):
     services: dict[str, ServiceSection] | None = Field(
         None, description="PlasmaCloud services in the image (all disabled unless enabled)."
     )
-
-    @field_validator("name")
-    @classmethod
-    def _name_not_empty(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(NAME_PATTERN, value):
-            raise ValueError("expected a non-empty name of lowercase letters, digits and '-'")
-        return value
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,7 +225,13 @@ ERROR_TEMPLATES: dict[str, str] = {
 
 
 def render_value(value: object) -> str:
+    """A value as it would be written in a file: `"abc"`, `5`, `true`, `["a"]`."""
     return json.dumps(value, default=str)
+
+
+def suggestion(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def format_loc(loc: Iterable[object]) -> str:
@@ -232,6 +243,23 @@ def format_loc(loc: Iterable[object]) -> str:
             text = str(part)
             parts.append(text if re.match(r"^[A-Za-z0-9_-]+$", text) else render_value(text))
     return ".".join(parts)
+
+
+def data_loc(loc: Iterable[object], data: Any) -> tuple[object, ...]:
+    """The part of a pydantic error location that is a real path in the file's data.
+
+    pydantic adds names of union members (`constrained-str`, `int`) and `[key]` (an invalid
+    dict key) to locations; they are not keys of the file, so they are dropped.
+    """
+    path: list[object] = []
+    current = data
+    for part in loc:
+        in_table = isinstance(current, dict) and isinstance(part, str) and part in current
+        in_list = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        if in_table or in_list:
+            current = current[part]
+            path.append(part)
+    return tuple(path)
 
 
 def field_names_at(model: type[BaseModel], loc: tuple[object, ...]) -> list[str]:
@@ -264,49 +292,45 @@ def unwrap_model(annotation: Any) -> Any:
     return None
 
 
-def describe_error(error: ErrorDetails, model: type[BaseModel]) -> str:
-    loc = tuple(error["loc"])
-    kind = error["type"]
+def describe_validation_error(exc: ValidationError, data: Any, model: type[BaseModel]) -> UserError:
+    """The most specific problem of a validation error, as `key.path: expected ..., got ...`.
+
+    Of the errors under the first bad key, the deepest wins; a value that fails every member
+    of a union (`extends` takes a name or a list) gets all of their expectations.
+    """
+    located = [(data_loc(error["loc"], data), error) for error in exc.errors()]
+    top = located[0][0][:1]
+    under_top = [(loc, error) for loc, error in located if loc[:1] == top]
+    deepest = max(len(loc) for loc, _ in under_top)
+    candidates = [(loc, error) for loc, error in under_top if len(loc) == deepest]
+    loc, error = next(
+        ((loc, e) for loc, e in candidates if e["type"] not in ERROR_TEMPLATES), candidates[0]
+    )
     where = format_loc(loc)
+    kind = error["type"]
     if kind == "extra_forbidden":
-        key = str(loc[-1])
         allowed = field_names_at(model, loc[:-1])
-        close = difflib.get_close_matches(key, allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        known = f"; known keys: {', '.join(allowed)}" if allowed and not close else ""
-        return f"{where}: unknown key{hint}{known}"
+        return UserError(
+            f"{where}: unknown key{suggestion(str(loc[-1]), allowed)}",
+            hint=f"known keys here: {', '.join(allowed)}",
+        )
     got = f", got {render_value(error.get('input'))}"
+    ctx = error.get("ctx") or {}
     if kind == "string_pattern_mismatch":
-        return f"{where}: {pattern_expectation(loc)}{got}"
+        pattern = str(ctx.get("pattern"))
+        return UserError(f"{where}: expected {PATTERN_EXPECTATIONS.get(pattern, pattern)}{got}")
     if kind in {"greater_than_equal", "less_than_equal"}:
-        ctx = error.get("ctx") or {}
         bound = ctx.get("ge", ctx.get("le"))
         relation = "at least" if kind == "greater_than_equal" else "at most"
-        return f"{where}: expected a number {relation} {bound}{got}"
-    if kind == "value_error":
-        message = error["msg"].removeprefix("Value error, ")
-        return f"{where}: {message}{got}"
+        return UserError(f"{where}: expected a number {relation} {bound}{got}")
     if kind in ERROR_TEMPLATES:
-        return f"{where}: {ERROR_TEMPLATES[kind]}{got}"
-    return f"{where}: {error['msg'].lower()}{got}"
-
-
-def pattern_expectation(loc: tuple[object, ...]) -> str:
-    head = str(loc[0]) if loc else ""
-    last = str(loc[-1]) if loc else ""
-    if head == "sysctl":
-        return "expected a sysctl name like net.ipv4.ip_forward"
-    if last == "memory_max":
-        return "expected a size like 512M or infinity"
-    if last == "cpu_quota":
-        return "expected a percentage like 50%"
-    if head == "packages" or last == "firmware" or (len(loc) > 1 and loc[1] == "firmware"):
-        return "expected a Debian/Nix package name (optionally prefixed with '!')"
-    if head == "extends":
-        return "expected a profile name of lowercase letters, digits and '-'"
-    if head == "console":
-        return "expected a tty name like ttyS0"
-    return "value does not match the expected form"
+        expected = dict.fromkeys(
+            ERROR_TEMPLATES[e["type"]].removeprefix("expected ")
+            for _, e in candidates
+            if e["type"] in ERROR_TEMPLATES
+        )
+        return UserError(f"{where}: expected {' or '.join(expected)}{got}")
+    return UserError(f"{where}: {error['msg'].lower()}{got}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,15 +361,32 @@ def display_path(path: Path) -> str:
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(
-            f"{display_path(path)}: invalid TOML: {exc}",
-            hint="fix the syntax at that line (see https://toml.io)",
-        ) from exc
+        raw = path.read_bytes()
     except OSError as exc:
         raise UserError(f"{display_path(path)}: cannot read: {exc.strerror}") from exc
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{display_path(path)}: line {line}: expected UTF-8 text, "
+            f"got the byte {raw[exc.start]:#04x}"
+        ) from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        at = re.search(r" \(at line (\d+), column (\d+)\)$", message)
+        if at:
+            position = f"line {at[1]}, column {at[2]}"
+            message = message[: at.start()]
+        else:  # "(at end of document)": the problem shows at the last line
+            position = f"line {max(text.count(chr(10)) + (not text.endswith(chr(10))), 1)}"
+            message = message.removesuffix(" (at end of document)") + " at the end of the file"
+        raise UserError(
+            f"{display_path(path)}: {position}: invalid TOML: {message}",
+            hint="fix the syntax there (TOML reference: https://toml.io)",
+        ) from exc
 
 
 def load_source(path: Path, root: Path, name: str) -> ProfileSource:
@@ -353,75 +394,101 @@ def load_source(path: Path, root: Path, name: str) -> ProfileSource:
     try:
         parsed = ProfileFile.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise UserError(f"{display_path(path)}: {describe_error(first, ProfileFile)}") from exc
+        error = describe_validation_error(exc, data, ProfileFile)
+        raise UserError(f"{display_path(path)}: {error.message}", hint=error.hint) from exc
+    source = ProfileSource(name=name, path=path, root=root, data=data, parsed=parsed)
     if parsed.name is not None and parsed.name != name:
         raise UserError(
-            f"{display_path(path)}: name: expected {name!r} (the file name), got {parsed.name!r}",
+            f"{source.display}: name: expected {render_value(name)} (the file name), "
+            f"got {render_value(parsed.name)}",
             hint="rename the file or drop the `name` key",
         )
-    check_services_known(parsed, path)
-    check_file_refs(parsed, path, root)
-    return ProfileSource(name=name, path=path, root=root, data=data, parsed=parsed)
+    check_unset(source)
+    check_services_known(source)
+    for where, ref in file_refs(data):
+        resolve_file_ref(ref, root, f"{source.display}: {where}")
+    return source
 
 
-def check_services_known(parsed: ProfileFile, path: Path) -> None:
-    catalog = load_catalog()
-    for service, section in (parsed.services or {}).items():
-        if service not in catalog:
-            close = difflib.get_close_matches(service, list(catalog), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+def check_unset(source: ProfileSource) -> None:
+    for index, path in enumerate(source.parsed.unset or []):
+        try:
+            unset_path(path)
+        except UserError as exc:
             raise UserError(
-                f"{display_path(path)}: services.{service}: unknown service{hint}; "
-                f"the catalog has: {', '.join(catalog)}"
+                f"{source.display}: unset[{index}]: {exc.message}, got {render_value(path)}",
+                hint=exc.hint,
+            ) from exc
+
+
+def check_services_known(source: ProfileSource) -> None:
+    catalog = load_catalog()
+    for service, section in (source.parsed.services or {}).items():
+        if service not in catalog:
+            raise UserError(
+                f"{source.display}: services.{format_loc([service])}: unknown service"
+                f"{suggestion(service, catalog)}",
+                hint=f"the catalog has: {', '.join(catalog)}",
             )
-        check_service_ports(service, section, catalog[service], path)
+        check_service_ports(service, section, catalog[service], source)
 
 
 def check_service_ports(
-    service: str, section: ServiceSection, entry: CatalogService, path: Path
+    service: str, section: ServiceSection, entry: CatalogService, source: ProfileSource
 ) -> None:
     for key, value in (section.model_extra or {}).items():
-        where = f"{display_path(path)}: services.{service}.{key}"
+        where = f"{source.display}: services.{service}.{format_loc([key])}"
         if key not in entry.ports:
             allowed = [*ServiceSection.model_fields, *entry.ports]
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"{where}: unknown key{hint}; known keys: {', '.join(allowed)}")
-        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(
+                f"{where}: unknown key{suggestion(key, allowed)}",
+                hint=f"known keys of services.{service}: {', '.join(allowed)}",
+            )
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not PORT_MIN <= value <= PORT_MAX
+        ):
             raise UserError(
                 f"{where}: expected an integer {PORT_MIN}-{PORT_MAX}, got {render_value(value)}"
             )
-        if not PORT_MIN <= value <= PORT_MAX:
-            raise UserError(f"{where}: expected an integer {PORT_MIN}-{PORT_MAX}, got {value}")
 
 
-def check_file_refs(parsed: ProfileFile, path: Path, root: Path) -> None:
+def file_refs(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key path, reference) of every file a profile file names: keys and service packages."""
     refs: list[tuple[str, str]] = []
-    for index, key in enumerate((parsed.ssh.authorized_keys if parsed.ssh else None) or []):
+    ssh = data.get("ssh") or {}
+    for index, key in enumerate(ssh.get("authorized_keys") or []):
         refs.append((f"ssh.authorized_keys[{index}]", key))
-    for service, section in (parsed.services or {}).items():
-        if section.package:
-            refs.append((f"services.{service}.package", section.package))
-    for where, ref in refs:
-        resolve_file_ref(ref, root, f"{display_path(path)}: {where}")
+    for service, section in (data.get("services") or {}).items():
+        if section.get("package") is not None:
+            refs.append((f"services.{service}.package", section["package"]))
+    return refs
 
 
 def resolve_file_ref(ref: str, root: Path, where: str) -> Path:
-    """A file named by a profile: relative to the profile directory and inside it."""
+    """A file named by a profile: relative to the profile directory, inside it, and existing."""
+    directory = render_value(display_path(root))
     if not ref or "\0" in ref:
-        raise UserError(f"{where}: expected a file path, got {render_value(ref)}")
+        raise UserError(f"{where}: expected a file name, got {render_value(ref)}")
     candidate = Path(ref)
     if candidate.is_absolute():
         raise UserError(
-            f"{where}: expected a path relative to the profile directory, got {ref!r}",
-            hint="put the file beside the profile, or pass it on the command line",
+            f"{where}: expected a path relative to the profile directory {directory}, "
+            f"got {render_value(ref)}",
+            hint="copy the file beside the profile and name it relatively",
         )
     resolved = (root / candidate).resolve()
     if not resolved.is_relative_to(root.resolve()):
         raise UserError(
-            f"{where}: {ref!r} escapes the profile directory {display_path(root)}",
+            f"{where}: expected a path inside the profile directory {directory}, "
+            f"got {render_value(ref)}",
             hint="keep referenced files inside the profile directory",
+        )
+    if not resolved.is_file():
+        raise UserError(
+            f"{where}: expected an existing file (looked for {display_path(resolved)}), "
+            f"got {render_value(ref)}"
         )
     return resolved
 
@@ -438,7 +505,7 @@ class ProfileStore:
         for directory in [*extra_dirs, builtin_profiles_dir()]:
             if not directory.is_dir():
                 raise UserError(
-                    f"--profiles-dir {display_path(directory)}: not a directory",
+                    f"--profiles-dir: expected a directory, got {render_value(str(directory))}",
                     hint="pass a directory that holds <name>.toml profile files",
                 )
             if directory.resolve() not in [d.resolve() for d in self.dirs]:
@@ -458,103 +525,167 @@ class ProfileStore:
                 names.setdefault(path.stem, None)
         return list(names)
 
-    def find(self, name: str, kind: str = "profile") -> ProfileSource:
+    def locate(self, name: str, kind: str = "profile") -> tuple[Path, Path] | None:
+        """(file, profile directory) of the first `name` in the search path, if any."""
         for directory in self.dirs:
             path = directory / ("variants" if kind == "variant" else "") / f"{name}.toml"
             if path.is_file():
-                return load_source(path, directory, name)
+                return path, directory
+        return None
+
+    def find(self, name: str, kind: str = "profile") -> ProfileSource:
+        found = self.locate(name, kind)
+        if found is None:
+            raise self.unknown(name, kind)
+        return load_source(*found, name)
+
+    def unknown(self, name: str, kind: str, where: str = "") -> UserError:
         known = self.variant_names() if kind == "variant" else self.profile_names()
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UserError(
-            f"unknown {kind} {name!r}",
-            hint=f"{hint}known {kind}s: {', '.join(known)}",
+        searched = ", ".join(display_path(d) for d in self.dirs)
+        return UserError(
+            f"{where}unknown {kind} {render_value(name)}{suggestion(name, known)}",
+            hint=f"known {kind}s: {', '.join(known)} (searched {searched})",
         )
 
     def resolve(self, name: str, variant: str | None = None) -> Profile:
-        chain = self.chain(name, [])
+        chain = self.chain(name)
         if variant is not None:
-            chain.append(self.find(variant, "variant"))
+            if self.locate(variant, "variant") is None:
+                raise self.unknown(variant, "variant", where="--variant: ")
+            overlay = self.find(variant, "variant")
+            if overlay.parsed.extends is not None:
+                raise UserError(
+                    f"{overlay.display}: extends: expected no `extends` in a variant, "
+                    f"got {render_value(overlay.parsed.extends)}",
+                    hint="a variant applies on top of whatever profile it is used with",
+                )
+            chain.append(overlay)
         merged: dict[str, Any] = {}
         for source in chain:
             merged = merge_source(merged, source)
         return build_profile(name, variant, chain, merged)
 
-    def chain(self, name: str, stack: list[str]) -> list[ProfileSource]:
-        """The files to merge for `name`, parents first (depth-first, in `extends` order)."""
-        if name in stack:
-            cycle = " -> ".join([*stack[stack.index(name) :], name])
+    def chain(self, name: str, stack: tuple[ProfileSource, ...] = ()) -> list[ProfileSource]:
+        """The files to merge for `name`, parents first (depth-first, in `extends` order).
+
+        `stack` holds the profiles that (transitively) extend `name`, the nearest last.
+        """
+        names = [s.name for s in stack]
+        if name in names:
+            cycle = " -> ".join([*names[names.index(name) :], name])
             raise UserError(
-                f"{self.find(stack[-1]).display}: extends: cycle {cycle}",
+                f"{stack[-1].display}: extends: expected a profile that does not extend "
+                f"{render_value(stack[-1].name)}, got {render_value(name)} (cycle {cycle})",
                 hint="remove one of the `extends` in the cycle",
             )
-        source = self.find(name) if not stack else self.find_parent(name, stack[-1])
+        if stack and self.locate(name) is None:
+            raise self.unknown(name, "profile", where=f"{stack[-1].display}: extends: ")
+        source = self.find(name)
         parents = source.parsed.extends
         parent_list = [parents] if isinstance(parents, str) else list(parents or [])
         files: list[ProfileSource] = []
         for parent in parent_list:
-            for item in self.chain(parent, [*stack, name]):
+            for item in self.chain(parent, (*stack, source)):
                 if item.path not in [f.path for f in files]:
                     files.append(item)
         files.append(source)
         return files
-
-    def find_parent(self, name: str, child: str) -> ProfileSource:
-        try:
-            return self.find(name)
-        except UserError as exc:
-            raise UserError(
-                f"{self.find(child).display}: extends: unknown profile {name!r}",
-                hint=exc.hint,
-            ) from exc
 
 
 # ---------------------------------------------------------------------------------------
 # Merging: lists append (without duplicates), tables merge, scalars override;
 # "!item" in a list removes an inherited item; `unset` drops inherited keys or tables.
 
+NOT_MERGED = frozenset({"name", "extends", "unset"})
+
 
 def merge_source(merged: dict[str, Any], source: ProfileSource) -> dict[str, Any]:
-    result = apply_unset(merged, source.parsed.unset or [], source)
-    data = {k: v for k, v in source.data.items() if k not in {"name", "extends", "unset"}}
-    data = absolutize_refs(data, source.root)
-    return merge_values(result, data)
-
-
-def apply_unset(merged: dict[str, Any], paths: list[str], source: ProfileSource) -> dict[str, Any]:
-    result = dict(merged)
-    for index, path in enumerate(paths):
-        section, _, key = path.partition(".")
-        if section not in ProfileFile.model_fields or section in {"name", "extends", "unset"}:
-            raise UserError(
-                f"{source.display}: unset[{index}]: unknown setting {path!r}",
-                hint=f"use a top-level key ({', '.join(unsettable_keys())}) "
-                "or <table>.<key>",
-            )
-        if not key:
-            result.pop(section, None)
-        elif isinstance(result.get(section), dict):
-            result[section] = {k: v for k, v in result[section].items() if k != key}
-    return result
+    result = merged
+    for path in source.parsed.unset or []:
+        result = drop_key(result, unset_path(path))
+    data = {k: v for k, v in source.data.items() if k not in NOT_MERGED}
+    data = absolutize_refs(data, source)
+    merged_data: dict[str, Any] = merge_values(result, data)
+    return merged_data
 
 
 def unsettable_keys() -> list[str]:
-    return [k for k in ProfileFile.model_fields if k not in {"name", "extends", "unset"}]
+    return [k for k in ProfileFile.model_fields if k not in NOT_MERGED]
 
 
-def absolutize_refs(data: dict[str, Any], root: Path) -> dict[str, Any]:
+def unset_path(path: str) -> tuple[str, ...]:
+    """An `unset` entry as the key path it drops: `("sysctl", "fs.file-max")`.
+
+    Raises UserError with what was expected (the caller adds where and what it got).
+    """
+    head, _, rest = path.partition(".")
+    if head not in unsettable_keys():
+        raise UserError(
+            f"expected a top-level key or <table>.<key>{suggestion(head, unsettable_keys())}",
+            hint=f"top-level keys: {', '.join(unsettable_keys())}",
+        )
+    if not rest:
+        return (head,)
+    if head == "sysctl":
+        if not re.match(SYSCTL_PATTERN, rest):
+            raise UserError(f"expected sysctl.<name>, {PATTERN_EXPECTATIONS[SYSCTL_PATTERN]}")
+        return (head, rest)
+    if head == "services":
+        catalog = load_catalog()
+        service, _, key = rest.partition(".")
+        if service not in catalog:
+            raise UserError(
+                f"expected services.<service>[.<key>]{suggestion(service, catalog)}",
+                hint=f"the catalog has: {', '.join(catalog)}",
+            )
+        allowed = [*ServiceSection.model_fields, *catalog[service].ports]
+        if key and key not in allowed:
+            raise UserError(
+                f"expected services.{service}.<key>{suggestion(key, allowed)}",
+                hint=f"known keys of services.{service}: {', '.join(allowed)}",
+            )
+        return (head, service, key) if key else (head, service)
+    section = unwrap_model(ProfileFile.model_fields[head].annotation)
+    if section is None:
+        raise UserError(
+            f"expected {head!r} alone ({head} is not a table)",
+            hint='to drop one inherited list item, write "!item" in the list',
+        )
+    if rest not in section.model_fields:
+        raise UserError(
+            f"expected {head}.<key>{suggestion(rest, section.model_fields)}",
+            hint=f"keys of [{head}]: {', '.join(section.model_fields)}",
+        )
+    return (head, rest)
+
+
+def drop_key(data: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    head, *rest = path
+    if head not in data:
+        return data
+    if not rest:
+        return {k: v for k, v in data.items() if k != head}
+    return {**data, head: drop_key(data[head], tuple(rest))}
+
+
+def absolutize_refs(data: dict[str, Any], source: ProfileSource) -> dict[str, Any]:
     """Turn file references into absolute paths, so merged files from several dirs still work."""
     out = dict(data)
     ssh = out.get("ssh")
     if isinstance(ssh, dict) and "authorized_keys" in ssh:
-        keys = [str(resolve_file_ref(k, root, "ssh")) for k in ssh["authorized_keys"]]
+        keys = [
+            str(resolve_file_ref(key, source.root, f"{source.display}: ssh.authorized_keys"))
+            for key in ssh["authorized_keys"]
+        ]
         out["ssh"] = {**ssh, "authorized_keys": keys}
     services = out.get("services")
     if isinstance(services, dict):
         new_services = {}
         for name, section in services.items():
-            if isinstance(section, dict) and section.get("package"):
-                section = {**section, "package": str(resolve_file_ref(section["package"], root, name))}
+            if isinstance(section, dict) and section.get("package") is not None:
+                where = f"{source.display}: services.{name}.package"
+                package = resolve_file_ref(section["package"], source.root, where)
+                section = {**section, "package": str(package)}
             new_services[name] = section
         out["services"] = new_services
     return out
@@ -607,16 +738,18 @@ def build_profile(
     name: str, variant: str | None, chain: list[ProfileSource], merged: dict[str, Any]
 ) -> Profile:
     profile_chain = chain if variant is None else chain[:-1]
-    leaf = profile_chain[-1]
     kernel = merged.get("kernel", {})
     network = merged.get("network", {})
     console = merged.get("console", {})
     system = merged.get("system", {})
-    services = resolve_services(merged, leaf)
-    check_port_clashes(services, chain[-1])
-    description = next((s.parsed.description for s in reversed(profile_chain) if s.parsed.description), "")
+    services = resolve_services(merged)
+    check_port_clashes(services, chain)
+    description = next(
+        (s.parsed.description for s in reversed(profile_chain) if s.parsed.description), ""
+    )
     if variant is not None:
-        description = f"{description} ({variant} variant: {chain[-1].parsed.description or variant})"
+        note = chain[-1].parsed.description or variant
+        description = f"{description} ({variant} variant: {note})"
     return Profile(
         name=name,
         variant=variant,
@@ -641,7 +774,7 @@ def build_profile(
     )
 
 
-def resolve_services(merged: Mapping[str, Any], leaf: ProfileSource) -> dict[str, ResolvedService]:
+def resolve_services(merged: Mapping[str, Any]) -> dict[str, ResolvedService]:
     catalog = load_catalog()
     defaults = merged.get("service_defaults", {})
     resolved: dict[str, ResolvedService] = {}
@@ -668,19 +801,34 @@ def resolve_services(merged: Mapping[str, Any], leaf: ProfileSource) -> dict[str
     return resolved
 
 
-def check_port_clashes(services: Mapping[str, ResolvedService], leaf: ProfileSource) -> None:
-    claimed: dict[int, str] = {}
+def check_port_clashes(services: Mapping[str, ResolvedService], chain: list[ProfileSource]) -> None:
+    """Two enabled services must not listen on the same port (disabled ones may share)."""
+    claimed: dict[int, tuple[str, str]] = {}
     for service in services.values():
         if not service.enable:
             continue
         for key, port in service.ports.items():
-            owner = f"services.{service.name}.{key}"
             if port in claimed:
+                other = claimed[port]
+                blamed = last_setter(chain, [(service.name, key), other])
                 raise UserError(
-                    f"{leaf.display}: {owner}: port {port} is also claimed by {claimed[port]}",
-                    hint="give one of the enabled services another port",
+                    f"{blamed.display}: services.{service.name}.{key}: expected a port no other "
+                    f"enabled service uses, got {port} (services.{other[0]}.{other[1]} has it)",
+                    hint="change one of the ports, or disable one of the services",
                 )
-            claimed[port] = owner
+            claimed[port] = (service.name, key)
+
+
+def last_setter(chain: list[ProfileSource], keys: list[tuple[str, str]]) -> ProfileSource:
+    """The last file that sets one of these service ports or enables one of the services:
+    the file whose settings made them clash."""
+    for source in reversed(chain):
+        services = source.data.get("services") or {}
+        for service, key in keys:
+            section = services.get(service) or {}
+            if key in section or "enable" in section:
+                return source
+    return chain[-1]
 
 
 def profile_json_schema() -> dict[str, Any]:

@@ -7,7 +7,8 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from plasmaboot.errors import UserError, WorkError
@@ -65,13 +66,19 @@ def run(
     check: bool = True,
     capture: bool = True,
     timeout: float | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a program, log the command and its combined output, fail clearly if it fails."""
+    """Run a program, log the command and its combined output, fail clearly if it fails.
+
+    With `on_line`, output is streamed: each line goes to the log and to `on_line` as it
+    arrives (for progress on long programs such as mmdebstrap)."""
     argv = [str(part) for part in cmd]
     if "/" not in argv[0]:
         require_tool(argv[0])
     if log is not None:
         log.command(argv)
+    if on_line is not None:
+        return run_streaming(argv, log=log, env=env, cwd=cwd, check=check, on_line=on_line)
     try:
         proc = subprocess.run(
             argv,
@@ -89,9 +96,39 @@ def run(
     if log is not None and output:
         log.output(output.decode("utf-8", "replace"))
     if check and proc.returncode != 0:
-        tail = "\n".join(output.decode("utf-8", "replace").splitlines()[-TAIL_LINES:])
-        raise WorkError(
-            f"command failed with exit code {proc.returncode}: {shlex.join(argv)}\n{tail}",
-            hint="the full output is in build.log" if log is not None else None,
-        )
+        raise command_failed(argv, proc.returncode, output.decode("utf-8", "replace"), log)
     return proc
+
+
+def command_failed(argv: list[str], code: int, output: str, log: Log | None) -> WorkError:
+    tail = "\n".join(output.splitlines()[-TAIL_LINES:])
+    return WorkError(
+        f"command failed with exit code {code}: {shlex.join(argv)}\n{tail}",
+        hint=f"the full output is in {log.path}" if log is not None and log.path else None,
+    )
+
+
+def run_streaming(
+    argv: list[str],
+    *,
+    log: Log | None,
+    env: Mapping[str, str] | None,
+    cwd: Path | None,
+    check: bool,
+    on_line: Callable[[str], None],
+) -> subprocess.CompletedProcess[bytes]:
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    with subprocess.Popen(
+        argv, env=minimal_env(env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            tail.append(line)
+            if log is not None:
+                log.output(line)
+            on_line(line)
+        code = proc.wait()
+    if check and code != 0:
+        raise command_failed(argv, code, "\n".join(tail), log)
+    return subprocess.CompletedProcess(argv, code, b"", b"")

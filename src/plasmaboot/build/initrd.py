@@ -9,14 +9,18 @@ The kernel unpacks them in order into one rootfs. Our writer sorts entries, sets
 from __future__ import annotations
 
 import gzip
+import lzma
 import os
 import shutil
 import stat
 import subprocess
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
+
+from plasmaboot.run import run
 
 NEWC_MAGIC = b"070701"
 HEADER_SIZE = 110
@@ -59,6 +63,7 @@ class Entry:
     source: Path | None = None  # regular file contents
     data: bytes | None = None  # inline contents (small files)
     link_target: str | None = None  # symlink target
+    rdev: tuple[int, int] = (0, 0)  # device number of a device node (major, minor)
 
     def size(self) -> int:
         if self.link_target is not None:
@@ -104,7 +109,8 @@ def parent_dirs(entries: list[Entry]) -> list[Entry]:
 
 def header(ino: int, entry: Entry, mtime: int, size: int, nlink: int) -> bytes:
     name = entry.name.encode() + b"\0"
-    fields = [ino, entry.mode, 0, 0, nlink, mtime, size, 0, 0, 0, 0, len(name), 0]
+    major, minor = entry.rdev
+    fields = [ino, entry.mode, 0, 0, nlink, mtime, size, 0, 0, major, minor, len(name), 0]
     return NEWC_MAGIC + b"".join(f"{v:08x}".encode() for v in fields) + name
 
 
@@ -112,7 +118,7 @@ def pad4(length: int) -> bytes:
     return b"\0" * (-length % 4)
 
 
-def write_cpio(entries: list[Entry], out: BinaryIO, mtime: int | None = None) -> None:
+def write_cpio(entries: list[Entry], out: IO[bytes], mtime: int | None = None) -> None:
     """Write a newc archive: sorted entries, uid/gid 0, mtimes clamped to SOURCE_DATE_EPOCH."""
     clamp = source_date_epoch() if mtime is None else mtime
     ordered = sorted([*entries, *parent_dirs(entries)], key=lambda e: e.name)
@@ -218,7 +224,12 @@ def read_members(data: bytes, start: int = 0) -> tuple[list[Member], int]:
         except ValueError as exc:
             raise CpioError(f"bad cpio header at offset {pos}") from exc
         mode, uid, gid, mtime, size, namesize = (
-            fields[1], fields[2], fields[3], fields[5], fields[6], fields[11]
+            fields[1],
+            fields[2],
+            fields[3],
+            fields[5],
+            fields[6],
+            fields[11],
         )
         name_end = pos + HEADER_SIZE + namesize
         if name_end > len(data):
@@ -232,6 +243,147 @@ def read_members(data: bytes, start: int = 0) -> tuple[list[Member], int]:
         if name == TRAILER:
             return members, pos
         link = data[data_start:data_end].decode() if stat.S_ISLNK(mode) else None
-        members.append(
-            Member(name.lstrip("/"), mode, size, mtime, uid, gid, data_start, link)
-        )
+        members.append(Member(name.lstrip("/"), mode, size, mtime, uid, gid, data_start, link))
+
+
+class SegmentError(ValueError):
+    """The initrd is not a well-formed sequence of (compressed) newc segments."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One initrd segment. `payload` is the byte stream its members' offsets index into:
+    the decompressed archive, or for an uncompressed segment the initrd itself (no copy)."""
+
+    offset: int  # where the segment starts in the initrd
+    end: int  # just past its last byte (before any padding)
+    compression: Compression
+    payload: bytes
+    members: list[Member]
+
+
+# The largest lz4 legacy chunk: an 8 MiB block that did not compress, plus lz4's overhead.
+LZ4_MAX_CHUNK = (8 << 20) + (8 << 20) // 255 + 16
+
+
+def read_segments(path: Path) -> list[Segment]:
+    """Split an initrd into its segments and parse each one's archive, as the kernel does:
+    NUL bytes between segments are skipped, each segment is decompressed on its own."""
+    data = path.read_bytes()
+    segments: list[Segment] = []
+    pos = 0
+    while True:
+        while pos < len(data) and data[pos] == 0:
+            pos += 1
+        if pos >= len(data):
+            break
+        compression = Compression.detect(data[pos : pos + 8])
+        if compression is None:
+            raise SegmentError(f"unknown segment format {data[pos : pos + 6]!r} at offset {pos}")
+        try:
+            segment = read_segment(data, pos, compression)
+        except ValueError as exc:  # a CpioError, or a link target that is not UTF-8
+            raise SegmentError(f"{compression} segment at offset {pos}: {exc}") from exc
+        segments.append(segment)
+        pos = segment.end
+    if not segments:
+        raise SegmentError("the initrd is empty")
+    return segments
+
+
+def read_segment(data: bytes, start: int, compression: Compression) -> Segment:
+    if compression is Compression.NONE:
+        members, end = read_archives(data, start, stop_at_first=True)
+        return Segment(start, end, compression, data, members)
+    if compression in (Compression.GZIP, Compression.XZ):
+        payload, end = decompress_stream(data, start, compression)
+    elif compression is Compression.ZSTD:
+        end = zstd_frame_end(data, start)
+        payload = decompress_with_tool(["zstd", "-d", "-q", "-c"], data[start:end], start)
+    else:
+        end = lz4_legacy_end(data, start)
+        payload = decompress_with_tool(["lz4", "-d", "-q", "-c"], data[start:end], start)
+    members, _ = read_archives(payload, 0, stop_at_first=False)
+    return Segment(start, end, compression, payload, members)
+
+
+def read_archives(data: bytes, start: int, stop_at_first: bool) -> tuple[list[Member], int]:
+    """One archive (an uncompressed segment), or every archive in a decompressed stream."""
+    members, pos = read_members(data, start)
+    while not stop_at_first:
+        while pos < len(data) and data[pos] == 0:
+            pos += 1
+        if pos >= len(data):
+            break
+        more, pos = read_members(data, pos)
+        members.extend(more)
+    return members, pos
+
+
+def decompress_stream(data: bytes, start: int, compression: Compression) -> tuple[bytes, int]:
+    """Decompress one gzip member or xz stream starting at `start`; return it and its end."""
+    decompressor: zlib._Decompress | lzma.LZMADecompressor
+    if compression is Compression.GZIP:
+        decompressor = zlib.decompressobj(wbits=31)
+    else:
+        decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    out: list[bytes] = []
+    pos = start
+    try:
+        while pos < len(data) and not decompressor.eof:
+            chunk = data[pos : pos + COPY_CHUNK]
+            out.append(decompressor.decompress(chunk))
+            pos += len(chunk)
+    except (zlib.error, lzma.LZMAError) as exc:
+        raise SegmentError(f"{compression} segment at offset {start} is corrupt: {exc}") from exc
+    if not decompressor.eof:
+        raise SegmentError(f"{compression} segment at offset {start} is truncated")
+    return b"".join(out), pos - len(decompressor.unused_data)
+
+
+def zstd_frame_end(data: bytes, start: int) -> int:
+    """Where the zstd frame at `start` ends, from its frame and block headers (RFC 8878)."""
+    descriptor = data[start + 4] if start + 4 < len(data) else 0
+    single_segment = descriptor >> 5 & 1
+    content_size_bytes = [single_segment, 2, 4, 8][descriptor >> 6]
+    pos = start + 5 + (1 - single_segment) + [0, 1, 2, 4][descriptor & 3] + content_size_bytes
+    while True:
+        if pos + 3 > len(data):
+            raise SegmentError(f"zstd segment at offset {start} is truncated")
+        block = int.from_bytes(data[pos : pos + 3], "little")
+        block_type, block_size = block >> 1 & 3, block >> 3
+        if block_type == 3:
+            raise SegmentError(f"zstd segment at offset {start}: reserved block type at {pos}")
+        pos += 3 + (1 if block_type == 1 else block_size)
+        if block & 1:
+            break
+    end = pos + 4 * (descriptor >> 2 & 1)
+    if end > len(data):
+        raise SegmentError(f"zstd segment at offset {start} is truncated")
+    return end
+
+
+def lz4_legacy_end(data: bytes, start: int) -> int:
+    """Where the lz4 legacy stream at `start` ends: the format has no end marker, so it ends
+    at the end of the file, at zero padding, or where a chunk size cannot be one."""
+    pos = start + 4
+    while pos + 4 <= len(data):
+        size = int.from_bytes(data[pos : pos + 4], "little")
+        if size == int.from_bytes(MAGICS[Compression.LZ4], "little"):
+            pos += 4
+            continue
+        if size == 0 or size > LZ4_MAX_CHUNK:
+            break
+        if pos + 4 + size > len(data):
+            raise SegmentError(f"lz4 segment at offset {start} is truncated")
+        pos += 4 + size
+    return pos
+
+
+def decompress_with_tool(argv: list[str], compressed: bytes, start: int) -> bytes:
+    proc = run(argv, input=compressed, check=False)
+    if proc.returncode != 0:
+        message = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+        detail = message[-1] if message else f"exit code {proc.returncode}"
+        raise SegmentError(f"{argv[0]} segment at offset {start} is corrupt: {detail}")
+    return proc.stdout

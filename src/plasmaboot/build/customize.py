@@ -1,0 +1,413 @@
+"""Apply a resolved profile to a Debian root filesystem and turn it into boot parts.
+
+Runs inside mmdebstrap's customize hook (`python -m plasmaboot.build.customize ROOT PLAN`),
+so it works the same in root mode and in unshare mode (where only the hook sees the files
+as root). Writes into the plan's output directory: bzImage, root.squashfs, stage-1 modules,
+packages.json and steps.json. Each step is a small function; the order is `STEPS`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from plasmaboot.log import Log
+from plasmaboot.profiles import Profile
+from plasmaboot.run import run
+
+# Modules stage-1 needs before it can mount the root image (the Debian kernel builds them
+# as modules); their dependencies are added from modules.dep.
+STAGE1_MODULES = ("loop", "squashfs", "overlay")
+KEPT_LOCALE_PREFIXES = ("en", "locale.alias")
+SSHD_DROP_IN = """\
+# plasmaboot: root logs in with a key, never with a password.
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitEmptyPasswords no
+"""
+HOST_KEYGEN_UNIT = """\
+# plasmaboot: one image boots many machines, so SSH host keys are made at each boot
+# (on the tmpfs overlay) and never stored in the image.
+[Unit]
+Description=Generate per-boot SSH host keys
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+RequiredBy=ssh.service
+"""
+WAIT_ONLINE_DROP_IN = """\
+# plasmaboot: a node is online when any NIC is configured, not all of them.
+[Service]
+ExecStart=
+ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=60
+"""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the parent process asks the hook to do."""
+
+    profile: Profile
+    authorized_keys: str
+    out: Path
+    squashfs_level: int
+
+    @classmethod
+    def load(cls, path: Path) -> Plan:
+        raw = json.loads(path.read_text())
+        return cls(
+            profile=Profile.model_validate(raw["profile"]),
+            authorized_keys=raw["authorized_keys"],
+            out=Path(raw["out"]),
+            squashfs_level=int(raw["squashfs_level"]),
+        )
+
+    def dump(self, path: Path) -> None:
+        body = {
+            "profile": self.profile.model_dump(mode="json"),
+            "authorized_keys": self.authorized_keys,
+            "out": str(self.out),
+            "squashfs_level": self.squashfs_level,
+        }
+        path.write_text(json.dumps(body, indent=2))
+
+
+@dataclass
+class Context:
+    root: Path
+    plan: Plan
+    log: Log
+
+    @property
+    def profile(self) -> Profile:
+        return self.plan.profile
+
+    def chroot(self, *argv: str) -> None:
+        run(["chroot", str(self.root), *argv], log=self.log)
+
+    def write(self, relpath: str, text: str, mode: int = 0o644) -> Path:
+        path = self.root / relpath.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        os.chmod(path, mode)
+        return path
+
+    def kernel_version(self) -> str:
+        versions = sorted(p.name for p in (self.root / "usr/lib/modules").iterdir())
+        if len(versions) != 1:
+            raise RuntimeError(f"expected one kernel in the image, found {versions}")
+        return versions[0]
+
+
+# --------------------------------------------------------------------------------------
+# Steps
+
+
+def clean_package_caches(ctx: Context) -> None:
+    """No apt lists or caches in the image: they are large and stale by the next boot."""
+    for pattern in ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*"):
+        for path in ctx.root.glob(pattern):
+            if path.is_file():
+                path.unlink()
+
+
+def configure_ssh(ctx: Context) -> None:
+    ctx.write("etc/ssh/sshd_config.d/10-plasmaboot.conf", SSHD_DROP_IN)
+    ssh_dir = ctx.root / "root/.ssh"
+    ssh_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(ssh_dir, 0o700)
+    ctx.write("root/.ssh/authorized_keys", ctx.plan.authorized_keys, mode=0o600)
+    for key in (ctx.root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    ctx.write("etc/systemd/system/plasmaboot-ssh-hostkeys.service", HOST_KEYGEN_UNIT)
+    ctx.chroot("systemctl", "enable", "plasmaboot-ssh-hostkeys.service", "ssh.service")
+
+
+def lock_root_password(ctx: Context) -> None:
+    ctx.chroot("usermod", "--lock", "root")
+
+
+def configure_network(ctx: Context) -> None:
+    if not ctx.profile.dhcp:
+        return
+    ctx.write(
+        "etc/systemd/network/80-plasmaboot-dhcp.network",
+        "# plasmaboot: DHCP on every Ethernet NIC (not on bridges, bonds or veths)\n"
+        "[Match]\nType=ether\nKind=!*\n\n[Network]\nDHCP=yes\n\n"
+        "[DHCPv4]\nClientIdentifier=mac\n",
+    )
+    ctx.write(
+        "etc/systemd/system/systemd-networkd-wait-online.service.d/plasmaboot.conf",
+        WAIT_ONLINE_DROP_IN,
+    )
+    ctx.chroot("systemctl", "enable", "systemd-networkd.service", "systemd-resolved.service")
+
+
+def configure_console(ctx: Context) -> None:
+    ctx.chroot("systemctl", "enable", f"serial-getty@{ctx.profile.serial}.service")
+
+
+def configure_identity(ctx: Context) -> None:
+    """Nothing that must be unique per machine stays in the image."""
+    ctx.write("etc/hostname", "plasmaboot\n")
+    ctx.write("etc/machine-id", "")  # empty: systemd makes a fresh one at each boot
+    for stale in ("var/lib/dbus/machine-id", "var/lib/systemd/random-seed"):
+        (ctx.root / stale).unlink(missing_ok=True)
+
+
+def configure_sysctl(ctx: Context) -> None:
+    if not ctx.profile.sysctl:
+        return
+    lines = [f"{key} = {value}" for key, value in ctx.profile.sysctl.items()]
+    ctx.write("etc/sysctl.d/90-plasmaboot.conf", "\n".join(["# plasmaboot", *lines]) + "\n")
+
+
+def configure_kernel_modules(ctx: Context) -> None:
+    if not ctx.profile.kernel_modules:
+        return
+    ctx.write(
+        "etc/modules-load.d/plasmaboot.conf",
+        "\n".join(["# plasmaboot", *ctx.profile.kernel_modules]) + "\n",
+    )
+
+
+def configure_services(ctx: Context) -> None:
+    for service in ctx.profile.services.values():
+        ctx.write(
+            f"usr/lib/sysusers.d/plasmaboot-{service.name}.conf",
+            f'u {service.user} - "PlasmaCloud {service.name}" /var/lib/{service.name}\n',
+        )
+        settings = {**service.ports, **service.settings}
+        ctx.write(service.config, render_toml(settings))
+        ctx.write(f"etc/systemd/system/{service.name}.service", render_unit(service.name, ctx))
+    if ctx.profile.services:
+        ctx.chroot("systemd-sysusers")
+    enabled = [f"{s.name}.service" for s in ctx.profile.services.values() if s.enable]
+    if enabled:
+        ctx.chroot("systemctl", "enable", *enabled)
+
+
+def render_unit(name: str, ctx: Context) -> str:
+    service = ctx.profile.services[name]
+    binary = f"/usr/bin/{service.binary}"
+    limits = []
+    if service.memory_max:
+        limits.append(f"MemoryMax={service.memory_max}")
+    if service.cpu_quota:
+        limits.append(f"CPUQuota={service.cpu_quota}")
+    return "\n".join(
+        [
+            "# plasmaboot: disabled unless the profile enables it",
+            "[Unit]",
+            f"Description=PlasmaCloud {name}: {service.description}",
+            "Wants=network-online.target",
+            "After=network-online.target",
+            # a service whose package was not given is skipped, and says why in its status
+            f"ConditionPathExists={binary}",
+            "",
+            "[Service]",
+            f"User={service.user}",
+            f"Group={service.user}",
+            f"ExecStart={binary} --config {service.config}",
+            f"StateDirectory={name}",
+            "Restart=on-failure",
+            *limits,
+            "",
+            "[Install]",
+            "WantedBy=multi-user.target",
+            "",
+        ]
+    )
+
+
+def render_toml(table: dict[str, Any], prefix: str = "") -> str:
+    """A small TOML writer for service settings (scalars, lists, nested tables)."""
+    lines: list[str] = []
+    nested: list[tuple[str, dict[str, Any]]] = []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            nested.append((f"{prefix}{key}", value))
+        else:
+            lines.append(f"{toml_key(key)} = {toml_value(value)}")
+    for name, sub in nested:
+        lines.append(f"\n[{'.'.join(toml_key(p) for p in name.split('.'))}]")
+        lines.append(render_toml(sub, f"{name}.").rstrip("\n"))
+    return "\n".join(lines) + "\n"
+
+
+def toml_key(key: str) -> str:
+    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else json.dumps(key)
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def trim_documentation(ctx: Context) -> None:
+    """dpkg excludes most of it; this catches what maintainer scripts create."""
+    if ctx.profile.documentation:
+        return
+    for relpath in ("usr/share/man", "usr/share/info", "usr/share/doc-base"):
+        shutil.rmtree(ctx.root / relpath, ignore_errors=True)
+    locale_dir = ctx.root / "usr/share/locale"
+    if locale_dir.is_dir():
+        for child in locale_dir.iterdir():
+            if not child.name.startswith(KEPT_LOCALE_PREFIXES):
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def trim_kernel_modules(ctx: Context) -> None:
+    """Keep the module trees a server needs (profile globs), then rebuild modules.dep."""
+    version = ctx.kernel_version()
+    tree = ctx.root / "usr/lib/modules" / version / "kernel"
+    include, exclude = ctx.profile.include_modules, ctx.profile.exclude_modules
+    removed = 0
+    for module in list(tree.rglob("*.ko*")):
+        rel = module.relative_to(tree).as_posix()
+        keep = any(fnmatch.fnmatch(rel, g) for g in include) if include else True
+        if not keep or any(fnmatch.fnmatch(rel, g) for g in exclude):
+            module.unlink()
+            removed += 1
+    for directory in sorted(tree.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+    ctx.log.info(f"dropped {removed} kernel modules")
+    ctx.chroot("depmod", "-a", version)
+
+
+def export_kernel(ctx: Context) -> None:
+    """The kernel leaves the image (bzImage artifact); stage-1 gets its few modules."""
+    version = ctx.kernel_version()
+    shutil.copy2(ctx.root / "boot" / f"vmlinuz-{version}", ctx.plan.out / "bzImage")
+    (ctx.plan.out / "kernel_version").write_text(version)
+    module_root = ctx.root / "usr/lib/modules" / version
+    order = stage1_module_order(module_root)
+    target = ctx.plan.out / "stage1-modules"
+    target.mkdir(exist_ok=True)
+    for relpath in order:
+        shutil.copy2(module_root / relpath, target / Path(relpath).name)
+    (ctx.plan.out / "stage1-modules.txt").write_text("".join(f"{Path(p).name}\n" for p in order))
+    for path in (ctx.root / "boot").iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def stage1_module_order(module_root: Path) -> list[str]:
+    """Stage-1 modules and their dependencies, dependencies first (from modules.dep)."""
+    deps: dict[str, list[str]] = {}
+    for line in (module_root / "modules.dep").read_text().splitlines():
+        path, _, rest = line.partition(":")
+        deps[path] = rest.split()
+    by_name = {Path(p).name.split(".ko")[0]: p for p in deps}
+    order: list[str] = []
+
+    def visit(path: str) -> None:
+        for dep in deps.get(path, []):
+            visit(dep)
+        if path not in order:
+            order.append(path)
+
+    for name in STAGE1_MODULES:
+        if name in by_name:  # absent means built into the kernel
+            visit(by_name[name])
+    return order
+
+
+def record_packages(ctx: Context) -> None:
+    proc = run(
+        ["chroot", str(ctx.root), "dpkg-query", "-W", "-f", "${Package}\t${Version}\n"],
+        log=None,
+    )
+    packages = dict(line.split("\t", 1) for line in proc.stdout.decode().splitlines() if line)
+    (ctx.plan.out / "packages.json").write_text(json.dumps(packages, indent=1, sort_keys=True))
+
+
+def make_squashfs(ctx: Context) -> None:
+    run(
+        [
+            "mksquashfs",
+            str(ctx.root),
+            str(ctx.plan.out / "root.squashfs"),
+            "-noappend",
+            "-no-progress",
+            "-quiet",
+            "-comp",
+            "zstd",
+            "-Xcompression-level",
+            str(ctx.plan.squashfs_level),
+            "-b",
+            "1M",
+            # the overlay mounts in stage-1 need these mount points; /proc etc. are kept
+            "-wildcards",
+            "-e",
+            "proc/*",
+            "sys/*",
+            "dev/*",
+            "run/*",
+            "tmp/*",
+        ],
+        log=ctx.log,
+    )
+
+
+STEPS: list[Callable[[Context], None]] = [
+    clean_package_caches,
+    configure_ssh,
+    lock_root_password,
+    configure_network,
+    configure_console,
+    configure_identity,
+    configure_sysctl,
+    configure_kernel_modules,
+    configure_services,
+    trim_documentation,
+    trim_kernel_modules,
+    export_kernel,
+    record_packages,
+    make_squashfs,
+]
+
+
+def apply_plan(root: Path, plan: Plan, log: Log) -> dict[str, float]:
+    ctx = Context(root=root, plan=plan, log=log)
+    timings: dict[str, float] = {}
+    for step in STEPS:
+        started = time.monotonic()
+        with log.step(step.__name__):
+            step(ctx)
+        timings[step.__name__] = round(time.monotonic() - started, 3)
+    return timings
+
+
+def main(argv: list[str]) -> int:
+    root, plan_path = Path(argv[0]), Path(argv[1])
+    plan = Plan.load(plan_path)
+    with Log(Path("/dev/stdout")) as log:
+        timings = apply_plan(root, plan, log)
+    (plan.out / "steps.json").write_text(json.dumps(timings, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,247 @@
+"""The Debian backend: mmdebstrap builds the root filesystem from real Debian packages,
+the customize hook applies the profile and makes the squashfs, and we assemble the initrd
+(stage-1 segment + root segment) the NixOS netboot way."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import sys
+import tomllib
+from pathlib import Path
+
+from plasmaboot import __version__
+from plasmaboot.build import customize
+from plasmaboot.build.backend import BuildRequest, BuildResult
+from plasmaboot.build.initrd import Compression, Entry, concatenate, write_segment
+from plasmaboot.errors import UserError
+from plasmaboot.paths import data_dir
+from plasmaboot.profiles import Profile
+from plasmaboot.run import require_tool, run
+
+STAGE1_INIT = Path(__file__).parent / "stage1" / "init"
+BUSYBOX = Path("/bin/busybox")
+HOOKS = Path("/usr/share/mmdebstrap/hooks")
+# Always in the image: what boots, networks and logs in, whatever the profile says.
+SYSTEM_PACKAGES = (
+    "linux-image-amd64",
+    "systemd",
+    "systemd-sysv",
+    "systemd-resolved",
+    "udev",
+    "dbus",
+    "kmod",
+    "procps",
+    "ca-certificates",
+)
+DPKG_EXCLUDES = (
+    "/usr/share/man/*",
+    "/usr/share/info/*",
+    "/usr/share/doc/*",
+    "/usr/share/locale/*",
+    "/usr/share/lintian/*",
+)
+# Licences stay (they are small and Debian asks for them); en* translations stay.
+DPKG_INCLUDES = (
+    "/usr/share/doc/*/copyright",
+    "/usr/share/locale/en*",
+    "/usr/share/locale/locale.alias",
+)
+# With 1 MiB blocks, zstd 9 is within 1% of level 15's size at a tenth of the time
+# (measured on control-plane: 112.7 vs 112.1 MB, 8 s vs 83 s).
+DEFAULT_SQUASHFS_LEVEL = 9
+
+
+def debian_package_map() -> dict[str, str]:
+    with (data_dir() / "catalog" / "packages.toml").open("rb") as handle:
+        table: dict[str, str] = tomllib.load(handle).get("debian", {})
+    return table
+
+
+def debian_packages(profile: Profile) -> tuple[list[str], list[str]]:
+    """The profile's packages under their Debian names, and those Debian does not have."""
+    mapping = debian_package_map()
+    names: list[str] = list(SYSTEM_PACKAGES)
+    skipped: list[str] = []
+    for abstract in [*profile.packages, *profile.firmware]:
+        name = mapping.get(abstract, abstract)
+        if not name:
+            skipped.append(abstract)
+        elif name not in names:
+            names.append(name)
+    return names, skipped
+
+
+def source_fingerprint() -> str:
+    """A hash of the code that shapes the image, so changing it invalidates the cache."""
+    digest = hashlib.sha256(__version__.encode())
+    for path in (Path(customize.__file__), STAGE1_INIT, Path(__file__)):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class DebianBackend:
+    name = "debian"
+
+    def __init__(self, squashfs_level: int = DEFAULT_SQUASHFS_LEVEL) -> None:
+        self.squashfs_level = squashfs_level
+
+    def check_available(self) -> None:
+        for tool in ("mmdebstrap", "mksquashfs", "chroot"):
+            require_tool(tool)
+        if not BUSYBOX.is_file():
+            raise UserError(
+                f"{BUSYBOX} is missing (stage-1 needs a static busybox)",
+                hint="install it: apt-get install busybox-static (or run `make setup`)",
+            )
+        if os.geteuid() != 0 and shutil.which("newuidmap") is None:
+            raise UserError(
+                "building as a non-root user needs mmdebstrap's unshare mode and newuidmap",
+                hint="install it: apt-get install uidmap, or build as root",
+            )
+
+    def cache_inputs(self, request: BuildRequest) -> dict[str, str]:
+        return {
+            "backend": self.name,
+            "release": request.release,
+            "mirror": request.mirror,
+            "squashfs_level": str(self.squashfs_level),
+            "code": source_fingerprint(),
+        }
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        work = request.staging / ".work"
+        work.mkdir()
+        try:
+            return self._build(request, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _build(self, request: BuildRequest, work: Path) -> BuildResult:
+        log, profile = request.log, request.profile
+        packages, skipped = debian_packages(profile)
+        for name in skipped:
+            log.info(f"package {name!r} is not available on Debian; skipped")
+        plan = customize.Plan(
+            profile=profile,
+            authorized_keys=request_authorized_keys(request),
+            out=work,
+            squashfs_level=self.squashfs_level,
+        )
+        plan.dump(work / "plan.json")
+        with log.step("mmdebstrap"):
+            run(
+                self.mmdebstrap_command(request, packages, work),
+                log=log,
+                on_line=lambda line: progress_from_line(request, line),
+            )
+        if request.cache_dir is not None:
+            store_new_debs(work, request.cache_dir, request.release)
+        kernel_version = (work / "kernel_version").read_text().strip()
+        with log.step("stage1"):
+            write_segment(stage1_entries(work), work / "stage1.cpio.gz", Compression.GZIP)
+        with log.step("initrd"):
+            root_entry = Entry("root.squashfs", stat.S_IFREG | 0o444, source=work / "root.squashfs")
+            write_segment([root_entry], work / "root.cpio", Compression.NONE)
+            concatenate([work / "stage1.cpio.gz", work / "root.cpio"], request.staging / "initrd")
+        shutil.move(work / "bzImage", request.staging / "bzImage")
+        for step, seconds in json.loads((work / "steps.json").read_text()).items():
+            log.steps[f"customize.{step}"] = seconds
+        return BuildResult(
+            kernel_version=kernel_version,
+            distro=f"debian {request.release}",
+            packages=json.loads((work / "packages.json").read_text()),
+        )
+
+    def mmdebstrap_command(
+        self, request: BuildRequest, packages: list[str], work: Path
+    ) -> list[str]:
+        profile = request.profile
+        mode = "root" if os.geteuid() == 0 else "unshare"
+        debs = [s.package_file for s in profile.services.values() if s.package_file]
+        components = "main,non-free-firmware" if profile.firmware else "main"
+        command = [
+            "mmdebstrap",
+            f"--mode={mode}",
+            "--variant=minbase",
+            f"--components={components}",
+            '--aptopt=APT::Install-Recommends "false"',
+            '--aptopt=APT::Install-Suggests "false"',
+            "--dpkgopt=force-unsafe-io",
+            f"--include={','.join([*packages, *debs])}",
+            f"--hook-dir={HOOKS / 'merged-usr'}",
+            f"--hook-dir={HOOKS / 'eatmydata'}",
+            # The kernel's postinst would build an initramfs we never use: skip it.
+            '--essential-hook=chroot "$1" dpkg-divert --quiet --local --rename'
+            " --add /usr/sbin/update-initramfs"
+            " && printf '#!/bin/sh\\nexit 0\\n' > \"$1/usr/sbin/update-initramfs\""
+            ' && chmod 755 "$1/usr/sbin/update-initramfs"',
+            "--skip=download/empty",
+        ]
+        if not profile.documentation:
+            command += [f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES]
+            command += [f"--dpkgopt=path-include={p}" for p in DPKG_INCLUDES]
+        if request.cache_dir is not None:
+            debs_dir = request.cache_dir / "debs" / request.release
+            debs_dir.mkdir(parents=True, exist_ok=True)
+            new_debs = work / "new-debs"
+            new_debs.mkdir()
+            command += [
+                '--setup-hook=mkdir -p "$1"/var/cache/apt/archives',
+                f"--setup-hook=sync-in {debs_dir} /var/cache/apt/archives/",
+                f"--customize-hook=sync-out /var/cache/apt/archives {new_debs}",
+            ]
+        command += [
+            # the profile is applied inside mmdebstrap, so unshare mode works as well as root
+            f"--customize-hook={sys.executable} -m plasmaboot.build.customize"
+            f' "$1" {work / "plan.json"}',
+            request.release,
+            "/dev/null",
+            request.mirror,
+        ]
+        return command
+
+
+def request_authorized_keys(request: BuildRequest) -> str:
+    lines: list[str] = []
+    for path in [*map(Path, request.profile.authorized_keys), *request.ssh_keys]:
+        for line in path.read_text().splitlines():
+            if line.strip() and line not in lines:
+                lines.append(line.strip())
+    return "".join(f"{line}\n" for line in lines)
+
+
+def stage1_entries(work: Path) -> list[Entry]:
+    modules = sorted((work / "stage1-modules").iterdir())
+    return [
+        Entry("init", stat.S_IFREG | 0o755, source=STAGE1_INIT),
+        Entry("bin/busybox", stat.S_IFREG | 0o755, source=BUSYBOX),
+        Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),
+        Entry("etc/stage1-modules", stat.S_IFREG | 0o644, source=work / "stage1-modules.txt"),
+        *[Entry(f"lib/modules/{m.name}", stat.S_IFREG | 0o644, source=m) for m in modules],
+        *[Entry(d, stat.S_IFDIR | 0o755) for d in ("proc", "sys", "run", "sysroot", "tmp")],
+    ]
+
+
+def store_new_debs(work: Path, cache_dir: Path, release: str) -> None:
+    """Add the .deb files this build downloaded to the shared cache (reused by later builds)."""
+    target = cache_dir / "debs" / release
+    for deb in (work / "new-debs").glob("*.deb"):
+        if not (target / deb.name).exists():
+            temp = target / f".{deb.name}.{os.getpid()}"
+            shutil.copy2(deb, temp)
+            os.replace(temp, target / deb.name)
+
+
+def progress_from_line(request: BuildRequest, line: str) -> None:
+    """Turn mmdebstrap's "I: ..." lines and our hook's steps into progress updates."""
+    log = request.log
+    if log.progress is None:
+        return
+    if line.startswith("I: "):
+        log.progress(log.subject, f"mmdebstrap: {line[3:].rstrip('.')}", None)
+    elif "==> " in line:
+        log.progress(log.subject, f"customize: {line.split('==> ', 1)[1]}", None)

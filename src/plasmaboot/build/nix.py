@@ -1,0 +1,386 @@
+"""The nix backend: builds a profile's NixOS netboot image from the flake (flake.nix at the
+repository root, or the one given) with `nix build`, and copies its kernel and initrd out.
+
+The flake generates `nixosConfigurations.netboot-<label>` from the same profiles/*.toml
+files the Python side reads; `nix_profiles()` evaluates nix/lib/profiles.nix so
+`plasmaboot check` and the tests can prove both sides resolve profiles identically.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import re
+import shutil
+import tomllib
+from collections.abc import Iterable, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from plasmaboot.artifacts import INITRD, KERNEL
+from plasmaboot.build.backend import BuildRequest, BuildResult
+from plasmaboot.errors import UserError, WorkError
+from plasmaboot.log import Log
+from plasmaboot.paths import data_dir
+from plasmaboot.profiles import Profile, ProfileStore
+from plasmaboot.run import require_tool, run
+
+FEATURES = ("--extra-experimental-features", "nix-command flakes")
+MIN_VERSION = (2, 4)  # the first Nix with `nix build <flake>#attr` and flakes
+FLAKES_HINT = (
+    "enable experimental-features = nix-command flakes in /etc/nix/nix.conf "
+    "(Nix 2.4 or later), then retry"
+)
+PROBE_TIMEOUT = 60.0
+# The parts of an image the flake builds, each to an out-link in the staging directory.
+OUTPUTS = (
+    ("netbootRamdisk", "initrd-link"),
+    ("kernel", "kernel-link"),
+    ("toplevel", "toplevel-link"),
+)
+
+
+def nix_command(*args: str) -> list[str]:
+    """`nix` with flakes enabled and the store options this machine needs."""
+    return ["nix", *FEATURES, *store_options(), *args]
+
+
+@cache
+def store_options() -> tuple[str, ...]:
+    """Options that make a root, daemon-less Nix (Debian's nix-bin as installed) build.
+
+    Nix as root builds as the users of `build-users-group` (nixbld); Debian's nix-bin does
+    not create that group unless the daemon is set up, and every build then fails. Without
+    the group, root builds as itself, still in the sandbox.
+    """
+    if os.geteuid() != 0:
+        return ()
+    group = configured_build_users_group()
+    if not group:
+        return ()
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        return ("--option", "build-users-group", "")
+    return ()
+
+
+def configured_build_users_group() -> str:
+    proc = run(["nix", *FEATURES, "show-config"], check=False, timeout=PROBE_TIMEOUT)
+    text = proc.stdout.decode("utf-8", "replace")
+    match = re.search(r"^build-users-group = (.*)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else ""
+
+
+def nix_version() -> tuple[int, ...]:
+    proc = run(["nix", "--version"], check=False, timeout=PROBE_TIMEOUT)
+    text = proc.stdout.decode("utf-8", "replace")
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if proc.returncode != 0 or match is None:
+        raise UserError(
+            f"`nix --version` did not report a version: {text.strip()[-200:]!r}",
+            hint="reinstall Nix: apt-get install nix-bin",
+        )
+    return tuple(int(part) for part in match.groups() if part is not None)
+
+
+def check_nix() -> None:
+    """Raise UserError saying what to do unless nix is installed, new enough, has flakes
+    and can write to its store."""
+    require_tool("nix")
+    version = nix_version()
+    if version < MIN_VERSION:
+        found = ".".join(map(str, version))
+        raise UserError(f"nix {found} is too old for flakes (need 2.4 or later)", hint=FLAKES_HINT)
+    flakes = run(
+        ["nix", *FEATURES, "eval", "--expr", "builtins ? getFlake"],
+        check=False,
+        timeout=PROBE_TIMEOUT,
+    )
+    if flakes.returncode != 0 or last_line(flakes.stdout) != "true":
+        raise UserError(
+            f"nix cannot use flakes: {last_line(flakes.stdout) or 'no output'}", hint=FLAKES_HINT
+        )
+    store = run(nix_command("store", "ping"), check=False, timeout=PROBE_TIMEOUT)
+    if store.returncode != 0:
+        raise UserError(
+            f"nix cannot open its store: {last_line(store.stdout)}",
+            hint="run as root (a single-user store in /nix) or start the daemon: nix-daemon &",
+        )
+
+
+def nix_works() -> bool:
+    """True when nix is installed, has flakes and can build here (for `--backend auto`)."""
+    if shutil.which("nix") is None:
+        return False
+    try:
+        check_nix()
+    except (UserError, WorkError):
+        return False
+    return True
+
+
+def last_line(output: bytes) -> str:
+    lines = [line.strip() for line in output.decode("utf-8", "replace").splitlines()]
+    return next((line for line in reversed(lines) if line), "")
+
+
+def json_output(output: bytes) -> Any:
+    """The JSON value nix printed; run() merges stderr, so skip nix's warning lines."""
+    for line in reversed(output.decode("utf-8", "replace").splitlines()):
+        if line.startswith(("{", "[", '"')) or line in {"true", "false", "null"}:
+            return json.loads(line)
+    raise WorkError(f"nix printed no JSON value: {last_line(output)!r}")
+
+
+def default_flake() -> Path:
+    root = data_dir()
+    if not (root / "flake.nix").is_file():
+        raise UserError(
+            f"no flake.nix in {root}",
+            hint="pass the plasmaboot flake directory (with flake.nix) as --flake",
+        )
+    return root
+
+
+class NixBackend:
+    """Builds NixOS netboot images with `nix build` from the plasmaboot flake."""
+
+    name = "nix"
+
+    def __init__(self, plasmacloud: str | None = None) -> None:
+        # A flake reference for the `plasmacloud` input (the service packages' overlay).
+        self.plasmacloud = plasmacloud
+
+    def check_available(self) -> None:
+        check_nix()
+
+    def flake_ref(self, request: BuildRequest) -> str:
+        flake = request.flake or default_flake()
+        if not (flake / "flake.nix").is_file():
+            raise UserError(
+                f"--flake {flake}: no flake.nix there",
+                hint="pass the directory that holds the plasmaboot flake.nix",
+            )
+        return str(flake.resolve())
+
+    def input_options(self) -> list[str]:
+        if self.plasmacloud is None:
+            return []
+        return ["--override-input", "plasmacloud", self.plasmacloud]
+
+    def cache_inputs(self, request: BuildRequest) -> dict[str, str]:
+        flake = Path(self.flake_ref(request))
+        lock = flake / "flake.lock"
+        inputs = {"flake": str(flake), "plasmacloud": self.plasmacloud or "placeholder"}
+        if lock.is_file():
+            inputs["flake.lock"] = lock.read_text(encoding="utf-8")
+        for path in sorted(flake.joinpath("nix").rglob("*.nix")):
+            inputs[str(path.relative_to(flake))] = path.read_text(encoding="utf-8")
+        inputs["flake.nix"] = (flake / "flake.nix").read_text(encoding="utf-8")
+        return inputs
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        flake = self.flake_ref(request)
+        attr = f"netboot-{request.profile.label}"
+        log = request.log
+        with log.step("check the flake"):
+            self.require_configuration(flake, attr, log)
+        links: dict[str, Path] = {}
+        for output, link in OUTPUTS:
+            with log.step(f"nix build {output}"):
+                links[output] = request.staging / link
+                run(
+                    nix_command(
+                        "build",
+                        f"{flake}#nixosConfigurations.{attr}.config.system.build.{output}",
+                        *self.input_options(),
+                        "--out-link",
+                        str(links[output]),
+                        "--print-build-logs",
+                    ),
+                    log=log,
+                )
+        with log.step("copy kernel and initrd"):
+            copy_artifact(links["netbootRamdisk"] / "initrd", request.staging / INITRD)
+            copy_artifact(links["kernel"] / "bzImage", request.staging / KERNEL)
+        toplevel = links["toplevel"].resolve()
+        init = toplevel / "init"
+        if not init.is_file():
+            raise WorkError(f"the built system has no init: {init} is missing")
+        log.info(f"init: {init}")
+        return BuildResult(
+            kernel_version=kernel_version(links["kernel"].resolve()),
+            distro=f"nixos {nixos_release(toplevel)}",
+            extra_kernel_params=(f"init={init}",),
+        )
+
+    def require_configuration(self, flake: str, attr: str, log: Log) -> None:
+        """Fail clearly when the flake has no configuration for this profile (for example a
+        new profile file git does not track yet, so the flake cannot see it)."""
+        proc = run(
+            nix_command(
+                "eval",
+                "--json",
+                f"{flake}#nixosConfigurations",
+                "--apply",
+                "builtins.attrNames",
+                *self.input_options(),
+            ),
+            log=log,
+        )
+        names = json_output(proc.stdout)
+        if attr not in names:
+            known = ", ".join(name.removeprefix("netboot-") for name in names)
+            raise UserError(
+                f"flake {flake} has no nixosConfigurations.{attr}; it has: {known}",
+                hint="put the profile in the flake's profiles/ directory; in a git checkout "
+                "also `git add` it (flakes see only files git tracks)",
+            )
+
+
+def copy_artifact(source: Path, target: Path) -> None:
+    if not source.is_file():
+        raise WorkError(f"nix build produced no {source.name}: {source} is missing")
+    shutil.copyfile(source, target)
+    target.chmod(0o644)
+
+
+def kernel_version(kernel: Path) -> str:
+    """The kernel's version: its lib/modules/<version> directory, else the store name."""
+    modules = sorted(p.name for p in (kernel / "lib" / "modules").glob("*") if p.is_dir())
+    if modules:
+        return modules[0]
+    match = re.search(r"-linux-(\d[^/]*)$", kernel.name)
+    if match is None:
+        raise WorkError(f"cannot tell the kernel version of {kernel}")
+    return match.group(1)
+
+
+def nixos_release(toplevel: Path) -> str:
+    """`24.05` from the system's nixos-version (`24.05.20240601.abcdef`)."""
+    version_file = toplevel / "nixos-version"
+    if not version_file.is_file():
+        raise WorkError(f"the built system has no nixos-version: {version_file} is missing")
+    version = version_file.read_text(encoding="utf-8").strip()
+    return ".".join(version.split(".")[:2])
+
+
+# ---------------------------------------------------------------------------------------
+# Both sides resolve profiles alike: nix/lib/profiles.nix against the Python loader.
+
+# The resolved fields both sides must agree on (packages compared after the [nix] map).
+COMPARED_FIELDS = (
+    "name",
+    "variant",
+    "authorized_keys",
+    "kernel_params",
+    "kernel_modules",
+    "firmware",
+    "dhcp",
+    "predictable_names",
+    "serial",
+    "baud",
+    "locales",
+    "documentation",
+    "sysctl",
+)
+COMPARED_SERVICE_FIELDS = ("enable", "ports", "memory_max", "cpu_quota", "settings", "package_file")
+
+
+def nix_package_names(packages: Iterable[str]) -> list[str]:
+    """Abstract package names as nixpkgs attributes (catalog/packages.toml [nix]); names
+    mapped to "" do not exist on Nix and are dropped."""
+    with (data_dir() / "catalog" / "packages.toml").open("rb") as handle:
+        mapping: Mapping[str, str] = tomllib.load(handle).get("nix", {})
+    mapped = [mapping.get(name, name) for name in packages]
+    return [name for name in mapped if name]
+
+
+def comparable(resolved: Mapping[str, Any], packages_key: str) -> dict[str, Any]:
+    """The fields of a resolved profile (either side's) that both sides must agree on."""
+    body = {key: resolved[key] for key in COMPARED_FIELDS}
+    body["packages"] = list(resolved[packages_key])
+    body["services"] = {
+        name: {key: service[key] for key in COMPARED_SERVICE_FIELDS}
+        for name, service in resolved["services"].items()
+    }
+    return body
+
+
+def python_profiles(profiles_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every profile and profile × variant as the Python loader resolves it, by label."""
+    store = ProfileStore([profiles_dir])
+    resolved: list[Profile] = []
+    for name in store.profile_names():
+        resolved.append(store.resolve(name))
+        resolved.extend(store.resolve(name, variant) for variant in store.variant_names())
+    out: dict[str, dict[str, Any]] = {}
+    for profile in resolved:
+        body = profile.model_dump(mode="json")
+        body["nixPackages"] = nix_package_names(profile.packages)
+        out[profile.label] = comparable(body, "nixPackages")
+    return out
+
+
+def nix_profiles(profiles_dir: Path, lib_file: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Every profile and profile × variant as nix/lib/profiles.nix resolves it, by label."""
+    lib = lib_file or data_dir() / "nix" / "lib" / "profiles.nix"
+    proc = run(
+        nix_command(
+            "eval",
+            "--json",
+            "--file",
+            str(lib),
+            "--argstr",
+            "profilesDir",
+            str(profiles_dir.resolve()),
+            "--argstr",
+            "catalogDir",
+            str((data_dir() / "catalog").resolve()),
+            "all",
+        ),
+        timeout=PROBE_TIMEOUT,
+    )
+    resolved: dict[str, dict[str, Any]] = json_output(proc.stdout)
+    return {label: comparable(body, "nixPackages") for label, body in resolved.items()}
+
+
+def profile_differences(profiles_dir: Path, lib_file: Path | None = None) -> list[str]:
+    """Where the Nix and Python resolutions of the profiles in `profiles_dir` differ."""
+    python_side = python_profiles(profiles_dir)
+    nix_side = nix_profiles(profiles_dir, lib_file)
+    problems = [
+        f"{label}: only the {side} side has it"
+        for label, side in [
+            *((label, "python") for label in python_side.keys() - nix_side.keys()),
+            *((label, "nix") for label in nix_side.keys() - python_side.keys()),
+        ]
+    ]
+    for label in sorted(python_side.keys() & nix_side.keys()):
+        for key, value in python_side[label].items():
+            if nix_side[label][key] != value:
+                problems.append(
+                    f"{label}: {key}: python {json.dumps(value)} != nix "
+                    f"{json.dumps(nix_side[label][key])}"
+                )
+    return sorted(problems)
+
+
+def nix_files(root: Path) -> list[Path]:
+    """The .nix files of a checkout (not those in hidden directories or the venv)."""
+    return sorted(
+        path
+        for path in root.rglob("*.nix")
+        if not any(part.startswith(".") for part in path.relative_to(root).parts[:-1])
+    )
+
+
+def parse_nix_files(paths: Iterable[Path], log: Log | None = None) -> None:
+    """`nix-instantiate --parse` each file: a syntax error fails naming the file."""
+    for path in paths:
+        proc = run(["nix-instantiate", "--parse", str(path)], log=log, check=False)
+        if proc.returncode != 0:
+            raise WorkError(f"{path}: not valid Nix: {last_line(proc.stdout)}")

@@ -1,0 +1,384 @@
+"""The build pipeline: profiles × backend → artifact sets, with the content-addressed cache,
+parallel jobs, output checks, manifest and atomic publishing.
+
+Everything that can be wrong with the input is checked before any work starts, so bad input
+never leaves anything behind. A set becomes visible only when it is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from plasmaboot import __version__
+from plasmaboot.artifacts import (
+    BOOT_FILES,
+    BUILD_LOG,
+    INITRD,
+    IPXE,
+    KERNEL,
+    MANIFEST,
+    Manifest,
+    clean_stale,
+    commit_set,
+    ensure_writable_dir,
+    file_records,
+    publish_atomically,
+    read_manifest,
+    staging_dir,
+    write_manifest,
+)
+from plasmaboot.build.backend import Backend, BuildRequest, BuildResult
+from plasmaboot.build.debian import DEFAULT_SQUASHFS_LEVEL, DebianBackend
+from plasmaboot.build.ipxe import render_netboot_script
+from plasmaboot.errors import UserError, WorkError
+from plasmaboot.log import Log, ProgressCallback
+from plasmaboot.paths import cache_dir
+from plasmaboot.profiles import Profile, display_path
+
+SET_FILES = (KERNEL, INITRD, IPXE, MANIFEST, BUILD_LOG)
+KERNEL_SIZE_RANGE = (1 << 20, 128 << 20)
+INITRD_SIZE_RANGE = (4 << 20, 2 << 30)
+DEB_MAGIC = b"!<arch>\ndebian-binary"
+BACKENDS = ("auto", "debian", "nix")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    output_dir: Path = Path("artifacts")
+    pxe_dir: Path | None = None
+    backend: str = "auto"
+    jobs: int = 1
+    use_cache: bool = True
+    ssh_keys: tuple[Path, ...] = ()
+    release: str = "bookworm"
+    mirror: str = "http://deb.debian.org/debian"
+    squashfs_level: int = DEFAULT_SQUASHFS_LEVEL
+    flake: Path | None = None
+
+
+@dataclass
+class BuildOutcome:
+    profile: Profile
+    backend: str
+    kernel_version: str
+    kernel_size: int
+    initrd_size: int
+    seconds: float
+    cache_hit: bool
+    path: Path
+    warnings: list[str] = field(default_factory=list)
+    published: Path | None = None
+
+    @property
+    def total_size(self) -> int:
+        return self.kernel_size + self.initrd_size
+
+
+# --------------------------------------------------------------------------------------
+# Checking input before any work
+
+
+def check_public_key(path: Path, where: str) -> None:
+    """A public key file: readable, OpenSSH public format, and no private key in it."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UserError(
+            f"{where} {display_path(path)}: cannot read ({exc.strerror})",
+            hint="pass an existing public key file such as ~/.ssh/id_ed25519.pub",
+        ) from exc
+    if "PRIVATE KEY" in text:
+        raise UserError(
+            f"{where} {display_path(path)}: this is a private key; refusing to put it in an image",
+            hint=f"pass the public half instead ({display_path(path)}.pub)",
+        )
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if not lines or not all(is_public_key_line(line) for line in lines):
+        raise UserError(
+            f"{where} {display_path(path)}: expected OpenSSH public keys (ssh-ed25519 AAAA...)",
+            hint="generate one with ssh-keygen -t ed25519 and pass the .pub file",
+        )
+
+
+def is_public_key_line(line: str) -> bool:
+    parts = line.split()
+    types = ("ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-")
+    # options before the key type are allowed in authorized_keys, so look for the type
+    return any(p.startswith(types) and i + 1 < len(parts) for i, p in enumerate(parts))
+
+
+def check_service_packages(profile: Profile) -> None:
+    for service in profile.services.values():
+        if service.package_file is None:
+            continue
+        path = Path(service.package_file)
+        where = f"{profile.sources[-1]}: services.{service.name}.package"
+        if not path.is_file():
+            raise UserError(f"{where}: {display_path(path)} does not exist")
+        with path.open("rb") as handle:
+            if handle.read(len(DEB_MAGIC)) != DEB_MAGIC:
+                raise UserError(
+                    f"{where}: {display_path(path)} is not a .deb package",
+                    hint="build one with dpkg-deb --build, or drop the key",
+                )
+
+
+def check_inputs(profiles: list[Profile], options: BuildOptions, backend: Backend) -> None:
+    backend.check_available()
+    for path in options.ssh_keys:
+        check_public_key(path, "--ssh-key")
+    for profile in profiles:
+        for key in profile.authorized_keys:
+            check_public_key(Path(key), f"{profile.sources[-1]}: ssh.authorized_keys:")
+        check_service_packages(profile)
+    ensure_writable_dir(options.output_dir, "--output-dir")
+    if options.pxe_dir is not None:
+        ensure_writable_dir(options.pxe_dir, "--pxe-dir")
+
+
+def select_backend(options: BuildOptions) -> Backend:
+    if options.backend not in BACKENDS:
+        raise UserError(
+            f"--backend: expected one of {', '.join(BACKENDS)}, got {options.backend!r}"
+        )
+    if options.backend == "debian":
+        return DebianBackend(options.squashfs_level)
+    from plasmaboot.build.nix import NixBackend, nix_works
+
+    if options.backend == "nix" or nix_works():
+        return NixBackend()
+    return DebianBackend(options.squashfs_level)
+
+
+# --------------------------------------------------------------------------------------
+# Cache
+
+
+def cache_key(profile: Profile, backend: Backend, request: BuildRequest) -> str:
+    digest = hashlib.sha256()
+    body = {
+        "profile": profile.content_hash(),
+        "inputs": backend.cache_inputs(request),
+        "ssh_keys": [Path(k).read_text() for k in request.ssh_keys],
+    }
+    digest.update(json.dumps(body, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def cached_set(key: str) -> Path | None:
+    """The cached artifact set for `key`, if it is complete."""
+    directory = cache_dir() / "sets" / key
+    if not (directory / MANIFEST).is_file():
+        return None
+    try:
+        manifest = read_manifest(directory)
+    except ValueError:
+        return None
+    for name, record in manifest.files.items():
+        path = directory / name
+        if not path.is_file() or path.stat().st_size != record.size:
+            return None
+    return directory
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def store_in_cache(staged: Path, key: str) -> None:
+    sets = cache_dir() / "sets"
+    sets.mkdir(parents=True, exist_ok=True)
+    final = sets / key
+    if final.exists():
+        return
+    temp = sets / f".tmp-{key}-{os.getpid()}"
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir()
+    for name in SET_FILES:
+        link_or_copy(staged / name, temp / name)
+    os.replace(temp, final)
+
+
+# --------------------------------------------------------------------------------------
+# One profile
+
+
+def build_one(
+    profile: Profile, backend: Backend, options: BuildOptions, progress: ProgressCallback | None
+) -> BuildOutcome:
+    started = time.monotonic()
+    label = profile.label
+    staged = staging_dir(options.output_dir, label)
+    try:
+        log = Log(staged / BUILD_LOG, subject=label, progress=progress)
+        request = BuildRequest(
+            profile=profile,
+            staging=staged,
+            log=log,
+            ssh_keys=options.ssh_keys,
+            release=options.release,
+            mirror=options.mirror,
+            cache_dir=cache_dir(),
+            flake=options.flake,
+        )
+        key = cache_key(profile, backend, request)
+        hit = cached_set(key) if options.use_cache else None
+        if hit is not None:
+            log.close()
+            os.unlink(staged / BUILD_LOG)
+            if progress:
+                progress(label, "cache hit", None)
+            for name in SET_FILES:
+                link_or_copy(hit / name, staged / name)
+        else:
+            with log:
+                log.info(f"plasmaboot {__version__}: building {label} with {backend.name}")
+                log.info(f"sources: {', '.join(profile.sources)}; cache key {key}")
+                warn_missing_service_packages(profile, log)
+                result = backend.build(request)
+                finish_set(profile, backend, request, result, key)
+            store_in_cache(staged, key)
+        manifest = read_manifest(staged)
+        final = commit_set(staged, options.output_dir, label, SET_FILES, manifest_id(manifest))
+    except BaseException as exc:
+        keep_failed_log(staged, options.output_dir, label, exc)
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    published = None
+    if options.pxe_dir is not None:
+        published = publish_atomically(final, options.pxe_dir, label, BOOT_FILES)
+    return BuildOutcome(
+        profile=profile,
+        backend=manifest.backend,
+        kernel_version=manifest.kernel_version,
+        kernel_size=manifest.files[KERNEL].size,
+        initrd_size=manifest.files[INITRD].size,
+        seconds=time.monotonic() - started,
+        cache_hit=hit is not None,
+        path=options.output_dir / label,
+        warnings=manifest.model_extra.get("warnings", []) if manifest.model_extra else [],
+        published=published,
+    )
+
+
+def keep_failed_log(staged: Path, output_dir: Path, label: str, exc: BaseException) -> None:
+    """A failed build's log outlives its staging directory, and the error points at it."""
+    log = staged / BUILD_LOG
+    if not log.is_file():
+        return
+    kept = output_dir / f"{label}.failed.log"
+    shutil.copy2(log, kept)
+    if isinstance(exc, WorkError):
+        exc.hint = f"the full log is in {display_path(kept)}"
+
+
+def manifest_id(manifest: Manifest) -> str:
+    body = json.dumps({k: v.sha256 for k, v in manifest.files.items()}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def warn_missing_service_packages(profile: Profile, log: Log) -> None:
+    for service in profile.services.values():
+        if service.package_file is None:
+            log.warn(
+                f"service {service.name}: no package given; its unit is installed but "
+                f"skipped at boot (ConditionPathExists=/usr/bin/{service.binary})"
+            )
+
+
+def finish_set(
+    profile: Profile, backend: Backend, request: BuildRequest, result: BuildResult, key: str
+) -> None:
+    """netboot.ipxe, the output checks and manifest.json, in the staging directory."""
+    log, staged = request.log, request.staging
+    params = [*profile.kernel_params, *result.extra_kernel_params]
+    if not profile.predictable_names:
+        params.append("net.ifnames=0")
+    (staged / IPXE).write_text(render_netboot_script(profile.label, params))
+    with log.step("check outputs"):
+        check_outputs(staged)
+    manifest = Manifest(
+        profile=profile.name,
+        variant=profile.variant,
+        label=profile.label,
+        content_hash=profile.content_hash(),
+        cache_key=key,
+        backend=backend.name,
+        distro=result.distro,
+        kernel_version=result.kernel_version,
+        kernel_params=params,
+        files=file_records(staged),
+        packages=result.packages,
+        services={
+            name: {
+                "enable": s.enable,
+                "ports": s.ports,
+                "memory_max": s.memory_max,
+                "cpu_quota": s.cpu_quota,
+                "package": Path(s.package_file).name if s.package_file else None,
+            }
+            for name, s in profile.services.items()
+        },
+        steps=dict(log.steps),
+        built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        plasmaboot_version=__version__,
+        warnings=list(log.warnings),
+    )
+    write_manifest(staged, manifest)
+
+
+def check_outputs(staged: Path) -> None:
+    """The seed's artifact checks: files exist, bzImage is a Linux kernel, initrd is
+    compressed cpio, sizes are sane. A failed check fails the build."""
+    kernel, initrd = staged / KERNEL, staged / INITRD
+    for path in (kernel, initrd, staged / IPXE):
+        if not path.is_file() or path.stat().st_size == 0:
+            raise WorkError(f"build produced no {path.name}")
+    with kernel.open("rb") as handle:
+        handle.seek(0x202)
+        if handle.read(4) != b"HdrS":
+            raise WorkError(f"{KERNEL} has no Linux boot header (HdrS)")
+    with initrd.open("rb") as handle:
+        head = handle.read(6)
+    if not (head.startswith(b"\x1f\x8b") or head.startswith(b"\x28\xb5\x2f\xfd")):
+        raise WorkError(f"{INITRD} does not start with a compressed cpio segment")
+    for path, (low, high) in ((kernel, KERNEL_SIZE_RANGE), (initrd, INITRD_SIZE_RANGE)):
+        size = path.stat().st_size
+        if not low <= size <= high:
+            raise WorkError(f"{path.name} is {size} bytes, outside the sane range {low}-{high}")
+
+
+# --------------------------------------------------------------------------------------
+# Many profiles
+
+
+def build_profiles(
+    profiles: list[Profile],
+    options: BuildOptions,
+    progress: ProgressCallback | None = None,
+    on_backend: Callable[[str], None] | None = None,
+) -> list[BuildOutcome]:
+    backend = select_backend(options)
+    if on_backend is not None:
+        on_backend(backend.name)
+    check_inputs(profiles, options, backend)
+    clean_stale(options.output_dir)
+    if options.pxe_dir is not None:
+        clean_stale(options.pxe_dir)
+    if options.jobs <= 1 or len(profiles) == 1:
+        return [build_one(p, backend, options, progress) for p in profiles]
+    with ThreadPoolExecutor(max_workers=options.jobs) as pool:
+        futures = [pool.submit(build_one, p, backend, options, progress) for p in profiles]
+        return [f.result() for f in futures]

@@ -1,0 +1,478 @@
+"""The HTTP server nodes boot from: artifact files, rendered iPXE scripts and a boot menu.
+
+    GET /boot.ipxe                      menu of labels (or ?profile=<label>: chain to it)
+    GET /<label>/netboot.ipxe           script pointing at /sets/<set>/... of the current set
+    GET /<label>/{bzImage,initrd,manifest.json,build.log}    files of the current set
+    GET /sets/<set>/{bzImage,initrd,...}                     files of one exact set
+
+A script resolves the label's symlink once and names that set's directory, so a node that
+fetched it gets the kernel and initrd of one set even if a publish happens meanwhile
+(publishing keeps the previous set on disk). Requests are read-only; every path is checked
+by `request_segments` before it comes near the filesystem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import unquote
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from plasmaboot.artifacts import BUILD_LOG, INITRD, IPXE, KERNEL, MANIFEST, SETS_DIR
+from plasmaboot.errors import UserError
+
+ASSET_FILES = frozenset({KERNEL, INITRD, MANIFEST, BUILD_LOG})
+SETS_PREFIX = "sets"
+BOOT_SCRIPT = "boot.ipxe"
+BOOT_SERVER_VAR = "${boot-server}"
+# `${boot-server}/<label>/bzImage` as the build writes it; the label part is replaced.
+BOOT_FILE_URL = re.compile(r"\$\{boot-server\}/[^/\s]+/(" + f"{KERNEL}|{INITRD}" + r")(?=[\s?]|$)")
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+PERCENT_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+SCRIPT_TYPE = "text/plain"
+SHUTDOWN_TIMEOUT = 2.0
+ROOT_KEY = web.AppKey("root", Path)
+PUBLIC_URL_KEY = web.AppKey("public_url", str)
+
+
+class UnsafePath(ValueError):
+    """A request path that could leave the served tree or name a hidden file."""
+
+
+def request_segments(raw_target: str) -> tuple[str, ...]:
+    """Split a raw request target (`/a/b?q`, still percent-encoded) into decoded segments.
+
+    Refused (UnsafePath): anything not starting with one `/`; empty segments except a trailing
+    one; backslashes, NUL and control characters, raw or encoded; encoded slashes (`%2f`);
+    malformed escapes; and any segment starting with `.` (`.`, `..`, `%2e%2e`, dotfiles).
+    A trailing `/` gives a last segment "", which no route matches (no directory listings).
+    """
+    path = raw_target.split("?", 1)[0].split("#", 1)[0]
+    if not path.startswith("/") or path.startswith("//"):
+        raise UnsafePath("the path must start with a single '/'")
+    if path == "/":
+        return ()
+    if PERCENT_ESCAPE.search(path):
+        raise UnsafePath("malformed percent escape")
+    raw_segments = path[1:].split("/")
+    segments = []
+    for index, raw in enumerate(raw_segments):
+        if raw == "" and index != len(raw_segments) - 1:
+            raise UnsafePath("empty path segment")
+        try:
+            segment = unquote(raw, errors="strict")
+        except UnicodeDecodeError as exc:
+            raise UnsafePath("path is not UTF-8") from exc
+        if "/" in segment or "\\" in segment:
+            raise UnsafePath("slash or backslash inside a segment")
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in segment):
+            raise UnsafePath("control character in the path")
+        if segment.startswith("."):
+            raise UnsafePath("segments may not start with '.'")
+        segments.append(segment)
+    return tuple(segments)
+
+
+def resolve_within(root: Path, *parts: str) -> Path | None:
+    """`root/parts...` with every symlink resolved, or None if it is missing or outside root."""
+    try:
+        path = root.joinpath(*parts).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    return path if path.is_relative_to(root) else None
+
+
+@dataclass(frozen=True)
+class BootSet:
+    """One artifact set as the server addresses it: its directory and its URL prefix."""
+
+    directory: Path
+    url_prefix: str  # "/sets/<set-dir-name>" or "/<label>" for a plain directory
+
+
+def find_set(root: Path, label: str) -> BootSet | None:
+    """Resolve `root/<label>` once: the set it points at now, addressed by its own name."""
+    if not LABEL.fullmatch(label):
+        return None
+    directory = resolve_within(root, label)
+    if directory is None or not directory.is_dir():
+        return None
+    parts = directory.relative_to(root).parts
+    if len(parts) == 2 and parts[0] == SETS_DIR and LABEL.fullmatch(parts[1]):
+        return BootSet(directory, f"/{SETS_PREFIX}/{parts[1]}")
+    if len(parts) == 1 and LABEL.fullmatch(parts[0]):
+        return BootSet(directory, f"/{parts[0]}")
+    return None
+
+
+def find_exact_set(root: Path, name: str) -> BootSet | None:
+    """`root/.sets/<name>`, addressed as /sets/<name>."""
+    if not LABEL.fullmatch(name):
+        return None
+    directory = resolve_within(root, SETS_DIR, name)
+    if directory is None or not directory.is_dir() or directory.parent != root / SETS_DIR:
+        return None
+    return BootSet(directory, f"/{SETS_PREFIX}/{name}")
+
+
+def published_labels(root: Path) -> list[str]:
+    """Labels under root that resolve to a set with a boot script, sorted."""
+    labels = []
+    for entry in sorted(root.iterdir()):
+        if entry.name in (SETS_PREFIX, BOOT_SCRIPT):
+            continue
+        found = find_set(root, entry.name)
+        if found is not None and (found.directory / IPXE).is_file():
+            labels.append(entry.name)
+    return labels
+
+
+def render_script(text: str, base_url: str, url_prefix: str) -> str:
+    """Point the kernel/initrd URLs at one set and fill in `${boot-server}`."""
+    text = BOOT_FILE_URL.sub(lambda m: f"{base_url}{url_prefix}/{m.group(1)}", text)
+    return text.replace(BOOT_SERVER_VAR, base_url)
+
+
+def menu_text(root: Path, label: str) -> str:
+    """One menu line: the label and what its manifest says, if it can be read."""
+    found = find_set(root, label)
+    if found is None or resolve_within(found.directory, MANIFEST) is None:
+        return label
+    try:
+        data = json.loads((found.directory / MANIFEST).read_text(encoding="utf-8"))
+        details = f"{data['backend']}/{data['distro']}, kernel {data['kernel_version']}"
+        text = f"{label} ({details}, built {data['built_at']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return label
+    return "".join(c if c.isprintable() else " " for c in text)  # one line of the script
+
+
+def boot_menu(root: Path, base_url: str) -> str:
+    labels = published_labels(root)
+    if not labels:
+        return "#!ipxe\necho plasmaboot: no images are published on this server\nexit 1\n"
+    lines = ["#!ipxe", "menu plasmaboot: choose an image to boot"]
+    lines += [f"item {label} {menu_text(root, label)}" for label in labels]
+    lines += [
+        f"choose --default {labels[0]} target || exit 1",
+        f"chain {base_url}/${{target}}/{IPXE}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def chain_script(base_url: str, label: str) -> str:
+    return f"#!ipxe\nchain {base_url}/{label}/{IPXE}\n"
+
+
+def base_url_of(request: web.Request) -> str:
+    """The URL nodes reach this server at: --public-url, else the request's Host header."""
+    public: str = request.app[PUBLIC_URL_KEY]
+    if public:
+        return public
+    host = request.headers.get("Host", "")
+    if not HOST_HEADER.fullmatch(host):
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        if sockname is None:
+            host = "127.0.0.1"
+        else:
+            address = ipaddress.ip_address(sockname[0])
+            literal = f"[{address}]" if address.version == 6 else str(address)
+            host = f"{literal}:{sockname[1]}"
+    return f"http://{host}"
+
+
+def script_response(text: str) -> web.Response:
+    return web.Response(
+        text=text,
+        content_type=SCRIPT_TYPE,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def file_response(found: BootSet | None, name: str) -> web.StreamResponse:
+    if found is None or name not in ASSET_FILES:
+        raise web.HTTPNotFound()
+    path = found.directory / name
+    if resolve_within(found.directory, name) is None or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    try:
+        segments = request_segments(request.raw_path)
+    except UnsafePath as exc:
+        raise web.HTTPBadRequest(text=f"refused path: {exc}\n") from exc
+    root: Path = request.app[ROOT_KEY]
+    match segments:
+        case (str(name),) if name == BOOT_SCRIPT:
+            profile = request.query.get("profile")
+            if profile is None:
+                return script_response(boot_menu(root, base_url_of(request)))
+            if find_set(root, profile) is None:
+                raise web.HTTPNotFound(text=f"no published image {profile!r}\n")
+            return script_response(chain_script(base_url_of(request), profile))
+        case (str(prefix), str(name), str(file)) if prefix == SETS_PREFIX:
+            return respond_from_set(request, find_exact_set(root, name), file)
+        case (str(label), str(file)) if label != SETS_PREFIX:
+            return respond_from_set(request, find_set(root, label), file)
+    raise web.HTTPNotFound()
+
+
+def respond_from_set(request: web.Request, found: BootSet | None, name: str) -> web.StreamResponse:
+    if name != IPXE:
+        return file_response(found, name)
+    if found is None or resolve_within(found.directory, IPXE) is None:
+        raise web.HTTPNotFound()
+    try:
+        text = (found.directory / IPXE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise web.HTTPNotFound() from exc
+    return script_response(render_script(text, base_url_of(request), found.url_prefix))
+
+
+def make_app(root: Path, public_base_url: str | None = None) -> web.Application:
+    """The aiohttp application serving the artifact sets under `root` (read-only)."""
+    if not root.is_dir():
+        raise UserError(
+            f"--root {root}: not a directory",
+            hint="pass the directory `plasmaboot build` wrote (e.g. artifacts)",
+        )
+    app = web.Application()
+    app[ROOT_KEY] = root.resolve()
+    app[PUBLIC_URL_KEY] = check_public_url(public_base_url) if public_base_url else ""
+    app.router.add_get("/{path:.*}", handle)
+    return app
+
+
+def check_public_url(url: str) -> str:
+    if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", url):
+        raise UserError(
+            f"--public-url {url!r}: expected http://HOST:PORT or http://HOST:PORT/PATH",
+            hint="give the URL nodes use to reach this server, e.g. http://10.0.0.1:8080",
+        )
+    return url.rstrip("/")
+
+
+# --------------------------------------------------------------------------------------
+# access log
+
+
+def printable(text: str) -> str:
+    return "".join(c if 0x20 < ord(c) < 0x7F else f"\\x{ord(c):02x}" for c in text)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: time, client, method, path, status, body bytes, seconds."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        sent = 0
+        if request.method != "HEAD" and response.status not in (204, 304):
+            sent = response.content_length or 0
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.logger.info(
+            "%s %s %s %s %d %d %.3fs",
+            stamp,
+            request.remote or "-",
+            request.method,
+            printable(request.raw_path),
+            response.status,
+            sent,
+            time,
+        )
+
+
+def access_logger(stream: TextIO) -> logging.Logger:
+    """A logger of its own per server, writing bare lines to `stream`."""
+    logger = logging.Logger("plasmaboot.serve.access", logging.INFO)
+    logger.propagate = False
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    return logger
+
+
+async def start_site(
+    app: web.Application, host: str, port: int, log_stream: TextIO
+) -> tuple[web.AppRunner, int]:
+    """Start serving `app`; returns the runner and the port actually bound."""
+    runner = web.AppRunner(
+        app,
+        access_log_class=AccessLogger,
+        access_log=access_logger(log_stream),
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise UserError(
+            f"--listen {host}:{port}: cannot bind ({exc.strerror})",
+            hint="choose another port, or stop what is using it",
+        ) from exc
+    bound = next(iter(runner.addresses))
+    return runner, int(bound[1])
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# --------------------------------------------------------------------------------------
+# running it: a background thread (tests, boot-test) or the foreground (the CLI)
+
+
+class ServerThread:
+    """Serve `root` from a background thread with its own event loop; a context manager."""
+
+    def __init__(
+        self,
+        root: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        access_log: Path | None = None,
+    ) -> None:
+        self.root = root
+        self.host = host
+        self.port = port
+        self.access_log = access_log
+        self.base_url = ""
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="plasmaboot-serve", daemon=True)
+        self._log_file: TextIO | None = None
+        self._app = make_app(root)
+
+    def __enter__(self) -> ServerThread:
+        if self.access_log is not None:
+            self._log_file = self.access_log.open("a", encoding="utf-8", buffering=1)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._close_log()
+            raise self._error
+        self.base_url = f"http://{url_host(self.host)}:{self.port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._ready.set()
+            loop.close()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        stream = self._log_file if self._log_file is not None else sys.stderr
+        runner, self.port = await start_site(self._app, self.host, self.port, stream)
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT` or `:PORT` (loopback) -> (host, port); UserError otherwise."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]+)|([^:\[\]]*):([0-9]+)", value)
+    if match is None:
+        raise UserError(
+            f"--listen {value!r}: expected HOST:PORT (e.g. 127.0.0.1:8080 or [::1]:8080)",
+            hint="HOST is an IP address or localhost; PORT is 0-65535 (0 picks a free port)",
+        )
+    host = match.group(1) or match.group(3) or "127.0.0.1"
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise UserError(f"--listen {value!r}: port {port} is out of range (0-65535)")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError as exc:
+            raise UserError(
+                f"--listen {value!r}: {host!r} is not an IP address",
+                hint="give an address such as 127.0.0.1, 0.0.0.0 or ::1 (or localhost)",
+            ) from exc
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+def check_listen(host: str, allow_remote: bool) -> None:
+    if not allow_remote and not is_loopback(host):
+        raise UserError(
+            f"--listen {host}: not a loopback address; serving to the network needs --allow-remote",
+            hint="anything that can reach this address can download the images; "
+            "add --allow-remote if that is intended",
+        )
+
+
+def serve_forever(
+    root: Path,
+    host: str,
+    port: int,
+    *,
+    public_url: str | None = None,
+    access_log: Path | None = None,
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Serve until SIGINT or SIGTERM, then stop cleanly (the `plasmaboot serve` command)."""
+    app = make_app(root, public_url)
+
+    async def main(log_stream: TextIO) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        runner, bound = await start_site(app, host, port, log_stream)
+        base = f"http://{url_host(host)}:{bound}"
+        labels = published_labels(app[ROOT_KEY])
+        announce(f"serving {app[ROOT_KEY]} at {base}/ (labels: {', '.join(labels) or 'none'})")
+        announce(f"boot menu: {base}/{BOOT_SCRIPT}")
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+        announce("stopped")
+
+    if access_log is None:
+        asyncio.run(main(sys.stderr))
+        return
+    with access_log.open("a", encoding="utf-8", buffering=1) as stream:
+        asyncio.run(main(stream))

@@ -1,0 +1,790 @@
+"""Reads an artifact set back without trusting the build that made it: the kernel's boot
+header, the initrd's segments and root squashfs, what the image holds (keys, passwords, sshd
+settings, services), the iPXE script, and every size and hash in manifest.json.
+
+Each check has a name and passes, fails or is skipped (only when a check it depends on
+failed). Damaged input is a failed check with a reason, never an exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import re
+import shlex
+import struct
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator, Sized
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from plasmaboot.artifacts import (
+    HASHED_FILES,
+    INITRD,
+    IPXE,
+    KERNEL,
+    MANIFEST,
+    Manifest,
+    read_manifest,
+    sha256_file,
+)
+from plasmaboot.build.initrd import Member, Segment, SegmentError, read_segments
+from plasmaboot.errors import UserError, WorkError
+from plasmaboot.run import run
+
+ROOT_SQUASHFS = "root.squashfs"
+
+
+class Outcome(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    result: Outcome
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "result": str(self.result), "detail": self.detail}
+
+
+def passed(name: str, detail: str) -> Check:
+    return Check(name, Outcome.PASS, detail)
+
+
+def failed(name: str, detail: str) -> Check:
+    return Check(name, Outcome.FAIL, detail)
+
+
+def skipped(name: str, detail: str) -> Check:
+    return Check(name, Outcome.SKIP, detail)
+
+
+@dataclass(frozen=True)
+class Report:
+    checks: list[Check]
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.result is Outcome.FAIL]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checks": [c.as_dict() for c in self.checks]}
+
+
+class FormatError(ValueError):
+    """The bytes are not what the format says they must be."""
+
+
+# --------------------------------------------------------------------------------------
+# bzImage: the x86 Linux boot protocol header (Documentation/arch/x86/boot.rst)
+
+KERNEL_HEADER_READ = 0x10000 + 0x200 + 256  # the farthest a version string can start, + room
+MIN_KERNEL_SIZE = 512 << 10
+MAX_KERNEL_SIZE = 256 << 20
+
+
+@dataclass(frozen=True)
+class KernelHeader:
+    protocol: tuple[int, int]
+    loaded_high: bool  # a bzImage: the protected-mode kernel loads at 1 MiB
+    setup_size: int  # real-mode setup code, including the boot sector
+    payload_size: int  # protected-mode kernel (syssize x 16)
+    version: str  # "" when the header has no version pointer
+
+
+def read_kernel_header(path: Path) -> KernelHeader:
+    with path.open("rb") as handle:
+        head = handle.read(KERNEL_HEADER_READ)
+    if len(head) < 0x240:
+        raise FormatError(f"only {len(head)} bytes: too short for a boot header")
+    if head[0x202:0x206] != b"HdrS":
+        raise FormatError("not a Linux kernel: no 'HdrS' magic at 0x202")
+    (signature,) = struct.unpack_from("<H", head, 0x1FE)
+    if signature != 0xAA55:
+        raise FormatError(f"boot sector signature at 0x1fe is {signature:#06x}, not 0xaa55")
+    (protocol,) = struct.unpack_from("<H", head, 0x206)
+    (version_offset,) = struct.unpack_from("<H", head, 0x20E)
+    (syssize,) = struct.unpack_from("<I", head, 0x1F4)
+    setup_sectors = head[0x1F1] or 4
+    version = ""
+    if version_offset:
+        start = version_offset + 0x200
+        end = head.find(b"\0", start)
+        if start >= len(head) or end < 0:
+            raise FormatError(f"kernel version string at {start:#x} is not NUL-terminated")
+        raw = head[start:end]
+        if not raw or not all(0x20 <= b < 0x7F for b in raw):
+            raise FormatError(f"kernel version string at {start:#x} is not printable text")
+        version = raw.decode("ascii")
+    return KernelHeader(
+        protocol=(protocol >> 8, protocol & 0xFF),
+        loaded_high=bool(head[0x211] & 1),
+        setup_size=(setup_sectors + 1) * 512,
+        payload_size=syssize * 16,
+        version=version,
+    )
+
+
+def check_kernel(directory: Path, manifest: Manifest | None) -> Iterator[Check]:
+    path = directory / KERNEL
+    if not path.is_file():
+        yield failed("bzImage.header", f"{KERNEL} is missing")
+        yield skipped("bzImage.version", "no kernel to read")
+        yield skipped("bzImage.size", "no kernel to read")
+        return
+    try:
+        header = read_kernel_header(path)
+    except (FormatError, OSError) as exc:
+        yield failed("bzImage.header", str(exc))
+        yield skipped("bzImage.version", "no boot header")
+        yield skipped("bzImage.size", "no boot header")
+        return
+    major, minor = header.protocol
+    if header.protocol < (2, 0) or not header.loaded_high:
+        yield failed("bzImage.header", f"boot protocol {major}.{minor:02d} zImage: not a bzImage")
+    else:
+        yield passed("bzImage.header", f"boot protocol {major}.{minor:02d}, loads high")
+    yield check_kernel_version(header, manifest)
+    size = path.stat().st_size
+    needed = header.setup_size + header.payload_size
+    if size < needed:
+        yield failed("bzImage.size", f"{size} bytes, but its header describes {needed}")
+    elif not MIN_KERNEL_SIZE <= size <= MAX_KERNEL_SIZE:
+        yield failed(
+            "bzImage.size",
+            f"{size} bytes, outside {MIN_KERNEL_SIZE >> 10} KiB..{MAX_KERNEL_SIZE >> 20} MiB",
+        )
+    else:
+        yield passed("bzImage.size", f"{size / (1 << 20):.1f} MiB")
+
+
+def check_kernel_version(header: KernelHeader, manifest: Manifest | None) -> Check:
+    if not header.version:
+        return failed("bzImage.version", "the header has no kernel version string")
+    release = header.version.split()[0]
+    if manifest is not None and manifest.kernel_version and release != manifest.kernel_version:
+        return failed(
+            "bzImage.version",
+            f"kernel is {release}, manifest.json says {manifest.kernel_version}",
+        )
+    return passed("bzImage.version", header.version)
+
+
+# --------------------------------------------------------------------------------------
+# initrd: segments, /init, the root squashfs superblock
+
+SQUASHFS_MAGIC = b"hsqs"
+SQUASHFS_SUPERBLOCK = struct.Struct("<4sIIIIHHHHHHQQQQQQQQ")
+SQUASHFS_COMPRESSORS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
+SQUASHFS_PADDING = 4096  # mksquashfs pads the image to a multiple of 4 KiB
+SQUASHFS_ABSENT = 0xFFFFFFFFFFFFFFFF
+
+
+@dataclass(frozen=True)
+class SquashfsSuperblock:
+    inodes: int
+    block_size: int
+    compressor: str
+    version: tuple[int, int]
+    bytes_used: int
+
+
+def read_squashfs_superblock(data: bytes, size: int) -> SquashfsSuperblock:
+    """Parse and sanity-check a squashfs 4.0 superblock; `size` is the image's length."""
+    if len(data) < SQUASHFS_SUPERBLOCK.size:
+        raise FormatError(f"{len(data)} bytes: too short for a squashfs superblock")
+    (
+        magic, inodes, _mtime, block_size, _fragments, compressor_id, block_log, _flags,
+        _ids, major, minor, _root_inode, bytes_used, *tables,
+    ) = SQUASHFS_SUPERBLOCK.unpack_from(data)  # fmt: skip
+    id_table, xattr_table, inode_table, directory_table, fragment_table, export_table = tables
+    version = (major, minor)
+    if magic != SQUASHFS_MAGIC:
+        raise FormatError(f"bad squashfs magic {magic!r}, expected b'hsqs'")
+    if version != (4, 0):
+        raise FormatError(f"squashfs version {major}.{minor}, expected 4.0")
+    if compressor_id not in SQUASHFS_COMPRESSORS:
+        raise FormatError(f"unknown squashfs compressor id {compressor_id}")
+    if block_size != 1 << block_log or not 4096 <= block_size <= 1 << 20:
+        raise FormatError(f"inconsistent block size {block_size} (log {block_log})")
+    if not bytes_used <= size < bytes_used + SQUASHFS_PADDING:
+        raise FormatError(f"superblock says {bytes_used} bytes used, the member has {size}")
+    # optional tables are absent as all ones; the others must lie inside the image
+    optional = (xattr_table, fragment_table, export_table)
+    if not inode_table < directory_table < id_table < bytes_used or any(
+        not start < bytes_used for start in optional if start != SQUASHFS_ABSENT
+    ):
+        raise FormatError("superblock table offsets point outside the image")
+    return SquashfsSuperblock(
+        inodes, block_size, SQUASHFS_COMPRESSORS[compressor_id], version, bytes_used
+    )
+
+
+def last_member(segments: list[Segment], name: str) -> tuple[int, Segment, Member] | None:
+    """The member the kernel ends up with: a later segment overwrites an earlier one."""
+    found = None
+    for number, segment in enumerate(segments, start=1):
+        for member in segment.members:
+            if member.name == name:
+                found = (number, segment, member)
+    return found
+
+
+def check_initrd(directory: Path) -> tuple[list[Check], bytes | None]:
+    """The initrd checks, and the root squashfs image when it is sound enough to read."""
+    path = directory / INITRD
+    later = ("initrd.init", "initrd.squashfs")
+    if not path.is_file():
+        checks = [failed("initrd.segments", f"{INITRD} is missing")]
+        return checks + [skipped(name, "no initrd to read") for name in later], None
+    try:
+        segments = read_segments(path)
+    except (SegmentError, WorkError, UserError, OSError) as exc:
+        checks = [failed("initrd.segments", str(exc).splitlines()[0])]
+        return checks + [skipped(name, "initrd unreadable") for name in later], None
+    summary = ", ".join(f"{s.compression} ({count(s.members, 'member')})" for s in segments)
+    checks = [passed("initrd.segments", f"{len(segments)} segments: {summary}")]
+
+    init = last_member(segments, "init")
+    if init is None:
+        checks.append(failed("initrd.init", "no /init in any segment"))
+    elif not init[2].is_executable:
+        checks.append(failed("initrd.init", f"/init is not an executable file ({init[2].mode:o})"))
+    else:
+        checks.append(passed("initrd.init", f"segment {init[0]}, mode {init[2].mode & 0o7777:o}"))
+
+    found = last_member(segments, ROOT_SQUASHFS)
+    if found is None:
+        checks.append(failed("initrd.squashfs", f"no /{ROOT_SQUASHFS} in any segment"))
+        return checks, None
+    number, segment, member = found
+    image = segment.payload[member.offset : member.offset + member.size]
+    try:
+        superblock = read_squashfs_superblock(image, member.size)
+    except FormatError as exc:
+        checks.append(failed("initrd.squashfs", f"/{ROOT_SQUASHFS}: {exc}"))
+        return checks, None
+    checks.append(
+        passed(
+            "initrd.squashfs",
+            f"segment {number}: squashfs 4.0, {superblock.compressor}, "
+            f"{superblock.bytes_used / (1 << 20):.1f} MiB, {superblock.inodes} inodes, "
+            f"{superblock.block_size >> 10} KiB blocks",
+        )
+    )
+    return checks, image
+
+
+# --------------------------------------------------------------------------------------
+# The image's contents, read with unsquashfs
+
+LISTING_LINE = re.compile(
+    r"^(?P<mode>[-dlcbps][-rwxsStT]{9})\s+\S+\s+(?P<size>\d+|\d+,\s*\d+)\s+"
+    r"\d{4}-\d\d-\d\d \d\d:\d\d\s+squashfs-root(?P<path>/.*)?$"
+)
+EXTRACTED_DIRS = ("etc", "root", "home")  # all a check reads; small enough to extract whole
+EXTRACTED_PREFIXES = tuple(f"{name}/" for name in EXTRACTED_DIRS)
+KEY_SCAN_MAX_SIZE = 64 << 10
+PRIVATE_KEY_MARKER = b"PRIVATE KEY-----"
+SYMLINK_HOPS = 40
+SHOWN = 5
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    kind: str  # the ls mode letter: "-" file, "d" directory, "l" symlink, ...
+    size: int
+    link_target: str | None
+
+
+class ImageTree:
+    """An image's full listing plus the small top-level trees extracted from it. Paths are
+    relative to the image root ("etc/shadow"); symlinks resolve inside the image, never on
+    the host."""
+
+    def __init__(self, entries: dict[str, ImageEntry], extracted: Path) -> None:
+        self.entries = entries
+        self.extracted = extracted
+
+    @classmethod
+    def read(cls, squashfs: Path, extract_to: Path) -> ImageTree:
+        listing = run(["unsquashfs", "-lls", squashfs], check=False)
+        if listing.returncode != 0:
+            raise FormatError(unsquashfs_error(listing.stdout))
+        entries = parse_listing(listing.stdout.decode("utf-8", "replace"))
+        if not entries:
+            raise FormatError("unsquashfs listed no files")
+        wanted = [name for name in EXTRACTED_DIRS if entries.get(name, NO_ENTRY).kind == "d"]
+        extract = run(
+            ["unsquashfs", "-n", "-no-xattrs", "-d", extract_to, squashfs, *wanted], check=False
+        )
+        if extract.returncode != 0:
+            raise FormatError(unsquashfs_error(extract.stdout))
+        return cls(entries, extract_to)
+
+    def resolve(self, path: str) -> str | None:
+        """The path with every symlink followed inside the image; None if it does not exist."""
+        parts = deque(part for part in path.split("/") if part)
+        resolved: list[str] = []
+        hops = 0
+        while parts:
+            part = parts.popleft()
+            if part == ".":
+                continue
+            if part == "..":
+                if resolved:
+                    resolved.pop()
+                continue
+            entry = self.entries.get("/".join([*resolved, part]))
+            if entry is None:
+                return None
+            if entry.link_target is not None:
+                hops += 1
+                if hops > SYMLINK_HOPS:
+                    return None
+                if entry.link_target.startswith("/"):
+                    resolved = []
+                parts.extendleft(reversed([p for p in entry.link_target.split("/") if p]))
+                continue
+            resolved.append(part)
+        return "/".join(resolved)
+
+    def read_text(self, path: str) -> str | None:
+        """A regular file's text (following symlinks in the image); None if there is none."""
+        resolved = self.resolve(path)
+        if resolved is None or self.entries[resolved].kind != "-":
+            return None
+        return self.read_regular(resolved).decode("utf-8", "replace")
+
+    def read_regular(self, resolved: str) -> bytes:
+        if not resolved.startswith(EXTRACTED_PREFIXES):
+            raise FormatError(f"/{resolved} is outside the extracted /etc, /root and /home")
+        return (self.extracted / resolved).read_bytes()
+
+    def glob(self, pattern: str) -> list[str]:
+        """Files matching an absolute or relative-to-root glob, sorted like glob(3)."""
+        directory, _, name_pattern = pattern.strip("/").rpartition("/")
+        resolved_dir = self.resolve(directory)
+        if resolved_dir is None:
+            return []
+        matches = []
+        for path in self.entries:
+            parent, _, name = path.rpartition("/")
+            hidden = name.startswith(".") and not name_pattern.startswith(".")
+            if parent == resolved_dir and not hidden and fnmatch.fnmatchcase(name, name_pattern):
+                matches.append(path)
+        return sorted(matches)
+
+
+NO_ENTRY = ImageEntry("?", 0, None)
+
+
+def unsquashfs_error(output: bytes) -> str:
+    lines = [line for line in output.decode("utf-8", "replace").splitlines() if line.strip()]
+    return f"unsquashfs failed: {lines[-1] if lines else 'no output'}"
+
+
+def parse_listing(text: str) -> dict[str, ImageEntry]:
+    """`unsquashfs -lls` output -> {relative path: entry}."""
+    entries: dict[str, ImageEntry] = {}
+    for line in text.splitlines():
+        match = LISTING_LINE.match(line)
+        if match is None or not match["path"]:
+            continue
+        kind = match["mode"][0]
+        path = match["path"][1:]
+        target = None
+        if kind == "l":
+            path, _, target = path.partition(" -> ")
+        size = int(match["size"]) if match["size"].isdigit() else 0
+        entries[path] = ImageEntry(kind, size, target)
+    return entries
+
+
+def count(items: Sized, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def shown(paths: list[str]) -> str:
+    more = f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else ""
+    return ", ".join(f"/{p}" for p in paths[:SHOWN]) + more
+
+
+def check_private_keys(name: str, tree: ImageTree) -> Check:
+    by_name = [
+        p for p in tree.entries if fnmatch.fnmatchcase(p.rpartition("/")[2], "ssh_host_*_key")
+    ]
+    scanned = [
+        path
+        for path, entry in tree.entries.items()
+        if entry.kind == "-"
+        and path.startswith(EXTRACTED_PREFIXES)
+        and entry.size <= KEY_SCAN_MAX_SIZE
+    ]
+    by_content = [p for p in scanned if PRIVATE_KEY_MARKER in tree.read_regular(p)]
+    found = sorted({*by_name, *by_content})
+    if found:
+        return failed(name, f"private keys in the image: {shown(found)}")
+    return passed(name, f"none in {len(scanned)} small files under /etc, /root, /home")
+
+
+def check_host_keys(name: str, tree: ImageTree) -> Check:
+    keys = sorted(p for p in tree.entries if p.startswith("etc/ssh/ssh_host_"))
+    if keys:
+        return failed(name, f"baked SSH host keys: {shown(keys)}")
+    return passed(name, "none in /etc/ssh (generated at each boot)")
+
+
+def password_locked(field: str) -> bool:
+    """`*`, `!`, `!*`, or `!` before a hash: no password can match."""
+    return field == "*" or field.startswith("!")
+
+
+def check_root_password(name: str, tree: ImageTree) -> Check:
+    shadow = tree.read_text("etc/shadow")
+    if shadow is None:
+        return failed(name, "/etc/shadow is missing")
+    root = [line.split(":") for line in shadow.splitlines() if line.startswith("root:")]
+    if not root or len(root[0]) < 2:
+        return failed(name, "/etc/shadow has no root entry")
+    field = root[0][1]
+    if field == "":
+        return failed(name, "root has an empty password in /etc/shadow")
+    if not password_locked(field):
+        return failed(name, f"root has a password hash in /etc/shadow ({field[:3]}...)")
+    passwd = tree.read_text("etc/passwd") or ""
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        # "x" sends login to /etc/shadow; anything else in passwd is used as the hash
+        if (
+            fields[0] == "root"
+            and len(fields) > 1
+            and not (fields[1] == "x" or password_locked(fields[1]))
+        ):
+            return failed(name, "root has a password in /etc/passwd")
+    return passed(name, f"root password locked ({field[:2]!r})")
+
+
+SSHD_DEFAULTS = {
+    "permitrootlogin": "prohibit-password",
+    "passwordauthentication": "yes",
+    "kbdinteractiveauthentication": "yes",
+}
+SSHD_ALIASES = {"challengeresponseauthentication": "kbdinteractiveauthentication"}
+SSHD_KEY_ONLY = {
+    "permitrootlogin": {"prohibit-password", "without-password", "no"},
+    "passwordauthentication": {"no"},
+    "kbdinteractiveauthentication": {"no"},
+}
+SSHD_LINE = re.compile(r"^(\S+?)(?:\s*=\s*|\s+)(.*)$")
+SSHD_MAX_DEPTH = 16
+
+
+@dataclass
+class SshdConfig:
+    """What sshd would use: the first value of each keyword outside Match blocks, plus
+    every value inside Match blocks (those apply to some connections)."""
+
+    settings: dict[str, str]
+    in_match: list[tuple[str, str, str]]  # (file, keyword, value)
+    files: list[str]
+
+
+def sshd_arguments(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError:
+        return text.split()
+
+
+def read_sshd_config(tree: ImageTree) -> SshdConfig:
+    config = SshdConfig({}, [], [])
+    read_sshd_file(tree, "etc/ssh/sshd_config", config, in_match=False, depth=0)
+    return config
+
+
+def read_sshd_file(
+    tree: ImageTree, path: str, config: SshdConfig, in_match: bool, depth: int
+) -> None:
+    if depth > SSHD_MAX_DEPTH:
+        raise FormatError(f"sshd Include nesting deeper than {SSHD_MAX_DEPTH} at /{path}")
+    text = tree.read_text(path)
+    if text is None:
+        raise FormatError(f"/{path} is missing")
+    config.files.append(path)
+    for raw in text.splitlines():
+        line = raw.strip()
+        match = SSHD_LINE.match(line)
+        if not line or line.startswith("#") or match is None:
+            continue
+        keyword = match[1].lower()
+        keyword = SSHD_ALIASES.get(keyword, keyword)
+        arguments = sshd_arguments(match[2])
+        if keyword == "match":
+            in_match = True  # to the end of this file, as sshd scopes Match in an include
+        elif keyword == "include":
+            for pattern in arguments:
+                absolute = pattern if pattern.startswith("/") else f"/etc/ssh/{pattern}"
+                for included in tree.glob(absolute):
+                    read_sshd_file(tree, included, config, in_match, depth + 1)
+        elif keyword in SSHD_DEFAULTS and arguments:
+            value = arguments[0].lower()
+            if in_match:
+                config.in_match.append((path, keyword, value))
+            else:
+                config.settings.setdefault(keyword, value)
+
+
+def check_sshd(name: str, tree: ImageTree) -> Check:
+    config = read_sshd_config(tree)
+    problems = []
+    effective = {**SSHD_DEFAULTS, **config.settings}
+    for keyword, allowed in SSHD_KEY_ONLY.items():
+        if effective[keyword] not in allowed:
+            source = "" if keyword in config.settings else " (sshd's default)"
+            problems.append(f"{keyword} {effective[keyword]}{source}")
+    problems += [
+        f"{keyword} {value} in a Match block of /{path}"
+        for path, keyword, value in config.in_match
+        if value not in SSHD_KEY_ONLY[keyword]
+    ]
+    if problems:
+        return failed(name, "not key-only: " + "; ".join(problems))
+    settings = ", ".join(f"{k} {effective[k]}" for k in SSHD_KEY_ONLY)
+    return passed(name, f"{settings} (from {len(config.files)} files)")
+
+
+AUTHORIZED_KEY = re.compile(
+    r"(?:^|\s)(ssh-ed25519|ssh-rsa|ssh-dss|ecdsa-sha2-nistp(?:256|384|521)"
+    r"|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com)\s+([A-Za-z0-9+/]+=*)"
+)
+
+
+def public_key_type(line: str) -> str | None:
+    """The key type of an authorized_keys line whose base64 blob really is that key type."""
+    match = AUTHORIZED_KEY.search(line)
+    if match is None:
+        return None
+    try:
+        blob = base64.b64decode(match[2], validate=True)
+    except ValueError:
+        return None
+    key_type = match[1].encode()
+    if blob[:4] != len(key_type).to_bytes(4, "big") or blob[4 : 4 + len(key_type)] != key_type:
+        return None
+    return match[1]
+
+
+def check_authorized_keys(name: str, tree: ImageTree) -> Check:
+    path = "root/.ssh/authorized_keys"
+    text = tree.read_text(path)
+    if text is None:
+        return failed(name, f"/{path} is missing")
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if not lines:
+        return failed(name, f"/{path} holds no keys")
+    types = [public_key_type(line) for line in lines]
+    bad = [number for number, key_type in enumerate(types, start=1) if key_type is None]
+    if bad:
+        return failed(name, f"/{path}: key lines {bad} are not valid public keys")
+    return passed(name, f"{count(lines, 'key')} ({', '.join(sorted({t or '' for t in types}))})")
+
+
+def check_service(name: str, tree: ImageTree, service: str, spec: dict[str, Any]) -> Check:
+    enable = spec.get("enable")
+    if not isinstance(enable, bool):
+        return failed(name, f"manifest.json services.{service}.enable is {enable!r}, not a bool")
+    unit = f"{service}.service"
+    if tree.resolve(f"etc/systemd/system/{unit}") is None:
+        return failed(name, f"/etc/systemd/system/{unit} is missing")
+    links = sorted(
+        path
+        for path, entry in tree.entries.items()
+        if entry.kind == "l" and fnmatch.fnmatchcase(path, f"etc/systemd/system/*.wants/{unit}")
+    )
+    dangling = [link for link in links if tree.resolve(link) is None]
+    if dangling:
+        return failed(name, f"enabled through a dangling link: {shown(dangling)}")
+    if enable and not links:
+        return failed(name, "manifest.json says enable, but no *.wants/ link enables it")
+    if not enable and links:
+        return failed(name, f"manifest.json says not enabled, but {shown(links)} enables it")
+    wants = ", ".join(link.split("/")[-2] for link in links)
+    return passed(name, f"unit present, {'enabled in ' + wants if links else 'not enabled'}")
+
+
+TreeCheck = Callable[[str, ImageTree], Check]
+TREE_CHECKS: dict[str, TreeCheck] = {
+    "image.private-keys": check_private_keys,
+    "image.host-keys": check_host_keys,
+    "image.root-password": check_root_password,
+    "image.sshd": check_sshd,
+    "image.authorized-keys": check_authorized_keys,
+}
+
+
+def image_checks(manifest: Manifest | None) -> dict[str, TreeCheck]:
+    """The checks of the image's contents: the fixed ones, then one per manifest service."""
+    checks = dict(TREE_CHECKS)
+    for service, spec in manifest.services.items() if manifest else ():
+        checks[f"image.service:{service}"] = partial(check_service, service=service, spec=spec)
+    return checks
+
+
+def check_image(squashfs: bytes | None, manifest: Manifest | None) -> Iterator[Check]:
+    checks = image_checks(manifest)
+    if squashfs is None:
+        for name in ("image.read", *checks):
+            yield skipped(name, "no readable root squashfs")
+        return
+    with tempfile.TemporaryDirectory(prefix="plasmaboot-verify-") as temp:
+        image_path = Path(temp) / ROOT_SQUASHFS
+        image_path.write_bytes(squashfs)
+        try:
+            tree = ImageTree.read(image_path, Path(temp) / "root")
+        except (FormatError, WorkError, UserError) as exc:
+            yield failed("image.read", str(exc))
+            for name in checks:
+                yield skipped(name, "the image could not be read")
+            return
+        yield passed("image.read", f"{len(tree.entries)} entries")
+        for name, check in checks.items():
+            try:
+                yield check(name, tree)
+            except (FormatError, OSError) as exc:
+                # a file that links out of the extracted trees, or cannot be read
+                yield failed(name, str(exc))
+
+
+# --------------------------------------------------------------------------------------
+# netboot.ipxe
+
+IPXE_REFERENCE = re.compile(r"\$\{boot-server\}/([^/\s]+)/(\S+)")
+
+
+def check_ipxe(directory: Path, manifest: Manifest | None) -> Iterator[Check]:
+    path = directory / IPXE
+    names = ("ipxe.header", "ipxe.files", "ipxe.kernel-line", "ipxe.boot")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = f"{IPXE} is missing" if not path.exists() else f"{IPXE} unreadable: {exc}"
+        yield failed(names[0], reason)
+        for name in names[1:]:
+            yield skipped(name, "no script to read")
+        return
+    lines = [line.strip() for line in text.splitlines()]
+    if lines and lines[0] == "#!ipxe":
+        yield passed("ipxe.header", "#!ipxe")
+    else:
+        yield failed("ipxe.header", f"first line is {(lines or [''])[0][:40]!r}, not '#!ipxe'")
+    yield check_ipxe_files(directory, text, manifest)
+    commands = [line.split() for line in lines if line and not line.startswith("#")]
+    kernel = [words for words in commands if words[0] == "kernel"]
+    initrd = [words for words in commands if words[0] == "initrd"]
+    if not kernel:
+        yield failed("ipxe.kernel-line", "no kernel line")
+    elif "initrd=initrd" not in kernel[0]:
+        yield failed("ipxe.kernel-line", "the kernel line lacks initrd=initrd")
+    elif not initrd:
+        yield failed("ipxe.kernel-line", "no initrd line")
+    else:
+        yield passed("ipxe.kernel-line", " ".join(kernel[0][2:]))
+    if ["boot"] in commands:
+        yield passed("ipxe.boot", "boot")
+    else:
+        yield failed("ipxe.boot", "no boot command")
+
+
+def check_ipxe_files(directory: Path, text: str, manifest: Manifest | None) -> Check:
+    name = "ipxe.files"
+    references = IPXE_REFERENCE.findall(text)
+    files = sorted({file for _, file in references})
+    problems = [f"{need} is not named" for need in (KERNEL, INITRD) if need not in files]
+    if manifest is not None:
+        wrong = sorted({label for label, _ in references if label != manifest.label})
+        problems += [f"label {label!r} is not {manifest.label!r}" for label in wrong]
+    problems += [f"{file} is not beside it" for file in files if not is_plain_file(directory, file)]
+    if problems:
+        return failed(name, "; ".join(problems))
+    return passed(name, ", ".join(files))
+
+
+def is_plain_file(directory: Path, name: str) -> bool:
+    return "/" not in name and name not in (".", "..") and (directory / name).is_file()
+
+
+# --------------------------------------------------------------------------------------
+# manifest.json
+
+
+def check_manifest(directory: Path) -> tuple[list[Check], Manifest | None]:
+    try:
+        manifest = read_manifest(directory)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top)"
+        detail = f"{MANIFEST} does not parse: {where}: {first['msg']}"
+        checks = [failed("manifest", detail)]
+        return checks + [skipped(f"file:{n}", "no manifest") for n in HASHED_FILES], None
+    except (OSError, UnicodeDecodeError) as exc:
+        checks = [failed("manifest", f"{MANIFEST} unreadable: {exc}")]
+        return checks + [skipped(f"file:{n}", "no manifest") for n in HASHED_FILES], None
+    checks = [passed("manifest", f"{manifest.label} ({manifest.backend}, {manifest.distro})")]
+    for name in sorted({*HASHED_FILES, *manifest.files}):
+        checks.append(check_file_record(directory, manifest, name))
+    return checks, manifest
+
+
+def check_file_record(directory: Path, manifest: Manifest, name: str) -> Check:
+    check = f"file:{name}"
+    record = manifest.files.get(name)
+    if record is None:
+        return failed(check, f"{MANIFEST} has no record of {name}")
+    if not is_plain_file(directory, name):
+        return failed(check, f"{name} is missing")
+    size = (directory / name).stat().st_size
+    if size != record.size:
+        return failed(check, f"size {size}, {MANIFEST} says {record.size}")
+    digest = sha256_file(directory / name)
+    if digest != record.sha256:
+        return failed(check, f"sha256 {digest[:16]}..., {MANIFEST} says {record.sha256[:16]}...")
+    return passed(check, f"sha256 {digest[:16]}..., {size} bytes")
+
+
+# --------------------------------------------------------------------------------------
+
+
+def verify_set(directory: Path) -> Report:
+    """Run every check on the artifact set in `directory`."""
+    if not directory.exists():
+        raise UserError(f"{directory}: no such directory", hint="give an artifact set directory")
+    if not directory.is_dir():
+        raise UserError(f"{directory}: not a directory", hint="give an artifact set directory")
+    if not (directory / MANIFEST).is_file():
+        raise UserError(
+            f"{directory}: no {MANIFEST}, so this is not an artifact set",
+            hint="give the directory a build wrote, e.g. artifacts/<profile>",
+        )
+    checks, manifest = check_manifest(directory)
+    checks += check_kernel(directory, manifest)
+    initrd_checks, squashfs = check_initrd(directory)
+    checks += initrd_checks
+    checks += check_image(squashfs, manifest)
+    checks += check_ipxe(directory, manifest)
+    return Report(checks)

@@ -1,0 +1,412 @@
+"""The nix backend: every .nix file parses, nix/lib/profiles.nix resolves every profile as
+the Python loader does, the flake exposes a configuration per profile and variant, and the
+driver really runs `nix build` (against a small fixture flake with no inputs)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from plasmaboot.build.backend import BuildRequest
+from plasmaboot.build.nix import (
+    NixBackend,
+    nix_command,
+    nix_files,
+    nix_profiles,
+    nix_works,
+    parse_nix_files,
+    profile_differences,
+    python_profiles,
+)
+from plasmaboot.cli import main
+from plasmaboot.errors import UserError, WorkError
+from plasmaboot.log import Log
+from plasmaboot.profiles import ProfileStore
+from plasmaboot.run import run
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE_FLAKE = REPO / "tests" / "fixtures" / "nixflake"
+NIXPKGS = "github:NixOS/nixpkgs/nixos-24.05"
+
+needs_nix = pytest.mark.skipif(shutil.which("nix") is None, reason="nix is not installed")
+
+
+@pytest.fixture
+def offline_nix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No binary cache (unreachable here: each build would wait on retries) and a static
+    /bin/sh in the sandbox for the fixture's `builder = "/bin/sh"` derivations."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox-static is not installed (the fixture builds need a static /bin/sh)")
+    monkeypatch.setenv("NIX_CONFIG", f"substituters =\nsandbox-paths = /bin/sh={busybox}")
+
+
+def copy_flake_sources(target: Path) -> None:
+    """The plasmaboot flake's files, outside git (so nix treats the copy as a path flake)."""
+    for name in ("nix", "profiles", "catalog"):
+        shutil.copytree(REPO / name, target / name)
+    shutil.copy(REPO / "flake.nix", target / "flake.nix")
+
+
+def write_custom_profile(profiles: Path) -> None:
+    (profiles / "keys").mkdir()
+    (profiles / "keys" / "ops.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA ops\n")
+    (profiles / "edge.toml").write_text(
+        """
+description = "Edge: a worker with its own DNS and KV store"
+extends = ["worker", "base"]
+unset = ["sysctl.fs.file-max"]
+packages = ["!tcpdump", "busybox", "gdisk", "qemu"]
+
+[ssh]
+authorized_keys = ["keys/ops.pub"]
+
+[kernel]
+params = ["!loglevel=4", "quiet"]
+modules = ["!tun", "br_netfilter"]
+
+[sysctl]
+"vm.swappiness" = 10
+
+[service_defaults]
+cpu_quota = "80%"
+
+[services.chainfire]
+enable = true
+port = 3379
+memory_max = "1G"
+settings = { cluster = { name = "edge" } }
+
+[services.flashdns]
+enable = true
+"""
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Nix sources
+
+
+@needs_nix
+@pytest.mark.nix
+def test_every_nix_file_parses() -> None:
+    files = nix_files(REPO)
+    relative = {str(path.relative_to(REPO)) for path in files}
+    assert {
+        "flake.nix",
+        "nix/lib/profiles.nix",
+        "nix/images/netboot-base.nix",
+        "nix/images/netboot-profile.nix",
+        "nix/modules/default.nix",
+        "nix/modules/service.nix",
+        "tests/fixtures/nixflake/flake.nix",
+    } <= relative
+    parse_nix_files(files)
+
+
+@needs_nix
+@pytest.mark.nix
+def test_a_syntax_error_names_the_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.nix"
+    broken.write_text("{ a = 1; b = ; }\n")
+    with pytest.raises(WorkError, match=r"broken\.nix: not valid Nix"):
+        parse_nix_files([broken])
+
+
+# ---------------------------------------------------------------------------------------
+# Profiles: both sides resolve them alike
+
+
+@needs_nix
+@pytest.mark.nix
+def test_nix_resolves_builtin_profiles_like_python() -> None:
+    python_side = python_profiles(REPO / "profiles")
+    nix_side = nix_profiles(REPO / "profiles")
+    store = ProfileStore()
+    expected = {
+        label
+        for name in store.profile_names()
+        for label in [name, *(f"{name}-{variant}" for variant in store.variant_names())]
+    }
+    assert set(nix_side) == set(python_side) == expected
+    for label in expected:
+        assert nix_side[label] == python_side[label], label
+    # The comparison is about real content, not two empty sides.
+    worker = nix_side["worker"]
+    assert worker["sysctl"]["fs.file-max"] == 1000000
+    assert worker["services"]["plasmavmc"]["ports"] == {"port": 8081}
+    assert worker["services"]["novanet"]["memory_max"] == "512M"
+    assert "qemu_kvm" in worker["packages"] and "qemu" not in worker["packages"]
+    assert nix_side["control-plane"]["services"]["chainfire"]["ports"] == {
+        "port": 2379,
+        "raftPort": 2380,
+        "gossipPort": 2381,
+    }
+    assert nix_side["all-in-one-minimal"]["services"] == {}
+    assert "ddrescue" in nix_side["base-rescue"]["packages"]
+    assert "dnsutils" in nix_side["base-debug"]["packages"]
+
+
+@needs_nix
+@pytest.mark.nix
+def test_nix_resolves_a_custom_profile_like_python(tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    shutil.copytree(REPO / "profiles", profiles)
+    write_custom_profile(profiles)
+    assert profile_differences(profiles) == []
+    edge = nix_profiles(profiles)["edge"]
+    assert edge["packages"][-2:] == ["busybox", "gptfdisk"]
+    assert "tcpdump" not in edge["packages"]
+    assert edge["sysctl"] == {
+        "net.ipv4.ip_forward": 1,
+        "net.core.netdev_max_backlog": 5000,
+        "vm.swappiness": 10,
+    }
+    assert edge["kernel_params"] == ["console=ttyS0,115200", "console=tty0", "quiet"]
+    assert "tun" not in edge["kernel_modules"] and "br_netfilter" in edge["kernel_modules"]
+    assert edge["authorized_keys"] == [str((profiles / "keys" / "ops.pub").resolve())]
+    chainfire = edge["services"]["chainfire"]
+    assert chainfire["enable"] is True
+    assert chainfire["ports"] == {"port": 3379, "raftPort": 2380, "gossipPort": 2381}
+    assert (chainfire["memory_max"], chainfire["cpu_quota"]) == ("1G", "80%")
+    assert chainfire["settings"] == {"cluster": {"name": "edge"}}
+    assert nix_profiles(profiles)["edge-minimal"]["services"] == {}
+
+
+@needs_nix
+@pytest.mark.nix
+def test_drift_between_the_two_sides_is_reported(tmp_path: Path) -> None:
+    lib = tmp_path / "profiles.nix"
+    source = (REPO / "nix" / "lib" / "profiles.nix").read_text()
+    # A Nix side whose `unset` does nothing must not pass the comparison.
+    drifted = source.replace("removeAttrs result [ section ]", "result")
+    assert drifted != source
+    lib.write_text(drifted)
+    problems = profile_differences(REPO / "profiles", lib)
+    assert problems, "a drifted Nix resolution went unnoticed"
+    assert "worker-minimal: services: python {} != nix" in "\n".join(problems)
+
+
+@needs_nix
+@pytest.mark.nix
+def test_nix_throws_on_an_extends_cycle(tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "a.toml").write_text('extends = "b"\n')
+    (profiles / "b.toml").write_text('extends = "a"\n')
+    with pytest.raises(WorkError, match=r"b\.toml: extends: cycle a -> b -> a"):
+        nix_profiles(profiles)
+
+
+@needs_nix
+@pytest.mark.nix
+def test_flake_has_a_configuration_per_profile_and_variant(tmp_path: Path) -> None:
+    """Evaluated with a stand-in nixpkgs (the real one is unreachable here): the names come
+    from profiles/*.toml, so a new profile file appears without editing the flake."""
+    flake = tmp_path / "plasmaboot"
+    copy_flake_sources(flake)
+    write_custom_profile(flake / "profiles")
+    fake_nixpkgs = tmp_path / "nixpkgs"
+    fake_nixpkgs.mkdir()
+    (fake_nixpkgs / "flake.nix").write_text(
+        "{ outputs = _: { lib.nixosSystem = args: { inherit (args) system; }; }; }\n"
+    )
+    proc = run(
+        nix_command(
+            "eval",
+            "--json",
+            f"{flake}#nixosConfigurations",
+            "--apply",
+            "cs: builtins.mapAttrs (_: c: c.system) cs",
+            "--override-input",
+            "nixpkgs",
+            f"path:{fake_nixpkgs}",
+        )
+    )
+    configurations = json.loads(proc.stdout.decode().splitlines()[-1])
+    labels = python_profiles(flake / "profiles")
+    assert set(configurations) == {f"netboot-{label}" for label in labels}
+    assert "netboot-edge-debug" in configurations
+    assert set(configurations.values()) == {"x86_64-linux"}
+
+
+# ---------------------------------------------------------------------------------------
+# The driver: real `nix build` of the fixture flake
+
+
+def build_request(tmp_path: Path, name: str, variant: str | None = None) -> BuildRequest:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    flake = tmp_path / "flake"
+    shutil.copytree(FIXTURE_FLAKE, flake)
+    (flake / "nonce").write_text(secrets.token_hex(8))
+    return BuildRequest(
+        profile=ProfileStore().resolve(name, variant),
+        staging=staging,
+        log=Log(staging / "build.log"),
+        flake=flake,
+    )
+
+
+@needs_nix
+@pytest.mark.nix
+@pytest.mark.usefixtures("offline_nix")
+def test_driver_builds_the_fixture_flake(tmp_path: Path) -> None:
+    request = build_request(tmp_path, "base")
+    with request.log:
+        result = NixBackend().build(request)
+    staging = request.staging
+    for link in ("initrd-link", "kernel-link", "toplevel-link"):
+        assert (staging / link).is_symlink()
+        assert str((staging / link).resolve()).startswith("/nix/store/")
+    assert (staging / "initrd").read_text() == "fixture initrd base\n"
+    assert (staging / "bzImage").read_text() == "fixture kernel\n"
+    assert not (staging / "initrd").is_symlink()
+    (param,) = result.extra_kernel_params
+    assert param.startswith("init=/nix/store/") and param.endswith("/init")
+    assert "*" not in param
+    init = Path(param.removeprefix("init="))
+    assert init == (staging / "toplevel-link").resolve() / "init"
+    assert init.stat().st_mode & stat.S_IXUSR
+    assert result.kernel_version == "6.1.0-fixture"
+    assert result.distro == "nixos 24.05"
+    log = (staging / "build.log").read_text()
+    assert "netboot-base.config.system.build.netbootRamdisk" in log
+    assert "--print-build-logs" in log
+    assert "packing the initrd of base" in log  # the builder's own output, via nix
+    assert "building the kernel" in log
+
+
+@needs_nix
+@pytest.mark.nix
+@pytest.mark.usefixtures("offline_nix")
+def test_driver_reports_a_failing_derivation(tmp_path: Path) -> None:
+    request = build_request(tmp_path, "base", "debug")
+    with request.log, pytest.raises(WorkError) as caught:
+        NixBackend().build(request)
+    assert caught.value.exit_code == 1
+    assert "fixture: the initrd of base-debug failed to build" in caught.value.message
+    assert "netboot-base-debug.config.system.build.netbootRamdisk" in caught.value.message
+    assert "failed to build" in (request.staging / "build.log").read_text()
+    assert not (request.staging / "initrd").exists()
+
+
+@needs_nix
+@pytest.mark.nix
+@pytest.mark.usefixtures("offline_nix")
+def test_driver_names_a_profile_missing_from_the_flake(tmp_path: Path) -> None:
+    request = build_request(tmp_path, "worker")
+    with request.log, pytest.raises(UserError) as caught:
+        NixBackend().build(request)
+    assert "no nixosConfigurations.netboot-worker" in caught.value.message
+    assert "base, base-debug" in caught.value.message
+    assert caught.value.hint is not None and "git add" in caught.value.hint
+
+
+def test_driver_rejects_a_directory_without_a_flake(tmp_path: Path) -> None:
+    request = BuildRequest(
+        profile=ProfileStore().resolve("base"),
+        staging=tmp_path,
+        log=Log(None),
+        flake=tmp_path,
+    )
+    with pytest.raises(UserError, match=r"no flake\.nix there"):
+        NixBackend().build(request)
+
+
+# ---------------------------------------------------------------------------------------
+# Availability: missing nix, old nix, the `auto` probe, `plasmaboot check`
+
+
+def test_missing_nix_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert nix_works() is False
+    with pytest.raises(UserError) as caught:
+        NixBackend().check_available()
+    assert caught.value.exit_code == 2
+    assert caught.value.hint is not None and "apt-get install nix-bin" in caught.value.hint
+    result = CliRunner().invoke(main, ["check", "--flake", str(REPO)])
+    assert result.exit_code == 2
+    assert "nix is not installed" in result.output
+
+
+def test_too_old_nix_names_the_flakes_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nix before 2.4 cannot be installed here; a `nix` that reports 2.3 stands in for it."""
+    old_nix = tmp_path / "nix"
+    old_nix.write_text("#!/bin/sh\necho 'nix (Nix) 2.3.16'\n")
+    old_nix.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    with pytest.raises(UserError) as caught:
+        NixBackend().check_available()
+    assert "2.3.16 is too old" in caught.value.message
+    assert caught.value.hint is not None
+    assert "experimental-features = nix-command flakes in /etc/nix/nix.conf" in caught.value.hint
+    assert nix_works() is False
+
+
+@needs_nix
+@pytest.mark.nix
+def test_nix_works_here() -> None:
+    NixBackend().check_available()
+    assert nix_works() is True
+
+
+@needs_nix
+@pytest.mark.nix
+def test_check_command_compares_profiles() -> None:
+    result = CliRunner().invoke(main, ["check", "--eval-only", "--flake", str(REPO)])
+    assert result.exit_code == 0, result.output
+    assert "resolve every profile and variant alike" in result.output
+    assert "skipped (--eval-only)" in result.output
+
+
+# ---------------------------------------------------------------------------------------
+# The real thing: a NixOS netboot image, where nixpkgs can be fetched
+
+
+def nixpkgs_unreachable() -> str | None:
+    """Why nixpkgs cannot be fetched here, or None if it can."""
+    proc = run(
+        nix_command("flake", "metadata", "--json", NIXPKGS),
+        check=False,
+        timeout=60,
+    )
+    if proc.returncode == 0:
+        return None
+    lines = proc.stdout.decode("utf-8", "replace").splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    return errors[-1] if errors else f"`nix flake metadata` exit code {proc.returncode}"
+
+
+@needs_nix
+@pytest.mark.nix
+@pytest.mark.slow
+def test_full_nixos_netboot_build(tmp_path: Path) -> None:
+    reason = nixpkgs_unreachable()
+    if reason is not None:
+        pytest.skip(f"nixpkgs ({NIXPKGS}) is unreachable from this machine: {reason}")
+    flake = tmp_path / "plasmaboot"
+    copy_flake_sources(flake)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    request = BuildRequest(
+        profile=ProfileStore().resolve("base"),
+        staging=staging,
+        log=Log(staging / "build.log"),
+        flake=flake,
+    )
+    with request.log:
+        result = NixBackend().build(request)
+    with (staging / "bzImage").open("rb") as handle:
+        handle.seek(0x202)
+        assert handle.read(4) == b"HdrS"  # the x86 boot protocol header
+    assert (staging / "initrd").stat().st_size > 10_000_000
+    init = Path(result.extra_kernel_params[0].removeprefix("init="))
+    assert init.is_file()
+    assert result.distro == "nixos 24.05"

@@ -1,0 +1,459 @@
+"""The boot server: files, ranges, validators, rendered scripts, path safety, consistent sets."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from plasmaboot.artifacts import INITRD, IPXE, KERNEL, MANIFEST, publish_atomically
+from plasmaboot.cli import main
+from plasmaboot.serve import ServerThread, UnsafePath, parse_listen, request_segments
+
+NAMES = (KERNEL, INITRD, IPXE, MANIFEST)
+SCRIPT = (
+    "#!ipxe\n"
+    "kernel ${boot-server}/cp/bzImage initrd=initrd console=ttyS0\n"
+    "initrd --name initrd ${boot-server}/cp/initrd\n"
+    "boot\n"
+)
+MANIFEST_TEXT = (
+    '{"backend": "debian", "distro": "bookworm", "kernel_version": "6.1.0",'
+    ' "built_at": "2026-01-01T00:00:00Z"}\n'
+)
+
+
+# --------------------------------------------------------------------------------------
+# the path check on its own
+
+
+@pytest.mark.parametrize(
+    ("target", "segments"),
+    [
+        ("/", ()),
+        ("/boot.ipxe", ("boot.ipxe",)),
+        ("/boot.ipxe?profile=cp", ("boot.ipxe",)),
+        ("/cp/initrd", ("cp", "initrd")),
+        ("/cp/", ("cp", "")),
+        ("/sets/cp-0123/bzImage", ("sets", "cp-0123", "bzImage")),
+        ("/a%20b/c", ("a b", "c")),
+        ("/cp/init%72d", ("cp", "initrd")),
+    ],
+)
+def test_request_segments_accepts(target: str, segments: tuple[str, ...]) -> None:
+    assert request_segments(target) == segments
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/../etc/passwd",
+        "/cp/../../etc/passwd",
+        "/cp/..",
+        "/cp/./initrd",
+        "/%2e%2e/etc/passwd",
+        "/%2E%2E/%2e%2e/etc/passwd",
+        "/cp/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/cp%2finitrd",
+        "/cp%2Finitrd",
+        "/cp\\..\\initrd",
+        "/cp/%5c..%5cinitrd",
+        "/cp/initrd%00",
+        "/cp/initrd\x00",
+        "/cp/in\titrd",
+        "/.sets/cp-0123/initrd",
+        "/cp/.hidden",
+        "/%2esets/x/initrd",
+        "//etc/passwd",
+        "/cp//initrd",
+        "etc/passwd",
+        "http://example.com/cp/initrd",
+        "/cp/%zz",
+        "/cp/%",
+        "/cp/%ff%fe",
+    ],
+)
+def test_request_segments_refuses(target: str) -> None:
+    with pytest.raises(UnsafePath):
+        request_segments(target)
+
+
+# --------------------------------------------------------------------------------------
+# a published root and a running server
+
+
+@dataclass
+class Published:
+    root: Path
+    set_name: str
+    files: dict[str, bytes]
+
+
+def write_set(directory: Path, seed: int) -> dict[str, bytes]:
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {
+        KERNEL: bytes((seed + i) % 251 for i in range(4096)),
+        INITRD: os.urandom(100_000),
+        IPXE: SCRIPT.encode(),
+        MANIFEST: MANIFEST_TEXT.encode(),
+    }
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    return files
+
+
+def publish(tmp: Path, root: Path, seed: int, label: str = "cp") -> Published:
+    source = tmp / f"src-{label}-{seed}"
+    files = write_set(source, seed)
+    final = publish_atomically(source, root, label, NAMES)
+    return Published(root, final.name, files)
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> Published:
+    return publish(tmp_path, tmp_path / "root", seed=1)
+
+
+@pytest.fixture
+def server(published: Published) -> Iterator[ServerThread]:
+    with ServerThread(published.root, access_log=published.root.parent / "server.log") as srv:
+        yield srv
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def request(
+    srv: ServerThread, path: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> Reply:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def raw_request(srv: ServerThread, target: bytes) -> int:
+    """Send a request line exactly as given (no client normalisation); return the status."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status_line = data.split(b"\r\n", 1)[0]
+    return int(status_line.split()[1])
+
+
+# --------------------------------------------------------------------------------------
+# files
+
+
+@pytest.mark.parametrize("name", [KERNEL, INITRD, MANIFEST])
+def test_get_serves_exact_bytes(server: ServerThread, published: Published, name: str) -> None:
+    reply = request(server, f"/cp/{name}")
+    assert reply.status == 200
+    assert reply.body == published.files[name]
+    assert reply.headers["content-length"] == str(len(published.files[name]))
+    assert reply.headers["accept-ranges"] == "bytes"
+    assert "etag" in reply.headers and "last-modified" in reply.headers
+
+
+def test_exact_set_urls_serve_the_set(server: ServerThread, published: Published) -> None:
+    reply = request(server, f"/sets/{published.set_name}/{INITRD}")
+    assert reply.status == 200 and reply.body == published.files[INITRD]
+
+
+def test_head_has_length_and_no_body(server: ServerThread, published: Published) -> None:
+    reply = request(server, f"/cp/{INITRD}", method="HEAD")
+    assert reply.status == 200
+    assert reply.body == b""
+    assert reply.headers["content-length"] == str(len(published.files[INITRD]))
+
+
+def test_range_first_bytes(server: ServerThread, published: Published) -> None:
+    reply = request(server, f"/cp/{INITRD}", headers={"Range": "bytes=0-99"})
+    size = len(published.files[INITRD])
+    assert reply.status == 206
+    assert reply.body == published.files[INITRD][:100]
+    assert reply.headers["content-range"] == f"bytes 0-99/{size}"
+    assert reply.headers["content-length"] == "100"
+
+
+def test_range_suffix(server: ServerThread, published: Published) -> None:
+    reply = request(server, f"/cp/{INITRD}", headers={"Range": "bytes=-500"})
+    size = len(published.files[INITRD])
+    assert reply.status == 206
+    assert reply.body == published.files[INITRD][-500:]
+    assert reply.headers["content-range"] == f"bytes {size - 500}-{size - 1}/{size}"
+
+
+def test_range_unsatisfiable(server: ServerThread, published: Published) -> None:
+    size = len(published.files[INITRD])
+    reply = request(server, f"/cp/{INITRD}", headers={"Range": f"bytes={size + 10}-"})
+    assert reply.status == 416
+    assert reply.headers["content-range"] == f"bytes */{size}"
+
+
+def test_etag_and_last_modified_give_304(server: ServerThread) -> None:
+    first = request(server, f"/cp/{KERNEL}")
+    by_etag = request(server, f"/cp/{KERNEL}", headers={"If-None-Match": first.headers["etag"]})
+    assert by_etag.status == 304 and by_etag.body == b""
+    since = {"If-Modified-Since": first.headers["last-modified"]}
+    assert request(server, f"/cp/{KERNEL}", headers=since).status == 304
+    other = request(server, f"/cp/{KERNEL}", headers={"If-None-Match": '"something-else"'})
+    assert other.status == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/cp", "/cp/", "/sets", "/sets/", "/nope/bzImage", "/cp/missing", "/cp/a/b"],
+)
+def test_no_directory_listings_or_unknown_paths(server: ServerThread, path: str) -> None:
+    assert request(server, path).status == 404
+
+
+def test_exact_set_listing_is_404(server: ServerThread, published: Published) -> None:
+    assert request(server, f"/sets/{published.set_name}/").status == 404
+
+
+def test_other_methods_refused(server: ServerThread) -> None:
+    assert request(server, f"/cp/{INITRD}", method="POST").status == 405
+    assert request(server, f"/cp/{INITRD}", method="PUT").status == 405
+
+
+# --------------------------------------------------------------------------------------
+# scripts
+
+
+def test_netboot_script_points_at_the_exact_set(server: ServerThread, published: Published) -> None:
+    reply = request(server, f"/cp/{IPXE}", headers={"Host": "10.0.2.2:8123"})
+    assert reply.status == 200
+    text = reply.body.decode()
+    prefix = f"http://10.0.2.2:8123/sets/{published.set_name}"
+    assert text == (
+        "#!ipxe\n"
+        f"kernel {prefix}/bzImage initrd=initrd console=ttyS0\n"
+        f"initrd --name initrd {prefix}/initrd\n"
+        "boot\n"
+    )
+    assert reply.headers["cache-control"] == "no-store"
+
+
+def test_netboot_script_uses_own_address_by_default(server: ServerThread) -> None:
+    text = request(server, f"/cp/{IPXE}").body.decode()
+    assert f"kernel {server.base_url}/sets/" in text
+    assert "${boot-server}" not in text
+
+
+def test_boot_menu_lists_labels(server: ServerThread, tmp_path: Path) -> None:
+    publish(tmp_path, server.root, seed=7, label="worker")
+    plain = server.root / "plain"  # a plain copy with no manifest: listed by label alone
+    plain.mkdir()
+    (plain / IPXE).write_text(SCRIPT)
+    (server.root / "junk").mkdir()  # no boot script: not listed
+    text = request(server, "/boot.ipxe", headers={"Host": "10.0.2.2:80"}).body.decode()
+    assert text.startswith("#!ipxe\nmenu ")
+    assert "item cp cp (debian/bookworm, kernel 6.1.0, built 2026-01-01T00:00:00Z)\n" in text
+    assert "item worker worker (" in text
+    assert "item plain plain\n" in text
+    assert "junk" not in text
+    assert "choose --default cp target || exit 1\n" in text
+    assert "chain http://10.0.2.2:80/${target}/netboot.ipxe\n" in text
+
+
+def test_boot_profile_chains_to_label(server: ServerThread) -> None:
+    reply = request(server, "/boot.ipxe?profile=cp", headers={"Host": "10.0.2.2:80"})
+    assert reply.body.decode() == "#!ipxe\nchain http://10.0.2.2:80/cp/netboot.ipxe\n"
+    assert request(server, "/boot.ipxe?profile=nope").status == 404
+    assert request(server, "/boot.ipxe?profile=../etc").status == 404
+
+
+def test_boot_menu_with_nothing_published(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with ServerThread(tmp_path / "empty") as srv:
+        text = request(srv, "/boot.ipxe").body.decode()
+    assert "no images are published" in text and "exit 1" in text
+
+
+# --------------------------------------------------------------------------------------
+# path safety
+
+
+TRAVERSALS = [
+    b"/../secret.txt",
+    b"/cp/../../secret.txt",
+    b"/%2e%2e/secret.txt",
+    b"/cp/%2e%2e/%2e%2e/secret.txt",
+    b"/cp%2f..%2f..%2fsecret.txt",
+    b"/cp/..%2f..%2fsecret.txt",
+    b"/cp/..%5c..%5csecret.txt",
+    b"/cp\\..\\..\\secret.txt",
+    b"/cp/initrd%00",
+    b"/cp/initrd%00.txt",
+    b"/.sets/x/initrd",
+    b"/cp/.secret",
+    b"//secret.txt",
+    b"/escape/secret.txt",
+    b"/escape/netboot.ipxe",
+    b"/plain/bzImage",
+    b"/plain/netboot.ipxe",
+    b"http://x/../secret.txt",
+    b"/sets/..%2f..%2fsecret.txt/initrd",
+    b"/sets/../secret.txt",
+]
+
+
+def test_traversal_refused_and_server_keeps_serving(
+    server: ServerThread, published: Published
+) -> None:
+    outside = published.root.parent / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("SECRET\n")
+    (outside / IPXE).write_text("#!ipxe\necho SECRET\n")
+    (published.root.parent / "secret.txt").write_text("SECRET\n")
+    (published.root / "escape").symlink_to(outside)
+    plain = published.root / "plain"
+    plain.mkdir()
+    (plain / KERNEL).symlink_to(outside / "secret.txt")
+    (plain / IPXE).symlink_to(outside / IPXE)
+    for target in TRAVERSALS:
+        status = raw_request(server, target)
+        assert status in (400, 404), target
+    assert request(server, f"/cp/{INITRD}").body == published.files[INITRD]
+
+
+def test_nul_byte_in_request_line_does_not_stop_the_server(
+    server: ServerThread, published: Published
+) -> None:
+    assert raw_request(server, b"/cp/initrd\x00") == 400
+    assert request(server, f"/cp/{KERNEL}").body == published.files[KERNEL]
+
+
+# --------------------------------------------------------------------------------------
+# publishing while serving
+
+
+def test_publish_during_serving_keeps_sets_consistent(
+    server: ServerThread, published: Published, tmp_path: Path
+) -> None:
+    old_script = request(server, f"/cp/{IPXE}").body.decode()
+    new = publish(tmp_path, published.root, seed=2)
+    assert new.set_name != published.set_name
+
+    old_urls = re.findall(r"http://\S+/(?:bzImage|initrd)", old_script)
+    assert len(old_urls) == 2
+    for url in old_urls:
+        name = url.rsplit("/", 1)[1]
+        assert request(server, url.removeprefix(server.base_url)).body == published.files[name]
+
+    new_script = request(server, f"/cp/{IPXE}").body.decode()
+    assert f"/sets/{new.set_name}/" in new_script
+    for url in re.findall(r"http://\S+/(?:bzImage|initrd)", new_script):
+        name = url.rsplit("/", 1)[1]
+        assert request(server, url.removeprefix(server.base_url)).body == new.files[name]
+    assert request(server, f"/cp/{INITRD}").body == new.files[INITRD]
+
+
+# --------------------------------------------------------------------------------------
+# access log and command line
+
+
+def test_access_log_has_a_line_per_request(published: Published, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    with ServerThread(published.root, access_log=log) as srv:
+        request(srv, f"/cp/{INITRD}")
+        request(srv, f"/cp/{INITRD}", method="HEAD")
+        request(srv, "/cp/nothing")
+    lines = log.read_text().splitlines()  # complete once the server has stopped
+    size = len(published.files[INITRD])
+    assert len(lines) == 3
+    assert re.fullmatch(rf"\S+ 127\.0\.0\.1 GET /cp/initrd 200 {size} \d+\.\d+s", lines[0])
+    assert re.fullmatch(r"\S+ 127\.0\.0\.1 HEAD /cp/initrd 200 0 \d+\.\d+s", lines[1])
+    assert re.fullmatch(r"\S+ 127\.0\.0\.1 GET /cp/nothing 404 \d+ \d+\.\d+s", lines[2])
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:8080", ("127.0.0.1", 8080)),
+        (":0", ("127.0.0.1", 0)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("localhost:80", ("localhost", 80)),
+        ("0.0.0.0:8080", ("0.0.0.0", 8080)),
+    ],
+)
+def test_parse_listen(value: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--listen", "nonsense"], "expected HOST:PORT"),
+        (["--listen", "127.0.0.1:99999"], "out of range"),
+        (["--listen", "example.com:80"], "not an IP address"),
+        (["--listen", "0.0.0.0:8080"], "--allow-remote"),
+        (["--listen", "[::]:8080"], "--allow-remote"),
+        (["--public-url", "ftp://x"], "--public-url"),
+    ],
+)
+def test_serve_bad_arguments_exit_2(published: Published, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["serve", "--root", str(published.root), *args])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+
+
+def test_serve_missing_root_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["serve", "--root", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert "no such directory" in " ".join(result.output.split())
+
+
+def test_serve_command_serves_and_stops_on_ctrl_c(published: Published) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "plasmaboot",
+            "serve",
+            "--root",
+            str(published.root),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        match = re.search(r"at http://127\.0\.0\.1:(\d+)/ \(labels: cp\)", first)
+        assert match, first
+        conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=10)
+        conn.request("GET", f"/cp/{INITRD}")
+        assert conn.getresponse().read() == published.files[INITRD]
+        conn.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        rest = proc.stderr.read()
+        assert "GET /cp/initrd 200" in rest and "stopped" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
