@@ -24,6 +24,7 @@ from plasmaboot.boottest import (
     module_name,
     package_map,
     parse_show_blocks,
+    private_copy,
     promised_commands,
     render_table,
     validate,
@@ -278,3 +279,14 @@ def test_table_shows_each_check(tmp_path: Path) -> None:
     text = console.export_text()
     assert "kernel command line" in text and "pass" in text
     assert "systemd is running" in text and "FAIL" in text and "degraded" in text
+
+
+def test_identity_is_used_from_a_private_copy(tmp_path: Path) -> None:
+    shared = tmp_path / "shared_key"
+    shared.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    shared.chmod(0o444)  # as a read-only shared/ copy has it: ssh would refuse this file
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    copy = private_copy(shared, workdir)
+    assert copy.read_text() == shared.read_text()
+    assert copy.stat().st_mode & 0o777 == 0o600

@@ -578,6 +578,7 @@ def boot_once(
     http_port: int,
     access_log: Path,
     log: Log,
+    identity: Path,
     on_ssh: Callable[[Ssh], None],
 ) -> tuple[BootRecord, Check, list[str]]:
     """One PXE boot until SSH answers; `on_ssh` runs while the guest is up."""
@@ -590,7 +591,7 @@ def boot_once(
         memory_mib=options.memory_mib,
         nic=options.nic,
     )
-    ssh = Ssh(config.ssh_port, options.identity, log)
+    ssh = Ssh(config.ssh_port, identity, log)
     timeout = options.timeout or BOOT_TIMEOUT[probe.accelerator]
     host_key: str | None = None
     name = f"boot {index}: PXE to SSH"
@@ -629,6 +630,15 @@ def boot_once(
         return record, check, vm.argv
 
 
+def private_copy(identity: Path, workdir: Path) -> Path:
+    """ssh refuses a private key others can read (a shared or read-only copy often is):
+    use a 0600 copy of it in the run's own directory."""
+    copy = workdir / "identity"
+    copy.touch(mode=0o600)
+    copy.write_bytes(identity.read_bytes())
+    return copy
+
+
 def run_boot_test(
     options: BootTestOptions, announce: Callable[[str], None] | None = None
 ) -> Report:
@@ -640,6 +650,7 @@ def run_boot_test(
     if options.workdir.exists():
         shutil.rmtree(options.workdir)
     options.workdir.mkdir(parents=True)
+    identity = private_copy(options.identity, options.workdir)
     access_log = options.workdir / "access.log"
     checks: list[Check] = []
     boots: list[BootRecord] = []
@@ -667,6 +678,7 @@ def run_boot_test(
                     server.port,
                     access_log,
                     log,
+                    identity,
                     first_boot_checks if index == 1 else lambda ssh: None,
                 )
                 boots.append(record)
