@@ -345,7 +345,9 @@ def check_tools(ssh: Ssh, profile: Profile, backend: str) -> Check:
     unavailable = {name for name, native in package_map(backend).items() if native == ""}
     promised, unknown = promised_commands(profile.packages, unavailable)
     names = sorted({c for groups in promised.values() for alts in groups for c in alts})
-    script = f'for c in {" ".join(names)}; do command -v "$c" >/dev/null 2>&1 && echo "$c"; done'
+    script = (
+        f'for c in {" ".join(names)}; do command -v "$c" >/dev/null 2>&1 && echo "$c"; done; true'
+    )
     found = set(ssh.output(script).split())
     missing = [
         f"{'|'.join(alts)} ({package})"
@@ -553,17 +555,33 @@ def check_host_keys(keys: list[str | None]) -> Check:
 def guest_checks(
     ssh: Ssh, manifest: Manifest, profile: Profile
 ) -> tuple[list[Check], dict[str, int]]:
-    """Everything checked on the first boot, in the order a reader expects."""
-    checks = [check_cmdline(ssh, manifest.kernel_params)]
-    checks.append(check_tools(ssh, profile, manifest.backend))
-    checks.append(check_password_refused(ssh))
-    checks.extend(check_systemd(ssh))
-    checks.extend(check_services(ssh, manifest.services))
-    checks.extend(check_sysctls(ssh, profile.sysctl))
-    checks.extend(check_modules(ssh, profile.kernel_modules))
-    checks.append(check_nixos_anywhere(ssh))
-    memory = read_memory(ssh)
-    checks.append(check_memory(memory))
+    """Everything checked on the first boot, in the order a reader expects. A check whose
+    SSH command fails becomes a failed row of its own; the others still run."""
+    memory: dict[str, int] = {}
+
+    def memory_check() -> Check:
+        memory.update(read_memory(ssh))
+        return check_memory(memory)
+
+    groups: list[tuple[str, Callable[[], Check | list[Check]]]] = [
+        ("kernel command line", lambda: check_cmdline(ssh, manifest.kernel_params)),
+        ("tools on PATH", lambda: check_tools(ssh, profile, manifest.backend)),
+        ("password login refused", lambda: check_password_refused(ssh)),
+        ("systemd", lambda: check_systemd(ssh)),
+        ("services", lambda: check_services(ssh, manifest.services)),
+        ("sysctls", lambda: check_sysctls(ssh, profile.sysctl)),
+        ("kernel modules", lambda: check_modules(ssh, profile.kernel_modules)),
+        ("nixos-anywhere prerequisites", lambda: check_nixos_anywhere(ssh)),
+        ("free memory", memory_check),
+    ]
+    checks: list[Check] = []
+    for name, run_check in groups:
+        try:
+            result = run_check()
+        except WorkError as exc:
+            checks.append(Check(name=name, passed=False, detail=exc.message))
+            continue
+        checks.extend(result if isinstance(result, list) else [result])
     return checks, memory
 
 
@@ -661,11 +679,7 @@ def run_boot_test(
         log.info(f"accelerator: {probe.accelerator} ({probe.reason})")
 
         def first_boot_checks(ssh: Ssh) -> None:
-            try:
-                found, seen = guest_checks(ssh, manifest, profile)
-            except WorkError as exc:  # the guest stopped answering half-way
-                checks.append(Check(name="guest checks", passed=False, detail=exc.message))
-                return
+            found, seen = guest_checks(ssh, manifest, profile)
             checks.extend(found)
             memory.update(seen)
 
