@@ -122,6 +122,31 @@ def nix_works() -> bool:
     return True
 
 
+def flake_inputs_problem(flake: Path | None = None) -> str | None:
+    """Why the flake's inputs (nixpkgs above all) cannot be fetched here, or None if they
+    can. One quick attempt with a short connect timeout: `auto` must not stall offline."""
+    target = flake or default_flake()
+    proc = run(
+        nix_command(
+            "--option",
+            "download-attempts",
+            "1",
+            "--option",
+            "connect-timeout",
+            "3",
+            "flake",
+            "metadata",
+            "--json",
+            str(target.resolve()),
+        ),
+        check=False,
+        timeout=PROBE_TIMEOUT,
+    )
+    if proc.returncode == 0:
+        return None
+    return last_line(proc.stdout)
+
+
 def last_line(output: bytes) -> str:
     lines = [line.strip() for line in output.decode("utf-8", "replace").splitlines()]
     return next((line for line in reversed(lines) if line), "")

@@ -39,6 +39,7 @@ from plasmaboot.artifacts import (
 from plasmaboot.build.backend import Backend, BuildRequest, BuildResult
 from plasmaboot.build.debian import DEFAULT_SQUASHFS_LEVEL, DebianBackend
 from plasmaboot.build.ipxe import render_netboot_script
+from plasmaboot.build.nix import NixBackend, flake_inputs_problem, nix_works
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.log import Log, ProgressCallback
 from plasmaboot.paths import cache_dir
@@ -145,18 +146,24 @@ def check_inputs(profiles: list[Profile], options: BuildOptions, backend: Backen
         ensure_writable_dir(options.pxe_dir, "--pxe-dir")
 
 
-def select_backend(options: BuildOptions) -> Backend:
+def select_backend(options: BuildOptions) -> tuple[Backend, str]:
+    """The backend to use and why (the summary says it)."""
     if options.backend not in BACKENDS:
         raise UserError(
             f"--backend: expected one of {', '.join(BACKENDS)}, got {options.backend!r}"
         )
     if options.backend == "debian":
-        return DebianBackend(options.squashfs_level)
-    from plasmaboot.build.nix import NixBackend, nix_works
-
-    if options.backend == "nix" or nix_works():
-        return NixBackend()
-    return DebianBackend(options.squashfs_level)
+        return DebianBackend(options.squashfs_level), "asked for"
+    if options.backend == "nix":
+        return NixBackend(), "asked for"
+    if not nix_works():
+        return DebianBackend(options.squashfs_level), "auto: no working nix with flakes"
+    problem = flake_inputs_problem(options.flake)
+    if problem is not None:
+        return DebianBackend(
+            options.squashfs_level
+        ), f"auto: nix cannot fetch the flake's inputs ({problem})"
+    return NixBackend(), "auto: nix with flakes and reachable inputs"
 
 
 # --------------------------------------------------------------------------------------
@@ -290,12 +297,12 @@ def manifest_id(manifest: Manifest) -> str:
 
 
 def warn_missing_service_packages(profile: Profile, log: Log) -> None:
-    for service in profile.services.values():
-        if service.package_file is None:
-            log.warn(
-                f"service {service.name}: no package given; its unit is installed but "
-                f"skipped at boot (ConditionPathExists=/usr/bin/{service.binary})"
-            )
+    missing = [s.name for s in profile.services.values() if s.package_file is None]
+    if missing:
+        log.warn(
+            f"no package given for {', '.join(missing)}: their units are installed and "
+            "skipped at boot (ConditionPathExists on the binary)"
+        )
 
 
 def finish_set(
@@ -370,9 +377,9 @@ def build_profiles(
     progress: ProgressCallback | None = None,
     on_backend: Callable[[str], None] | None = None,
 ) -> list[BuildOutcome]:
-    backend = select_backend(options)
+    backend, reason = select_backend(options)
     if on_backend is not None:
-        on_backend(backend.name)
+        on_backend(f"{backend.name} ({reason})")
     check_inputs(profiles, options, backend)
     clean_stale(options.output_dir)
     if options.pxe_dir is not None:
