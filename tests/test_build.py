@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CI_SERVICE, CiImage, plasmaboot
 
+from conftest import CI_SERVICE, CiImage, plasmaboot
 from plasmaboot.artifacts import read_manifest, sha256_file
 from plasmaboot.build.initrd import Compression, read_segments
 
@@ -119,7 +119,7 @@ def test_image_security(ci_image: CiImage, tmp_path: Path) -> None:
     authorized = (root / "root/.ssh/authorized_keys").read_text()
     assert authorized == ci_image.identity.with_suffix(".pub").read_text()
     root_entry = next(
-        l for l in (root / "etc/shadow").read_text().splitlines() if l.startswith("root:")
+        line for line in (root / "etc/shadow").read_text().splitlines() if line.startswith("root:")
     )
     assert root_entry.split(":")[1].startswith("!")
     assert (root / "etc/machine-id").read_text() == ""

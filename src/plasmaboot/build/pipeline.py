@@ -378,9 +378,9 @@ def build_profiles(
     on_backend: Callable[[str], None] | None = None,
 ) -> list[BuildOutcome]:
     backend, reason = select_backend(options)
+    check_inputs(profiles, options, backend)
     if on_backend is not None:
         on_backend(f"{backend.name} ({reason})")
-    check_inputs(profiles, options, backend)
     clean_stale(options.output_dir)
     if options.pxe_dir is not None:
         clean_stale(options.pxe_dir)
