@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 def extract_from_image(image: CiImage, dest: Path, *paths: str) -> Path:
     """Pull files out of the image's root squashfs with unsquashfs (a second opinion)."""
+    dest.mkdir(parents=True, exist_ok=True)
     segments = read_segments(image.set_dir / "initrd")
     root = next(m for m in segments[-1].members if m.name == "root.squashfs")
     squashfs = dest / "root.squashfs"

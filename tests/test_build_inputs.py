@@ -11,8 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import make_keypair, make_service_deb, plasmaboot
 
+from conftest import make_keypair, make_service_deb, plasmaboot
 from plasmaboot.artifacts import publish_atomically, sha256_file
 
 
