@@ -39,7 +39,7 @@ from plasmaboot.artifacts import (
 from plasmaboot.build.backend import Backend, BuildRequest, BuildResult
 from plasmaboot.build.debian import DEFAULT_SQUASHFS_LEVEL, DebianBackend
 from plasmaboot.build.ipxe import render_netboot_script
-from plasmaboot.build.nix import NixBackend, flake_inputs_problem, nix_works
+from plasmaboot.build.nix import NixBackend, checked_flake, flake_inputs_problem, nix_works
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.log import Log, ProgressCallback
 from plasmaboot.paths import cache_dir
@@ -63,7 +63,8 @@ class BuildOptions:
     release: str = "bookworm"
     mirror: str = "http://deb.debian.org/debian"
     squashfs_level: int = DEFAULT_SQUASHFS_LEVEL
-    flake: Path | None = None
+    flake: Path | None = None  # nix: the flake to build from (default: this checkout)
+    plasmacloud: str | None = None  # nix: flake reference for the `plasmacloud` input
 
 
 @dataclass
@@ -135,6 +136,8 @@ def check_service_packages(profile: Profile) -> None:
 
 def check_inputs(profiles: list[Profile], options: BuildOptions, backend: Backend) -> None:
     backend.check_available()
+    if isinstance(backend, NixBackend):
+        checked_flake(options.flake)
     for path in options.ssh_keys:
         check_public_key(path, "--ssh-key")
     for profile in profiles:
@@ -153,17 +156,29 @@ def select_backend(options: BuildOptions) -> tuple[Backend, str]:
             f"--backend: expected one of {', '.join(BACKENDS)}, got {options.backend!r}"
         )
     if options.backend == "debian":
+        if options.plasmacloud is not None:
+            raise UserError(
+                "--plasmacloud applies only to the nix backend, and --backend debian was given",
+                hint="drop --plasmacloud, or build with --backend nix",
+            )
         return DebianBackend(options.squashfs_level), "asked for"
+    nix = NixBackend(plasmacloud=options.plasmacloud)
     if options.backend == "nix":
-        return NixBackend(), "asked for"
+        return nix, "asked for"
+    # auto may fall back to debian, which ignores the nix options: say so when some were given
+    unused = "".join(f", {name} not used" for name in nix_options_given(options))
     if not nix_works():
-        return DebianBackend(options.squashfs_level), "auto: no working nix with flakes"
-    problem = flake_inputs_problem(options.flake)
+        return DebianBackend(options.squashfs_level), f"auto: no working nix with flakes{unused}"
+    problem = flake_inputs_problem(options.flake, nix.input_options())
     if problem is not None:
-        return DebianBackend(
-            options.squashfs_level
-        ), f"auto: nix cannot fetch the flake's inputs ({problem})"
-    return NixBackend(), "auto: nix with flakes and reachable inputs"
+        reason = f"auto: nix cannot fetch the flake's inputs ({problem}){unused}"
+        return DebianBackend(options.squashfs_level), reason
+    return nix, "auto: nix with flakes and reachable inputs"
+
+
+def nix_options_given(options: BuildOptions) -> list[str]:
+    given = (("--flake", options.flake), ("--plasmacloud", options.plasmacloud))
+    return [name for name, value in given if value is not None]
 
 
 # --------------------------------------------------------------------------------------
