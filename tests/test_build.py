@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CI_SERVICE, CiImage, plasmaboot
 from plasmaboot.artifacts import read_manifest, sha256_file
 from plasmaboot.build.initrd import Compression, read_segments
+
+from conftest import CI_SERVICE, CiImage, plasmaboot
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_keypair, make_service_deb, plasmaboot
 from plasmaboot.artifacts import publish_atomically, sha256_file
+
+from conftest import make_keypair, make_service_deb, plasmaboot
 
 
 @pytest.fixture

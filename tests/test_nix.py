@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import plasmaboot
 from plasmaboot.artifacts import publish_atomically, read_manifest, sha256_file
 from plasmaboot.build.backend import BuildRequest
 from plasmaboot.build.nix import (
@@ -36,6 +35,8 @@ from plasmaboot.errors import UserError, WorkError
 from plasmaboot.log import Log
 from plasmaboot.profiles import ProfileStore
 from plasmaboot.run import run
+
+from conftest import plasmaboot
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_FLAKE = REPO / "tests" / "fixtures" / "nixflake"
