@@ -106,6 +106,19 @@ def test_clean_stale_removes_leftovers_only(tmp_path: Path) -> None:
     assert (out / "w" / "initrd").read_text() == "initrd:one"
 
 
+def test_clean_stale_keeps_a_running_builds_staging(tmp_path: Path) -> None:
+    out = tmp_path / "pxe"
+    sets = sets_dir(out)
+    sets.mkdir(parents=True)
+    alive = sets / f".staging-{os.getppid()}-w-abc"  # our parent: surely running
+    dead = sets / ".staging-999999999-w-abc"  # no such process
+    alive.mkdir()
+    dead.mkdir()
+    clean_stale(out)
+    assert alive.exists()
+    assert not dead.exists()
+
+
 # --- cpio writer -------------------------------------------------------------------------
 
 
