@@ -5,14 +5,19 @@ driver really runs `nix build` (against a small fixture flake with no inputs).""
 from __future__ import annotations
 
 import json
+import os
+import re
 import secrets
 import shutil
 import stat
+import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from plasmaboot.artifacts import publish_atomically, read_manifest, sha256_file
 from plasmaboot.build.backend import BuildRequest
 from plasmaboot.build.nix import (
     NixBackend,
@@ -24,11 +29,14 @@ from plasmaboot.build.nix import (
     profile_differences,
     python_profiles,
 )
+from plasmaboot.build.pipeline import SET_FILES
 from plasmaboot.cli import main
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.log import Log
 from plasmaboot.profiles import ProfileStore
 from plasmaboot.run import run
+
+from conftest import plasmaboot
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_FLAKE = REPO / "tests" / "fixtures" / "nixflake"
@@ -240,12 +248,22 @@ def test_flake_has_a_configuration_per_profile_and_variant(tmp_path: Path) -> No
 # The driver: real `nix build` of the fixture flake
 
 
+def copy_fixture_flake(target: Path) -> Path:
+    """A copy of the fixture flake with a fresh nonce, so nix really builds it."""
+    shutil.copytree(FIXTURE_FLAKE, target)
+    (target / "nonce").write_text(secrets.token_hex(8))
+    return target
+
+
+def fixture_initrd_text(path: Path) -> str:
+    """The fixture initrd: one gzip member, then zero padding."""
+    return zlib.decompressobj(wbits=31).decompress(path.read_bytes()).decode()
+
+
 def build_request(tmp_path: Path, name: str, variant: str | None = None) -> BuildRequest:
     staging = tmp_path / "staging"
     staging.mkdir()
-    flake = tmp_path / "flake"
-    shutil.copytree(FIXTURE_FLAKE, flake)
-    (flake / "nonce").write_text(secrets.token_hex(8))
+    flake = copy_fixture_flake(tmp_path / "flake")
     return BuildRequest(
         profile=ProfileStore().resolve(name, variant),
         staging=staging,
@@ -262,17 +280,16 @@ def test_driver_builds_the_fixture_flake(tmp_path: Path) -> None:
     with request.log:
         result = NixBackend().build(request)
     staging = request.staging
-    for link in ("initrd-link", "kernel-link", "toplevel-link"):
-        assert (staging / link).is_symlink()
-        assert str((staging / link).resolve()).startswith("/nix/store/")
-    assert (staging / "initrd").read_text() == "fixture initrd base\n"
-    assert (staging / "bzImage").read_text() == "fixture kernel\n"
+    # the out-links into /nix/store are gone: only the copies stay in the set
+    assert sorted(p.name for p in staging.iterdir()) == ["build.log", "bzImage", "initrd"]
+    assert fixture_initrd_text(staging / "initrd") == "fixture initrd base\n"
+    assert (staging / "bzImage").read_bytes()[0x202:0x206] == b"HdrS"
     assert not (staging / "initrd").is_symlink()
     (param,) = result.extra_kernel_params
     assert param.startswith("init=/nix/store/") and param.endswith("/init")
     assert "*" not in param
     init = Path(param.removeprefix("init="))
-    assert init == (staging / "toplevel-link").resolve() / "init"
+    assert f"--out-link {staging / 'toplevel-link'}" in (staging / "build.log").read_text()
     assert init.stat().st_mode & stat.S_IXUSR
     assert result.kernel_version == "6.1.0-fixture"
     assert result.distro == "nixos 24.05"
@@ -318,6 +335,180 @@ def test_driver_rejects_a_directory_without_a_flake(tmp_path: Path) -> None:
     )
     with pytest.raises(UserError, match=r"no flake\.nix there"):
         NixBackend().build(request)
+
+
+# ---------------------------------------------------------------------------------------
+# The pipeline: `plasmaboot build --backend nix` through the real command line
+
+
+@pytest.fixture
+def nix_env(tmp_path: Path, offline_nix: None) -> dict[str, str]:
+    """The environment of a CLI build: the offline nix settings plus a private cache."""
+    return {"PLASMABOOT_CACHE": str(tmp_path / "cache")}
+
+
+def nix_build(
+    flake: Path, out: Path, env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    return plasmaboot(
+        "build",
+        "--backend",
+        "nix",
+        "--flake",
+        str(flake),
+        "--output-dir",
+        str(out),
+        "--json",
+        *args,
+        env=env,
+    )
+
+
+def publish_previous(out: Path, label: str) -> dict[str, str]:
+    """A set already published for `label`; returns its link and files' hashes."""
+    src = out.parent / f"previous-{label}"
+    src.mkdir()
+    for name in ("bzImage", "initrd", "netboot.ipxe"):
+        (src / name).write_bytes(name.encode() * 100)
+    publish_atomically(src, out, label, ("bzImage", "initrd", "netboot.ipxe"))
+    return snapshot(out, label)
+
+
+def snapshot(out: Path, label: str) -> dict[str, str]:
+    link = out / label
+    return {"link": os.readlink(link), **{p.name: sha256_file(p) for p in link.iterdir()}}
+
+
+@needs_nix
+@pytest.mark.nix
+def test_cli_builds_a_complete_set_and_then_hits_the_cache(
+    tmp_path: Path, nix_env: dict[str, str]
+) -> None:
+    flake = copy_fixture_flake(tmp_path / "flake")
+    out = tmp_path / "artifacts"
+    proc = nix_build(flake, out, nix_env, "--profile", "base")
+    assert proc.returncode == 0, proc.stderr
+    (summary,) = json.loads(proc.stdout)
+    assert (summary["backend"], summary["cache_hit"]) == ("nix", False)
+    assert summary["kernel_version"] == "6.1.0-fixture"
+
+    current = out / "base"
+    assert current.is_symlink()
+    assert sorted(p.name for p in current.iterdir()) == sorted(SET_FILES)
+    assert (current / "bzImage").read_bytes()[0x202:0x206] == b"HdrS"
+    assert fixture_initrd_text(current / "initrd") == "fixture initrd base\n"
+
+    manifest = read_manifest(current)
+    assert (manifest.backend, manifest.distro) == ("nix", "nixos 24.05")
+    assert manifest.kernel_version == "6.1.0-fixture"
+    for name, record in manifest.files.items():
+        assert sha256_file(current / name) == record.sha256, name
+
+    # the profile's parameters first, then the real init of the built system
+    kernel_line = next(
+        line for line in (current / "netboot.ipxe").read_text().splitlines()
+        if line.startswith("kernel ")
+    )  # fmt: skip
+    params = kernel_line.split()[2:]
+    profile = ProfileStore().resolve("base")
+    assert params[: len(profile.kernel_params) + 1] == ["initrd=initrd", *profile.kernel_params]
+    (init,) = [p for p in params if p.startswith("init=")]
+    assert re.fullmatch(r"init=/nix/store/[a-z0-9]{32}-nixos-system-base-[^/]+/init", init)
+    assert params.index(init) > params.index(profile.kernel_params[-1])
+    assert init in manifest.kernel_params
+    assert Path(init.removeprefix("init=")).is_file()
+
+    log = (current / "build.log").read_text()
+    assert "netboot-base.config.system.build.netbootRamdisk" in log
+    assert "packing the initrd of base" in log  # nix's build output, via --print-build-logs
+    assert "plasmacloud input: fixture stub" in log
+
+    again = nix_build(flake, out, nix_env, "--profile", "base")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)[0]["cache_hit"] is True
+    assert read_manifest(out / "base").files == manifest.files
+
+
+@needs_nix
+@pytest.mark.nix
+def test_cli_passes_plasmacloud_to_nix(tmp_path: Path, nix_env: dict[str, str]) -> None:
+    flake = copy_fixture_flake(tmp_path / "flake")
+    plasmacloud = tmp_path / "plasmacloud"
+    plasmacloud.mkdir()
+    (plasmacloud / "flake.nix").write_text('{ outputs = _: { name = "tenant overlay"; }; }\n')
+    out = tmp_path / "artifacts"
+    ref = f"path:{plasmacloud}"
+    proc = nix_build(flake, out, nix_env, "--profile", "base", "--plasmacloud", ref)
+    assert proc.returncode == 0, proc.stderr
+    log = (out / "base" / "build.log").read_text()
+    assert f"--override-input plasmacloud {ref}" in log
+    assert "plasmacloud input: tenant overlay" in log
+    # another plasmacloud input is another image: not served from the cache
+    default = nix_build(flake, out, nix_env, "--profile", "base")
+    assert json.loads(default.stdout)[0]["cache_hit"] is False
+    assert "plasmacloud input: fixture stub" in (out / "base" / "build.log").read_text()
+
+
+@needs_nix
+@pytest.mark.nix
+def test_cli_failing_nix_build_keeps_the_previous_set(
+    tmp_path: Path, nix_env: dict[str, str]
+) -> None:
+    flake = copy_fixture_flake(tmp_path / "flake")
+    out = tmp_path / "artifacts"
+    before = publish_previous(out, "base-debug")
+    proc = nix_build(flake, out, nix_env, "--profile", "base", "--variant", "debug")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("failed: ")
+    assert "the initrd of base-debug failed to build" in proc.stderr
+    assert snapshot(out, "base-debug") == before
+    assert "failed to build" in (out / "base-debug.failed.log").read_text()
+    assert not [p for p in (out / ".sets").iterdir() if p.name.startswith(".staging-")]
+
+
+@needs_nix
+@pytest.mark.nix
+def test_cli_profile_missing_from_the_flake(tmp_path: Path, nix_env: dict[str, str]) -> None:
+    flake = copy_fixture_flake(tmp_path / "flake")
+    out = tmp_path / "artifacts"
+    before = publish_previous(out, "worker")
+    proc = nix_build(flake, out, nix_env, "--profile", "worker")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("error: flake ")
+    assert "has no nixosConfigurations.netboot-worker; it has: base, base-debug" in first
+    assert "git add" in proc.stderr
+    assert snapshot(out, "worker") == before
+
+
+@needs_nix
+@pytest.mark.nix
+def test_cli_rejects_a_flake_directory_without_flake_nix(tmp_path: Path) -> None:
+    out = tmp_path / "artifacts"
+    proc = nix_build(tmp_path, out, {}, "--profile", "base")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: --flake {tmp_path}: no flake.nix there")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_refuses_plasmacloud_with_the_debian_backend(tmp_path: Path) -> None:
+    proc = plasmaboot(
+        "build", "--backend", "debian", "--profile", "base", "--plasmacloud", "path:/x",
+        "--output-dir", str(tmp_path / "artifacts"),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: --plasmacloud applies only to the nix backend")
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_build_help_documents_the_nix_options() -> None:
+    result = CliRunner().invoke(main, ["build", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "--plasmacloud FLAKE_REF" in result.output
+    assert "--override-input plasmacloud" in result.output
+    assert "--flake" in result.output
 
 
 # ---------------------------------------------------------------------------------------

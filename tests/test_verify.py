@@ -642,3 +642,67 @@ def test_header_of_a_real_kernel(kernel: Path) -> None:
     assert header.protocol >= (2, 0) and header.loaded_high
     assert header.setup_size + header.payload_size <= kernel.stat().st_size
     assert header.version.split()[0][0].isdigit()
+
+
+# --------------------------------------------------------------------------------------
+# a NixOS netboot set: the initrd holds /nix-store.squashfs, not a root filesystem
+
+NIX_SYSTEM = "0123456789abcdfghijklmnpqrsvwxyz-nixos-system-worker-24.05.20240101.abcdef"
+
+
+def make_nix_set(tmp_path: Path, init_system: str = NIX_SYSTEM) -> Path:
+    """As nixpkgs' netbootRamdisk lays it out: stage-1 with /init, then a zstd segment with
+    the store squashfs (store paths at its top, as make-squashfs.nix writes them)."""
+    store = tmp_path / "store"
+    write_files(store, {f"{NIX_SYSTEM}/init": "#!/bin/sh\nexec systemd\n", "registration": ""})
+    squashfs = make_squashfs(store, tmp_path / "nix-store.squashfs")
+    directory = tmp_path / "set"
+    directory.mkdir()
+    stage1, stores = tmp_path / "stage1.cpio.gz", tmp_path / "store.cpio.zst"
+    write_segment([Entry("init", stat.S_IFREG | 0o755, data=b"#!/bin/sh\n")], stage1,
+                  Compression.GZIP)  # fmt: skip
+    write_segment([Entry("nix-store.squashfs", stat.S_IFREG | 0o644, source=squashfs)], stores,
+                  Compression.ZSTD)  # fmt: skip
+    concatenate([stage1, stores], directory / INITRD)
+    make_kernel(directory / KERNEL)
+    make_ipxe(directory)
+    rehash(directory)
+    manifest = read_manifest(directory).model_copy(
+        update={
+            "backend": "nix",
+            "distro": "nixos 24.05",
+            "kernel_params": ["console=ttyS0", f"init=/nix/store/{init_system}/init"],
+        }
+    )
+    write_manifest(directory, manifest)
+    return directory
+
+
+def test_a_nix_store_image_is_checked_for_its_init(tmp_path: Path) -> None:
+    code, report, _ = run_verify(make_nix_set(tmp_path))
+    assert code == 0, report
+    results = {c["name"]: (c["result"], c["detail"]) for c in report["checks"]}
+    assert results["initrd.squashfs"][0] == "pass"
+    assert "/nix-store.squashfs: squashfs 4.0, zstd" in results["initrd.squashfs"][1]
+    assert results["image.read"][0] == "pass"
+    assert results["image.init"] == ("pass", f"/nix/store/{NIX_SYSTEM}/init is in the store image")
+    # the root-filesystem checks do not apply to a store image, and say why
+    for name in ("image.root-password", "image.sshd", "image.service:x"):
+        assert results[name][0] == "skip"
+        assert "activation script" in results[name][1]
+
+
+def test_a_nix_set_whose_init_is_not_in_the_store_image_fails(tmp_path: Path) -> None:
+    other = "zyxwvsrqpnmlkjihgfdcba9876543210-nixos-system-worker-24.05.20240101.abcdef"
+    assert failures(make_nix_set(tmp_path, init_system=other)) == {"image.init"}
+
+
+def test_an_initrd_without_either_squashfs_fails(tmp_path: Path) -> None:
+    directory = make_nix_set(tmp_path)
+    write_segment([Entry("init", stat.S_IFREG | 0o755, data=b"#!/bin/sh\n")],
+                  directory / INITRD, Compression.GZIP)  # fmt: skip
+    rehash(directory)
+    code, report, _ = run_verify(directory)
+    assert code == 1
+    (squashfs,) = [c for c in report["checks"] if c["name"] == "initrd.squashfs"]
+    assert squashfs["detail"] == "no /root.squashfs or /nix-store.squashfs in any segment"

@@ -109,11 +109,33 @@ def sets_dir(parent: Path) -> Path:
     return parent / SETS_DIR
 
 
+def staging_owner(name: str) -> int | None:
+    """The pid in a staging name (`.staging-<pid>-<label>-...`), if it has one."""
+    head = name.removeprefix(STAGING_PREFIX).split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def clean_stale(parent: Path) -> None:
-    """Remove staging directories and temporary links left by a build that was killed."""
+    """Remove staging directories and temporary links left by a build that was killed.
+    A staging directory whose process still runs belongs to a concurrent build: kept."""
+    if not parent.is_dir():
+        return
     sets = sets_dir(parent)
     for child in [*(sets.iterdir() if sets.is_dir() else []), *parent.iterdir()]:
         if child.name.startswith(STAGING_PREFIX):
+            owner = staging_owner(child.name)
+            if owner is not None and owner != os.getpid() and process_alive(owner):
+                continue
             if child.is_symlink() or child.is_file():
                 child.unlink(missing_ok=True)
             else:
@@ -124,7 +146,7 @@ def staging_dir(parent: Path, label: str) -> Path:
     """A fresh directory under `parent/.sets` (same filesystem, so rename is atomic)."""
     sets = sets_dir(parent)
     sets.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{label}-", dir=sets))
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-{label}-", dir=sets))
 
 
 def set_id(directory: Path, names: tuple[str, ...]) -> str:
@@ -154,7 +176,7 @@ def commit_set(
     if link.is_dir() and not link.is_symlink():
         # a plain directory from an older layout or a user: retire it into .sets first
         os.rename(link, sets_dir(parent) / f"{label}-replaced-{os.getpid()}")
-    temp_link = parent / f"{STAGING_PREFIX}{label}.link"
+    temp_link = parent / f"{STAGING_PREFIX}{os.getpid()}-{label}.link"
     temp_link.unlink(missing_ok=True)
     temp_link.symlink_to(Path(SETS_DIR) / final.name)
     os.replace(temp_link, link)

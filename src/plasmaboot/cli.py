@@ -240,7 +240,17 @@ def schema() -> None:
     show_default=True,
     help="zstd level of the root squashfs (higher: smaller, slower).",
 )
-@click.option("--flake", type=click.Path(path_type=Path), help="Nix backend: flake directory.")
+@click.option(
+    "--flake",
+    type=click.Path(path_type=Path),
+    help="Nix backend: the plasmaboot flake directory (default: this checkout's flake.nix).",
+)
+@click.option(
+    "--plasmacloud",
+    metavar="FLAKE_REF",
+    help="Nix backend: --override-input plasmacloud FLAKE_REF, the flake whose overlays.default "
+    "has the PlasmaCloud service packages (path:/src/plasmacloud, github:org/plasmacloud, ...).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
 @pass_context
 def build(
@@ -258,6 +268,7 @@ def build(
     mirror: str,
     squashfs_level: int,
     flake: Path | None,
+    plasmacloud: str | None,
     as_json: bool,
 ) -> None:
     """Build netboot artifacts into OUTPUT_DIR/<profile>/ (bzImage, initrd, netboot.ipxe, ...).
@@ -267,6 +278,7 @@ def build(
       plasmaboot build --profile control-plane --ssh-key ~/.ssh/id_ed25519.pub
       plasmaboot build --all --jobs 2 --pxe-dir /srv/pxe/assets/nixos
       plasmaboot build -p worker --variant debug --backend debian
+      plasmaboot build -p worker --backend nix --plasmacloud path:../plasmacloud
     """
     store = obj.store()
     names = list(profile_names)
@@ -286,6 +298,7 @@ def build(
         mirror=mirror,
         squashfs_level=squashfs_level,
         flake=flake,
+        plasmacloud=plasmacloud,
     )
     with BuildProgress(err_console, quiet=as_json) as progress:
         outcomes = build_profiles(

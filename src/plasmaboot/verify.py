@@ -2,8 +2,9 @@
 header, the initrd's segments and root squashfs, what the image holds (keys, passwords, sshd
 settings, services), the iPXE script, and every size and hash in manifest.json.
 
-Each check has a name and passes, fails or is skipped (only when a check it depends on
-failed). Damaged input is a failed check with a reason, never an exception.
+Each check has a name and passes, fails or is skipped (when a check it depends on failed,
+or, with the reason, when it does not apply: a NixOS image holds a Nix store, not a root
+filesystem). Damaged input is a failed check with a reason, never an exception.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from plasmaboot.build.initrd import Member, Segment, SegmentError, read_segments
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.run import run
 
-ROOT_SQUASHFS = "root.squashfs"
+ROOT_SQUASHFS = "root.squashfs"  # the debian backend: the whole root filesystem
+NIX_STORE_SQUASHFS = "nix-store.squashfs"  # a NixOS netboot initrd: the system's store paths
 
 
 class Outcome(StrEnum):
@@ -244,7 +246,21 @@ def last_member(segments: list[Segment], name: str) -> tuple[int, Segment, Membe
     return found
 
 
-def check_initrd(directory: Path) -> tuple[list[Check], bytes | None]:
+@dataclass(frozen=True)
+class RootImage:
+    name: str  # ROOT_SQUASHFS or NIX_STORE_SQUASHFS
+    data: bytes
+
+
+def find_root_image(segments: list[Segment]) -> tuple[int, Segment, Member] | None:
+    for name in (ROOT_SQUASHFS, NIX_STORE_SQUASHFS):
+        found = last_member(segments, name)
+        if found is not None:
+            return found
+    return None
+
+
+def check_initrd(directory: Path) -> tuple[list[Check], RootImage | None]:
     """The initrd checks, and the root squashfs image when it is sound enough to read."""
     path = directory / INITRD
     later = ("initrd.init", "initrd.squashfs")
@@ -267,26 +283,27 @@ def check_initrd(directory: Path) -> tuple[list[Check], bytes | None]:
     else:
         checks.append(passed("initrd.init", f"segment {init[0]}, mode {init[2].mode & 0o7777:o}"))
 
-    found = last_member(segments, ROOT_SQUASHFS)
+    found = find_root_image(segments)
     if found is None:
-        checks.append(failed("initrd.squashfs", f"no /{ROOT_SQUASHFS} in any segment"))
+        wanted = f"/{ROOT_SQUASHFS} or /{NIX_STORE_SQUASHFS}"
+        checks.append(failed("initrd.squashfs", f"no {wanted} in any segment"))
         return checks, None
     number, segment, member = found
     image = segment.payload[member.offset : member.offset + member.size]
     try:
         superblock = read_squashfs_superblock(image, member.size)
     except FormatError as exc:
-        checks.append(failed("initrd.squashfs", f"/{ROOT_SQUASHFS}: {exc}"))
+        checks.append(failed("initrd.squashfs", f"/{member.name}: {exc}"))
         return checks, None
     checks.append(
         passed(
             "initrd.squashfs",
-            f"segment {number}: squashfs 4.0, {superblock.compressor}, "
+            f"segment {number}: /{member.name}: squashfs 4.0, {superblock.compressor}, "
             f"{superblock.bytes_used / (1 << 20):.1f} MiB, {superblock.inodes} inodes, "
             f"{superblock.block_size >> 10} KiB blocks",
         )
     )
-    return checks, image
+    return checks, RootImage(member.name, image)
 
 
 # --------------------------------------------------------------------------------------
@@ -646,15 +663,18 @@ def image_checks(manifest: Manifest | None) -> dict[str, TreeCheck]:
     return checks
 
 
-def check_image(squashfs: bytes | None, manifest: Manifest | None) -> Iterator[Check]:
+def check_image(root: RootImage | None, manifest: Manifest | None) -> Iterator[Check]:
     checks = image_checks(manifest)
-    if squashfs is None:
+    if root is None:
         for name in ("image.read", *checks):
             yield skipped(name, "no readable root squashfs")
         return
+    if root.name == NIX_STORE_SQUASHFS:
+        yield from check_store_image(root, manifest, checks)
+        return
     with tempfile.TemporaryDirectory(prefix="plasmaboot-verify-") as temp:
         image_path = Path(temp) / ROOT_SQUASHFS
-        image_path.write_bytes(squashfs)
+        image_path.write_bytes(root.data)
         try:
             tree = ImageTree.read(image_path, Path(temp) / "root")
         except (FormatError, WorkError, UserError) as exc:
@@ -669,6 +689,49 @@ def check_image(squashfs: bytes | None, manifest: Manifest | None) -> Iterator[C
             except (FormatError, OSError) as exc:
                 # a file that links out of the extracted trees, or cannot be read
                 yield failed(name, str(exc))
+
+
+NIX_INIT = re.compile(r"^init=/nix/store/([^/\s]+)/init$")
+NOT_IN_STORE_IMAGE = (
+    "NixOS image: /etc, /root and the units are made at boot by the activation script from "
+    "the system closure, so they are not in the store squashfs to read"
+)
+
+
+def check_store_image(
+    root: RootImage, manifest: Manifest | None, checks: dict[str, TreeCheck]
+) -> Iterator[Check]:
+    """A NixOS store image holds store paths, not a root filesystem: check that the system
+    the kernel line boots (`init=/nix/store/<system>/init`) is in it; the root-filesystem
+    checks do not apply."""
+    with tempfile.TemporaryDirectory(prefix="plasmaboot-verify-") as temp:
+        image_path = Path(temp) / NIX_STORE_SQUASHFS
+        image_path.write_bytes(root.data)
+        listing = run(["unsquashfs", "-lls", image_path], check=False)
+    entries = parse_listing(listing.stdout.decode("utf-8", "replace"))
+    if listing.returncode != 0 or not entries:
+        reason = unsquashfs_error(listing.stdout) if listing.returncode else "no files listed"
+        yield failed("image.read", reason)
+        yield skipped("image.init", "the image could not be read")
+    else:
+        yield passed("image.read", f"{len(entries)} entries in the Nix store image")
+        yield check_store_init(entries, manifest)
+    for name in checks:
+        yield skipped(name, NOT_IN_STORE_IMAGE)
+
+
+def check_store_init(entries: dict[str, ImageEntry], manifest: Manifest | None) -> Check:
+    name = "image.init"
+    if manifest is None:
+        return skipped(name, "no manifest to name the init")
+    matches = [m for m in map(NIX_INIT.match, manifest.kernel_params) if m is not None]
+    if not matches:
+        return failed(name, "manifest.json kernel_params has no init=/nix/store/<system>/init")
+    system = matches[-1][1]
+    init = entries.get(f"{system}/init")
+    if init is None or init.kind not in ("-", "l"):
+        return failed(name, f"/nix/store/{system}/init is not in the store image")
+    return passed(name, f"/nix/store/{system}/init is in the store image")
 
 
 # --------------------------------------------------------------------------------------
@@ -783,8 +846,8 @@ def verify_set(directory: Path) -> Report:
         )
     checks, manifest = check_manifest(directory)
     checks += check_kernel(directory, manifest)
-    initrd_checks, squashfs = check_initrd(directory)
+    initrd_checks, root = check_initrd(directory)
     checks += initrd_checks
-    checks += check_image(squashfs, manifest)
+    checks += check_image(root, manifest)
     checks += check_ipxe(directory, manifest)
     return Report(checks)

@@ -171,7 +171,7 @@ class DebianBackend:
             '--aptopt=APT::Install-Recommends "false"',
             '--aptopt=APT::Install-Suggests "false"',
             "--dpkgopt=force-unsafe-io",
-            f"--include={','.join([*packages, *debs])}",
+            f"--include={','.join(packages)}",
             f"--hook-dir={HOOKS / 'merged-usr'}",
             f"--hook-dir={HOOKS / 'eatmydata'}",
             # The kernel's postinst would build an initramfs we never use: skip it.
@@ -184,6 +184,7 @@ class DebianBackend:
         if not profile.documentation:
             command += [f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES]
             command += [f"--dpkgopt=path-include={p}" for p in DPKG_INCLUDES]
+        command += service_deb_hooks(debs)
         if request.cache_dir is not None:
             debs_dir = request.cache_dir / "debs" / request.release
             debs_dir.mkdir(parents=True, exist_ok=True)
@@ -203,6 +204,24 @@ class DebianBackend:
             request.mirror,
         ]
         return command
+
+
+def service_deb_hooks(debs: list[str]) -> list[str]:
+    """Install the services' own .deb files inside the chroot (with their dependencies from
+    the mirror). mmdebstrap's --include takes local .debs, but apt hands dpkg a host path
+    that dpkg cannot see once chrooted, so we upload them first."""
+    if not debs:
+        return []
+    inside = [f"/tmp/plasmaboot-{index}-{Path(deb).name}" for index, deb in enumerate(debs)]
+    hooks = [
+        f"--customize-hook=upload {deb} {target}" for deb, target in zip(debs, inside, strict=True)
+    ]
+    hooks.append(
+        '--customize-hook=chroot "$1" env DEBIAN_FRONTEND=noninteractive apt-get install'
+        " --yes --no-install-recommends " + " ".join(inside)
+    )
+    hooks.append("--customize-hook=rm -f " + " ".join(f'"$1"{target}' for target in inside))
+    return hooks
 
 
 def request_authorized_keys(request: BuildRequest) -> str:

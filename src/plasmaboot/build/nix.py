@@ -122,6 +122,35 @@ def nix_works() -> bool:
     return True
 
 
+def flake_inputs_problem(
+    flake: Path | None = None, input_options: Iterable[str] = ()
+) -> str | None:
+    """Why the flake's inputs (nixpkgs above all, and any `--override-input` the build will
+    use) cannot be fetched here, or None if they can. One quick attempt with a short connect
+    timeout: `auto` must not stall offline."""
+    target = flake or default_flake()
+    proc = run(
+        nix_command(
+            "--option",
+            "download-attempts",
+            "1",
+            "--option",
+            "connect-timeout",
+            "3",
+            "flake",
+            "metadata",
+            "--json",
+            str(target.resolve()),
+            *input_options,
+        ),
+        check=False,
+        timeout=PROBE_TIMEOUT,
+    )
+    if proc.returncode == 0:
+        return None
+    return last_line(proc.stdout)
+
+
 def last_line(output: bytes) -> str:
     lines = [line.strip() for line in output.decode("utf-8", "replace").splitlines()]
     return next((line for line in reversed(lines) if line), "")
@@ -145,6 +174,17 @@ def default_flake() -> Path:
     return root
 
 
+def checked_flake(flake: Path | None) -> str:
+    """The absolute path of the flake to build (`--flake`, else this checkout's)."""
+    flake = flake or default_flake()
+    if not (flake / "flake.nix").is_file():
+        raise UserError(
+            f"--flake {flake}: no flake.nix there",
+            hint="pass the directory that holds the plasmaboot flake.nix",
+        )
+    return str(flake.resolve())
+
+
 class NixBackend:
     """Builds NixOS netboot images with `nix build` from the plasmaboot flake."""
 
@@ -158,13 +198,7 @@ class NixBackend:
         check_nix()
 
     def flake_ref(self, request: BuildRequest) -> str:
-        flake = request.flake or default_flake()
-        if not (flake / "flake.nix").is_file():
-            raise UserError(
-                f"--flake {flake}: no flake.nix there",
-                hint="pass the directory that holds the plasmaboot flake.nix",
-            )
-        return str(flake.resolve())
+        return checked_flake(request.flake)
 
     def input_options(self) -> list[str]:
         if self.plasmacloud is None:
@@ -172,14 +206,25 @@ class NixBackend:
         return ["--override-input", "plasmacloud", self.plasmacloud]
 
     def cache_inputs(self, request: BuildRequest) -> dict[str, str]:
-        flake = Path(self.flake_ref(request))
-        lock = flake / "flake.lock"
-        inputs = {"flake": str(flake), "plasmacloud": self.plasmacloud or "placeholder"}
-        if lock.is_file():
-            inputs["flake.lock"] = lock.read_text(encoding="utf-8")
-        for path in sorted(flake.joinpath("nix").rglob("*.nix")):
-            inputs[str(path.relative_to(flake))] = path.read_text(encoding="utf-8")
-        inputs["flake.nix"] = (flake / "flake.nix").read_text(encoding="utf-8")
+        """The flake's content hash (every file nix sees) and its locked inputs, with the
+        `--plasmacloud` override applied, from `nix flake metadata`. Reading flake.lock
+        instead would miss: the first build writes it, and an override is not in it."""
+        proc = run(
+            nix_command(
+                "flake", "metadata", "--json", self.flake_ref(request), *self.input_options()
+            ),
+            check=False,
+            timeout=PROBE_TIMEOUT,
+        )
+        if proc.returncode != 0:
+            raise WorkError(f"nix cannot lock the flake's inputs: {last_line(proc.stdout)}")
+        metadata = json_output(proc.stdout)
+        inputs = {"flake": str(metadata["locked"]["narHash"])}
+        for name, node in sorted(metadata["locks"]["nodes"].items()):
+            if "locked" in node:
+                # lastModified of a path: input is its mtime, which says nothing of content
+                locked = {k: v for k, v in node["locked"].items() if k != "lastModified"}
+                inputs[f"input:{name}"] = json.dumps(locked, sort_keys=True)
         return inputs
 
     def build(self, request: BuildRequest) -> BuildResult:
@@ -203,16 +248,20 @@ class NixBackend:
                     ),
                     log=log,
                 )
+        # The set gets copies: links into /nix/store must not be published or served.
+        paths = {output: link.resolve() for output, link in links.items()}
+        for out_link in links.values():
+            out_link.unlink()
         with log.step("copy kernel and initrd"):
-            copy_artifact(links["netbootRamdisk"] / "initrd", request.staging / INITRD)
-            copy_artifact(links["kernel"] / "bzImage", request.staging / KERNEL)
-        toplevel = links["toplevel"].resolve()
+            copy_artifact(paths["netbootRamdisk"] / "initrd", request.staging / INITRD)
+            copy_artifact(paths["kernel"] / "bzImage", request.staging / KERNEL)
+        toplevel = paths["toplevel"]
         init = toplevel / "init"
         if not init.is_file():
             raise WorkError(f"the built system has no init: {init} is missing")
         log.info(f"init: {init}")
         return BuildResult(
-            kernel_version=kernel_version(links["kernel"].resolve()),
+            kernel_version=kernel_version(paths["kernel"]),
             distro=f"nixos {nixos_release(toplevel)}",
             extra_kernel_params=(f"init={init}",),
         )

@@ -39,6 +39,7 @@ from plasmaboot.artifacts import (
 from plasmaboot.build.backend import Backend, BuildRequest, BuildResult
 from plasmaboot.build.debian import DEFAULT_SQUASHFS_LEVEL, DebianBackend
 from plasmaboot.build.ipxe import render_netboot_script
+from plasmaboot.build.nix import NixBackend, checked_flake, flake_inputs_problem, nix_works
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.log import Log, ProgressCallback
 from plasmaboot.paths import cache_dir
@@ -62,7 +63,8 @@ class BuildOptions:
     release: str = "bookworm"
     mirror: str = "http://deb.debian.org/debian"
     squashfs_level: int = DEFAULT_SQUASHFS_LEVEL
-    flake: Path | None = None
+    flake: Path | None = None  # nix: the flake to build from (default: this checkout)
+    plasmacloud: str | None = None  # nix: flake reference for the `plasmacloud` input
 
 
 @dataclass
@@ -134,6 +136,8 @@ def check_service_packages(profile: Profile) -> None:
 
 def check_inputs(profiles: list[Profile], options: BuildOptions, backend: Backend) -> None:
     backend.check_available()
+    if isinstance(backend, NixBackend):
+        checked_flake(options.flake)
     for path in options.ssh_keys:
         check_public_key(path, "--ssh-key")
     for profile in profiles:
@@ -145,18 +149,36 @@ def check_inputs(profiles: list[Profile], options: BuildOptions, backend: Backen
         ensure_writable_dir(options.pxe_dir, "--pxe-dir")
 
 
-def select_backend(options: BuildOptions) -> Backend:
+def select_backend(options: BuildOptions) -> tuple[Backend, str]:
+    """The backend to use and why (the summary says it)."""
     if options.backend not in BACKENDS:
         raise UserError(
             f"--backend: expected one of {', '.join(BACKENDS)}, got {options.backend!r}"
         )
     if options.backend == "debian":
-        return DebianBackend(options.squashfs_level)
-    from plasmaboot.build.nix import NixBackend, nix_works
+        if options.plasmacloud is not None:
+            raise UserError(
+                "--plasmacloud applies only to the nix backend, and --backend debian was given",
+                hint="drop --plasmacloud, or build with --backend nix",
+            )
+        return DebianBackend(options.squashfs_level), "asked for"
+    nix = NixBackend(plasmacloud=options.plasmacloud)
+    if options.backend == "nix":
+        return nix, "asked for"
+    # auto may fall back to debian, which ignores the nix options: say so when some were given
+    unused = "".join(f", {name} not used" for name in nix_options_given(options))
+    if not nix_works():
+        return DebianBackend(options.squashfs_level), f"auto: no working nix with flakes{unused}"
+    problem = flake_inputs_problem(options.flake, nix.input_options())
+    if problem is not None:
+        reason = f"auto: nix cannot fetch the flake's inputs ({problem}){unused}"
+        return DebianBackend(options.squashfs_level), reason
+    return nix, "auto: nix with flakes and reachable inputs"
 
-    if options.backend == "nix" or nix_works():
-        return NixBackend()
-    return DebianBackend(options.squashfs_level)
+
+def nix_options_given(options: BuildOptions) -> list[str]:
+    given = (("--flake", options.flake), ("--plasmacloud", options.plasmacloud))
+    return [name for name, value in given if value is not None]
 
 
 # --------------------------------------------------------------------------------------
@@ -290,12 +312,12 @@ def manifest_id(manifest: Manifest) -> str:
 
 
 def warn_missing_service_packages(profile: Profile, log: Log) -> None:
-    for service in profile.services.values():
-        if service.package_file is None:
-            log.warn(
-                f"service {service.name}: no package given; its unit is installed but "
-                f"skipped at boot (ConditionPathExists=/usr/bin/{service.binary})"
-            )
+    missing = [s.name for s in profile.services.values() if s.package_file is None]
+    if missing:
+        log.warn(
+            f"no package given for {', '.join(missing)}: their units are installed and "
+            "skipped at boot (ConditionPathExists on the binary)"
+        )
 
 
 def finish_set(
@@ -370,10 +392,10 @@ def build_profiles(
     progress: ProgressCallback | None = None,
     on_backend: Callable[[str], None] | None = None,
 ) -> list[BuildOutcome]:
-    backend = select_backend(options)
-    if on_backend is not None:
-        on_backend(backend.name)
+    backend, reason = select_backend(options)
     check_inputs(profiles, options, backend)
+    if on_backend is not None:
+        on_backend(f"{backend.name} ({reason})")
     clean_stale(options.output_dir)
     if options.pxe_dir is not None:
         clean_stale(options.pxe_dir)

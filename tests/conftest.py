@@ -1,0 +1,149 @@
+"""Shared fixtures. The slow tests share ONE real image build per session (`ci_image`):
+a control-plane-based profile with a test service packaged as a .deb by the test itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CI_PROFILE = "ci-node"
+CI_SERVICE = "iam"
+
+
+@dataclass(frozen=True)
+class CiImage:
+    artifacts: Path  # the --output-dir
+    label: str
+    identity: Path  # private key whose public half is in the image
+    profiles_dir: Path
+    cache: Path  # PLASMABOOT_CACHE of the build
+    summary: dict[str, object]  # `build --json` entry
+
+    def build(self, *args: str, output_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """Build the CI profile again, with the same profiles and cache."""
+        return plasmaboot(
+            "--profiles-dir",
+            str(self.profiles_dir),
+            "build",
+            "--profile",
+            self.label,
+            "--backend",
+            "debian",
+            "--output-dir",
+            str(output_dir or self.artifacts),
+            *args,
+            env={"PLASMABOOT_CACHE": str(self.cache)},
+        )
+
+    @property
+    def set_dir(self) -> Path:
+        return self.artifacts / self.label
+
+
+def plasmaboot(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI as users do (a subprocess), capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "plasmaboot", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def make_keypair(directory: Path, name: str = "id_ed25519") -> Path:
+    key = directory / name
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "plasmaboot-test", "-f", str(key)],
+        check=True,
+    )
+    return key
+
+
+def make_service_deb(directory: Path, service: str = CI_SERVICE) -> Path:
+    """A small real .deb providing /usr/bin/<service>-server (a long-running stand-in)."""
+    root = directory / f"{service}-deb"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text(
+        textwrap.dedent(
+            f"""\
+            Package: {service}-server
+            Version: 0.1.0
+            Architecture: all
+            Maintainer: plasmaboot tests <tests@plasmacloud.invalid>
+            Description: stand-in {service} server for plasmaboot tests
+            """
+        )
+    )
+    binary = root / f"usr/bin/{service}-server"
+    binary.write_text(
+        "#!/bin/sh\n# stand-in service: reads its config, then waits\nexec sleep infinity\n"
+    )
+    binary.chmod(0o755)
+    deb = directory / f"{service}-server_0.1.0_all.deb"
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "--build", str(root), str(deb)],
+        check=True,
+        capture_output=True,
+    )
+    return deb
+
+
+def write_ci_profile(directory: Path, public_key: Path, deb: Path) -> None:
+    (directory / "keys").mkdir(exist_ok=True)
+    (directory / "keys/ci.pub").write_bytes(public_key.read_bytes())
+    (directory / "debs").mkdir(exist_ok=True)
+    (directory / "debs" / deb.name).write_bytes(deb.read_bytes())
+    (directory / f"{CI_PROFILE}.toml").write_text(
+        textwrap.dedent(
+            f"""\
+            description = "CI: control-plane with one real service package"
+            extends = "control-plane"
+
+            [ssh]
+            authorized_keys = ["keys/ci.pub"]
+
+            [services.{CI_SERVICE}]
+            enable = true
+            package = "debs/{deb.name}"
+            settings = {{ log_level = "info", region = {{ name = "ci" }} }}
+            """
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+def ci_image(tmp_path_factory: pytest.TempPathFactory) -> CiImage:
+    """Build the CI image once per session with the real Debian backend."""
+    base = tmp_path_factory.mktemp("ci-image")
+    identity = make_keypair(base)
+    profiles_dir = base / "profiles"
+    profiles_dir.mkdir()
+    write_ci_profile(profiles_dir, identity.with_suffix(".pub"), make_service_deb(base))
+    artifacts = base / "artifacts"
+    # PLASMABOOT_TEST_CACHE lets a developer reuse downloads between runs; CI starts empty.
+    cache = os.environ.get("PLASMABOOT_TEST_CACHE") or str(base / "cache")
+    proc = plasmaboot(
+        "--profiles-dir",
+        str(profiles_dir),
+        "build",
+        "--profile",
+        CI_PROFILE,
+        "--backend",
+        "debian",
+        "--output-dir",
+        str(artifacts),
+        "--json",
+        env={"PLASMABOOT_CACHE": cache},
+    )
+    assert proc.returncode == 0, f"CI image build failed:\n{proc.stderr[-4000:]}"
+    summary = json.loads(proc.stdout)[0]
+    return CiImage(artifacts, CI_PROFILE, identity, profiles_dir, Path(cache), summary)

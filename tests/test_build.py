@@ -1,0 +1,261 @@
+"""The real build (slow): one Debian image is built per session and read back, without
+trusting the build: its initrd segments, the files inside its squashfs, the cache, the
+PXE publish, and what a failed or killed build leaves behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from plasmaboot.artifacts import read_manifest, sha256_file
+from plasmaboot.build.initrd import Compression, read_segments
+
+from conftest import CI_SERVICE, CiImage, plasmaboot
+
+pytestmark = pytest.mark.slow
+
+
+def extract_from_image(image: CiImage, dest: Path, *paths: str) -> Path:
+    """Pull files out of the image's root squashfs with unsquashfs (a second opinion)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    segments = read_segments(image.set_dir / "initrd")
+    root = next(m for m in segments[-1].members if m.name == "root.squashfs")
+    squashfs = dest / "root.squashfs"
+    squashfs.write_bytes(segments[-1].payload[root.offset : root.offset + root.size])
+    out = dest / "root"
+    subprocess.run(
+        ["unsquashfs", "-q", "-no-progress", "-d", str(out), str(squashfs), *paths],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def image_files(image: CiImage, dest: Path) -> list[str]:
+    """Every regular file in the image (not directories)."""
+    extract_from_image(image, dest, "etc/hostname")
+    proc = subprocess.run(
+        ["unsquashfs", "-lls", str(dest / "root.squashfs")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return [
+        line.split("squashfs-root/", 1)[1]
+        for line in proc.stdout.splitlines()
+        if line.startswith("-") and "squashfs-root/" in line
+    ]
+
+
+def test_build_summary_and_manifest(ci_image: CiImage) -> None:
+    assert ci_image.summary["backend"] == "debian"
+    assert ci_image.summary["cache_hit"] is False
+    manifest = read_manifest(ci_image.set_dir)
+    assert manifest.label == ci_image.label
+    assert manifest.distro == "debian bookworm"
+    assert manifest.kernel_version.endswith("-amd64")
+    assert "openssh-server" in manifest.packages and "iam-server" in manifest.packages
+    for name, record in manifest.files.items():
+        assert sha256_file(ci_image.set_dir / name) == record.sha256
+    assert manifest.services[CI_SERVICE]["enable"] is True
+    assert manifest.services["chainfire"]["enable"] is False
+    assert "customize.make_squashfs" in manifest.steps and "mmdebstrap" in manifest.steps
+    # every command is in build.log
+    log = (ci_image.set_dir / "build.log").read_text()
+    assert "$ mmdebstrap" in log and "$ mksquashfs" in log
+
+
+def test_netboot_script(ci_image: CiImage) -> None:
+    script = (ci_image.set_dir / "netboot.ipxe").read_text().splitlines()
+    label = ci_image.label
+    assert script[0] == "#!ipxe"
+    assert script[2] == (
+        f"kernel ${{boot-server}}/{label}/bzImage initrd=initrd "
+        "console=ttyS0,115200 console=tty0 loglevel=4"
+    )
+    assert script[3] == f"initrd --name initrd ${{boot-server}}/{label}/initrd"
+    assert script[4] == "boot"
+
+
+def test_verify_passes(ci_image: CiImage) -> None:
+    proc = plasmaboot("verify", str(ci_image.set_dir), "--json")
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0, [c for c in report["checks"] if c["result"] != "pass"]
+    assert report["ok"] is True
+
+
+def test_initrd_segments(ci_image: CiImage) -> None:
+    stage1, root = read_segments(ci_image.set_dir / "initrd")
+    assert stage1.compression is Compression.GZIP
+    members = {m.name: m for m in stage1.members}
+    assert members["init"].is_executable
+    assert members["bin/busybox"].is_executable
+    assert {"lib/modules/loop.ko", "lib/modules/squashfs.ko", "lib/modules/overlay.ko"} <= set(
+        members
+    )
+    assert all(m.uid == 0 and m.gid == 0 for m in stage1.members)
+    assert root.compression is Compression.NONE
+    (squashfs,) = root.members
+    assert squashfs.name == "root.squashfs"
+    head = root.payload[squashfs.offset : squashfs.offset + 24]
+    assert head[:4] == b"hsqs"
+    assert int.from_bytes(head[20:22], "little") == 6  # zstd
+
+
+def test_image_security(ci_image: CiImage, tmp_path: Path) -> None:
+    root = extract_from_image(
+        ci_image,
+        tmp_path,
+        "etc/ssh/sshd_config.d/10-plasmaboot.conf",
+        "root/.ssh/authorized_keys",
+        "etc/shadow",
+        "etc/machine-id",
+    )
+    sshd = (root / "etc/ssh/sshd_config.d/10-plasmaboot.conf").read_text()
+    assert "PermitRootLogin prohibit-password" in sshd
+    assert "PasswordAuthentication no" in sshd
+    assert "KbdInteractiveAuthentication no" in sshd
+    authorized = (root / "root/.ssh/authorized_keys").read_text()
+    assert authorized == ci_image.identity.with_suffix(".pub").read_text()
+    root_entry = next(
+        line for line in (root / "etc/shadow").read_text().splitlines() if line.startswith("root:")
+    )
+    assert root_entry.split(":")[1].startswith("!")
+    assert (root / "etc/machine-id").read_text() == ""
+    listing = image_files(ci_image, tmp_path / "list")
+    assert "usr/bin/sshd" in listing or "usr/sbin/sshd" in listing
+    assert not [p for p in listing if p.startswith("etc/ssh/ssh_host_")]
+    assert not [
+        p
+        for p in listing
+        if p.startswith(("usr/share/man/man", "usr/share/doc/"))
+        and not p.endswith(("copyright", "doc"))
+    ]
+    assert not [p for p in listing if "kernel/sound/" in p or "drivers/gpu/" in p]
+
+
+def test_image_services(ci_image: CiImage, tmp_path: Path) -> None:
+    root = extract_from_image(
+        ci_image,
+        tmp_path,
+        "etc/systemd/system",
+        "usr/bin/iam-server",
+        "etc/iam/config.toml",
+        "etc/passwd",
+    )
+    units = root / "etc/systemd/system"
+    for service in (
+        "chainfire",
+        "flaredb",
+        "iam",
+        "plasmavmc",
+        "novanet",
+        "flashdns",
+        "fiberlb",
+        "lightningstor",
+        "k8shost",
+    ):
+        unit = (units / f"{service}.service").read_text()
+        assert "MemoryMax=512M" in unit and "CPUQuota=50%" in unit
+        assert f"User={service}" in unit
+        assert f"ConditionPathExists=/usr/bin/{service}-server" in unit
+        enabled = (units / "multi-user.target.wants" / f"{service}.service").is_symlink()
+        assert enabled == (service == CI_SERVICE), service
+    assert os.access(root / "usr/bin/iam-server", os.X_OK)
+    config = (root / "etc/iam/config.toml").read_text()
+    assert "port = 8080" in config and 'log_level = "info"' in config and "[region]" in config
+    users = {line.split(":")[0] for line in (root / "etc/passwd").read_text().splitlines()}
+    assert {"chainfire", "iam", "k8shost"} <= users
+
+
+def test_rebuild_is_a_cache_hit_and_publishes(ci_image: CiImage, tmp_path: Path) -> None:
+    before = os.readlink(ci_image.set_dir)
+    pxe = tmp_path / "pxe"
+    proc = ci_image.build("--json", "--pxe-dir", str(pxe))
+    assert proc.returncode == 0, proc.stderr
+    (summary,) = json.loads(proc.stdout)
+    assert summary["cache_hit"] is True
+    assert os.readlink(ci_image.set_dir) == before  # identical content, identical set
+    published = pxe / ci_image.label
+    assert sorted(p.name for p in published.iterdir()) == ["bzImage", "initrd", "netboot.ipxe"]
+    for name in ("bzImage", "initrd"):
+        assert sha256_file(published / name) == sha256_file(ci_image.set_dir / name)
+
+
+def copy_artifacts(image: CiImage, dest: Path) -> Path:
+    shutil.copytree(image.artifacts, dest, symlinks=True)
+    return dest
+
+
+def snapshot(directory: Path, label: str) -> dict[str, str]:
+    target = directory / label
+    return {"link": os.readlink(target), **{p.name: sha256_file(p) for p in target.iterdir()}}
+
+
+def test_failed_build_leaves_previous_set(ci_image: CiImage, tmp_path: Path) -> None:
+    out = copy_artifacts(ci_image, tmp_path / "artifacts")
+    before = snapshot(out, ci_image.label)
+    # nothing listens on port 9: mmdebstrap fails at its first download
+    proc = ci_image.build("--no-cache", "--mirror", "http://127.0.0.1:9/debian", output_dir=out)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "failed:" in proc.stderr and "mmdebstrap" in proc.stderr
+    assert snapshot(out, ci_image.label) == before
+    assert (out / f"{ci_image.label}.failed.log").is_file()
+    assert not [p for p in (out / ".sets").iterdir() if p.name.startswith(".staging-")]
+
+
+def unmount_orphaned_chroots() -> None:
+    """A killed mmdebstrap leaves its chroot's /proc, /sys, /dev mounted; tidy the host."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith("/tmp/mmdebstrap.")), reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False)
+
+
+def test_killed_build_leaves_previous_set(ci_image: CiImage, tmp_path: Path) -> None:
+    out = copy_artifacts(ci_image, tmp_path / "artifacts")
+    before = snapshot(out, ci_image.label)
+    command = [
+        sys.executable,
+        "-m",
+        "plasmaboot",
+        "--profiles-dir",
+        str(ci_image.profiles_dir),
+        "build",
+        "--profile",
+        ci_image.label,
+        "--backend",
+        "debian",
+        "--no-cache",
+        "--output-dir",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        command,
+        env={**os.environ, "PLASMABOOT_CACHE": str(ci_image.cache)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not [p for p in (out / ".sets").iterdir() if p.name.startswith(".staging-")]:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    time.sleep(5)  # well inside mmdebstrap
+    os.killpg(proc.pid, signal.SIGKILL)  # like a power cut: the build and all its children
+    proc.wait()
+    unmount_orphaned_chroots()
+    assert snapshot(out, ci_image.label) == before
+    # the next build succeeds without manual clean-up, and removes the leftovers
+    again = ci_image.build(output_dir=out)
+    assert again.returncode == 0, again.stderr
+    assert snapshot(out, ci_image.label) == before
+    assert not [p for p in (out / ".sets").iterdir() if p.name.startswith(".staging-")]

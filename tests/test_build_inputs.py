@@ -1,0 +1,233 @@
+"""Bad input to `plasmaboot build`: exit 2, one clear line, nothing written, nothing
+previously built disturbed. Fast: every case fails before any real work starts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from plasmaboot.artifacts import publish_atomically, sha256_file
+
+from conftest import make_keypair, make_service_deb, plasmaboot
+
+
+@pytest.fixture
+def keypair(tmp_path: Path) -> Path:
+    return make_keypair(tmp_path)
+
+
+@pytest.fixture
+def previous(tmp_path: Path) -> Path:
+    """An output directory that already holds a published set for `base`."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("bzImage", "initrd", "netboot.ipxe"):
+        (src / name).write_bytes(name.encode() * 100)
+    out = tmp_path / "artifacts"
+    publish_atomically(src, out, "base", ("bzImage", "initrd", "netboot.ipxe"))
+    return out
+
+
+def state(directory: Path) -> dict[str, str]:
+    """Every path under `directory` with its content hash (or link target)."""
+    result: dict[str, str] = {}
+    for path in sorted(directory.rglob("*")):
+        rel = str(path.relative_to(directory))
+        if path.is_symlink():
+            result[rel] = "-> " + os.readlink(path)
+        elif path.is_file():
+            result[rel] = sha256_file(path)
+        else:
+            result[rel] = "dir"
+    return result
+
+
+def build(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return plasmaboot("build", "--backend", "debian", *args, env=env)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in proc.stderr, proc.stderr
+
+
+def test_unknown_profile(previous: Path) -> None:
+    before = state(previous)
+    proc = build("--profile", "control-plain", "--output-dir", str(previous))
+    assert_user_error(proc, 'unknown profile "control-plain"', "did you mean 'control-plane'")
+    assert state(previous) == before
+
+
+def test_unknown_variant(previous: Path) -> None:
+    before = state(previous)
+    proc = build("--profile", "base", "--variant", "debugg", "--output-dir", str(previous))
+    assert_user_error(proc, 'unknown variant "debugg"')
+    assert state(previous) == before
+
+
+def test_no_profile(previous: Path) -> None:
+    assert_user_error(build("--output-dir", str(previous)), "no profile given", "--profile")
+
+
+def test_missing_ssh_key(previous: Path, tmp_path: Path) -> None:
+    before = state(previous)
+    proc = build(
+        "-p", "base", "--ssh-key", str(tmp_path / "nope.pub"), "--output-dir", str(previous)
+    )
+    assert_user_error(proc, "--ssh-key", "nope.pub", "cannot read")
+    assert state(previous) == before
+
+
+def test_private_ssh_key_is_refused(previous: Path, keypair: Path) -> None:
+    before = state(previous)
+    proc = build("-p", "base", "--ssh-key", str(keypair), "--output-dir", str(previous))
+    assert_user_error(proc, "this is a private key", "id_ed25519.pub")
+    assert state(previous) == before
+
+
+def test_not_a_public_key(previous: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pub"
+    junk.write_text("hello world\n")
+    proc = build("-p", "base", "--ssh-key", str(junk), "--output-dir", str(previous))
+    assert_user_error(proc, "expected OpenSSH public keys")
+
+
+def test_output_dir_not_writable(tmp_path: Path, keypair: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = build(
+        "-p",
+        "base",
+        "--ssh-key",
+        str(keypair.with_suffix(".pub")),
+        "--output-dir",
+        str(blocker / "artifacts"),
+    )
+    assert_user_error(proc, "--output-dir", "cannot write there")
+    assert blocker.read_text() == "not a directory"
+
+
+def test_pxe_dir_not_writable(previous: Path, tmp_path: Path, keypair: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = build(
+        "-p",
+        "base",
+        "--ssh-key",
+        str(keypair.with_suffix(".pub")),
+        "--output-dir",
+        str(previous),
+        "--pxe-dir",
+        str(blocker),
+    )
+    assert_user_error(proc, "--pxe-dir", "cannot write there")
+
+
+def write_profile(directory: Path, package: str) -> None:
+    (directory / "svc.toml").write_text(
+        textwrap.dedent(
+            f"""\
+            extends = "base"
+            [services.iam]
+            package = "{package}"
+            """
+        )
+    )
+
+
+def test_service_package_missing(previous: Path, tmp_path: Path, keypair: Path) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    write_profile(profiles, "debs/iam.deb")
+    before = state(previous)
+    proc = plasmaboot(
+        "--profiles-dir",
+        str(profiles),
+        "build",
+        "--backend",
+        "debian",
+        "-p",
+        "svc",
+        "--ssh-key",
+        str(keypair.with_suffix(".pub")),
+        "--output-dir",
+        str(previous),
+    )
+    assert_user_error(proc, "services.iam.package", "iam.deb")
+    assert state(previous) == before
+
+
+def test_service_package_not_a_deb(previous: Path, tmp_path: Path, keypair: Path) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "iam.deb").write_text("#!/bin/sh\n")
+    write_profile(profiles, "iam.deb")
+    proc = plasmaboot(
+        "--profiles-dir",
+        str(profiles),
+        "build",
+        "--backend",
+        "debian",
+        "-p",
+        "svc",
+        "--ssh-key",
+        str(keypair.with_suffix(".pub")),
+        "--output-dir",
+        str(previous),
+    )
+    assert_user_error(proc, "services.iam.package", "is not a .deb package")
+
+
+def test_real_deb_passes_the_check(tmp_path: Path) -> None:
+    from plasmaboot.build.pipeline import DEB_MAGIC
+
+    deb = make_service_deb(tmp_path)
+    assert deb.read_bytes().startswith(DEB_MAGIC)
+
+
+def test_missing_tool_names_the_package(previous: Path, tmp_path: Path, keypair: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # a PATH with everything but mmdebstrap
+    for tool in ("mksquashfs", "chroot", "ssh-keygen"):
+        found = shutil.which(tool)
+        assert found is not None
+        (bin_dir / tool).symlink_to(found)
+    before = state(previous)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "plasmaboot",
+            "build",
+            "--backend",
+            "debian",
+            "-p",
+            "base",
+            "--ssh-key",
+            str(keypair.with_suffix(".pub")),
+            "--output-dir",
+            str(previous),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": str(bin_dir)},
+        check=False,
+    )
+    assert_user_error(proc, "'mmdebstrap' was not found", "apt-get install mmdebstrap")
+    assert state(previous) == before
+
+
+def test_debug_shows_traceback() -> None:
+    proc = plasmaboot("--debug", "build", "--backend", "debian", "-p", "nope")
+    assert "Traceback" in proc.stderr
