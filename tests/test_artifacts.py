@@ -235,9 +235,34 @@ def test_public_key_lines(line: str, ok: bool) -> None:
     assert is_public_key_line(line) is ok
 
 
-def test_render_toml_round_trips() -> None:
-    settings = {"port": 2379, "debug": False, "peers": ["a", "b"], "tls": {"cert": "/x y"}}
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"port": 2379, "debug": False, "peers": ["a", "b"], "tls": {"cert": "/x y"}},
+        {"members": [{"name": "a", "port": 1}, {"name": "b", "port": 2}], "after": 1},
+        {"motd": 'caf\u00e9 \U0001f680 "quoted" \\ tab\t', "a.b": {"c.d": 1}},
+        {"nested": {"deeper": {"x": [1.5, 2.5]}, "y": "z"}, "inline": [[1, 2], ["a"]]},
+    ],
+)
+def test_render_toml_round_trips(settings: dict[str, object]) -> None:
     assert tomllib.loads(render_toml(settings)) == settings
+
+
+def test_cache_entry_is_replaced_by_a_no_cache_rebuild(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plasmaboot.build.pipeline import SET_FILES, store_in_cache
+
+    monkeypatch.setenv("PLASMABOOT_CACHE", str(tmp_path / "cache"))
+    for content in ("old", "new"):
+        staged = tmp_path / content
+        staged.mkdir()
+        for name in SET_FILES:
+            (staged / name).write_text(f"{name}:{content}")
+        store_in_cache(staged, "k")
+    entry = tmp_path / "cache" / "sets" / "k"
+    assert (entry / "initrd").read_text() == "initrd:new"
+    assert [p.name for p in entry.parent.iterdir()] == ["k"]  # no temporary leftovers
 
 
 def test_stage1_module_order_puts_dependencies_first(tmp_path: Path) -> None:

@@ -188,11 +188,69 @@ def test_service_package_not_a_deb(previous: Path, tmp_path: Path, keypair: Path
     assert_user_error(proc, "services.iam.package", "is not a .deb package")
 
 
-def test_real_deb_passes_the_check(tmp_path: Path) -> None:
-    from plasmaboot.build.pipeline import DEB_MAGIC
-
+def test_real_deb_passes_the_package_check(tmp_path: Path, keypair: Path) -> None:
+    """A real .deb gets past the package check: the build then stops at the next check."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
     deb = make_service_deb(tmp_path)
-    assert deb.read_bytes().startswith(DEB_MAGIC)
+    (profiles / deb.name).write_bytes(deb.read_bytes())
+    write_profile(profiles, deb.name)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = plasmaboot(
+        "--profiles-dir",
+        str(profiles),
+        "build",
+        "--backend",
+        "debian",
+        "-p",
+        "svc",
+        "--ssh-key",
+        str(keypair.with_suffix(".pub")),
+        "--output-dir",
+        str(blocker / "out"),
+    )
+    assert_user_error(proc, "--output-dir")
+    assert "package" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--release", "../../escape"), "--release: expected a Debian release name"),
+        (("--mirror", "ftp://mirror/debian"), "--mirror: expected an http(s):// or file:// URL"),
+        (("--mirror", "https://user:secret@mirror/debian"), "the URL carries credentials"),
+        (("--flake", "."), "--flake applies only to the nix backend"),
+    ],
+)
+def test_bad_build_options_create_nothing(
+    tmp_path: Path, keypair: Path, args: tuple[str, ...], fragment: str
+) -> None:
+    out = tmp_path / "new" / "artifacts"
+    proc = build(
+        "-p", "base", "--ssh-key", str(keypair.with_suffix(".pub")), "--output-dir", str(out), *args
+    )
+    assert_user_error(proc, fragment)
+    assert "secret" not in proc.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_bad_pxe_dir_creates_no_output_dir(tmp_path: Path, keypair: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = tmp_path / "new-artifacts"
+    proc = build(
+        "-p",
+        "base",
+        "--ssh-key",
+        str(keypair.with_suffix(".pub")),
+        "--output-dir",
+        str(out),
+        "--pxe-dir",
+        str(blocker / "pxe"),
+    )
+    assert_user_error(proc, "--pxe-dir")
+    assert not out.exists()
 
 
 def test_missing_tool_names_the_package(previous: Path, tmp_path: Path, keypair: Path) -> None:

@@ -72,6 +72,13 @@ class Case:
 
 CORPUS = [
     Case(
+        "port-in-settings",
+        {"edge.toml": "[services.iam]\nsettings = { port = 2379 }\n"},
+        "profiles/edge.toml: services.iam.settings.port: 'port' is a port option; "
+        "set it as services.iam.port",
+        hint="ports are checked for clashes only where the catalog declares them",
+    ),
+    Case(
         "toml-syntax",
         {"edge.toml": 'description = "edge"\npackages = = ["vim"]\n'},
         "profiles/edge.toml: line 2, column 12: invalid TOML: Invalid value",

@@ -165,6 +165,7 @@ def commit_set(
     `content_id` saves re-hashing when the caller already knows the files' hashes."""
     for name in names:
         os.chmod(staged / name, 0o644)
+        fsync_file(staged / name)  # the bytes are on disk before any name points at them
     os.chmod(staged, 0o755)
     fsync_dir(staged)
     final = sets_dir(parent) / f"{label}-{content_id or set_id(staged, names)}"
@@ -174,8 +175,9 @@ def commit_set(
         os.rename(staged, final)
     link = parent / label
     if link.is_dir() and not link.is_symlink():
-        # a plain directory from an older layout or a user: retire it into .sets first
-        os.rename(link, sets_dir(parent) / f"{label}-replaced-{os.getpid()}")
+        # a plain directory from an older layout or a user: retire it; the next build's
+        # clean-up removes it (a staging name whose process has ended)
+        os.rename(link, sets_dir(parent) / f"{STAGING_PREFIX}{os.getpid()}-replaced-{label}")
     temp_link = parent / f"{STAGING_PREFIX}{os.getpid()}-{label}.link"
     temp_link.unlink(missing_ok=True)
     temp_link.symlink_to(Path(SETS_DIR) / final.name)
@@ -202,7 +204,7 @@ def prune_sets(parent: Path, label: str, keep: Path, generations: int = KEEP_GEN
 
 def set_label(set_name: str) -> str:
     """`control-plane-0123abcd...` -> `control-plane`."""
-    return set_name.rsplit("-", 1)[0].removesuffix("-replaced")
+    return set_name.rsplit("-", 1)[0]
 
 
 def publish_atomically(source: Path, parent: Path, label: str, names: tuple[str, ...]) -> Path:
@@ -217,6 +219,11 @@ def publish_atomically(source: Path, parent: Path, label: str, names: tuple[str,
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
+
+
+def fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def fsync_dir(directory: Path) -> None:

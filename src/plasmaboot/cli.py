@@ -286,10 +286,11 @@ def build(
         names += [n for n in store.profile_names() if n not in names]
     if not names:
         raise UserError("no profile given", hint="pass --profile NAME (repeatable) or --all")
+    names = list(dict.fromkeys(names))  # a profile given twice is built once
     resolved = [store.resolve(name, variant) for name in names]
     options = BuildOptions(
-        output_dir=output_dir,
-        pxe_dir=pxe_dir,
+        output_dir=output_dir.absolute(),
+        pxe_dir=pxe_dir.absolute() if pxe_dir else None,
         backend=backend,
         jobs=jobs,
         use_cache=not no_cache,

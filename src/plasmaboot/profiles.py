@@ -452,6 +452,14 @@ def check_service_ports(
             raise UserError(
                 f"{where}: expected an integer {PORT_MIN}-{PORT_MAX}, got {render_value(value)}"
             )
+    for key in section.settings or {}:
+        if key in entry.ports:
+            # a port set through settings would escape the port-clash check
+            raise UserError(
+                f"{source.display}: services.{service}.settings.{format_loc([key])}: "
+                f"{key!r} is a port option; set it as services.{service}.{key}",
+                hint="ports are checked for clashes only where the catalog declares them",
+            )
 
 
 def file_refs(data: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -8,6 +8,7 @@ packages.json and steps.json. Each step is a small function; the order is `STEPS
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import json
 import os
@@ -34,6 +35,9 @@ PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitEmptyPasswords no
+# host keys are made at each boot (plasmaboot-ssh-hostkeys.service)
+HostKey /etc/ssh/ssh_host_ed25519_key
+HostKey /etc/ssh/ssh_host_ecdsa_key
 """
 HOST_KEYGEN_UNIT = """\
 # plasmaboot: one image boots many machines, so SSH host keys are made at each boot
@@ -45,7 +49,9 @@ ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/ssh-keygen -A
+# ed25519 and ECDSA only: an RSA key takes seconds to make on a slow CPU, at every boot
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
+ExecStart=/usr/bin/ssh-keygen -q -t ecdsa -N "" -f /etc/ssh/ssh_host_ecdsa_key
 
 [Install]
 WantedBy=multi-user.target
@@ -236,23 +242,39 @@ def render_unit(name: str, ctx: Context) -> str:
     )
 
 
-def render_toml(table: dict[str, Any], prefix: str = "") -> str:
-    """A small TOML writer for service settings (scalars, lists, nested tables)."""
+def render_toml(table: dict[str, Any], path: tuple[str, ...] = ()) -> str:
+    """A small TOML writer for service settings: scalars, arrays, tables, arrays of tables."""
     lines: list[str] = []
-    nested: list[tuple[str, dict[str, Any]]] = []
+    tables: list[tuple[tuple[str, ...], dict[str, Any]]] = []
+    table_arrays: list[tuple[tuple[str, ...], list[dict[str, Any]]]] = []
     for key, value in table.items():
         if isinstance(value, dict):
-            nested.append((f"{prefix}{key}", value))
+            tables.append(((*path, key), value))
+        elif is_table_array(value):
+            table_arrays.append(((*path, key), value))
         else:
             lines.append(f"{toml_key(key)} = {toml_value(value)}")
-    for name, sub in nested:
-        lines.append(f"\n[{'.'.join(toml_key(p) for p in name.split('.'))}]")
-        lines.append(render_toml(sub, f"{name}.").rstrip("\n"))
-    return "\n".join(lines) + "\n"
+    for sub_path, sub in tables:
+        lines.append(f"\n[{'.'.join(toml_key(p) for p in sub_path)}]")
+        lines.append(render_toml(sub, sub_path).rstrip("\n"))
+    for sub_path, items in table_arrays:
+        for item in items:
+            lines.append(f"\n[[{'.'.join(toml_key(p) for p in sub_path)}]]")
+            lines.append(render_toml(item, sub_path).rstrip("\n"))
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
 def toml_key(key: str) -> str:
-    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else json.dumps(key)
+    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else toml_string(key)
+
+
+def toml_string(text: str) -> str:
+    # JSON string escapes are valid TOML basic-string escapes; keep non-ASCII as UTF-8
+    return json.dumps(text, ensure_ascii=False)
 
 
 def toml_value(value: Any) -> str:
@@ -260,9 +282,13 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return toml_string(str(value))
 
 
 def trim_documentation(ctx: Context) -> None:
@@ -334,6 +360,67 @@ def stage1_module_order(module_root: Path) -> list[str]:
     return order
 
 
+# Units that make no sense on a stateless node running from RAM: package list refreshes,
+# scheduled upgrades and backups of a dpkg database that vanishes at reboot, scrubbing of
+# filesystems that are not there, and loading a kexec kernel (nixos-anywhere does its own).
+UNNEEDED_UNITS = (
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "kexec-load.service",
+)
+# mmdebstrap removes these in its own clean-up, which runs after our hook has already made
+# the squashfs; so we remove them ourselves.
+BUILD_LEFTOVERS = (
+    "etc/apt/apt.conf.d/00mmdebstrap",
+    "etc/apt/apt.conf.d/99mmdebstrap",
+    "etc/dpkg/dpkg.cfg.d/99mmdebstrap",
+    "etc/.resolv.conf.systemd-resolved.bak",  # the build host's resolver
+    "var/log/dpkg.log",
+    "var/log/alternatives.log",
+    "var/log/apt/history.log",
+    "var/log/apt/term.log",
+    "var/log/apt/eipp.log.xz",
+    "var/cache/ldconfig/aux-cache",
+)
+
+
+def disable_unneeded_units(ctx: Context) -> None:
+    present = [
+        unit
+        for unit in UNNEEDED_UNITS
+        if any(
+            (ctx.root / d / unit).exists() for d in ("usr/lib/systemd/system", "lib/systemd/system")
+        )
+    ]
+    if present:
+        ctx.chroot("systemctl", "disable", *present)
+
+
+def remove_build_leftovers(ctx: Context) -> None:
+    """What mmdebstrap put in for building must not reach the nodes: its apt/dpkg config,
+    the policy-rc.d that forbids starting services, the start-stop-daemon stand-in, logs."""
+    policy = ctx.root / "usr/sbin/policy-rc.d"
+    if policy.is_file() and "exit 101" in policy.read_text():
+        policy.unlink()
+    real = ctx.root / "usr/sbin/start-stop-daemon.REAL"
+    if real.exists():
+        os.replace(real, ctx.root / "usr/sbin/start-stop-daemon")
+    for relpath in BUILD_LEFTOVERS:
+        (ctx.root / relpath).unlink(missing_ok=True)
+    for pattern in ("var/cache/debconf/*-old", "var/lib/dpkg/*-old"):
+        for path in ctx.root.glob(pattern):
+            path.unlink()
+    resolv = ctx.root / "etc/resolv.conf"
+    if (ctx.root / "usr/lib/systemd/system/systemd-resolved.service").exists():
+        # DNS from DHCP through systemd-resolved, never the build host's resolver
+        resolv.unlink(missing_ok=True)
+        resolv.symlink_to("../run/systemd/resolve/stub-resolv.conf")
+
+
 def record_packages(ctx: Context) -> None:
     proc = run(
         ["chroot", str(ctx.root), "dpkg-query", "-W", "-f", "${Package}\t${Version}\n"],
@@ -381,10 +468,12 @@ STEPS: list[Callable[[Context], None]] = [
     configure_sysctl,
     configure_kernel_modules,
     configure_services,
+    disable_unneeded_units,
     trim_documentation,
     trim_kernel_modules,
     export_kernel,
     record_packages,
+    remove_build_leftovers,
     make_squashfs,
 ]
 

@@ -13,7 +13,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from plasmaboot import __version__
+from plasmaboot import __version__, artifacts
 from plasmaboot.build import customize
 from plasmaboot.build.backend import BuildRequest, BuildResult
 from plasmaboot.build.initrd import Compression, Entry, concatenate, write_segment
@@ -76,10 +76,21 @@ def debian_packages(profile: Profile) -> tuple[list[str], list[str]]:
 
 
 def source_fingerprint() -> str:
-    """A hash of the code that shapes the image, so changing it invalidates the cache."""
+    """A hash of everything besides the profile that shapes the image bytes: the code that
+    writes them, the package name map and the busybox stage-1 runs, so a change to any of
+    them misses the cache instead of giving a stale hit."""
+    build_dir = Path(__file__).parent
+    inputs = [
+        *sorted(build_dir.glob("*.py")),
+        STAGE1_INIT,
+        Path(artifacts.__file__),
+        data_dir() / "catalog" / "packages.toml",
+        BUSYBOX,
+    ]
     digest = hashlib.sha256(__version__.encode())
-    for path in (Path(customize.__file__), STAGE1_INIT, Path(__file__)):
-        digest.update(path.read_bytes())
+    for path in inputs:
+        digest.update(path.name.encode() + b"\0")
+        digest.update(path.read_bytes() if path.is_file() else b"(missing)")
     return digest.hexdigest()[:16]
 
 
@@ -227,9 +238,10 @@ def service_deb_hooks(debs: list[str]) -> list[str]:
 def request_authorized_keys(request: BuildRequest) -> str:
     lines: list[str] = []
     for path in [*map(Path, request.profile.authorized_keys), *request.ssh_keys]:
-        for line in path.read_text().splitlines():
-            if line.strip() and line not in lines:
-                lines.append(line.strip())
+        for raw in path.read_text().splitlines():
+            line = raw.strip()
+            if line and not line.startswith("#") and line not in lines:
+                lines.append(line)
     return "".join(f"{line}\n" for line in lines)
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from plasmaboot import __version__
 from plasmaboot.artifacts import (
@@ -33,6 +36,7 @@ from plasmaboot.artifacts import (
     file_records,
     publish_atomically,
     read_manifest,
+    sha256_file,
     staging_dir,
     write_manifest,
 )
@@ -40,7 +44,7 @@ from plasmaboot.build.backend import Backend, BuildRequest, BuildResult
 from plasmaboot.build.debian import DEFAULT_SQUASHFS_LEVEL, DebianBackend
 from plasmaboot.build.ipxe import render_netboot_script
 from plasmaboot.build.nix import NixBackend, checked_flake, flake_inputs_problem, nix_works
-from plasmaboot.errors import UserError, WorkError
+from plasmaboot.errors import PlasmabootError, UserError, WorkError
 from plasmaboot.log import Log, ProgressCallback
 from plasmaboot.paths import cache_dir
 from plasmaboot.profiles import Profile, display_path
@@ -144,9 +148,58 @@ def check_inputs(profiles: list[Profile], options: BuildOptions, backend: Backen
         for key in profile.authorized_keys:
             check_public_key(Path(key), f"{profile.sources[-1]}: ssh.authorized_keys:")
         check_service_packages(profile)
-    ensure_writable_dir(options.output_dir, "--output-dir")
+    if not isinstance(backend, DebianBackend):
+        check_debian_only_options(options)
+    check_release_and_mirror(options)
+    directories = [(options.output_dir, "--output-dir")]
     if options.pxe_dir is not None:
-        ensure_writable_dir(options.pxe_dir, "--pxe-dir")
+        directories.append((options.pxe_dir, "--pxe-dir"))
+    # check every directory before creating any, so bad input creates nothing
+    for directory, option in directories:
+        check_creatable_dir(directory, option)
+    for directory, option in directories:
+        ensure_writable_dir(directory, option)
+
+
+RELEASE_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+def check_release_and_mirror(options: BuildOptions) -> None:
+    if not RELEASE_PATTERN.match(options.release):
+        raise UserError(
+            f"--release: expected a Debian release name like bookworm, got {options.release!r}"
+        )
+    url = urlsplit(options.mirror)
+    if url.scheme not in {"http", "https", "file"} or (url.scheme != "file" and not url.hostname):
+        raise UserError(
+            f"--mirror: expected an http(s):// or file:// URL, got {options.mirror!r}",
+            hint="for example http://deb.debian.org/debian",
+        )
+    if url.username or url.password:
+        raise UserError(
+            "--mirror: the URL carries credentials, which would be written into the image",
+            hint="put them in the host's /etc/apt/auth.conf.d/ instead and pass a plain URL",
+        )
+
+
+def check_debian_only_options(options: BuildOptions) -> None:
+    if options.squashfs_level != DEFAULT_SQUASHFS_LEVEL:
+        raise UserError("--squashfs-level: only the debian backend uses it")
+
+
+def check_creatable_dir(directory: Path, option: str) -> None:
+    """`directory` exists and is writable, or could be created: without creating it."""
+    probe = directory
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{option} {directory}: cannot write there ({display_path(probe)} is not a "
+            "writable directory)",
+            hint="choose a directory you can write, or fix its permissions",
+        )
 
 
 def select_backend(options: BuildOptions) -> tuple[Backend, str]:
@@ -156,10 +209,11 @@ def select_backend(options: BuildOptions) -> tuple[Backend, str]:
             f"--backend: expected one of {', '.join(BACKENDS)}, got {options.backend!r}"
         )
     if options.backend == "debian":
-        if options.plasmacloud is not None:
+        given = nix_options_given(options)
+        if given:
             raise UserError(
-                "--plasmacloud applies only to the nix backend, and --backend debian was given",
-                hint="drop --plasmacloud, or build with --backend nix",
+                f"{given[0]} applies only to the nix backend, and --backend debian was given",
+                hint=f"drop {given[0]}, or build with --backend nix",
             )
         return DebianBackend(options.squashfs_level), "asked for"
     nix = NixBackend(plasmacloud=options.plasmacloud)
@@ -197,7 +251,8 @@ def cache_key(profile: Profile, backend: Backend, request: BuildRequest) -> str:
 
 
 def cached_set(key: str) -> Path | None:
-    """The cached artifact set for `key`, if it is complete."""
+    """The cached artifact set for `key`, if it is complete and every byte checks out
+    (a damaged entry is a miss, and is rebuilt)."""
     directory = cache_dir() / "sets" / key
     if not (directory / MANIFEST).is_file():
         return None
@@ -208,6 +263,8 @@ def cached_set(key: str) -> Path | None:
     for name, record in manifest.files.items():
         path = directory / name
         if not path.is_file() or path.stat().st_size != record.size:
+            return None
+        if sha256_file(path) != record.sha256:
             return None
     return directory
 
@@ -220,17 +277,23 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 
 def store_in_cache(staged: Path, key: str) -> None:
+    """Put a finished set in the cache under `key`, replacing an older entry (a --no-cache
+    rebuild refreshes it). Safe against a concurrent writer of the same key."""
     sets = cache_dir() / "sets"
     sets.mkdir(parents=True, exist_ok=True)
-    final = sets / key
-    if final.exists():
-        return
-    temp = sets / f".tmp-{key}-{os.getpid()}"
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir()
+    temp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=sets))
     for name in SET_FILES:
         link_or_copy(staged / name, temp / name)
-    os.replace(temp, final)
+    final = sets / key
+    retired = sets / f".old-{key}-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        if final.exists():
+            os.rename(final, retired)
+        os.rename(temp, final)
+    except OSError:
+        # another build stored the same key at the same moment: theirs is as good as ours
+        shutil.rmtree(temp, ignore_errors=True)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -278,6 +341,7 @@ def build_one(
         keep_failed_log(staged, options.output_dir, label, exc)
         shutil.rmtree(staged, ignore_errors=True)
         raise
+    (options.output_dir / f"{label}.failed.log").unlink(missing_ok=True)
     published = None
     if options.pxe_dir is not None:
         published = publish_atomically(final, options.pxe_dir, label, BOOT_FILES)
@@ -403,4 +467,19 @@ def build_profiles(
         return [build_one(p, backend, options, progress) for p in profiles]
     with ThreadPoolExecutor(max_workers=options.jobs) as pool:
         futures = [pool.submit(build_one, p, backend, options, progress) for p in profiles]
+        wait(futures)
+    failures = [(p, f.exception()) for p, f in zip(profiles, futures, strict=True) if f.exception()]
+    if not failures:
         return [f.result() for f in futures]
+    if len(failures) == 1 and isinstance(failures[0][1], BaseException):
+        raise failures[0][1]
+    raise WorkError(
+        f"{len(failures)} of {len(profiles)} builds failed: "
+        + "; ".join(f"{p.label}: {first_line(exc)}" for p, exc in failures),
+        hint="each failed build's log is in OUTPUT_DIR/<profile>.failed.log",
+    )
+
+
+def first_line(exc: BaseException | None) -> str:
+    message = exc.message if isinstance(exc, PlasmabootError) else str(exc)
+    return message.splitlines()[0] if message else type(exc).__name__
