@@ -38,6 +38,8 @@ from plasmaboot.vm import (
     wait_for_file_text,
 )
 
+from conftest import CiImage
+
 MARKER = "PLASMABOOT-TEST-MARKER: stage-1 reached"
 
 
@@ -276,11 +278,12 @@ def test_wait_until_times_out_with_a_clear_message(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def test_kernel() -> Path:
-    """A bootable x86-64 bzImage from $PLASMABOOT_TEST_KERNEL (CI passes the built image's)."""
+def test_kernel(request: pytest.FixtureRequest) -> Path:
+    """A bootable x86-64 bzImage: $PLASMABOOT_TEST_KERNEL, or the session's CI image's."""
     value = os.environ.get("PLASMABOOT_TEST_KERNEL")
     if not value:
-        pytest.skip("set PLASMABOOT_TEST_KERNEL to a bzImage to PXE-boot it")
+        image: CiImage = request.getfixturevalue("ci_image")
+        return image.set_dir / "bzImage"
     path = Path(value)
     if not path.is_file():
         pytest.skip(f"PLASMABOOT_TEST_KERNEL={value} is not a file")
