@@ -278,3 +278,46 @@ def test_stage1_module_order_puts_dependencies_first(tmp_path: Path) -> None:
         "kernel/fs/squashfs/squashfs.ko",
         "kernel/fs/overlayfs/overlay.ko",
     ]
+
+
+# --- plasmaboot publish -----------------------------------------------------------------
+
+
+def built_set(tmp_path: Path, label: str = "worker") -> Path:
+    """A set as a build leaves it: files plus a manifest that records their hashes."""
+    from plasmaboot.artifacts import Manifest, file_records, write_manifest
+
+    directory = make_source(tmp_path / "artifacts" / label, "v1")
+    manifest = Manifest(
+        profile=label, label=label, content_hash="x", cache_key="y", backend="debian",
+        distro="debian bookworm", kernel_version="6.1", kernel_params=[],
+        files=file_records(directory), packages={}, services={}, steps={},
+        built_at="2026-11-25T00:00:00+00:00", plasmaboot_version="0.1.0",
+    )  # fmt: skip
+    write_manifest(directory, manifest)
+    return directory
+
+
+def test_publish_command_copies_a_checked_set(tmp_path: Path) -> None:
+    from conftest import plasmaboot
+
+    directory = built_set(tmp_path)
+    proc = plasmaboot("publish", str(directory), "--pxe-dir", str(tmp_path / "pxe"))
+    assert proc.returncode == 0, proc.stderr
+    published = tmp_path / "pxe" / "worker"
+    assert sorted(p.name for p in published.iterdir()) == sorted(NAMES)
+    assert (published / "initrd").read_text() == "initrd:v1"
+
+
+def test_publish_command_refuses_a_damaged_set(tmp_path: Path) -> None:
+    from conftest import plasmaboot
+
+    directory = built_set(tmp_path)
+    pxe = tmp_path / "pxe"
+    assert plasmaboot("publish", str(directory), "--pxe-dir", str(pxe)).returncode == 0
+    (directory / "initrd").write_text("initrd:tampered")
+    proc = plasmaboot("publish", str(directory), "--pxe-dir", str(pxe))
+    assert proc.returncode == 2
+    assert "refusing to publish: initrd: does not match its sha256" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (pxe / "worker" / "initrd").read_text() == "initrd:v1"  # previous set untouched

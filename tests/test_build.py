@@ -142,6 +142,27 @@ def test_image_security(ci_image: CiImage, tmp_path: Path) -> None:
     assert not [p for p in listing if "kernel/sound/" in p or "drivers/gpu/" in p]
 
 
+def test_image_has_no_build_leftovers(ci_image: CiImage, tmp_path: Path) -> None:
+    root = extract_from_image(
+        ci_image, tmp_path, "usr/sbin/start-stop-daemon", "etc/resolv.conf", "etc/systemd/system"
+    )
+    listing = image_files(ci_image, tmp_path / "list")
+    for leftover in (
+        "usr/sbin/policy-rc.d",  # mmdebstrap's: would forbid every service start
+        "etc/apt/apt.conf.d/00mmdebstrap",
+        "etc/dpkg/dpkg.cfg.d/99mmdebstrap",
+        "etc/.resolv.conf.systemd-resolved.bak",  # the build host's resolver
+        "var/log/dpkg.log",
+        "usr/sbin/start-stop-daemon.REAL",
+    ):
+        assert leftover not in listing, leftover
+    assert (root / "usr/sbin/start-stop-daemon").read_bytes().startswith(b"\x7fELF")
+    assert os.readlink(root / "etc/resolv.conf") == "../run/systemd/resolve/stub-resolv.conf"
+    timers = root / "etc/systemd/system/timers.target.wants"
+    assert not (timers / "apt-daily.timer").exists()
+    assert not (timers / "apt-daily-upgrade.timer").exists()
+
+
 def test_image_services(ci_image: CiImage, tmp_path: Path) -> None:
     root = extract_from_image(
         ci_image,

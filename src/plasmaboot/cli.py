@@ -20,6 +20,14 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 from rich.table import Table
 
 from plasmaboot import __version__
+from plasmaboot.artifacts import (
+    BOOT_FILES,
+    MANIFEST,
+    ensure_writable_dir,
+    publish_atomically,
+    read_manifest,
+    set_problems,
+)
 from plasmaboot.boottest import BootTestOptions, render_table, report_json, run_boot_test
 from plasmaboot.build.debian import DEFAULT_SQUASHFS_LEVEL
 from plasmaboot.build.pipeline import BACKENDS, BuildOptions, BuildOutcome, build_profiles
@@ -309,6 +317,40 @@ def build(
         click.echo(json.dumps([outcome_json(o) for o in outcomes], indent=2))
     else:
         print_summary(outcomes)
+
+
+@main.command()
+@click.argument("sets", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--pxe-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="PXE server assets directory; each set goes to PXE_DIR/<label>/.",
+)
+def publish(sets: tuple[Path, ...], pxe_dir: Path) -> None:
+    """Publish built artifact SETS (e.g. artifacts/worker) to a PXE server's assets directory.
+
+    Copies bzImage, initrd and netboot.ipxe to PXE_DIR/<label>/ atomically: the new set
+    appears whole or not at all, and the previous one stays for nodes still downloading it.
+    Every file is checked against manifest.json first; a damaged set is refused.
+    """
+    for directory in sets:
+        if not (directory / MANIFEST).is_file():
+            raise UserError(
+                f"{directory}: no {MANIFEST}, so this is not an artifact set",
+                hint="give a directory a build wrote, e.g. artifacts/<profile>",
+            )
+        problems = set_problems(directory)
+        if problems:
+            raise UserError(
+                f"{directory}: refusing to publish: {'; '.join(problems)}",
+                hint="rebuild it (plasmaboot build --no-cache)",
+            )
+    ensure_writable_dir(pxe_dir, "--pxe-dir")
+    for directory in sets:
+        label = read_manifest(directory).label
+        published = publish_atomically(directory, pxe_dir.absolute(), label, BOOT_FILES)
+        console.print(f"{label}: published to {pxe_dir / label} ({published.name})")
 
 
 def outcome_json(outcome: BuildOutcome) -> dict[str, Any]:

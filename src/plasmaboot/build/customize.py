@@ -44,7 +44,10 @@ HOST_KEYGEN_UNIT = """\
 # (on the tmpfs overlay) and never stored in the image.
 [Unit]
 Description=Generate per-boot SSH host keys
-Before=ssh.service
+DefaultDependencies=no
+After=local-fs.target systemd-remount-fs.service
+Before=ssh.service shutdown.target
+Conflicts=shutdown.target
 ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 
 [Service]
@@ -133,6 +136,18 @@ def clean_package_caches(ctx: Context) -> None:
                 path.unlink()
 
 
+SSH_EARLY_DROP_IN = """\
+# plasmaboot: sshd starts as soon as the filesystems and host keys are there, not after
+# basic.target: the operator (or nixos-anywhere) waits for it, and it needs no DNS.
+[Unit]
+DefaultDependencies=no
+After=local-fs.target systemd-tmpfiles-setup.service plasmaboot-ssh-hostkeys.service
+Requires=plasmaboot-ssh-hostkeys.service
+Before=shutdown.target
+Conflicts=shutdown.target
+"""
+
+
 def configure_ssh(ctx: Context) -> None:
     ctx.write("etc/ssh/sshd_config.d/10-plasmaboot.conf", SSHD_DROP_IN)
     ssh_dir = ctx.root / "root/.ssh"
@@ -142,6 +157,7 @@ def configure_ssh(ctx: Context) -> None:
     for key in (ctx.root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
     ctx.write("etc/systemd/system/plasmaboot-ssh-hostkeys.service", HOST_KEYGEN_UNIT)
+    ctx.write("etc/systemd/system/ssh.service.d/10-plasmaboot-early.conf", SSH_EARLY_DROP_IN)
     ctx.chroot("systemctl", "enable", "plasmaboot-ssh-hostkeys.service", "ssh.service")
 
 
@@ -372,9 +388,11 @@ UNNEEDED_UNITS = (
     "fstrim.timer",
     "kexec-load.service",
 )
-# mmdebstrap removes these in its own clean-up, which runs after our hook has already made
-# the squashfs; so we remove them ourselves.
+# mmdebstrap removes these in its own clean-up, which runs after our hook has made the
+# squashfs (and fails if they are gone), so they are left in the tree and kept out of the
+# image: its apt/dpkg build config, the policy-rc.d that forbids starting services, logs.
 BUILD_LEFTOVERS = (
+    "usr/sbin/policy-rc.d",
     "etc/apt/apt.conf.d/00mmdebstrap",
     "etc/apt/apt.conf.d/99mmdebstrap",
     "etc/dpkg/dpkg.cfg.d/99mmdebstrap",
@@ -385,6 +403,8 @@ BUILD_LEFTOVERS = (
     "var/log/apt/term.log",
     "var/log/apt/eipp.log.xz",
     "var/cache/ldconfig/aux-cache",
+    "var/cache/debconf/*-old",
+    "var/lib/dpkg/*-old",
 )
 
 
@@ -400,23 +420,15 @@ def disable_unneeded_units(ctx: Context) -> None:
         ctx.chroot("systemctl", "disable", *present)
 
 
-def remove_build_leftovers(ctx: Context) -> None:
-    """What mmdebstrap put in for building must not reach the nodes: its apt/dpkg config,
-    the policy-rc.d that forbids starting services, the start-stop-daemon stand-in, logs."""
-    policy = ctx.root / "usr/sbin/policy-rc.d"
-    if policy.is_file() and "exit 101" in policy.read_text():
-        policy.unlink()
+def restore_build_replacements(ctx: Context) -> None:
+    """mmdebstrap swaps start-stop-daemon for a do-nothing stand-in while packages install;
+    the real one goes back before the squashfs is made. DNS comes from DHCP through
+    systemd-resolved, never from the build host's resolv.conf."""
     real = ctx.root / "usr/sbin/start-stop-daemon.REAL"
     if real.exists():
         os.replace(real, ctx.root / "usr/sbin/start-stop-daemon")
-    for relpath in BUILD_LEFTOVERS:
-        (ctx.root / relpath).unlink(missing_ok=True)
-    for pattern in ("var/cache/debconf/*-old", "var/lib/dpkg/*-old"):
-        for path in ctx.root.glob(pattern):
-            path.unlink()
     resolv = ctx.root / "etc/resolv.conf"
     if (ctx.root / "usr/lib/systemd/system/systemd-resolved.service").exists():
-        # DNS from DHCP through systemd-resolved, never the build host's resolver
         resolv.unlink(missing_ok=True)
         resolv.symlink_to("../run/systemd/resolve/stub-resolv.conf")
 
@@ -430,32 +442,17 @@ def record_packages(ctx: Context) -> None:
     (ctx.plan.out / "packages.json").write_text(json.dumps(packages, indent=1, sort_keys=True))
 
 
+# Mount points stay in the image, their contents do not.
+SQUASHFS_EXCLUDES = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*", *BUILD_LEFTOVERS)
+
+
 def make_squashfs(ctx: Context) -> None:
-    run(
-        [
-            "mksquashfs",
-            str(ctx.root),
-            str(ctx.plan.out / "root.squashfs"),
-            "-noappend",
-            "-no-progress",
-            "-quiet",
-            "-comp",
-            "zstd",
-            "-Xcompression-level",
-            str(ctx.plan.squashfs_level),
-            "-b",
-            "1M",
-            # the overlay mounts in stage-1 need these mount points; /proc etc. are kept
-            "-wildcards",
-            "-e",
-            "proc/*",
-            "sys/*",
-            "dev/*",
-            "run/*",
-            "tmp/*",
-        ],
-        log=ctx.log,
-    )
+    level = str(ctx.plan.squashfs_level)
+    output = ctx.plan.out / "root.squashfs"
+    options = ["-noappend", "-no-progress", "-quiet", "-b", "1M"]
+    compression = ["-comp", "zstd", "-Xcompression-level", level]
+    excludes = ["-wildcards", "-e", *SQUASHFS_EXCLUDES]
+    run(["mksquashfs", str(ctx.root), str(output), *options, *compression, *excludes], log=ctx.log)
 
 
 STEPS: list[Callable[[Context], None]] = [
@@ -473,7 +470,7 @@ STEPS: list[Callable[[Context], None]] = [
     trim_kernel_modules,
     export_kernel,
     record_packages,
-    remove_build_leftovers,
+    restore_build_replacements,
     make_squashfs,
 ]
 
