@@ -158,7 +158,7 @@ def test_nic_roms_are_installed() -> None:
 
 def test_boot_script_chains_to_the_label_over_http() -> None:
     assert boot_script(8123, "control-plane") == (
-        "#!ipxe\ndhcp\nchain http://10.0.2.2:8123/control-plane/netboot.ipxe\n"
+        "#!ipxe\nisset ${ip} || dhcp\nchain http://10.0.2.2:8123/control-plane/netboot.ipxe\n"
     )
 
 

@@ -136,15 +136,36 @@ def clean_package_caches(ctx: Context) -> None:
                 path.unlink()
 
 
-SSH_EARLY_DROP_IN = """\
-# plasmaboot: sshd starts as soon as the filesystems and host keys are there, not after
-# basic.target: the operator (or nixos-anywhere) waits for it, and it needs no DNS.
+# Debian's ssh.service waits for network.target, which waits for systemd-resolved: on a slow
+# or emulated CPU that is many seconds in which the node is up but cannot be reached. sshd
+# needs neither network nor DNS to listen, so our copy of the unit (same service, same
+# options) starts as soon as the filesystems and the per-boot host keys are there.
+SSH_UNIT = """\
 [Unit]
+Description=OpenBSD Secure Shell server (plasmaboot: started early)
+Documentation=man:sshd(8) man:sshd_config(5)
 DefaultDependencies=no
-After=local-fs.target systemd-tmpfiles-setup.service plasmaboot-ssh-hostkeys.service
+After=local-fs.target plasmaboot-ssh-hostkeys.service
 Requires=plasmaboot-ssh-hostkeys.service
 Before=shutdown.target
 Conflicts=shutdown.target
+ConditionPathExists=!/etc/ssh/sshd_not_to_be_run
+
+[Service]
+EnvironmentFile=-/etc/default/ssh
+ExecStart=/usr/sbin/sshd -D $SSHD_OPTS
+ExecReload=/usr/sbin/sshd -t
+ExecReload=/bin/kill -HUP $MAINPID
+KillMode=process
+Restart=on-failure
+RestartPreventExitStatus=255
+Type=notify
+RuntimeDirectory=sshd
+RuntimeDirectoryMode=0755
+
+[Install]
+WantedBy=multi-user.target
+Alias=sshd.service
 """
 
 
@@ -157,7 +178,7 @@ def configure_ssh(ctx: Context) -> None:
     for key in (ctx.root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
     ctx.write("etc/systemd/system/plasmaboot-ssh-hostkeys.service", HOST_KEYGEN_UNIT)
-    ctx.write("etc/systemd/system/ssh.service.d/10-plasmaboot-early.conf", SSH_EARLY_DROP_IN)
+    ctx.write("etc/systemd/system/ssh.service", SSH_UNIT)
     ctx.chroot("systemctl", "enable", "plasmaboot-ssh-hostkeys.service", "ssh.service")
 
 
