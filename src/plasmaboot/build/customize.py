@@ -35,9 +35,6 @@ PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitEmptyPasswords no
-# Keys are checked by sshd itself; without PAM there is no password path at all, and a
-# login does not wait for a systemd user session (seconds on a slow CPU).
-UsePAM no
 # host keys are made at each boot (plasmaboot-ssh-hostkeys.service)
 HostKey /etc/ssh/ssh_host_ed25519_key
 HostKey /etc/ssh/ssh_host_ecdsa_key
