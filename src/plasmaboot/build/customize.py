@@ -25,6 +25,10 @@ from plasmaboot.log import Log
 from plasmaboot.profiles import Profile
 from plasmaboot.run import run
 
+# Paths inside the chroot for the plan (uploaded by mmdebstrap) and the boot parts (synced
+# out by mmdebstrap); under /tmp, which the squashfs leaves out.
+INSIDE_PLAN = "/tmp/plasmaboot-plan.json"
+INSIDE_OUT = "/tmp/plasmaboot-out"
 # Modules stage-1 needs before it can mount the root image (the Debian kernel builds them
 # as modules); their dependencies are added from modules.dep.
 STAGE1_MODULES = ("loop", "squashfs", "overlay")
@@ -74,7 +78,6 @@ class Plan:
 
     profile: Profile
     authorized_keys: str
-    out: Path
     squashfs_level: int
 
     @classmethod
@@ -83,7 +86,6 @@ class Plan:
         return cls(
             profile=Profile.model_validate(raw["profile"]),
             authorized_keys=raw["authorized_keys"],
-            out=Path(raw["out"]),
             squashfs_level=int(raw["squashfs_level"]),
         )
 
@@ -91,7 +93,6 @@ class Plan:
         body = {
             "profile": self.profile.model_dump(mode="json"),
             "authorized_keys": self.authorized_keys,
-            "out": str(self.out),
             "squashfs_level": self.squashfs_level,
         }
         path.write_text(json.dumps(body, indent=2))
@@ -102,6 +103,7 @@ class Context:
     root: Path
     plan: Plan
     log: Log
+    out: Path  # where the boot parts go (inside the chroot's /tmp, see INSIDE_OUT)
 
     @property
     def profile(self) -> Profile:
@@ -363,15 +365,15 @@ def trim_kernel_modules(ctx: Context) -> None:
 def export_kernel(ctx: Context) -> None:
     """The kernel leaves the image (bzImage artifact); stage-1 gets its few modules."""
     version = ctx.kernel_version()
-    shutil.copy2(ctx.root / "boot" / f"vmlinuz-{version}", ctx.plan.out / "bzImage")
-    (ctx.plan.out / "kernel_version").write_text(version)
+    shutil.copy2(ctx.root / "boot" / f"vmlinuz-{version}", ctx.out / "bzImage")
+    (ctx.out / "kernel_version").write_text(version)
     module_root = ctx.root / "usr/lib/modules" / version
     order = stage1_module_order(module_root)
-    target = ctx.plan.out / "stage1-modules"
+    target = ctx.out / "stage1-modules"
     target.mkdir(exist_ok=True)
     for relpath in order:
         shutil.copy2(module_root / relpath, target / Path(relpath).name)
-    (ctx.plan.out / "stage1-modules.txt").write_text("".join(f"{Path(p).name}\n" for p in order))
+    (ctx.out / "stage1-modules.txt").write_text("".join(f"{Path(p).name}\n" for p in order))
     for path in (ctx.root / "boot").iterdir():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
@@ -468,7 +470,7 @@ def record_packages(ctx: Context) -> None:
         log=None,
     )
     packages = dict(line.split("\t", 1) for line in proc.stdout.decode().splitlines() if line)
-    (ctx.plan.out / "packages.json").write_text(json.dumps(packages, indent=1, sort_keys=True))
+    (ctx.out / "packages.json").write_text(json.dumps(packages, indent=1, sort_keys=True))
 
 
 # Mount points stay in the image, their contents do not.
@@ -477,7 +479,7 @@ SQUASHFS_EXCLUDES = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*", *BUILD_LEFTOV
 
 def make_squashfs(ctx: Context) -> None:
     level = str(ctx.plan.squashfs_level)
-    output = ctx.plan.out / "root.squashfs"
+    output = ctx.out / "root.squashfs"
     options = ["-noappend", "-no-progress", "-quiet", "-b", "1M"]
     compression = ["-comp", "zstd", "-Xcompression-level", level]
     excludes = ["-wildcards", "-e", *SQUASHFS_EXCLUDES]
@@ -504,8 +506,8 @@ STEPS: list[Callable[[Context], None]] = [
 ]
 
 
-def apply_plan(root: Path, plan: Plan, log: Log) -> dict[str, float]:
-    ctx = Context(root=root, plan=plan, log=log)
+def apply_plan(root: Path, plan: Plan, log: Log, out: Path) -> dict[str, float]:
+    ctx = Context(root=root, plan=plan, log=log, out=out)
     timings: dict[str, float] = {}
     for step in STEPS:
         started = time.monotonic()
@@ -516,11 +518,16 @@ def apply_plan(root: Path, plan: Plan, log: Log) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    root, plan_path = Path(argv[0]), Path(argv[1])
-    plan = Plan.load(plan_path)
+    """The hook's entry point: ROOT is the chroot. The plan was uploaded into ROOT and the
+    boot parts are left in ROOT's /tmp for mmdebstrap to sync out as the calling user: in
+    unshare mode this process is the namespace's root, which cannot use the user's files."""
+    root = Path(argv[0])
+    plan = Plan.load(root / INSIDE_PLAN.lstrip("/"))
+    out = root / INSIDE_OUT.lstrip("/")
+    out.mkdir(parents=True, exist_ok=True)
     with Log(Path("/dev/stdout")) as log:
-        timings = apply_plan(root, plan, log)
-    (plan.out / "steps.json").write_text(json.dumps(timings, indent=1))
+        timings = apply_plan(root, plan, log, out)
+    (out / "steps.json").write_text(json.dumps(timings, indent=1))
     return 0
 
 

@@ -139,10 +139,11 @@ class DebianBackend:
         plan = customize.Plan(
             profile=profile,
             authorized_keys=request_authorized_keys(request),
-            out=work,
             squashfs_level=self.squashfs_level,
         )
         plan.dump(work / "plan.json")
+        out = work / "out"  # the hook's boot parts arrive here (mmdebstrap sync-out)
+        out.mkdir()
         with log.step("mmdebstrap"):
             run(
                 self.mmdebstrap_command(request, packages, work),
@@ -151,20 +152,20 @@ class DebianBackend:
             )
         if request.cache_dir is not None:
             store_new_debs(work, request.cache_dir, request.release)
-        kernel_version = (work / "kernel_version").read_text().strip()
+        kernel_version = (out / "kernel_version").read_text().strip()
         with log.step("stage1"):
-            write_segment(stage1_entries(work), work / "stage1.cpio.gz", Compression.GZIP)
+            write_segment(stage1_entries(out), work / "stage1.cpio.gz", Compression.GZIP)
         with log.step("initrd"):
-            root_entry = Entry("root.squashfs", stat.S_IFREG | 0o444, source=work / "root.squashfs")
+            root_entry = Entry("root.squashfs", stat.S_IFREG | 0o444, source=out / "root.squashfs")
             write_segment([root_entry], work / "root.cpio", Compression.NONE)
             concatenate([work / "stage1.cpio.gz", work / "root.cpio"], request.staging / "initrd")
-        shutil.move(work / "bzImage", request.staging / "bzImage")
-        for step, seconds in json.loads((work / "steps.json").read_text()).items():
+        shutil.move(out / "bzImage", request.staging / "bzImage")
+        for step, seconds in json.loads((out / "steps.json").read_text()).items():
             log.steps[f"customize.{step}"] = seconds
         return BuildResult(
             kernel_version=kernel_version,
             distro=f"debian {request.release}",
-            packages=json.loads((work / "packages.json").read_text()),
+            packages=json.loads((out / "packages.json").read_text()),
         )
 
     def mmdebstrap_command(
@@ -208,8 +209,9 @@ class DebianBackend:
             ]
         command += [
             # the profile is applied inside mmdebstrap, so unshare mode works as well as root
-            f"--customize-hook={sys.executable} -m plasmaboot.build.customize"
-            f' "$1" {work / "plan.json"}',
+            f"--customize-hook=upload {work / 'plan.json'} {customize.INSIDE_PLAN}",
+            f'--customize-hook={sys.executable} -m plasmaboot.build.customize "$1"',
+            f"--customize-hook=sync-out {customize.INSIDE_OUT} {work / 'out'}",
             request.release,
             "/dev/null",
             request.mirror,
@@ -245,13 +247,13 @@ def request_authorized_keys(request: BuildRequest) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
-def stage1_entries(work: Path) -> list[Entry]:
-    modules = sorted((work / "stage1-modules").iterdir())
+def stage1_entries(out: Path) -> list[Entry]:
+    modules = sorted((out / "stage1-modules").iterdir())
     return [
         Entry("init", stat.S_IFREG | 0o755, source=STAGE1_INIT),
         Entry("bin/busybox", stat.S_IFREG | 0o755, source=BUSYBOX),
         Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),
-        Entry("etc/stage1-modules", stat.S_IFREG | 0o644, source=work / "stage1-modules.txt"),
+        Entry("etc/stage1-modules", stat.S_IFREG | 0o644, source=out / "stage1-modules.txt"),
         *[Entry(f"lib/modules/{m.name}", stat.S_IFREG | 0o644, source=m) for m in modules],
         *[Entry(d, stat.S_IFDIR | 0o755) for d in ("proc", "sys", "run", "sysroot", "tmp")],
     ]
