@@ -24,6 +24,7 @@ class Log:
         *,
         subject: str = "",
         progress: ProgressCallback | None = None,
+        stream: TextIO | None = None,
     ) -> None:
         self.path = path
         self.subject = subject
@@ -32,15 +33,18 @@ class Log:
         self.warnings: list[str] = []
         self._depth = 0
         self._lock = threading.Lock()
-        self._file: TextIO | None = None
+        # a stream we were given (e.g. stdout of the build hook) is written, never closed
+        self._file: TextIO | None = stream
+        self._owns_file = False
         if path is not None:
+            self._owns_file = True
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = path.open("a", encoding="utf-8")
 
     def close(self) -> None:
-        if self._file is not None:
+        if self._file is not None and self._owns_file:
             self._file.close()
-            self._file = None
+        self._file = None
 
     def write(self, text: str) -> None:
         if self._file is None:

@@ -525,7 +525,7 @@ def main(argv: list[str]) -> int:
     plan = Plan.load(root / INSIDE_PLAN.lstrip("/"))
     out = root / INSIDE_OUT.lstrip("/")
     out.mkdir(parents=True, exist_ok=True)
-    with Log(Path("/dev/stdout")) as log:
+    with Log(stream=sys.stdout) as log:
         timings = apply_plan(root, plan, log, out)
     (out / "steps.json").write_text(json.dumps(timings, indent=1))
     return 0
