@@ -290,3 +290,21 @@ def test_identity_is_used_from_a_private_copy(tmp_path: Path) -> None:
     copy = private_copy(shared, workdir)
     assert copy.read_text() == shared.read_text()
     assert copy.stat().st_mode & 0o777 == 0o600
+
+
+def test_kvm_that_dies_before_the_kernel_means_falling_back() -> None:
+    from plasmaboot.boottest import BootRecord, Check, kvm_gave_out
+    from plasmaboot.vm import Accelerator, ProbeResult
+
+    def record(events: dict[str, float]) -> BootRecord:
+        return BootRecord(index=1, ssh_port=1, events=events, phases={}, host_key=None, logs={})
+
+    failed = Check(name="boot 1: PXE to SSH", passed=False, detail="QEMU exit code -6")
+    kvm = ProbeResult(Accelerator.KVM, "KVM ran the firmware")
+    tcg = ProbeResult(Accelerator.TCG, "KVM failed")
+    assert kvm_gave_out(kvm, record({"start": 0.0}), failed)
+    # once the kernel arrived, a failure is the image's, not KVM's
+    assert not kvm_gave_out(kvm, record({"start": 0.0, "kernel_fetched": 5.0}), failed)
+    assert not kvm_gave_out(tcg, record({"start": 0.0}), failed)
+    passed = Check(name="boot 1: PXE to SSH", passed=True, detail="ok")
+    assert not kvm_gave_out(kvm, record({"start": 0.0}), passed)

@@ -317,13 +317,14 @@ def test_pxe_boot_reaches_the_initrd_over_tftp_ipxe_and_http(
     root = tmp_path / "artifacts"
     marker_image(root, "marker", test_kernel)
     access = tmp_path / "access.log"
-    probe = probe_accelerator(tmp_path)
     with ServerThread(root, access_log=access) as server:
         cfg = config(
             tmp_path,
             label="marker",
             http_port=server.port,
-            accelerator=probe.accelerator,
+            # the chain is under test here, not the accelerator: TCG runs everywhere, while
+            # KVM on these machines can pass the probe and still abort later in the firmware
+            accelerator=Accelerator.TCG,
             memory_mib=512,
             nic=nic,
         )

@@ -648,6 +648,15 @@ def boot_once(
         return record, check, vm.argv
 
 
+def kvm_gave_out(probe: ProbeResult, record: BootRecord, reached: Check) -> bool:
+    """A KVM boot that failed before the kernel was even downloaded: KVM's fault."""
+    return (
+        probe.accelerator is Accelerator.KVM
+        and not reached.passed
+        and "kernel_fetched" not in record.events
+    )
+
+
 def private_copy(identity: Path, workdir: Path) -> Path:
     """ssh refuses a private key others can read (a shared or read-only copy often is):
     use a 0600 copy of it in the run's own directory."""
@@ -685,16 +694,20 @@ def run_boot_test(
 
         with ServerThread(options.artifacts, access_log=access_log) as server:
             for index in range(1, options.boots + 1):
-                record, reached, argv = boot_once(
-                    index,
-                    options,
-                    probe,
-                    server.port,
-                    access_log,
-                    log,
-                    identity,
-                    first_boot_checks if index == 1 else lambda ssh: None,
-                )
+                on_ssh = first_boot_checks if index == 1 else lambda ssh: None
+                boot_args = (server.port, access_log, log, identity, on_ssh)
+                record, reached, argv = boot_once(index, options, probe, *boot_args)
+                if kvm_gave_out(probe, record, reached):
+                    # KVM passed the probe but the guest died before its kernel arrived:
+                    # on these machines KVM can fail late in the firmware. Fall back to TCG.
+                    probe = ProbeResult(
+                        Accelerator.TCG,
+                        f"KVM passed the probe but the guest stopped early "
+                        f"({reached.detail.splitlines()[0]}); fell back to TCG",
+                    )
+                    log.info(f"accelerator: {probe.accelerator} ({probe.reason})")
+                    shutil.rmtree(options.workdir / f"boot{index}", ignore_errors=True)
+                    record, reached, argv = boot_once(index, options, probe, *boot_args)
                 boots.append(record)
                 checks.insert(index - 1, reached)
                 if not reached.passed:
