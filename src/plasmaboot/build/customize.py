@@ -434,6 +434,10 @@ BUILD_LEFTOVERS = (
 )
 
 
+# Generators run before systemd can start anything. SysV scripts are not used on these
+# nodes, and auto-mounting partitions found on local disks is the last thing an installer
+# wants: both go, and boot is shorter for it.
+MASKED_GENERATORS = ("systemd-sysv-generator", "systemd-gpt-auto-generator")
 RESOLVED_AFTER_SSH = """\
 # plasmaboot: DNS is not needed to reach the node; let sshd have the CPU first.
 [Unit]
