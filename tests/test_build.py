@@ -144,7 +144,12 @@ def test_image_security(ci_image: CiImage, tmp_path: Path) -> None:
 
 def test_image_has_no_build_leftovers(ci_image: CiImage, tmp_path: Path) -> None:
     root = extract_from_image(
-        ci_image, tmp_path, "usr/sbin/start-stop-daemon", "etc/resolv.conf", "etc/systemd/system"
+        ci_image,
+        tmp_path,
+        "usr/sbin/start-stop-daemon",
+        "etc/resolv.conf",
+        "etc/systemd/system",
+        "etc/systemd/system-generators",
     )
     listing = image_files(ci_image, tmp_path / "list")
     for leftover in (
@@ -160,6 +165,8 @@ def test_image_has_no_build_leftovers(ci_image: CiImage, tmp_path: Path) -> None
     assert os.readlink(root / "etc/resolv.conf") == "../run/systemd/resolve/stub-resolv.conf"
     for unit in ("apt-daily.timer", "apt-daily-upgrade.timer", "kexec-load.service"):
         assert os.readlink(root / "etc/systemd/system" / unit) == "/dev/null", unit
+    generators = root / "etc/systemd/system-generators"
+    assert os.readlink(generators / "systemd-gpt-auto-generator") == "/dev/null"
 
 
 def test_image_services(ci_image: CiImage, tmp_path: Path) -> None:
