@@ -453,6 +453,11 @@ def mask_unneeded_units(ctx: Context) -> None:
     ctx.write(
         "etc/systemd/system/systemd-resolved.service.d/10-plasmaboot.conf", RESOLVED_AFTER_SSH
     )
+    generators = ctx.root / "etc/systemd/system-generators"
+    generators.mkdir(parents=True, exist_ok=True)
+    for generator in MASKED_GENERATORS:
+        (generators / generator).unlink(missing_ok=True)
+        (generators / generator).symlink_to("/dev/null")
 
 
 def restore_build_replacements(ctx: Context) -> None:
