@@ -92,25 +92,6 @@ def read_manifest(directory: Path) -> Manifest:
     return Manifest.model_validate_json((directory / MANIFEST).read_text(encoding="utf-8"))
 
 
-def set_problems(directory: Path) -> list[str]:
-    """What is wrong with an artifact set's files against its manifest (empty: all good)."""
-    try:
-        manifest = read_manifest(directory)
-    except (OSError, ValueError) as exc:
-        return [f"{MANIFEST}: unreadable ({exc.__class__.__name__})"]
-    problems = []
-    for name in BOOT_FILES:
-        record = manifest.files.get(name)
-        path = directory / name
-        if record is None:
-            problems.append(f"{name}: not in {MANIFEST}")
-        elif not path.is_file():
-            problems.append(f"{name}: missing")
-        elif path.stat().st_size != record.size or sha256_file(path) != record.sha256:
-            problems.append(f"{name}: does not match its sha256 in {MANIFEST}")
-    return problems
-
-
 def ensure_writable_dir(directory: Path, option: str) -> None:
     """Create `directory` if needed and check it can take files, before any work starts."""
     try:

@@ -26,13 +26,13 @@ from plasmaboot.artifacts import (
     ensure_writable_dir,
     publish_atomically,
     read_manifest,
-    set_problems,
 )
 from plasmaboot.boottest import BootTestOptions, render_table, report_json, run_boot_test
 from plasmaboot.build.debian import DEFAULT_SQUASHFS_LEVEL
 from plasmaboot.build.pipeline import BACKENDS, BuildOptions, BuildOutcome, build_profiles
-from plasmaboot.errors import PlasmabootError, UserError
+from plasmaboot.errors import PlasmabootError, UserError, WorkError
 from plasmaboot.profiles import Profile, ProfileStore, profile_json_schema
+from plasmaboot.verify import Outcome, check_manifest, verify_set
 from plasmaboot.vm import Nic
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -340,7 +340,8 @@ def publish(sets: tuple[Path, ...], pxe_dir: Path) -> None:
                 f"{directory}: no {MANIFEST}, so this is not an artifact set",
                 hint="give a directory a build wrote, e.g. artifacts/<profile>",
             )
-        problems = set_problems(directory)
+        checks, _ = check_manifest(directory)  # the same byte check `verify` makes
+        problems = [f"{c.name}: {c.detail}" for c in checks if c.result is Outcome.FAIL]
         if problems:
             raise UserError(
                 f"{directory}: refusing to publish: {'; '.join(problems)}",
@@ -455,9 +456,6 @@ def verify(directory: Path, as_json: bool) -> None:
     Exit 0 when every check passes, 1 when any fails, 2 when DIRECTORY is not a set.
     """
     from rich.text import Text
-
-    from plasmaboot.errors import WorkError
-    from plasmaboot.verify import Outcome, verify_set
 
     report = verify_set(directory)
     if as_json:
