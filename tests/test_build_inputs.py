@@ -145,24 +145,20 @@ def write_profile(directory: Path, package: str) -> None:
     )
 
 
+def build_svc(profiles: Path, keypair: Path, output_dir: Path) -> subprocess.CompletedProcess[str]:
+    """Build the `svc` profile that write_profile put in `profiles`."""
+    return plasmaboot(
+        "--profiles-dir", str(profiles), "build", "--backend", "debian", "-p", "svc",
+        "--ssh-key", str(keypair.with_suffix(".pub")), "--output-dir", str(output_dir),
+    )  # fmt: skip
+
+
 def test_service_package_missing(previous: Path, tmp_path: Path, keypair: Path) -> None:
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     write_profile(profiles, "debs/iam.deb")
     before = state(previous)
-    proc = plasmaboot(
-        "--profiles-dir",
-        str(profiles),
-        "build",
-        "--backend",
-        "debian",
-        "-p",
-        "svc",
-        "--ssh-key",
-        str(keypair.with_suffix(".pub")),
-        "--output-dir",
-        str(previous),
-    )
+    proc = build_svc(profiles, keypair, previous)
     assert_user_error(proc, "services.iam.package", "iam.deb")
     assert state(previous) == before
 
@@ -172,19 +168,7 @@ def test_service_package_not_a_deb(previous: Path, tmp_path: Path, keypair: Path
     profiles.mkdir()
     (profiles / "iam.deb").write_text("#!/bin/sh\n")
     write_profile(profiles, "iam.deb")
-    proc = plasmaboot(
-        "--profiles-dir",
-        str(profiles),
-        "build",
-        "--backend",
-        "debian",
-        "-p",
-        "svc",
-        "--ssh-key",
-        str(keypair.with_suffix(".pub")),
-        "--output-dir",
-        str(previous),
-    )
+    proc = build_svc(profiles, keypair, previous)
     assert_user_error(proc, "services.iam.package", "is not a .deb package")
 
 
@@ -197,19 +181,7 @@ def test_real_deb_passes_the_package_check(tmp_path: Path, keypair: Path) -> Non
     write_profile(profiles, deb.name)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    proc = plasmaboot(
-        "--profiles-dir",
-        str(profiles),
-        "build",
-        "--backend",
-        "debian",
-        "-p",
-        "svc",
-        "--ssh-key",
-        str(keypair.with_suffix(".pub")),
-        "--output-dir",
-        str(blocker / "out"),
-    )
+    proc = build_svc(profiles, keypair, blocker / "out")
     assert_user_error(proc, "--output-dir")
     assert "package" not in proc.stderr
 
