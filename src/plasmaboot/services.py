@@ -46,7 +46,3 @@ def load_catalog() -> dict[str, CatalogService]:
         except ValidationError as exc:
             raise UserError(f"{path}: [{name}]: {exc.errors()[0]['msg']}") from exc
     return catalog
-
-
-def service_names() -> list[str]:
-    return list(load_catalog())

@@ -79,21 +79,6 @@ def source_date_epoch() -> int:
     return int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
 
 
-def entries_from_tree(root: Path) -> list[Entry]:
-    """Every file, directory and symlink under `root`, as cpio entries (sorted)."""
-    entries: list[Entry] = []
-    for path in sorted(root.rglob("*")):
-        info = path.lstat()
-        name = path.relative_to(root).as_posix()
-        if stat.S_ISLNK(info.st_mode):
-            entries.append(Entry(name, info.st_mode, link_target=os.readlink(path)))
-        elif stat.S_ISDIR(info.st_mode):
-            entries.append(Entry(name, info.st_mode))
-        elif stat.S_ISREG(info.st_mode):
-            entries.append(Entry(name, info.st_mode, source=path))
-    return entries
-
-
 def parent_dirs(entries: list[Entry]) -> list[Entry]:
     """Directory entries for every parent that is not listed, so the kernel can create files."""
     listed = {e.name for e in entries}
