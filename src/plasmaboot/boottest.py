@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import socket
+import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,7 +42,19 @@ from plasmaboot.vm import (
 DEFAULT_MEMORY_MIB = 2048
 BOOT_TIMEOUT = {Accelerator.TCG: 300.0, Accelerator.KVM: 120.0}
 SETTLE_TIMEOUT = 180  # systemctl is-system-running --wait
-SSH_POLL_INTERVAL = 1.0
+# Once the guest's DHCP lease is seen, SSH is probed this often: each probe is answered
+# at once, so this is the resolution of the PXE-to-SSH figure.
+SSH_POLL_INTERVAL = 0.25
+# Before that, a probe only waits in slirp (and reaches sshd seconds later), so probe
+# rarely: only a guest whose lease the capture misses needs these.
+SSH_BLIND_PROBE_INTERVAL = 3.0
+# How long a probe waits for the banner. Blind probes give up soon (the guest may have
+# no address yet). Once the guest has its lease a connection is either reset at once
+# (sshd not listening yet) or greeted, but the greeting can take seconds: sshd forks and
+# re-executes itself per connection, slow under TCG while the boot goes on; a probe that
+# gave up early would only make sshd start another.
+SSH_BANNER_TIMEOUT = 3.0
+SSH_GREETING_TIMEOUT = 15.0
 SSH_COMMAND_TIMEOUT = 120.0
 MIN_AVAILABLE_MIB = 256  # room left for an operator (or nixos-anywhere) after boot
 
@@ -273,11 +286,11 @@ class Ssh:
             raise WorkError(f"over SSH, `{command}` failed with exit code {code}: {out.strip()}")
         return out
 
-    def banner(self) -> bool:
+    def banner(self, timeout: float = SSH_BANNER_TIMEOUT) -> bool:
         """Does an SSH server answer on the port? (QEMU accepts the TCP connection itself
         even while the guest has nothing listening, so wait for the server's banner.)"""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=3) as sock:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
                 return sock.recv(64).startswith(b"SSH-")
         except OSError:
             return False
@@ -589,6 +602,23 @@ def guest_checks(
 # The run
 
 
+def wait_for_ssh(vm: PxeVm, ssh: Ssh, timeout: float) -> None:
+    """Until the SSH server answers: probed often once the guest has its address, and only
+    now and then before (see SSH_BLIND_PROBE_INTERVAL)."""
+    next_blind_probe = 0.0
+
+    def answered() -> bool:
+        nonlocal next_blind_probe
+        if "network_up" in vm.watch.events:
+            return ssh.banner(SSH_GREETING_TIMEOUT)
+        if time.monotonic() < next_blind_probe:
+            return False
+        next_blind_probe = time.monotonic() + SSH_BLIND_PROBE_INTERVAL
+        return ssh.banner()
+
+    vm.wait_until(answered, timeout, "the SSH server to answer", SSH_POLL_INTERVAL)
+
+
 def boot_once(
     index: int,
     options: BootTestOptions,
@@ -615,7 +645,7 @@ def boot_once(
     name = f"boot {index}: PXE to SSH"
     with PxeVm(config, access_log=access_log, log=log) as vm:
         try:
-            vm.wait_until(ssh.banner, timeout, "the SSH server to answer", SSH_POLL_INTERVAL)
+            wait_for_ssh(vm, ssh, timeout)
         except WorkError as exc:
             check = Check(name=name, passed=False, detail=exc.message)
         else:

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -225,6 +226,10 @@ class VmConfig:
     def qemu_log(self) -> Path:
         return self.workdir / "qemu.log"
 
+    @property
+    def packet_log(self) -> Path:
+        return self.workdir / "network.pcap"
+
 
 def qemu_command(config: VmConfig, qemu: str = QEMU) -> list[str]:
     """The QEMU command line of a headless PXE boot with SSH forwarded to 127.0.0.1."""
@@ -255,6 +260,9 @@ def qemu_command(config: VmConfig, qemu: str = QEMU) -> list[str]:
         "-device", "virtio-rng-pci,rng=rng0",
         "-netdev", netdev,
         "-device", f"{config.nic.device()},netdev=n0",
+        # The guest's traffic, headers only: its DHCP lease says when the booted system
+        # is on the network (see PacketWatch).
+        "-object", f"filter-dump,id=dump0,netdev=n0,file={config.packet_log},maxlen={PCAP_SNAPLEN}",
         "-boot", "order=n",
     ]  # fmt: skip
 
@@ -280,13 +288,17 @@ class BootWatch:
 
     serial_log: Path
     access_log: Path | None
+    packet_log: Path | None = None
     started: float = field(default_factory=time.monotonic)
     events: dict[str, float] = field(default_factory=dict)
     access_offset: int = 0
+    packets: PacketWatch | None = None
 
     def __post_init__(self) -> None:
         if self.access_log is not None and self.access_log.exists():
             self.access_offset = self.access_log.stat().st_size  # earlier boots' requests
+        if self.packet_log is not None:
+            self.packets = PacketWatch(self.packet_log)
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 3)
@@ -296,6 +308,7 @@ class BootWatch:
 
     def poll(self) -> None:
         self._poll_access()
+        self._poll_packets()
         if "kernel_started" in self.events or not self.serial_log.exists():
             return
         if KERNEL_BANNER in self.serial_log.read_bytes():
@@ -317,11 +330,26 @@ class BootWatch:
             if event is not None:
                 self.mark(event)
 
+    def _poll_packets(self) -> None:
+        if self.packets is None:
+            return
+        # Acks before the initrd arrived were the firmware's (iPXE); one after it is the
+        # booted system's lease: from then on it has an address, so an SSH probe is
+        # answered at once (a banner, or a reset while sshd is not up yet). A probe sent
+        # before that waits in slirp for seconds, and still reaches sshd later.
+        acks = self.packets.new_acks()
+        if "initrd_fetched" not in self.events:
+            return
+        if acks:
+            self.mark("network_up")
+
     def phases(self) -> dict[str, float]:
         """Durations between events that both happened."""
         spans = {
             "pxe_to_kernel": ("start", "kernel_fetched"),
             "initrd_download": ("kernel_fetched", "initrd_fetched"),
+            "kernel_to_network": ("kernel_fetched", "network_up"),
+            "network_to_ssh": ("network_up", "ssh_reachable"),
             "kernel_to_ssh": ("kernel_fetched", "ssh_reachable"),
             "total_to_ssh": ("start", "ssh_reachable"),
         }
@@ -331,6 +359,74 @@ class BootWatch:
             for name, (begin, end) in spans.items()
             if begin in events and end in events
         }
+
+
+# A pcap file as QEMU's filter-dump writes it: a 24-byte file header, then per packet a
+# 16-byte record header (seconds, microseconds, captured length, length) and the bytes.
+PCAP_MAGIC = 0xA1B2C3D4
+PCAP_FILE_HEADER = 24
+PCAP_RECORD = struct.Struct("<IIII")
+# Ethernet (14) + IPv4 (20) + UDP (8) + BOOTP (236) + magic cookie (4) + option 53 (3):
+# slirp's DHCP server writes the message type first.
+PCAP_SNAPLEN = 320
+DHCP_SERVER_PORT = 67
+DHCP_CLIENT_PORT = 68
+DHCP_ACK = 5
+
+
+def dhcp_message_type(frame: bytes) -> int | None:
+    """The DHCP message type of a DHCP server's reply in an Ethernet frame, else None."""
+    if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:  # IPv4, UDP
+        return None
+    udp = 14 + (frame[14] & 0x0F) * 4
+    ports = struct.unpack_from("!HH", frame, udp) if len(frame) >= udp + 8 else None
+    if ports != (DHCP_SERVER_PORT, DHCP_CLIENT_PORT):
+        return None
+    options = udp + 8 + 240  # fixed BOOTP fields and the magic cookie
+    while options + 2 <= len(frame) and frame[options] != 255:
+        code, length = frame[options], frame[options + 1]
+        if code == 0:  # padding
+            options += 1
+            continue
+        if code == 53 and length == 1 and options + 2 < len(frame):
+            return frame[options + 2]
+        options += 2 + length
+    return None
+
+
+@dataclass
+class PacketWatch:
+    """Reads QEMU's packet capture as it grows and counts the DHCP acks slirp sent. (The
+    capture's timestamps are QEMU's virtual clock on a whole-second base, so the watcher's
+    own clock times them.)"""
+
+    path: Path
+    offset: int = 0
+
+    def new_acks(self) -> int:
+        if not self.path.exists():
+            return 0
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        if self.offset == 0:
+            if len(data) < PCAP_FILE_HEADER:
+                return 0
+            if struct.unpack_from("<I", data)[0] != PCAP_MAGIC:
+                raise WorkError(f"{self.path}: not a pcap file QEMU wrote")
+            data, self.offset = data[PCAP_FILE_HEADER:], PCAP_FILE_HEADER
+        acks = 0
+        pos = 0
+        while pos + PCAP_RECORD.size <= len(data):
+            captured = PCAP_RECORD.unpack_from(data, pos)[2]
+            end = pos + PCAP_RECORD.size + captured
+            if end > len(data):
+                break  # the rest of this record is not written yet
+            if dhcp_message_type(data[pos + PCAP_RECORD.size : end]) == DHCP_ACK:
+                acks += 1
+            pos = end
+        self.offset += pos
+        return acks
 
 
 def tail(path: Path, lines: int = SERIAL_TAIL_LINES) -> str:
@@ -356,7 +452,7 @@ class PxeVm:
         self.argv = qemu_command(config, qemu)
         self.access_log = access_log
         self.proc: subprocess.Popen[bytes] | None = None
-        self.watch = BootWatch(config.serial_log, access_log)
+        self.watch = BootWatch(config.serial_log, access_log, config.packet_log)
         self._stop_watching = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -373,9 +469,9 @@ class PxeVm:
         self.config.tftp_dir.mkdir(parents=True, exist_ok=True)
         script = boot_script(self.config.http_port, self.config.label)
         (self.config.tftp_dir / BOOTFILE).write_text(script, encoding="utf-8")
-        for stale in (self.config.serial_log, self.config.firmware_log):
+        for stale in (self.config.serial_log, self.config.firmware_log, self.config.packet_log):
             stale.unlink(missing_ok=True)
-        self.watch = BootWatch(self.config.serial_log, self.access_log)
+        self.watch = BootWatch(self.config.serial_log, self.access_log, self.config.packet_log)
         self.proc = start_qemu(self.argv, self.config.qemu_log, self.log)
         # The logs are read on a thread of their own, so a slow check (an SSH attempt
         # waiting for its timeout) does not blur the timings.

@@ -460,6 +460,31 @@ def mask_unneeded_units(ctx: Context) -> None:
         (generators / generator).symlink_to("/dev/null")
 
 
+# Written where systemd-update-done would write them on a first boot.
+UPDATE_STAMPS = ("etc/.updated", "var/.updated")
+
+
+def mark_image_updated(ctx: Context) -> None:
+    """Tell systemd the image is already up to date with its /usr. Without the stamps every
+    boot counts as "/usr was updated": units gated on ConditionNeedsUpdate= run again, and
+    one of them, systemd-sysusers, sits on the boot's critical path (udevd and networkd wait
+    for it; ~1 s under TCG). The image is made whole here and never updated in place, so
+    the stamps are true: sysusers runs one last time first, and /usr is not touched after.
+    """
+    ctx.chroot("systemd-sysusers")
+    usr = (ctx.root / "usr").stat()
+    # ConditionNeedsUpdate compares whole seconds first; squashfs keeps only seconds, so a
+    # stamp one second newer than /usr reads as "up to date" on every boot.
+    stamp_time = usr.st_mtime_ns + 1_000_000_000
+    for relpath in UPDATE_STAMPS:
+        stamp = ctx.write(
+            relpath,
+            "# plasmaboot: the image was built whole; nothing to update at boot.\n"
+            f"TIMESTAMP_NSEC={usr.st_mtime_ns}\n",
+        )
+        os.utime(stamp, ns=(stamp_time, stamp_time))
+
+
 def restore_build_replacements(ctx: Context) -> None:
     """mmdebstrap swaps start-stop-daemon for a do-nothing stand-in while packages install;
     the real one goes back before the squashfs is made. DNS comes from DHCP through
@@ -486,10 +511,16 @@ def record_packages(ctx: Context) -> None:
 SQUASHFS_EXCLUDES = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*", *BUILD_LEFTOVERS)
 
 
+# Every file read at boot decompresses the whole block holding it. With 1 MiB blocks the
+# control-plane initrd was 113.6 MB, with 128 KiB 122.2 MB, and boots reached DHCP ~2 s
+# sooner under TCG (systemd, udevd and networkd start from many small reads).
+SQUASHFS_BLOCK_SIZE = "128K"
+
+
 def make_squashfs(ctx: Context) -> None:
     level = str(ctx.plan.squashfs_level)
     output = ctx.out / "root.squashfs"
-    options = ["-noappend", "-no-progress", "-quiet", "-b", "1M"]
+    options = ["-noappend", "-no-progress", "-quiet", "-b", SQUASHFS_BLOCK_SIZE]
     compression = ["-comp", "zstd", "-Xcompression-level", level]
     excludes = ["-wildcards", "-e", *SQUASHFS_EXCLUDES]
     run(["mksquashfs", str(ctx.root), str(output), *options, *compression, *excludes], log=ctx.log)
@@ -511,6 +542,7 @@ STEPS: list[Callable[[Context], None]] = [
     export_kernel,
     record_packages,
     restore_build_replacements,
+    mark_image_updated,
     make_squashfs,
 ]
 
