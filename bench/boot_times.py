@@ -4,10 +4,13 @@
   - PXE to SSH under TCG on 2 cores: target <= 40 s (median of several boots)
   - the control-plane image reaches SSH on a VM with 1 GiB of RAM
 
-Usage: .venv/bin/python bench/boot_times.py --artifacts DIR --identity KEY [--label control-plane]
-       [--boots 3] [--memory 1024]
-Runs `plasmaboot boot-test --boots N` (the real PXE -> iPXE -> HTTP -> SSH chain) and prints
-the median of each phase over the boots, with the accelerator QEMU used.
+Usage: .venv/bin/python bench/boot_times.py --artifacts DIR [--artifacts DIR2 ...]
+       --identity KEY [--label control-plane] [--boots 3] [--memory 1024]
+
+Each boot is one `plasmaboot boot-test --boots 1` (the real PXE -> iPXE -> HTTP -> SSH chain,
+every check). With several --artifacts the boots alternate between them (A B A B ...), so
+a before/after comparison shares the same machine noise; the medians are printed side by
+side.
 """
 
 from __future__ import annotations
@@ -19,39 +22,42 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-PHASES = ("pxe_to_kernel", "initrd_download", "kernel_to_ssh", "total_to_ssh")
+PHASES = (
+    "pxe_to_kernel",
+    "initrd_download",
+    "kernel_to_network",
+    "network_to_ssh",
+    "kernel_to_ssh",
+    "total_to_ssh",
+)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--artifacts", type=Path, required=True)
-    parser.add_argument("--identity", type=Path, required=True)
-    parser.add_argument("--label", default="control-plane")
-    parser.add_argument("--boots", type=int, default=3)
-    parser.add_argument("--memory", type=int, default=1024)
-    options = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="plasmaboot-boot-bench-") as work:
-        report_path = Path(work) / "report.json"
-        command = [
-            sys.executable, "-m", "plasmaboot", "boot-test", options.label,
-            "--artifacts", str(options.artifacts), "--identity", str(options.identity),
-            "--boots", str(options.boots), "--memory", str(options.memory),
-            "--report", str(report_path),
-        ]  # fmt: skip
-        proc = subprocess.run(command, capture_output=True, text=True, check=False)
-        if not report_path.is_file():
-            sys.exit(f"boot-test wrote no report:\n{proc.stderr[-3000:]}")
-        report = json.loads(report_path.read_text())
-    print(
-        f"label {options.label}, {options.boots} boots, {options.memory} MiB, "
-        f"accelerator {report['accelerator']}, all checks passed: {report['passed']}"
-    )
+def boot_once(artifacts: Path, options: argparse.Namespace, work: Path) -> dict[str, Any]:
+    report_path = work / "report.json"
+    report_path.unlink(missing_ok=True)
+    command = [
+        sys.executable, "-m", "plasmaboot", "boot-test", options.label,
+        "--artifacts", str(artifacts), "--identity", str(options.identity),
+        "--memory", str(options.memory), "--report", str(report_path),
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    if not report_path.is_file():
+        sys.exit(f"boot-test wrote no report for {artifacts}:\n{proc.stderr[-3000:]}")
+    report: dict[str, Any] = json.loads(report_path.read_text())
+    return report
+
+
+def print_table(name: str, reports: list[dict[str, Any]]) -> None:
+    boots = [boot for report in reports for boot in report["boots"]]
+    accelerators = sorted({report["accelerator"] for report in reports})
+    passed = all(report["passed"] for report in reports)
+    print(f"\n{name}: {len(boots)} boots, accelerator {', '.join(accelerators)}, "
+          f"all checks passed: {passed}")  # fmt: skip
     print(f"{'phase (s)':<20} {'median':>8} {'min':>8} {'max':>8}   per boot")
     for phase in PHASES:
-        values = [boot["phases"][phase] for boot in report["boots"] if phase in boot["phases"]]
+        values = [boot["phases"][phase] for boot in boots if phase in boot["phases"]]
         if not values:
             continue
         per_boot = ", ".join(f"{v:.1f}" for v in values)
@@ -59,12 +65,35 @@ def main() -> None:
             f"{phase:<20} {statistics.median(values):>8.1f} {min(values):>8.1f} "
             f"{max(values):>8.1f}   {per_boot}"
         )
-    memory = report.get("memory") or {}
+    memory = reports[-1].get("memory") or {}
     if memory:
-        print(f"memory: {json.dumps(memory)}")
-    failed = [c["name"] for c in report["checks"] if not c["passed"]]
+        print(f"memory (last boot): {json.dumps(memory)}")
+    failed = sorted({c["name"] for r in reports for c in r["checks"] if not c["passed"]})
     if failed:
         print(f"failed checks: {', '.join(failed)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--artifacts", type=Path, action="append", required=True)
+    parser.add_argument("--identity", type=Path, required=True)
+    parser.add_argument("--label", default="control-plane")
+    parser.add_argument("--boots", type=int, default=3, help="boots per artifacts directory")
+    parser.add_argument("--memory", type=int, default=1024)
+    options = parser.parse_args()
+    reports: dict[Path, list[dict[str, Any]]] = {a: [] for a in options.artifacts}
+    with tempfile.TemporaryDirectory(prefix="plasmaboot-boot-bench-") as work:
+        for round_index in range(options.boots):
+            for artifacts in options.artifacts:
+                report = boot_once(artifacts, options, Path(work))
+                reports[artifacts].append(report)
+                total = [b["phases"].get("total_to_ssh") for b in report["boots"]]
+                print(f"round {round_index + 1}: {artifacts}: PXE to SSH {total}", flush=True)
+    print(f"\nlabel {options.label}, {options.memory} MiB guest")
+    for artifacts, runs in reports.items():
+        print_table(str(artifacts), runs)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,5 @@ def test_boot_test_passes_twice_with_fresh_host_keys(ci_image: CiImage) -> None:
     assert len(report["boots"]) == 2
     for boot in report["boots"]:
         assert boot["phases"]["total_to_ssh"] > boot["phases"]["pxe_to_kernel"] > 0
+        # the booted system's DHCP lease, seen in QEMU's packet capture, came before SSH
+        assert 0 < boot["phases"]["kernel_to_network"] < boot["phases"]["kernel_to_ssh"]

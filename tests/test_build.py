@@ -17,6 +17,7 @@ import pytest
 
 from plasmaboot.artifacts import read_manifest, sha256_file
 from plasmaboot.build.initrd import Compression, read_segments
+from plasmaboot.verify import read_squashfs_superblock
 
 from conftest import CI_SERVICE, CiImage, plasmaboot
 
@@ -167,6 +168,33 @@ def test_image_has_no_build_leftovers(ci_image: CiImage, tmp_path: Path) -> None
         assert os.readlink(root / "etc/systemd/system" / unit) == "/dev/null", unit
     generators = root / "etc/systemd/system-generators"
     assert os.readlink(generators / "systemd-gpt-auto-generator") == "/dev/null"
+
+
+def test_image_boot_path(ci_image: CiImage, tmp_path: Path) -> None:
+    """What keeps the way to SSH short: nothing redone at boot that the build did, the
+    NIC's udev event first, DNS and the journal out of the way, small squashfs blocks."""
+    root = extract_from_image(
+        ci_image,
+        tmp_path,
+        "etc/.updated",
+        "var/.updated",
+        "usr/lib/os-release",
+        "etc/systemd/system/systemd-udev-trigger.service.d",
+        "etc/systemd/system/systemd-resolved.service.d",
+        "etc/systemd/journald.conf.d",
+    )
+    usr_mtime = (root / "usr").stat().st_mtime
+    for stamp in ("etc/.updated", "var/.updated"):
+        assert (root / stamp).stat().st_mtime > usr_mtime, stamp  # ConditionNeedsUpdate: no
+    trigger = root / "etc/systemd/system/systemd-udev-trigger.service.d/10-plasmaboot.conf"
+    assert "--prioritized-subsystem=net,module," in trigger.read_text()
+    resolved = root / "etc/systemd/system/systemd-resolved.service.d/10-plasmaboot.conf"
+    assert "After=ssh.service systemd-networkd.service" in resolved.read_text()
+    journald = root / "etc/systemd/journald.conf.d/10-plasmaboot.conf"
+    assert "Storage=volatile" in journald.read_text()
+    squashfs = (tmp_path / "root.squashfs").read_bytes()
+    superblock = read_squashfs_superblock(squashfs, len(squashfs))
+    assert superblock.block_size == 128 * 1024
 
 
 def test_image_services(ci_image: CiImage, tmp_path: Path) -> None:

@@ -438,11 +438,40 @@ BUILD_LEFTOVERS = (
 # nodes, and auto-mounting partitions found on local disks is the last thing an installer
 # wants: both go, and boot is shorter for it.
 MASKED_GENERATORS = ("systemd-sysv-generator", "systemd-gpt-auto-generator")
-RESOLVED_AFTER_SSH = """\
-# plasmaboot: DNS is not needed to reach the node; let sshd have the CPU first.
+RESOLVED_LATER = """\
+# plasmaboot: DNS is not needed to reach the node; let sshd and networkd have the CPU first.
 [Unit]
-After=ssh.service
+After=ssh.service systemd-networkd.service
 """
+# The node runs from RAM: a "persistent" journal would be a second copy in the tmpfs
+# overlay, and flushing it there costs CPU early in the boot.
+JOURNAL_VOLATILE = """\
+# plasmaboot: the node runs from RAM; keep the journal in /run only.
+[Journal]
+Storage=volatile
+"""
+UDEV_TRIGGER_UNIT = "usr/lib/systemd/system/systemd-udev-trigger.service"
+PRIORITIZED = re.compile(r"--prioritized-subsystem=(\S+)")
+
+
+def prioritize_network_devices(ctx: Context) -> None:
+    """udev's coldplug sends the "module" subsystem first: over a thousand events (every
+    built-in and loaded module) that the NIC's event waits behind, and networkd waits for
+    the NIC. Send "net" first instead, keeping the rest of the package's own command."""
+    unit = ctx.root / UDEV_TRIGGER_UNIT
+    text = unit.read_text(encoding="utf-8") if unit.exists() else ""
+    commands = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    match = PRIORITIZED.search(commands[0]) if len(commands) == 1 else None
+    if match is None:
+        ctx.log.info(f"{UDEV_TRIGGER_UNIT}: no single --prioritized-subsystem command; kept")
+        return
+    subsystems = [s for s in match[1].split(",") if s != "net"]
+    command = commands[0].replace(match[0], f"--prioritized-subsystem=net,{','.join(subsystems)}")
+    ctx.write(
+        "etc/systemd/system/systemd-udev-trigger.service.d/10-plasmaboot.conf",
+        "# plasmaboot: the network devices first (networkd waits for them)\n"
+        f"[Service]\nExecStart=\n{command}\n",
+    )
 
 
 def mask_unneeded_units(ctx: Context) -> None:
@@ -450,9 +479,9 @@ def mask_unneeded_units(ctx: Context) -> None:
         link = ctx.root / "etc/systemd/system" / unit
         link.unlink(missing_ok=True)
         link.symlink_to("/dev/null")
-    ctx.write(
-        "etc/systemd/system/systemd-resolved.service.d/10-plasmaboot.conf", RESOLVED_AFTER_SSH
-    )
+    ctx.write("etc/systemd/system/systemd-resolved.service.d/10-plasmaboot.conf", RESOLVED_LATER)
+    ctx.write("etc/systemd/journald.conf.d/10-plasmaboot.conf", JOURNAL_VOLATILE)
+    prioritize_network_devices(ctx)
     generators = ctx.root / "etc/systemd/system-generators"
     generators.mkdir(parents=True, exist_ok=True)
     for generator in MASKED_GENERATORS:

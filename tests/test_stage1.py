@@ -1,0 +1,42 @@
+"""Stage-1 of a real image (slow): when it cannot go on, it says so where a server's
+operator looks, the serial console (BMC serial-over-LAN), not only on the screen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from plasmaboot.build.initrd import read_segments
+from plasmaboot.vm import QEMU, start_qemu, stop_process, wait_for_file_text
+
+from conftest import CiImage
+
+pytestmark = pytest.mark.slow
+
+MISSING_ROOT = b"plasmaboot stage-1: FAILED: /root.squashfs is missing"
+
+
+def test_stage1_failure_reaches_the_serial_console(ci_image: CiImage, tmp_path: Path) -> None:
+    initrd = ci_image.set_dir / "initrd"
+    stage1 = read_segments(initrd)[0]
+    broken = tmp_path / "initrd-without-root"
+    broken.write_bytes(initrd.read_bytes()[stage1.offset : stage1.end])  # no root.squashfs
+    script = (ci_image.set_dir / "netboot.ipxe").read_text()
+    assert "console=ttyS0,115200 console=tty0" in script  # /dev/console is the screen
+    serial = tmp_path / "serial.log"
+    argv = [
+        QEMU, "-accel", "tcg", "-machine", "pc", "-m", "512", "-nodefaults",
+        "-display", "none", "-monitor", "none", "-no-reboot",
+        "-serial", f"file:{serial}",
+        "-kernel", str(ci_image.set_dir / "bzImage"), "-initrd", str(broken),
+        "-append", "console=ttyS0,115200 console=tty0 loglevel=4",
+    ]  # fmt: skip
+    proc = start_qemu(argv, tmp_path / "qemu.log")
+    try:
+        seen = wait_for_file_text(serial, MISSING_ROOT, proc, timeout=180)
+    finally:
+        stop_process(proc)
+    text = serial.read_bytes().decode("utf-8", "replace") if serial.exists() else ""
+    assert seen, text[-2000:]
+    assert b"rebooting in 30 seconds" in serial.read_bytes()
