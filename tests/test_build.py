@@ -189,7 +189,7 @@ def test_image_boot_path(ci_image: CiImage, tmp_path: Path) -> None:
     trigger = root / "etc/systemd/system/systemd-udev-trigger.service.d/10-plasmaboot.conf"
     assert "--prioritized-subsystem=net,module," in trigger.read_text()
     resolved = root / "etc/systemd/system/systemd-resolved.service.d/10-plasmaboot.conf"
-    assert "After=ssh.service systemd-networkd.service" in resolved.read_text()
+    assert "After=ssh.service" in resolved.read_text()
     journald = root / "etc/systemd/journald.conf.d/10-plasmaboot.conf"
     assert "Storage=volatile" in journald.read_text()
     squashfs = (tmp_path / "root.squashfs").read_bytes()

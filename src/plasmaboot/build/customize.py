@@ -438,10 +438,12 @@ BUILD_LEFTOVERS = (
 # nodes, and auto-mounting partitions found on local disks is the last thing an installer
 # wants: both go, and boot is shorter for it.
 MASKED_GENERATORS = ("systemd-sysv-generator", "systemd-gpt-auto-generator")
+# Not also after networkd: resolved would then start just as the lease arrives, and take
+# the CPU from sshd greeting its first connection.
 RESOLVED_LATER = """\
-# plasmaboot: DNS is not needed to reach the node; let sshd and networkd have the CPU first.
+# plasmaboot: DNS is not needed to reach the node; let sshd have the CPU first.
 [Unit]
-After=ssh.service systemd-networkd.service
+After=ssh.service
 """
 # The node runs from RAM: a "persistent" journal would be a second copy in the tmpfs
 # overlay, and flushing it there costs CPU early in the boot.
