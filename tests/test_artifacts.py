@@ -7,7 +7,9 @@ import gzip
 import io
 import os
 import stat
+import threading
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from plasmaboot.artifacts import (
     staging_dir,
 )
 from plasmaboot.build.customize import render_toml, stage1_module_order
+from plasmaboot.build.debian import store_new_debs
 from plasmaboot.build.initrd import Compression, Entry, read_members, write_cpio, write_segment
 from plasmaboot.build.ipxe import render_netboot_script
 from plasmaboot.build.pipeline import check_outputs, is_public_key_line
@@ -322,3 +325,30 @@ def test_publish_command_refuses_a_damaged_set(tmp_path: Path) -> None:
     assert "manifest.json says" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert (pxe / "worker" / "initrd").read_text() == "initrd:v1"  # previous set untouched
+
+
+def test_parallel_builds_store_the_same_new_debs_at_once(tmp_path: Path) -> None:
+    """--jobs N builds run in threads of one process; two of them may download the same
+    .deb and store it in the shared cache at the same moment."""
+    names = [f"pkg{i}_1.0_amd64.deb" for i in range(40)]
+    works = []
+    for job in range(6):
+        new = tmp_path / f"work{job}" / "new-debs"
+        new.mkdir(parents=True)
+        for name in names:
+            (new / name).write_bytes(name.encode() * 2000)
+        works.append(tmp_path / f"work{job}")
+    (tmp_path / "cache" / "debs" / "bookworm").mkdir(parents=True)
+    barrier = threading.Barrier(len(works))
+
+    def store(work: Path) -> None:
+        barrier.wait()
+        store_new_debs(work, tmp_path / "cache", "bookworm")
+
+    with ThreadPoolExecutor(len(works)) as pool:
+        for future in [pool.submit(store, work) for work in works]:
+            future.result()  # raises what the thread raised
+    stored = sorted(p.name for p in (tmp_path / "cache" / "debs" / "bookworm").iterdir())
+    assert stored == sorted(names)  # no temporary files left behind
+    for name in names:
+        assert (tmp_path / "cache/debs/bookworm" / name).read_bytes() == name.encode() * 2000

@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -264,10 +265,14 @@ def store_new_debs(work: Path, cache_dir: Path, release: str) -> None:
     """Add the .deb files this build downloaded to the shared cache (reused by later builds)."""
     target = cache_dir / "debs" / release
     for deb in (work / "new-debs").glob("*.deb"):
-        if not (target / deb.name).exists():
-            temp = target / f".{deb.name}.{os.getpid()}"
-            shutil.copy2(deb, temp)
-            os.replace(temp, target / deb.name)
+        if (target / deb.name).exists():
+            continue
+        # Builds run with --jobs are threads of this one process, and two of them may store
+        # the same .deb at once: each copies to a name of its own, then renames (atomic).
+        handle, temp = tempfile.mkstemp(dir=target, prefix=f".{deb.name}.")
+        os.close(handle)
+        shutil.copy2(deb, temp)
+        os.replace(temp, target / deb.name)
 
 
 def progress_from_line(request: BuildRequest, line: str) -> None:
