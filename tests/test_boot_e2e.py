@@ -5,6 +5,7 @@ over SSH by `plasmaboot boot-test`, exactly as a user runs it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,6 @@ def test_boot_test_passes_twice_with_fresh_host_keys(ci_image: CiImage) -> None:
         assert boot["phases"]["total_to_ssh"] > boot["phases"]["pxe_to_kernel"] > 0
         # the booted system's DHCP lease, seen in QEMU's packet capture, came before SSH
         assert 0 < boot["phases"]["kernel_to_network"] < boot["phases"]["kernel_to_ssh"]
+        # its ~30 MB packet capture is gone once SSH answered (a failed boot keeps it)
+        assert not (Path(boot["logs"]["serial"]).parent / "network.pcap").exists()
+        assert "network" not in boot["logs"]

@@ -675,7 +675,13 @@ def boot_once(
                 "qemu": str(config.qemu_log),
             },
         )
-        return record, check, vm.argv
+    # The packet capture (~30 MB: every packet's headers, the initrd's included) has done
+    # its job once SSH answered; a failed boot keeps it, to show what the guest sent.
+    if check.passed:
+        config.packet_log.unlink(missing_ok=True)
+    else:
+        record.logs["network"] = str(config.packet_log)
+    return record, check, vm.argv
 
 
 def kvm_gave_out(probe: ProbeResult, record: BootRecord, reached: Check) -> bool:
