@@ -171,23 +171,20 @@ def test_image_has_no_build_leftovers(ci_image: CiImage, tmp_path: Path) -> None
 
 
 def test_image_boot_path(ci_image: CiImage, tmp_path: Path) -> None:
-    """What keeps the way to SSH short: nothing redone at boot that the build did, the
-    NIC's udev event first, DNS and the journal out of the way, small squashfs blocks."""
+    """What keeps the way to SSH short: nothing redone at boot that the build did, DNS and
+    the journal out of the way, small squashfs blocks."""
     root = extract_from_image(
         ci_image,
         tmp_path,
         "etc/.updated",
         "var/.updated",
         "usr/lib/os-release",
-        "etc/systemd/system/systemd-udev-trigger.service.d",
         "etc/systemd/system/systemd-resolved.service.d",
         "etc/systemd/journald.conf.d",
     )
     usr_mtime = (root / "usr").stat().st_mtime
     for stamp in ("etc/.updated", "var/.updated"):
         assert (root / stamp).stat().st_mtime > usr_mtime, stamp  # ConditionNeedsUpdate: no
-    trigger = root / "etc/systemd/system/systemd-udev-trigger.service.d/10-plasmaboot.conf"
-    assert "--prioritized-subsystem=net,module," in trigger.read_text()
     resolved = root / "etc/systemd/system/systemd-resolved.service.d/10-plasmaboot.conf"
     assert "After=ssh.service" in resolved.read_text()
     journald = root / "etc/systemd/journald.conf.d/10-plasmaboot.conf"

@@ -14,6 +14,7 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +43,22 @@ from plasmaboot.vm import (
 DEFAULT_MEMORY_MIB = 2048
 BOOT_TIMEOUT = {Accelerator.TCG: 300.0, Accelerator.KVM: 120.0}
 SETTLE_TIMEOUT = 180  # systemctl is-system-running --wait
-# Once the guest's DHCP lease is seen, SSH is probed this often: each probe is answered
-# at once, so this is the resolution of the PXE-to-SSH figure.
+# Once the guest's DHCP lease is seen, SSH is probed this often: a probe is then answered
+# at once (a reset while sshd is not listening yet), so this is the resolution of the
+# PXE-to-SSH figure.
 SSH_POLL_INTERVAL = 0.25
-# Before that, a probe only waits in slirp (and reaches sshd seconds later), so probe
-# rarely: only a guest whose lease the capture misses needs these.
+# Before the lease a probe is answered by nobody: QEMU holds it inside slirp, and it
+# reaches sshd seconds later. So probe only every few seconds (only a guest whose lease
+# the capture misses needs these), and drop the probe as soon as the lease shows.
 SSH_BLIND_PROBE_INTERVAL = 3.0
-# How long a probe waits for the banner. Blind probes give up soon (the guest may have
-# no address yet). Once the guest has its lease a connection is either reset at once
-# (sshd not listening yet) or greeted, but the greeting can take seconds: sshd forks and
-# re-executes itself per connection, slow under TCG while the boot goes on; a probe that
-# gave up early would only make sshd start another.
 SSH_BANNER_TIMEOUT = 3.0
+# After the lease: wait SSH_FIRST_GREETING_WAIT for an answer, doubling on each silent
+# probe (the address may not be set yet); once the guest has reset a probe, its TCP stack
+# is up and the greeting alone can take seconds (sshd forks and re-executes itself per
+# connection, slowly under TCG): wait for it rather than start another sshd.
+SSH_FIRST_GREETING_WAIT = 1.0
 SSH_GREETING_TIMEOUT = 15.0
+GREETING_SLICE = 0.2
 SSH_COMMAND_TIMEOUT = 120.0
 MIN_AVAILABLE_MIB = 256  # room left for an operator (or nixos-anywhere) after boot
 
@@ -247,6 +251,14 @@ def validate(options: BootTestOptions) -> tuple[Manifest, Profile]:
 # SSH to the guest
 
 
+class Greeting(StrEnum):
+    """What came back on the SSH port (see Ssh.greeting)."""
+
+    BANNER = "banner"
+    CLOSED = "closed"
+    SILENT = "silent"
+
+
 @dataclass(frozen=True)
 class Ssh:
     port: int
@@ -286,14 +298,25 @@ class Ssh:
             raise WorkError(f"over SSH, `{command}` failed with exit code {code}: {out.strip()}")
         return out
 
-    def banner(self, timeout: float = SSH_BANNER_TIMEOUT) -> bool:
-        """Does an SSH server answer on the port? (QEMU accepts the TCP connection itself
-        even while the guest has nothing listening, so wait for the server's banner.)"""
+    def greeting(self, timeout: float, give_up: Callable[[], bool] | None = None) -> Greeting:
+        """What the SSH port says within `timeout` s: the server's banner; a closed
+        connection (the guest's TCP stack reset it: nothing listens yet); or silence. QEMU
+        accepts the connection itself whatever the guest does, so only what comes back
+        tells. `give_up` is asked every GREETING_SLICE s while the port is silent."""
+        deadline = time.monotonic() + timeout
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
-                return sock.recv(64).startswith(b"SSH-")
+                sock.settimeout(GREETING_SLICE)
+                while True:
+                    try:
+                        data = sock.recv(64)
+                    except TimeoutError:
+                        if time.monotonic() >= deadline or (give_up is not None and give_up()):
+                            return Greeting.SILENT
+                        continue
+                    return Greeting.BANNER if data.startswith(b"SSH-") else Greeting.CLOSED
         except OSError:
-            return False
+            return Greeting.CLOSED
 
     def login(self) -> tuple[bool, str]:
         code, out = self.run("true", timeout=60)
@@ -603,20 +626,29 @@ def guest_checks(
 
 
 def wait_for_ssh(vm: PxeVm, ssh: Ssh, timeout: float) -> None:
-    """Until the SSH server answers: probed often once the guest has its address, and only
+    """Until the SSH server greets: probed often once the guest has its address, and only
     now and then before (see SSH_BLIND_PROBE_INTERVAL)."""
     next_blind_probe = 0.0
+    wait = SSH_FIRST_GREETING_WAIT
 
-    def answered() -> bool:
-        nonlocal next_blind_probe
-        if "network_up" in vm.watch.events:
-            return ssh.banner(SSH_GREETING_TIMEOUT)
-        if time.monotonic() < next_blind_probe:
-            return False
-        next_blind_probe = time.monotonic() + SSH_BLIND_PROBE_INTERVAL
-        return ssh.banner()
+    def network_up() -> bool:
+        return "network_up" in vm.watch.events
 
-    vm.wait_until(answered, timeout, "the SSH server to answer", SSH_POLL_INTERVAL)
+    def greeted() -> bool:
+        nonlocal next_blind_probe, wait
+        if not network_up():
+            if time.monotonic() < next_blind_probe:
+                return False
+            next_blind_probe = time.monotonic() + SSH_BLIND_PROBE_INTERVAL
+            return ssh.greeting(SSH_BANNER_TIMEOUT, give_up=network_up) is Greeting.BANNER
+        answer = ssh.greeting(wait)
+        if answer is Greeting.CLOSED:
+            wait = SSH_GREETING_TIMEOUT
+        elif answer is Greeting.SILENT:
+            wait = min(2 * wait, SSH_GREETING_TIMEOUT)
+        return answer is Greeting.BANNER
+
+    vm.wait_until(greeted, timeout, "the SSH server to answer", SSH_POLL_INTERVAL)
 
 
 def boot_once(

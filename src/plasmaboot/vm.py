@@ -402,9 +402,10 @@ class PacketWatch:
 
     path: Path
     offset: int = 0
+    unreadable: str | None = None  # why the capture is not read
 
     def new_acks(self) -> int:
-        if not self.path.exists():
+        if self.unreadable is not None or not self.path.exists():
             return 0
         with self.path.open("rb") as handle:
             handle.seek(self.offset)
@@ -413,7 +414,10 @@ class PacketWatch:
             if len(data) < PCAP_FILE_HEADER:
                 return 0
             if struct.unpack_from("<I", data)[0] != PCAP_MAGIC:
-                raise WorkError(f"{self.path}: not a pcap file QEMU wrote")
+                # Not the capture we know how to read (a big-endian host writes the other
+                # byte order): stop reading it; SSH is then probed as if no lease was seen.
+                self.unreadable = f"{self.path}: not a little-endian pcap file"
+                return 0
             data, self.offset = data[PCAP_FILE_HEADER:], PCAP_FILE_HEADER
         acks = 0
         pos = 0
@@ -518,7 +522,7 @@ class PxeVm:
                 raise self.failure(f"the guest stopped (QEMU exit code {code}) before {what}")
             if time.monotonic() >= deadline:
                 raise self.failure(f"timed out after {timeout:.0f}s waiting for {what}")
-            time.sleep(WATCH_INTERVAL)
+            time.sleep(max(0.01, min(WATCH_INTERVAL, next_try - time.monotonic())))
 
     def failure(self, message: str) -> WorkError:
         where = [f"serial console: {self.config.serial_log}"]

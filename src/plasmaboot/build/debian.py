@@ -255,6 +255,7 @@ def stage1_entries(out: Path) -> list[Entry]:
         Entry("init", stat.S_IFREG | 0o755, source=STAGE1_INIT),
         Entry("bin/busybox", stat.S_IFREG | 0o755, source=BUSYBOX),
         Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),
+        Entry("dev/kmsg", stat.S_IFCHR | 0o600, rdev=(1, 11)),  # until devtmpfs is mounted
         Entry("etc/stage1-modules", stat.S_IFREG | 0o644, source=out / "stage1-modules.txt"),
         *[Entry(f"lib/modules/{m.name}", stat.S_IFREG | 0o644, source=m) for m in modules],
         *[Entry(d, stat.S_IFDIR | 0o755) for d in ("proc", "sys", "run", "sysroot", "tmp")],
@@ -271,8 +272,12 @@ def store_new_debs(work: Path, cache_dir: Path, release: str) -> None:
         # the same .deb at once: each copies to a name of its own, then renames (atomic).
         handle, temp = tempfile.mkstemp(dir=target, prefix=f".{deb.name}.")
         os.close(handle)
-        shutil.copy2(deb, temp)
-        os.replace(temp, target / deb.name)
+        try:
+            shutil.copy2(deb, temp)
+            os.replace(temp, target / deb.name)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
 
 
 def progress_from_line(request: BuildRequest, line: str) -> None:
