@@ -19,6 +19,7 @@ from rich.console import Console
 from plasmaboot import cli
 from plasmaboot.boottest import (
     PACKAGE_COMMANDS,
+    BootRecord,
     BootTestOptions,
     Check,
     Greeting,
@@ -27,6 +28,7 @@ from plasmaboot.boottest import (
     check_host_keys,
     check_memory,
     cpu_quota_timespan,
+    kvm_gave_out,
     memory_bytes,
     module_name,
     package_map,
@@ -40,6 +42,7 @@ from plasmaboot.boottest import (
 from plasmaboot.cli import main
 from plasmaboot.errors import UserError
 from plasmaboot.profiles import ProfileStore
+from plasmaboot.vm import Accelerator, ProbeResult
 
 MANIFEST = {
     "profile": "worker",
@@ -300,9 +303,6 @@ def test_identity_is_used_from_a_private_copy(tmp_path: Path) -> None:
 
 
 def test_kvm_that_dies_before_the_kernel_means_falling_back() -> None:
-    from plasmaboot.boottest import BootRecord, Check, kvm_gave_out
-    from plasmaboot.vm import Accelerator, ProbeResult
-
     def record(events: dict[str, float]) -> BootRecord:
         return BootRecord(index=1, ssh_port=1, events=events, phases={}, host_key=None, logs={})
 

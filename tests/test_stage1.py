@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from plasmaboot.artifacts import read_manifest
 from plasmaboot.build.initrd import read_segments
 from plasmaboot.vm import QEMU, start_qemu, stop_process, wait_for_file_text
 
@@ -22,15 +23,17 @@ def test_stage1_failure_reaches_the_serial_console(ci_image: CiImage, tmp_path: 
     stage1 = read_segments(initrd)[0]
     broken = tmp_path / "initrd-without-root"
     broken.write_bytes(initrd.read_bytes()[stage1.offset : stage1.end])  # no root.squashfs
-    script = (ci_image.set_dir / "netboot.ipxe").read_text()
-    assert "console=ttyS0,115200 console=tty0" in script  # /dev/console is the screen
+    params = read_manifest(ci_image.set_dir).kernel_params  # the image's own command line
+    consoles = [p for p in params if p.startswith("console=")]
+    assert consoles[0].startswith("console=ttyS0") and consoles[-1] == "console=tty0"
+    # ... so /dev/console is the screen, and the serial console only gets the kernel log
     serial = tmp_path / "serial.log"
     argv = [
         QEMU, "-accel", "tcg", "-machine", "pc", "-m", "512", "-nodefaults",
         "-display", "none", "-monitor", "none", "-no-reboot",
         "-serial", f"file:{serial}",
         "-kernel", str(ci_image.set_dir / "bzImage"), "-initrd", str(broken),
-        "-append", "console=ttyS0,115200 console=tty0 loglevel=4",
+        "-append", " ".join(params),
     ]  # fmt: skip
     proc = start_qemu(argv, tmp_path / "qemu.log")
     try:

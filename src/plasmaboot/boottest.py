@@ -51,7 +51,7 @@ SSH_POLL_INTERVAL = 0.25
 # reaches sshd seconds later. So probe only every few seconds (only a guest whose lease
 # the capture misses needs these), and drop the probe as soon as the lease shows.
 SSH_BLIND_PROBE_INTERVAL = 3.0
-SSH_BANNER_TIMEOUT = 3.0
+SSH_BLIND_PROBE_WAIT = 3.0
 # After the lease: wait SSH_FIRST_GREETING_WAIT for an answer, doubling on each silent
 # probe (the address may not be set yet); once the guest has reset a probe, its TCP stack
 # is up and the greeting alone can take seconds (sshd forks and re-executes itself per
@@ -640,7 +640,7 @@ def wait_for_ssh(vm: PxeVm, ssh: Ssh, timeout: float) -> None:
             if time.monotonic() < next_blind_probe:
                 return False
             next_blind_probe = time.monotonic() + SSH_BLIND_PROBE_INTERVAL
-            return ssh.greeting(SSH_BANNER_TIMEOUT, give_up=network_up) is Greeting.BANNER
+            return ssh.greeting(SSH_BLIND_PROBE_WAIT, give_up=network_up) is Greeting.BANNER
         answer = ssh.greeting(wait)
         if answer is Greeting.CLOSED:
             wait = SSH_GREETING_TIMEOUT
@@ -707,6 +707,9 @@ def boot_once(
                 "qemu": str(config.qemu_log),
             },
         )
+    packets = vm.watch.packets
+    if packets is not None and packets.unreadable is not None:
+        log.info(f"{packets.unreadable}: SSH was probed without seeing the guest's lease")
     # The packet capture (~30 MB: every packet's headers, the initrd's included) has done
     # its job once SSH answered; a failed boot keeps it, to show what the guest sent.
     if check.passed:

@@ -456,9 +456,12 @@ class PxeVm:
         self.argv = qemu_command(config, qemu)
         self.access_log = access_log
         self.proc: subprocess.Popen[bytes] | None = None
-        self.watch = BootWatch(config.serial_log, access_log, config.packet_log)
+        self.watch = self.new_watch()
         self._stop_watching = threading.Event()
         self._watcher: threading.Thread | None = None
+
+    def new_watch(self) -> BootWatch:
+        return BootWatch(self.config.serial_log, self.access_log, self.config.packet_log)
 
     def __enter__(self) -> PxeVm:
         self.start()
@@ -475,7 +478,7 @@ class PxeVm:
         (self.config.tftp_dir / BOOTFILE).write_text(script, encoding="utf-8")
         for stale in (self.config.serial_log, self.config.firmware_log, self.config.packet_log):
             stale.unlink(missing_ok=True)
-        self.watch = BootWatch(self.config.serial_log, self.access_log, self.config.packet_log)
+        self.watch = self.new_watch()
         self.proc = start_qemu(self.argv, self.config.qemu_log, self.log)
         # The logs are read on a thread of their own, so a slow check (an SSH attempt
         # waiting for its timeout) does not blur the timings.

@@ -234,6 +234,7 @@ def configure_kernel_modules(ctx: Context) -> None:
 
 def configure_services(ctx: Context) -> None:
     for service in ctx.profile.services.values():
+        # the user is made by mark_image_updated's sysusers run, with every other one
         ctx.write(
             f"usr/lib/sysusers.d/plasmaboot-{service.name}.conf",
             f'u {service.user} - "PlasmaCloud {service.name}" /var/lib/{service.name}\n',
@@ -241,8 +242,6 @@ def configure_services(ctx: Context) -> None:
         settings = {**service.ports, **service.settings}
         ctx.write(service.config, render_toml(settings))
         ctx.write(f"etc/systemd/system/{service.name}.service", render_unit(service.name, ctx))
-    if ctx.profile.services:
-        ctx.chroot("systemd-sysusers")
     enabled = [f"{s.name}.service" for s in ctx.profile.services.values() if s.enable]
     if enabled:
         ctx.chroot("systemctl", "enable", *enabled)
@@ -438,8 +437,8 @@ BUILD_LEFTOVERS = (
 # nodes, and auto-mounting partitions found on local disks is the last thing an installer
 # wants: both go, and boot is shorter for it.
 MASKED_GENERATORS = ("systemd-sysv-generator", "systemd-gpt-auto-generator")
-# Not also after networkd: resolved would then start just as the lease arrives, and take
-# the CPU from sshd greeting its first connection.
+# Ordering it after networkd too was tried: no gain (it then starts as the lease arrives,
+# next to sshd's first greeting; docs/benchmarks.md).
 RESOLVED_LATER = """\
 # plasmaboot: DNS is not needed to reach the node; let sshd have the CPU first.
 [Unit]
@@ -520,8 +519,9 @@ SQUASHFS_EXCLUDES = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*", *BUILD_LEFTOV
 
 
 # Every file read at boot decompresses the whole block holding it. With 1 MiB blocks the
-# control-plane initrd was 113.6 MB, with 128 KiB 122.3 MB, and boots reached DHCP ~2 s
-# sooner under TCG (systemd, udevd and networkd start from many small reads).
+# control-plane initrd was 113.6 MB, with 128 KiB 122.3 MB, and (measured together with
+# the update stamps) boots reached DHCP ~3 s sooner under TCG: systemd, udevd and networkd
+# start from many small reads.
 SQUASHFS_BLOCK_SIZE = "128K"
 
 
