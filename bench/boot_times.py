@@ -6,11 +6,13 @@
 
 Usage: .venv/bin/python bench/boot_times.py --artifacts DIR [--artifacts DIR2 ...]
        --identity KEY [--label control-plane] [--boots 3] [--memory 1024]
+       [--cpu MODEL [--cpu MODEL2 ...]]
 
 Each boot is one `plasmaboot boot-test --boots 1` (the real PXE -> iPXE -> HTTP -> SSH chain,
 every check). With several --artifacts the boots alternate between them (A B A B ...), so
 a before/after comparison shares the same machine noise; the medians are printed side by
-side.
+side. Several --cpu compare QEMU CPU models the same way (every artifacts x every model);
+without --cpu, boot-test's default model is used.
 """
 
 from __future__ import annotations
@@ -34,13 +36,23 @@ PHASES = (
 )
 
 
-def boot_once(artifacts: Path, options: argparse.Namespace, work: Path) -> dict[str, Any]:
+Variant = tuple[Path, str | None]  # artifacts directory, QEMU CPU model (None: default)
+
+
+def variant_name(variant: Variant) -> str:
+    artifacts, cpu = variant
+    return f"{artifacts} (cpu {cpu or 'default'})"
+
+
+def boot_once(variant: Variant, options: argparse.Namespace, work: Path) -> dict[str, Any]:
+    artifacts, cpu = variant
     report_path = work / "report.json"
     report_path.unlink(missing_ok=True)
     command = [
         sys.executable, "-m", "plasmaboot", "boot-test", options.label,
         "--artifacts", str(artifacts), "--identity", str(options.identity),
         "--memory", str(options.memory), "--report", str(report_path),
+        *(["--cpu", cpu] if cpu else []),
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     if not report_path.is_file():
@@ -51,9 +63,9 @@ def boot_once(artifacts: Path, options: argparse.Namespace, work: Path) -> dict[
 
 def print_table(name: str, reports: list[dict[str, Any]]) -> None:
     boots = [boot for report in reports for boot in report["boots"]]
-    accelerators = sorted({report["accelerator"] for report in reports})
+    accelerators = sorted({f"{r['accelerator']} -cpu {r['cpu']}" for r in reports})
     passed = all(report["passed"] for report in reports)
-    print(f"\n{name}: {len(boots)} boots, accelerator {', '.join(accelerators)}, "
+    print(f"\n{name}: {len(boots)} boots, {', '.join(accelerators)}, "
           f"all checks passed: {passed}")  # fmt: skip
     print(f"{'phase (s)':<20} {'median':>8} {'min':>8} {'max':>8}   per boot")
     for phase in PHASES:
@@ -82,18 +94,21 @@ def main() -> None:
     parser.add_argument("--label", default="control-plane")
     parser.add_argument("--boots", type=int, default=3, help="boots per artifacts directory")
     parser.add_argument("--memory", type=int, default=1024)
+    parser.add_argument("--cpu", action="append", help="QEMU CPU model (repeat to compare)")
     options = parser.parse_args()
-    reports: dict[Path, list[dict[str, Any]]] = {a: [] for a in options.artifacts}
+    variants: list[Variant] = [(a, cpu) for a in options.artifacts for cpu in options.cpu or [None]]
+    reports: dict[Variant, list[dict[str, Any]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="plasmaboot-boot-bench-") as work:
         for round_index in range(options.boots):
-            for artifacts in options.artifacts:
-                report = boot_once(artifacts, options, Path(work))
-                reports[artifacts].append(report)
+            for variant in variants:
+                report = boot_once(variant, options, Path(work))
+                reports[variant].append(report)
                 total = [b["phases"].get("total_to_ssh") for b in report["boots"]]
-                print(f"round {round_index + 1}: {artifacts}: PXE to SSH {total}", flush=True)
+                print(f"round {round_index + 1}: {variant_name(variant)}: PXE to SSH {total}",
+                      flush=True)  # fmt: skip
     print(f"\nlabel {options.label}, {options.memory} MiB guest")
-    for artifacts, runs in reports.items():
-        print_table(str(artifacts), runs)
+    for variant, runs in reports.items():
+        print_table(variant_name(variant), runs)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ def test_boot_test_passes_twice_with_fresh_host_keys(ci_image: CiImage) -> None:
     missing = expected - names
     assert not missing, sorted(names)
     assert len(report["boots"]) == 2
+    # the CPU model the report names is the one QEMU ran
+    assert report["qemu_command"][report["qemu_command"].index("-cpu") + 1] == report["cpu"]
+    assert report["cpu"] == ("qemu64" if report["accelerator"] == "tcg" else "host")
     for boot in report["boots"]:
         assert boot["phases"]["total_to_ssh"] > boot["phases"]["pxe_to_kernel"] > 0
         # the booted system's DHCP lease, seen in QEMU's packet capture, came before SSH

@@ -120,6 +120,17 @@ def test_missing_identity_is_bad_input(artifacts: Path, tmp_path: Path) -> None:
     assert not list(artifacts.glob("boot-test-*"))
 
 
+def test_unknown_cpu_model_is_bad_input(artifacts: Path, identity: Path) -> None:
+    code, output = invoke(
+        "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(identity),
+        "--cpu", "pentium9",
+    )  # fmt: skip
+    assert code == 2
+    assert "--cpu pentium9: 'pentium9' is not a CPU model of qemu-system-x86_64" in output
+    assert "Traceback" not in output
+    assert not list(artifacts.glob("boot-test-*"))
+
+
 def test_incomplete_set_names_the_missing_file(artifacts: Path, identity: Path) -> None:
     (artifacts / "worker" / "initrd").unlink()
     with pytest.raises(UserError, match=r"worker/initrd: missing"):
@@ -261,6 +272,7 @@ def sample_report(path: Path, passed: bool) -> Report:
         variant=None,
         accelerator="tcg",
         accelerator_reason="KVM failed",
+        cpu="qemu64",
         nic="virtio",
         memory_mib=2048,
         qemu_command=["qemu-system-x86_64"],
@@ -278,6 +290,7 @@ def test_report_is_written_as_json(tmp_path: Path) -> None:
     data = json.loads(path.read_text())
     assert data["passed"] is False
     assert data["accelerator"] == "tcg"
+    assert data["cpu"] == "qemu64"
     assert data["memory"]["mem_available_mib"] == 1500
     assert [c["name"] for c in data["checks"]] == ["kernel command line", "systemd is running"]
     assert list(path.parent.iterdir()) == [path]  # no temporary file left

@@ -181,7 +181,14 @@ def test_image_boot_path(ci_image: CiImage, tmp_path: Path) -> None:
         "usr/lib/os-release",
         "etc/systemd/system/systemd-resolved.service.d",
         "etc/systemd/journald.conf.d",
+        "etc/systemd/system-generators",
     )
+    listing = image_files(ci_image, tmp_path / "list")
+    generators = root / "etc/systemd/system-generators"
+    for generator in ("systemd-hibernate-resume-generator", "systemd-veritysetup-generator"):
+        assert os.readlink(generators / generator) == "/dev/null", generator
+    assert "usr/lib/systemd/system-generators/systemd-getty-generator" in listing  # ttyS0
+    assert not [p for p in listing if p.startswith("usr/lib/binfmt.d/python3")]
     usr_mtime = (root / "usr").stat().st_mtime
     for stamp in ("etc/.updated", "var/.updated"):
         assert (root / stamp).stat().st_mtime > usr_mtime, stamp  # ConditionNeedsUpdate: no

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from plasmaboot.build.initrd import Compression, Entry, write_segment
+from plasmaboot.errors import UserError
 from plasmaboot.serve import ServerThread
 from plasmaboot.vm import (
     BOOTFILE,
@@ -28,14 +29,18 @@ from plasmaboot.vm import (
     BootWatch,
     Nic,
     PacketWatch,
+    ProbeResult,
     PxeVm,
     VmConfig,
     boot_script,
+    cpu_models,
     dhcp_message_type,
     free_port,
     kvm_usable,
     probe_accelerator,
     qemu_command,
+    require_cpu_fits,
+    require_cpu_model,
     require_rom,
     start_qemu,
     stop_process,
@@ -126,13 +131,38 @@ def test_probe_picks_an_accelerator_that_runs_and_leaves_nothing_behind(tmp_path
 # command line and boot script
 
 
+def test_cpu_model_defaults_per_accelerator_and_can_be_chosen(tmp_path: Path) -> None:
+    def cpu_of(cfg: VmConfig) -> str:
+        argv = qemu_command(cfg)
+        return argv[argv.index("-cpu") + 1]
+
+    assert cpu_of(config(tmp_path, accelerator=Accelerator.KVM)) == "host"
+    assert cpu_of(config(tmp_path)) == "qemu64"
+    assert cpu_of(config(tmp_path, cpu="max")) == "max"
+
+
+def test_cpu_models_are_read_from_qemu() -> None:
+    models = cpu_models()
+    assert {"qemu64", "max", "host"} <= models
+    require_cpu_model("Skylake-Server,-avx512f")  # features after the name are QEMU's to check
+    with pytest.raises(UserError, match=r"--cpu pentium9: 'pentium9' is not a CPU model"):
+        require_cpu_model("pentium9")
+
+
+def test_host_cpu_model_needs_kvm() -> None:
+    require_cpu_fits("host", ProbeResult(Accelerator.KVM, "KVM works"))
+    require_cpu_fits(None, ProbeResult(Accelerator.TCG, "no KVM"))
+    with pytest.raises(UserError, match=r"--cpu host: the host CPU model needs KVM.*tcg"):
+        require_cpu_fits("host", ProbeResult(Accelerator.TCG, "KVM failed"))
+
+
 def test_qemu_command_pxe_boots_headless_with_ssh_forwarded(tmp_path: Path) -> None:
     cfg = config(tmp_path, memory_mib=1536, ssh_port=2222)
     argv = qemu_command(cfg)
     assert argv[0] == QEMU
     pairs = dict(zip(argv[1::2], argv[2::2], strict=False))
     assert argv[argv.index("-accel") + 1] == "tcg"
-    assert argv[argv.index("-cpu") + 1] == "max"
+    assert argv[argv.index("-cpu") + 1] == "qemu64"
     assert argv[argv.index("-m") + 1] == "1536"
     assert argv[argv.index("-serial") + 1] == f"file:{cfg.serial_log}"
     assert argv[argv.index("-boot") + 1] == "order=n"

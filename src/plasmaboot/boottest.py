@@ -37,6 +37,8 @@ from plasmaboot.vm import (
     VmConfig,
     free_port,
     probe_accelerator,
+    require_cpu_fits,
+    require_cpu_model,
     require_rom,
 )
 
@@ -147,6 +149,7 @@ class Report(BaseModel):
     variant: str | None
     accelerator: str
     accelerator_reason: str
+    cpu: str
     nic: str
     memory_mib: int
     qemu_command: list[str]
@@ -186,6 +189,7 @@ class BootTestOptions:
     identity: Path
     memory_mib: int = DEFAULT_MEMORY_MIB
     nic: Nic = Nic.VIRTIO
+    cpu: str | None = None  # QEMU CPU model; None: host under KVM, qemu64 under TCG
     boots: int = 1
     report: Path | None = None
     timeout: float | None = None
@@ -243,6 +247,8 @@ def validate(options: BootTestOptions) -> tuple[Manifest, Profile]:
     require_tool(QEMU)
     require_tool("ssh")
     require_rom(options.nic)
+    if options.cpu is not None:
+        require_cpu_model(options.cpu)
     profile = ProfileStore(options.profiles_dirs).resolve(manifest.profile, manifest.variant)
     return manifest, profile
 
@@ -670,6 +676,7 @@ def boot_once(
         accelerator=probe.accelerator,
         memory_mib=options.memory_mib,
         nic=options.nic,
+        cpu=options.cpu,
     )
     ssh = Ssh(config.ssh_port, identity, log)
     timeout = options.timeout or BOOT_TIMEOUT[probe.accelerator]
@@ -757,6 +764,7 @@ def run_boot_test(
     with Log(options.workdir / "boot-test.log", subject=options.label) as log:
         probe = probe_accelerator(options.workdir, log=log)
         log.info(f"accelerator: {probe.accelerator} ({probe.reason})")
+        require_cpu_fits(options.cpu, probe)
 
         def first_boot_checks(ssh: Ssh) -> None:
             found, seen = guest_checks(ssh, manifest, profile)
@@ -777,6 +785,7 @@ def run_boot_test(
                         f"({reached.detail.splitlines()[0]}); fell back to TCG",
                     )
                     log.info(f"accelerator: {probe.accelerator} ({probe.reason})")
+                    require_cpu_fits(options.cpu, probe)
                     shutil.rmtree(options.workdir / f"boot{index}", ignore_errors=True)
                     record, reached, argv = boot_once(index, options, probe, *boot_args)
                 boots.append(record)
@@ -791,6 +800,7 @@ def run_boot_test(
         variant=manifest.variant,
         accelerator=str(probe.accelerator),
         accelerator_reason=probe.reason,
+        cpu=options.cpu or probe.accelerator.cpu(),
         nic=str(options.nic),
         memory_mib=options.memory_mib,
         qemu_command=argv,

@@ -619,6 +619,13 @@ def check(flake: Path | None, eval_only: bool) -> None:
     help="Guest network card (its iPXE ROM does the PXE boot).",
 )
 @click.option(
+    "--cpu",
+    metavar="MODEL",
+    default=None,
+    help="QEMU CPU model, e.g. max or Skylake-Server,-avx512f "
+    "[default: host under KVM, qemu64 under TCG, whose emulation is fastest].",
+)
+@click.option(
     "--boots",
     type=click.IntRange(1),
     default=1,
@@ -646,6 +653,7 @@ def boot_test(
     identity: Path,
     memory_mib: int,
     nic: str,
+    cpu: str | None,
     boots: int,
     timeout: float | None,
     report: Path | None,
@@ -661,6 +669,7 @@ def boot_test(
         identity=identity,
         memory_mib=memory_mib,
         nic=Nic(nic),
+        cpu=cpu,
         boots=boots,
         report=report,
         timeout=timeout,
@@ -674,7 +683,9 @@ def boot_test(
         for boot in result.boots:
             phases = ", ".join(f"{k} {v:.1f}s" for k, v in boot.phases.items())
             console.print(f"boot {boot.index}: {phases}")
-        console.print(f"accelerator: {result.accelerator} ({result.accelerator_reason})")
+        console.print(
+            f"accelerator: {result.accelerator} ({result.accelerator_reason}), cpu {result.cpu}"
+        )
         if result.memory:
             console.print(
                 f"memory: {result.memory['mem_available_mib']} MiB available "

@@ -22,7 +22,7 @@ from types import TracebackType
 
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.log import Log
-from plasmaboot.run import require_tool
+from plasmaboot.run import require_tool, run
 
 QEMU = "qemu-system-x86_64"
 # QEMU's user-mode network (slirp) maps this guest-side address to the host's loopback.
@@ -45,8 +45,12 @@ class Accelerator(StrEnum):
     TCG = "tcg"
 
     def cpu(self) -> str:
-        # TCG's "max" model has every feature TCG emulates (x86-64-v2 and up for the kernel).
-        return "host" if self is Accelerator.KVM else "max"
+        """The default CPU model. Under TCG it is QEMU's own qemu64, not "max": TCG runs
+        wide vector instructions through slow helpers, and with "max" glibc picks its
+        AVX2 string functions, the kernel its AVX crypto (and tests it at load) and udev
+        loads those modules. The same image reached its DHCP lease ~4 s later by its own
+        clock with "max" (docs/benchmarks.md); --cpu picks another model."""
+        return "host" if self is Accelerator.KVM else "qemu64"
 
 
 class Nic(StrEnum):
@@ -73,10 +77,8 @@ class ProbeResult:
 
 def qemu_data_dirs(qemu: str = QEMU) -> list[Path]:
     """The directories QEMU searches for firmware and ROMs (`-L help`)."""
-    proc = subprocess.run(
-        [require_tool(qemu), "-L", "help"], capture_output=True, text=True, timeout=30, check=False
-    )
-    return [Path(line.strip()).resolve() for line in proc.stdout.splitlines() if line.strip()]
+    listing = run([qemu, "-L", "help"], timeout=30, check=False).stdout.decode("utf-8", "replace")
+    return [Path(line.strip()).resolve() for line in listing.splitlines() if line.strip()]
 
 
 def require_rom(nic: Nic, qemu: str = QEMU) -> Path:
@@ -88,6 +90,37 @@ def require_rom(nic: Nic, qemu: str = QEMU) -> Path:
         f"--nic {nic}: QEMU's PXE ROM {nic.rom()} was not found in its data directories",
         hint="install it: apt-get install ipxe-qemu (or run `make setup`)",
     )
+
+
+def cpu_models(qemu: str = QEMU) -> set[str]:
+    """The x86 CPU model names this QEMU knows (`-cpu help`)."""
+    listing = run([qemu, "-cpu", "help"], timeout=30, check=False).stdout.decode("utf-8", "replace")
+    return {
+        fields[1]
+        for line in listing.splitlines()
+        if len(fields := line.split()) >= 2 and fields[0] == "x86"
+    }
+
+
+def require_cpu_model(model: str, qemu: str = QEMU) -> None:
+    """A UserError unless `model` (name[,+feature,-feature...]) names a QEMU CPU model."""
+    name = model.split(",", 1)[0]
+    if name not in cpu_models(qemu):
+        raise UserError(
+            f"--cpu {model}: {name!r} is not a CPU model of {qemu}",
+            hint=f"pick one from `{qemu} -cpu help` (qemu64, max, Skylake-Server, ...)",
+        )
+
+
+def require_cpu_fits(model: str | None, probe: ProbeResult) -> None:
+    """A UserError when the CPU model cannot run on the accelerator the probe chose."""
+    needs_kvm = model is not None and model.split(",", 1)[0] == "host"
+    if needs_kvm and probe.accelerator is not Accelerator.KVM:
+        raise UserError(
+            f"--cpu {model}: the host CPU model needs KVM, and this boot runs under "
+            f"{probe.accelerator} ({probe.reason})",
+            hint="leave --cpu out (qemu64 under TCG) or pick a model such as max",
+        )
 
 
 def die_with_parent() -> None:
@@ -209,6 +242,11 @@ class VmConfig:
     memory_mib: int = 2048
     nic: Nic = Nic.VIRTIO
     cpus: int = 2
+    cpu: str | None = None  # QEMU -cpu; None: the accelerator's default
+
+    @property
+    def cpu_model(self) -> str:
+        return self.cpu or self.accelerator.cpu()
 
     @property
     def tftp_dir(self) -> Path:
@@ -246,7 +284,7 @@ def qemu_command(config: VmConfig, qemu: str = QEMU) -> list[str]:
         qemu,
         "-accel", str(config.accelerator),
         "-machine", "pc",
-        "-cpu", config.accelerator.cpu(),
+        "-cpu", config.cpu_model,
         "-smp", str(config.cpus),
         "-m", str(config.memory_mib),
         "-nodefaults",
