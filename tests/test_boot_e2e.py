@@ -42,6 +42,7 @@ def test_boot_test_passes_twice_with_fresh_host_keys(ci_image: CiImage) -> None:
         "kernel command line",
         "password login refused",
         "nixos-anywhere prerequisites",
+        "device nodes",
         "free memory",
         "host keys differ across 2 boots",
         "systemd is running",

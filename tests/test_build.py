@@ -182,8 +182,24 @@ def test_image_boot_path(ci_image: CiImage, tmp_path: Path) -> None:
         "etc/systemd/system/systemd-resolved.service.d",
         "etc/systemd/journald.conf.d",
         "etc/systemd/system-generators",
+        "etc/systemd/system/kmod-static-nodes.service",
+        "etc/tmpfiles.d/static-nodes.conf",
     )
     listing = image_files(ci_image, tmp_path / "list")
+    # the static device nodes are listed at build time by the image's kmod, not at boot
+    assert os.readlink(root / "etc/systemd/system/kmod-static-nodes.service") == "/dev/null"
+    static_nodes = (root / "etc/tmpfiles.d/static-nodes.conf").read_text().splitlines()
+    assert "c! /dev/fuse 0600 - - - 10:229" in static_nodes
+    assert "d /dev/net 0755 - - -" in static_nodes
+    assert "c! /dev/net/tun 0600 - - - 10:200" in static_nodes
+    kernels = subprocess.run(
+        ["unsquashfs", "-ls", str(tmp_path / "root.squashfs"), "usr/lib/modules"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    versions = {p.split("/")[4] for p in kernels if p.count("/") >= 4}
+    assert len(versions) == 1, versions  # the build host's kernel name was only borrowed
     generators = root / "etc/systemd/system-generators"
     for generator in ("systemd-hibernate-resume-generator", "systemd-veritysetup-generator"):
         assert os.readlink(generators / generator) == "/dev/null", generator

@@ -121,6 +121,10 @@ NIXOS_ANYWHERE_PROBES = {
     "kexec": "kexec --version",
 }
 
+# Device nodes whose modules load on first open (kmod's static nodes, listed at build
+# time): loop devices for disk images, device-mapper for LVM and LUKS, FUSE, TUN for VMs.
+STATIC_DEVICE_NODES = ("/dev/loop-control", "/dev/mapper/control", "/dev/fuse", "/dev/net/tun")
+
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 
 
@@ -566,6 +570,15 @@ def check_nixos_anywhere(ssh: Ssh) -> Check:
     return Check(name="nixos-anywhere prerequisites", passed=not missing, detail=detail)
 
 
+def check_device_nodes(ssh: Ssh) -> Check:
+    script = "; ".join(f'test -c {node} && echo "ok {node}"' for node in STATIC_DEVICE_NODES)
+    _, out = ssh.run(script)
+    ok = {line[3:] for line in out.splitlines() if line.startswith("ok ")}
+    missing = [node for node in STATIC_DEVICE_NODES if node not in ok]
+    detail = f"missing: {', '.join(missing)}" if missing else ", ".join(STATIC_DEVICE_NODES)
+    return Check(name="device nodes", passed=not missing, detail=detail)
+
+
 def read_memory(ssh: Ssh) -> dict[str, int]:
     out = ssh.output("grep -E '^(MemTotal|MemAvailable):' /proc/meminfo")
     fields = {line.split(":")[0]: int(line.split()[1]) for line in out.splitlines() if ":" in line}
@@ -614,6 +627,7 @@ def guest_checks(
         ("sysctls", lambda: check_sysctls(ssh, profile.sysctl)),
         ("kernel modules", lambda: check_modules(ssh, profile.kernel_modules)),
         ("nixos-anywhere prerequisites", lambda: check_nixos_anywhere(ssh)),
+        ("device nodes", lambda: check_device_nodes(ssh)),
         ("free memory", memory_check),
     ]
     checks: list[Check] = []

@@ -361,6 +361,32 @@ def trim_kernel_modules(ctx: Context) -> None:
     ctx.chroot("depmod", "-a", version)
 
 
+# kmod-static-nodes.service lists, at every boot, the device nodes (/dev/fuse,
+# /dev/net/tun, /dev/loop-control, ...) whose modules load when first opened, and udevd
+# waits for that list. It depends on the image's kernel alone, so the image's own kmod
+# makes it once, here, where the unit would write it (/etc overrides /run), and the unit
+# is masked: it sat on the way to udevd and the NIC (~1.3 s under TCG).
+STATIC_NODES = "etc/tmpfiles.d/static-nodes.conf"
+
+
+def list_static_nodes(ctx: Context) -> None:
+    version = ctx.kernel_version()
+    # kmod reads /lib/modules/$(uname -r): in the chroot that is the build host's kernel
+    alias = ctx.root / "usr/lib/modules" / os.uname().release
+    borrowed = not alias.exists()
+    if borrowed:
+        alias.symlink_to(version)
+    try:
+        (ctx.root / STATIC_NODES).parent.mkdir(parents=True, exist_ok=True)
+        ctx.chroot("kmod", "static-nodes", "--format=tmpfiles", f"--output=/{STATIC_NODES}")
+    finally:
+        if borrowed:
+            alias.unlink()
+    unit = ctx.root / "etc/systemd/system/kmod-static-nodes.service"
+    unit.unlink(missing_ok=True)
+    unit.symlink_to("/dev/null")
+
+
 def export_kernel(ctx: Context) -> None:
     """The kernel leaves the image (bzImage artifact); stage-1 gets its few modules."""
     version = ctx.kernel_version()
@@ -562,6 +588,7 @@ STEPS: list[Callable[[Context], None]] = [
     mask_unneeded_units,
     trim_documentation,
     trim_kernel_modules,
+    list_static_nodes,
     export_kernel,
     record_packages,
     restore_build_replacements,
