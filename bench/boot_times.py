@@ -26,6 +26,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from plasmaboot.errors import UserError
+from plasmaboot.vm import require_cpu_model
+
 PHASES = (
     "pxe_to_kernel",
     "initrd_download",
@@ -56,7 +59,7 @@ def boot_once(variant: Variant, options: argparse.Namespace, work: Path) -> dict
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     if not report_path.is_file():
-        sys.exit(f"boot-test wrote no report for {artifacts}:\n{proc.stderr[-3000:]}")
+        sys.exit(f"boot-test wrote no report for {variant_name(variant)}:\n{proc.stderr[-3000:]}")
     report: dict[str, Any] = json.loads(report_path.read_text())
     return report
 
@@ -92,11 +95,19 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, action="append", required=True)
     parser.add_argument("--identity", type=Path, required=True)
     parser.add_argument("--label", default="control-plane")
-    parser.add_argument("--boots", type=int, default=3, help="boots per artifacts directory")
+    parser.add_argument("--boots", type=int, default=3, help="boots per variant (artifacts x cpu)")
     parser.add_argument("--memory", type=int, default=1024)
     parser.add_argument("--cpu", action="append", help="QEMU CPU model (repeat to compare)")
     options = parser.parse_args()
-    variants: list[Variant] = [(a, cpu) for a in options.artifacts for cpu in options.cpu or [None]]
+    cpus = list(dict.fromkeys(options.cpu or [None]))  # a model named twice is one variant
+    try:  # before any boot, not after the first variants ran
+        for cpu in cpus:
+            if cpu is not None:
+                require_cpu_model(cpu)
+    except UserError as exc:
+        sys.exit(f"error: {exc.message} ({exc.hint})")
+    artifacts = list(dict.fromkeys(options.artifacts))
+    variants: list[Variant] = [(a, cpu) for a in artifacts for cpu in cpus]
     reports: dict[Variant, list[dict[str, Any]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="plasmaboot-boot-bench-") as work:
         for round_index in range(options.boots):

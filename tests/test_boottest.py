@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,9 +17,11 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from plasmaboot import cli
+from plasmaboot import boottest, cli
 from plasmaboot.boottest import (
+    DEVICE_NODES_SCRIPT,
     PACKAGE_COMMANDS,
+    STATIC_NODE_LISTS,
     BootRecord,
     BootTestOptions,
     Check,
@@ -28,6 +31,7 @@ from plasmaboot.boottest import (
     check_host_keys,
     check_memory,
     cpu_quota_timespan,
+    judge_device_nodes,
     kvm_gave_out,
     memory_bytes,
     module_name,
@@ -42,7 +46,7 @@ from plasmaboot.boottest import (
 from plasmaboot.cli import main
 from plasmaboot.errors import UserError
 from plasmaboot.profiles import ProfileStore
-from plasmaboot.vm import Accelerator, ProbeResult
+from plasmaboot.vm import Accelerator, ProbeResult, kvm_usable
 
 MANIFEST = {
     "profile": "worker",
@@ -129,6 +133,39 @@ def test_unknown_cpu_model_is_bad_input(artifacts: Path, identity: Path) -> None
     assert "--cpu pentium9: 'pentium9' is not a CPU model of qemu-system-x86_64" in output
     assert "Traceback" not in output
     assert not list(artifacts.glob("boot-test-*"))
+
+
+def test_host_cpu_model_without_kvm_is_bad_input(
+    artifacts: Path, identity: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(boottest, "kvm_usable", lambda: "no /dev/kvm")  # a machine without it
+    code, output = invoke(
+        "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(identity),
+        "--cpu", "host",
+    )  # fmt: skip
+    assert code == 2
+    assert "--cpu host: the host CPU model needs KVM, and here there is no /dev/kvm" in output
+    assert not list(artifacts.glob("boot-test-*"))
+
+
+def test_host_cpu_model_when_kvm_fails_its_probe_is_a_failed_boot_with_a_report(
+    artifacts: Path, identity: Path
+) -> None:
+    if kvm_usable() is not None:
+        pytest.skip(f"{kvm_usable()}: boot-test refuses --cpu host up front (test above)")
+    report = artifacts / "report.json"
+    code, _ = invoke(
+        "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(identity),
+        "--cpu", "host", "--timeout", "5", "--report", str(report),
+    )  # fmt: skip
+    data = json.loads(report.read_text())
+    if data["accelerator"] == "kvm":
+        pytest.skip("KVM works on this machine: the host model can run")
+    assert code == 1
+    assert data["cpu"] == "host" and data["boots"] == []
+    boot = data["checks"][0]
+    assert boot["name"] == "boot 1: PXE to SSH" and not boot["passed"]
+    assert "--cpu host needs KVM, and KVM failed" in boot["detail"]
 
 
 def test_incomplete_set_names_the_missing_file(artifacts: Path, identity: Path) -> None:
@@ -374,3 +411,48 @@ def test_a_silent_probe_gives_up_when_asked() -> None:
         answer = Ssh(port, Path("/nonexistent")).greeting(30, give_up=lambda: True)
         assert answer is Greeting.SILENT
         assert time.monotonic() - started < 2
+
+
+# --------------------------------------------------------------------------------------
+# device nodes: the guest's shell script run here, on lists the test writes
+
+
+def run_device_nodes_script(tmp_path: Path, etc_list: str | None, run_list: str | None) -> str:
+    script = DEVICE_NODES_SCRIPT
+    for path, text in zip(STATIC_NODE_LISTS, (etc_list, run_list), strict=True):
+        local = tmp_path / ("etc.conf" if path.startswith("/etc") else "run.conf")
+        if text is not None:
+            local.write_text(text)
+        script = script.replace(path, str(local))
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
+
+
+def test_device_nodes_pass_when_every_listed_node_is_a_device(tmp_path: Path) -> None:
+    out = run_device_nodes_script(
+        tmp_path,
+        "c! /dev/null 0600 - - - 1:3\nd /dev/net 0755 - - -\nc! /dev/zero 0600 - - - 1:5\n",
+        None,
+    )
+    check = judge_device_nodes(out)
+    assert check.passed, check.detail
+    assert check.detail.startswith("2 nodes of ") and "etc.conf" in check.detail
+
+
+def test_device_nodes_name_what_is_missing_or_not_a_device(tmp_path: Path) -> None:
+    # the build's list is empty: the boot-time one in /run is read instead
+    listing = (
+        "c! /dev/null 0600 - - - 1:3\n"
+        "c! /dev/nosuch 0600 - - - 10:200\n"
+        "b! /dev/zero 0600 - - - 1:5\n"  # a character device listed as a block device
+    )
+    check = judge_device_nodes(run_device_nodes_script(tmp_path, "", listing))
+    assert not check.passed
+    assert (
+        check.detail == f"not devices: /dev/nosuch, /dev/zero (listed in {tmp_path / 'run.conf'})"
+    )
+
+
+def test_device_nodes_fail_without_any_list(tmp_path: Path) -> None:
+    check = judge_device_nodes(run_device_nodes_script(tmp_path, None, None))
+    assert not check.passed
+    assert check.detail.startswith("no device nodes listed (looked in /etc/tmpfiles.d/")

@@ -35,9 +35,11 @@ from plasmaboot.vm import (
     ProbeResult,
     PxeVm,
     VmConfig,
+    cpu_model,
+    cpu_needs_kvm,
     free_port,
+    kvm_usable,
     probe_accelerator,
-    require_cpu_fits,
     require_cpu_model,
     require_rom,
 )
@@ -121,9 +123,18 @@ NIXOS_ANYWHERE_PROBES = {
     "kexec": "kexec --version",
 }
 
-# Device nodes whose modules load on first open (kmod's static nodes, listed at build
-# time): loop devices for disk images, device-mapper for LVM and LUKS, FUSE, TUN for VMs.
-STATIC_DEVICE_NODES = ("/dev/loop-control", "/dev/mapper/control", "/dev/fuse", "/dev/net/tun")
+# Device nodes whose modules load on first open (/dev/fuse, /dev/net/tun, ...): kmod's
+# list, made at build time in Debian images (/etc) or at boot by kmod-static-nodes (/run).
+# Every node it names must be a device once the node has booted.
+STATIC_NODE_LISTS = ("/etc/tmpfiles.d/static-nodes.conf", "/run/tmpfiles.d/static-nodes.conf")
+DEVICE_NODES_SCRIPT = f"""\
+for list in {" ".join(STATIC_NODE_LISTS)}; do [ -s "$list" ] && break; done
+echo "list $list"
+awk '$1 == "c!" || $1 == "b!" {{print substr($1, 1, 1), $2}}' "$list" 2>/dev/null |
+while read -r kind node; do
+    test "-$kind" "$node" && echo "ok $node" || echo "missing $node"
+done
+"""
 
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 
@@ -253,6 +264,11 @@ def validate(options: BootTestOptions) -> tuple[Manifest, Profile]:
     require_rom(options.nic)
     if options.cpu is not None:
         require_cpu_model(options.cpu)
+    if cpu_needs_kvm(options.cpu) and (no_kvm := kvm_usable()) is not None:
+        raise UserError(
+            f"--cpu {options.cpu}: the host CPU model needs KVM, and here there is {no_kvm}",
+            hint="leave --cpu out (qemu64 under TCG) or pick a model such as max",
+        )
     profile = ProfileStore(options.profiles_dirs).resolve(manifest.profile, manifest.variant)
     return manifest, profile
 
@@ -571,12 +587,23 @@ def check_nixos_anywhere(ssh: Ssh) -> Check:
 
 
 def check_device_nodes(ssh: Ssh) -> Check:
-    script = "; ".join(f'test -c {node} && echo "ok {node}"' for node in STATIC_DEVICE_NODES)
-    _, out = ssh.run(script)
-    ok = {line[3:] for line in out.splitlines() if line.startswith("ok ")}
-    missing = [node for node in STATIC_DEVICE_NODES if node not in ok]
-    detail = f"missing: {', '.join(missing)}" if missing else ", ".join(STATIC_DEVICE_NODES)
-    return Check(name="device nodes", passed=not missing, detail=detail)
+    _, out = ssh.run(DEVICE_NODES_SCRIPT)
+    return judge_device_nodes(out)
+
+
+def judge_device_nodes(out: str) -> Check:
+    """DEVICE_NODES_SCRIPT's output: the list it read, then "ok NODE" or "missing NODE"."""
+    lines = out.splitlines()
+    source = next((line[5:] for line in lines if line.startswith("list ")), "no list")
+    ok = [line[3:] for line in lines if line.startswith("ok ")]
+    missing = [line[8:] for line in lines if line.startswith("missing ")]
+    if missing:
+        detail = f"not devices: {', '.join(missing)} (listed in {source})"
+    elif not ok:
+        detail = f"no device nodes listed (looked in {', '.join(STATIC_NODE_LISTS)})"
+    else:
+        detail = f"{len(ok)} nodes of {source}, e.g. {', '.join(ok[:4])}"
+    return Check(name="device nodes", passed=bool(ok) and not missing, detail=detail)
 
 
 def read_memory(ssh: Ssh) -> dict[str, int]:
@@ -778,19 +805,23 @@ def run_boot_test(
     with Log(options.workdir / "boot-test.log", subject=options.label) as log:
         probe = probe_accelerator(options.workdir, log=log)
         log.info(f"accelerator: {probe.accelerator} ({probe.reason})")
-        require_cpu_fits(options.cpu, probe)
 
         def first_boot_checks(ssh: Ssh) -> None:
             found, seen = guest_checks(ssh, manifest, profile)
             checks.extend(found)
             memory.update(seen)
 
+        # /dev/kvm opened but KVM failed the probe: TCG cannot run the host CPU model
+        blocked = cpu_needs_kvm(options.cpu) and probe.accelerator is not Accelerator.KVM
+        if blocked:
+            detail = f"--cpu {options.cpu} needs KVM, and KVM failed: {probe.reason}"
+            checks.append(Check(name="boot 1: PXE to SSH", passed=False, detail=detail))
         with ServerThread(options.artifacts, access_log=access_log) as server:
-            for index in range(1, options.boots + 1):
+            for index in range(1, (0 if blocked else options.boots) + 1):
                 on_ssh = first_boot_checks if index == 1 else lambda ssh: None
                 boot_args = (server.port, access_log, log, identity, on_ssh)
                 record, reached, argv = boot_once(index, options, probe, *boot_args)
-                if kvm_gave_out(probe, record, reached):
+                if kvm_gave_out(probe, record, reached) and not cpu_needs_kvm(options.cpu):
                     # KVM passed the probe but the guest died before its kernel arrived:
                     # on these machines KVM can fail late in the firmware. Fall back to TCG.
                     probe = ProbeResult(
@@ -799,7 +830,6 @@ def run_boot_test(
                         f"({reached.detail.splitlines()[0]}); fell back to TCG",
                     )
                     log.info(f"accelerator: {probe.accelerator} ({probe.reason})")
-                    require_cpu_fits(options.cpu, probe)
                     shutil.rmtree(options.workdir / f"boot{index}", ignore_errors=True)
                     record, reached, argv = boot_once(index, options, probe, *boot_args)
                 boots.append(record)
@@ -814,7 +844,7 @@ def run_boot_test(
         variant=manifest.variant,
         accelerator=str(probe.accelerator),
         accelerator_reason=probe.reason,
-        cpu=options.cpu or probe.accelerator.cpu(),
+        cpu=cpu_model(options.cpu, probe.accelerator),
         nic=str(options.nic),
         memory_mib=options.memory_mib,
         qemu_command=argv,

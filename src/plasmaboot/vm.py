@@ -78,7 +78,10 @@ class ProbeResult:
 def qemu_data_dirs(qemu: str = QEMU) -> list[Path]:
     """The directories QEMU searches for firmware and ROMs (`-L help`)."""
     listing = run([qemu, "-L", "help"], timeout=30, check=False).stdout.decode("utf-8", "replace")
-    return [Path(line.strip()).resolve() for line in listing.splitlines() if line.strip()]
+    # run() merges stderr in: keep only the lines that are directories
+    return [
+        Path(line.strip()).resolve() for line in listing.splitlines() if Path(line.strip()).is_dir()
+    ]
 
 
 def require_rom(nic: Nic, qemu: str = QEMU) -> Path:
@@ -94,7 +97,7 @@ def require_rom(nic: Nic, qemu: str = QEMU) -> Path:
 
 def cpu_models(qemu: str = QEMU) -> set[str]:
     """The x86 CPU model names this QEMU knows (`-cpu help`)."""
-    listing = run([qemu, "-cpu", "help"], timeout=30, check=False).stdout.decode("utf-8", "replace")
+    listing = run([qemu, "-cpu", "help"], timeout=30).stdout.decode("utf-8", "replace")
     return {
         fields[1]
         for line in listing.splitlines()
@@ -112,15 +115,14 @@ def require_cpu_model(model: str, qemu: str = QEMU) -> None:
         )
 
 
-def require_cpu_fits(model: str | None, probe: ProbeResult) -> None:
-    """A UserError when the CPU model cannot run on the accelerator the probe chose."""
-    needs_kvm = model is not None and model.split(",", 1)[0] == "host"
-    if needs_kvm and probe.accelerator is not Accelerator.KVM:
-        raise UserError(
-            f"--cpu {model}: the host CPU model needs KVM, and this boot runs under "
-            f"{probe.accelerator} ({probe.reason})",
-            hint="leave --cpu out (qemu64 under TCG) or pick a model such as max",
-        )
+def cpu_needs_kvm(model: str | None) -> bool:
+    """QEMU's "host" model passes the host CPU through: KVM only, TCG has no host CPU."""
+    return model is not None and model.split(",", 1)[0] == "host"
+
+
+def cpu_model(model: str | None, accelerator: Accelerator) -> str:
+    """The -cpu a boot uses: the chosen model, else the accelerator's default."""
+    return model or accelerator.cpu()
 
 
 def die_with_parent() -> None:
@@ -246,7 +248,7 @@ class VmConfig:
 
     @property
     def cpu_model(self) -> str:
-        return self.cpu or self.accelerator.cpu()
+        return cpu_model(self.cpu, self.accelerator)
 
     @property
     def tftp_dir(self) -> Path:

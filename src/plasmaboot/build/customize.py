@@ -365,7 +365,8 @@ def trim_kernel_modules(ctx: Context) -> None:
 # /dev/net/tun, /dev/loop-control, ...) whose modules load when first opened, and udevd
 # waits for that list. It depends on the image's kernel alone, so the image's own kmod
 # makes it once, here, where the unit would write it (/etc overrides /run), and the unit
-# is masked: it sat on the way to udevd and the NIC (~1.3 s under TCG).
+# is masked: it sat on the way to udevd and the NIC (the lease came ~0.5-1 s sooner
+# without it under TCG, docs/benchmarks.md).
 STATIC_NODES = "etc/tmpfiles.d/static-nodes.conf"
 
 
@@ -376,13 +377,22 @@ def list_static_nodes(ctx: Context) -> None:
     borrowed = not alias.exists()
     if borrowed:
         alias.symlink_to(version)
+    listing = ctx.root / STATIC_NODES
     try:
-        (ctx.root / STATIC_NODES).parent.mkdir(parents=True, exist_ok=True)
+        listing.parent.mkdir(parents=True, exist_ok=True)
         ctx.chroot("kmod", "static-nodes", "--format=tmpfiles", f"--output=/{STATIC_NODES}")
     finally:
         if borrowed:
             alias.unlink()
+    # kmod only warns (exit 0) when it finds no modules.devname: never mask the unit then
+    lines = listing.read_text().splitlines() if listing.is_file() else []
+    if not any(line.startswith(("c! ", "b! ")) for line in lines):
+        raise RuntimeError(
+            f"kmod static-nodes listed no device nodes in /{STATIC_NODES} "
+            f"(is usr/lib/modules/{version}/modules.devname missing?)"
+        )
     unit = ctx.root / "etc/systemd/system/kmod-static-nodes.service"
+    unit.parent.mkdir(parents=True, exist_ok=True)
     unit.unlink(missing_ok=True)
     unit.symlink_to("/dev/null")
 
@@ -473,7 +483,8 @@ MASKED_GENERATORS = (
     "systemd-system-update-generator",
 )
 # python3 registers .pyc files as executables with the kernel (binfmt_misc); with it
-# gone systemd-binfmt finds nothing to do and is skipped (~1.5 s of a busy boot).
+# gone, and no other package registering a format, systemd-binfmt is skipped (its run
+# took ~1.6 s of a busy boot under TCG, `systemd-analyze blame`).
 UNNEEDED_FILES = ("usr/lib/binfmt.d/python3*.conf",)
 # Ordering it after networkd too was tried: no gain (it then starts as the lease arrives,
 # next to sshd's first greeting; docs/benchmarks.md).
