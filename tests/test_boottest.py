@@ -124,27 +124,34 @@ def test_missing_identity_is_bad_input(artifacts: Path, tmp_path: Path) -> None:
     assert not list(artifacts.glob("boot-test-*"))
 
 
-def test_unknown_cpu_model_is_bad_input(artifacts: Path, identity: Path) -> None:
-    code, output = invoke(
-        "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(identity),
-        "--cpu", "pentium9",
-    )  # fmt: skip
-    assert code == 2
-    assert "--cpu pentium9: 'pentium9' is not a CPU model of qemu-system-x86_64" in output
-    assert "Traceback" not in output
-    assert not list(artifacts.glob("boot-test-*"))
-
-
-def test_host_cpu_model_without_kvm_is_bad_input(
-    artifacts: Path, identity: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("cpu", "no_kvm", "message"),
+    [
+        ("pentium9", None, "--cpu pentium9: 'pentium9' is not a CPU model of qemu-system-x86_64"),
+        (
+            "host",
+            "no /dev/kvm",
+            "--cpu host: the host CPU model needs KVM, and here there is no /dev/kvm",
+        ),
+    ],
+)
+def test_cpu_model_that_cannot_run_is_bad_input(
+    artifacts: Path,
+    identity: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cpu: str,
+    no_kvm: str | None,
+    message: str,
 ) -> None:
-    monkeypatch.setattr(boottest, "kvm_usable", lambda: "no /dev/kvm")  # a machine without it
+    if no_kvm is not None:
+        monkeypatch.setattr(boottest, "kvm_usable", lambda: no_kvm)  # a machine without KVM
     code, output = invoke(
         "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(identity),
-        "--cpu", "host",
+        "--cpu", cpu,
     )  # fmt: skip
     assert code == 2
-    assert "--cpu host: the host CPU model needs KVM, and here there is no /dev/kvm" in output
+    assert message in output
+    assert "Traceback" not in output
     assert not list(artifacts.glob("boot-test-*"))
 
 

@@ -193,14 +193,6 @@ def test_image_boot_path(ci_image: CiImage, tmp_path: Path) -> None:
     assert "c! /dev/fuse 0600 - - - 10:229" in static_nodes
     assert "d /dev/net 0755 - - -" in static_nodes
     assert "c! /dev/net/tun 0600 - - - 10:200" in static_nodes
-    kernels = subprocess.run(
-        ["unsquashfs", "-ls", str(tmp_path / "root.squashfs"), "usr/lib/modules"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    versions = {p.split("/")[4] for p in kernels if p.count("/") >= 4}
-    assert len(versions) == 1, versions  # the build host's kernel name was only borrowed
     generators = root / "etc/systemd/system-generators"
     for generator in MASKED_GENERATORS:
         assert os.readlink(generators / generator) == "/dev/null", generator

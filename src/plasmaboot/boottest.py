@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from rich.table import Table
 
 from plasmaboot.artifacts import BOOT_FILES, MANIFEST, Manifest, read_manifest
+from plasmaboot.build.customize import STATIC_NODES
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.log import Log
 from plasmaboot.paths import data_dir
@@ -126,7 +127,7 @@ NIXOS_ANYWHERE_PROBES = {
 # Device nodes whose modules load on first open (/dev/fuse, /dev/net/tun, ...): kmod's
 # list, made at build time in Debian images (/etc) or at boot by kmod-static-nodes (/run).
 # Every node it names must be a device once the node has booted.
-STATIC_NODE_LISTS = ("/etc/tmpfiles.d/static-nodes.conf", "/run/tmpfiles.d/static-nodes.conf")
+STATIC_NODE_LISTS = (f"/{STATIC_NODES}", "/run/tmpfiles.d/static-nodes.conf")
 DEVICE_NODES_SCRIPT = f"""\
 for list in {" ".join(STATIC_NODE_LISTS)}; do [ -s "$list" ] && break; done
 echo "list $list"
@@ -698,6 +699,10 @@ def wait_for_ssh(vm: PxeVm, ssh: Ssh, timeout: float) -> None:
     vm.wait_until(greeted, timeout, "the SSH server to answer", SSH_POLL_INTERVAL)
 
 
+def boot_check_name(index: int) -> str:
+    return f"boot {index}: PXE to SSH"
+
+
 def boot_once(
     index: int,
     options: BootTestOptions,
@@ -722,7 +727,7 @@ def boot_once(
     ssh = Ssh(config.ssh_port, identity, log)
     timeout = options.timeout or BOOT_TIMEOUT[probe.accelerator]
     host_key: str | None = None
-    name = f"boot {index}: PXE to SSH"
+    name = boot_check_name(index)
     with PxeVm(config, access_log=access_log, log=log) as vm:
         try:
             wait_for_ssh(vm, ssh, timeout)
@@ -815,7 +820,7 @@ def run_boot_test(
         blocked = cpu_needs_kvm(options.cpu) and probe.accelerator is not Accelerator.KVM
         if blocked:
             detail = f"--cpu {options.cpu} needs KVM, and KVM failed: {probe.reason}"
-            checks.append(Check(name="boot 1: PXE to SSH", passed=False, detail=detail))
+            checks.append(Check(name=boot_check_name(1), passed=False, detail=detail))
         with ServerThread(options.artifacts, access_log=access_log) as server:
             for index in range(1, (0 if blocked else options.boots) + 1):
                 on_ssh = first_boot_checks if index == 1 else lambda ssh: None

@@ -105,9 +105,14 @@ def cpu_models(qemu: str = QEMU) -> set[str]:
     }
 
 
+def cpu_model_name(model: str) -> str:
+    """The model of a -cpu value: name[,+feature,-feature...]."""
+    return model.split(",", 1)[0]
+
+
 def require_cpu_model(model: str, qemu: str = QEMU) -> None:
-    """A UserError unless `model` (name[,+feature,-feature...]) names a QEMU CPU model."""
-    name = model.split(",", 1)[0]
+    """A UserError unless `model` names a QEMU CPU model (its features are QEMU's to check)."""
+    name = cpu_model_name(model)
     if name not in cpu_models(qemu):
         raise UserError(
             f"--cpu {model}: {name!r} is not a CPU model of {qemu}",
@@ -117,7 +122,7 @@ def require_cpu_model(model: str, qemu: str = QEMU) -> None:
 
 def cpu_needs_kvm(model: str | None) -> bool:
     """QEMU's "host" model passes the host CPU through: KVM only, TCG has no host CPU."""
-    return model is not None and model.split(",", 1)[0] == "host"
+    return model is not None and cpu_model_name(model) == "host"
 
 
 def cpu_model(model: str | None, accelerator: Accelerator) -> str:

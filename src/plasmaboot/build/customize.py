@@ -119,6 +119,13 @@ class Context:
         os.chmod(path, mode)
         return path
 
+    def mask(self, relpath: str) -> None:
+        """Point a unit or generator at /dev/null: systemd then never runs it."""
+        link = self.root / relpath
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to("/dev/null")
+
     def kernel_version(self) -> str:
         versions = sorted(p.name for p in (self.root / "usr/lib/modules").iterdir())
         if len(versions) != 1:
@@ -391,10 +398,7 @@ def list_static_nodes(ctx: Context) -> None:
             f"kmod static-nodes listed no device nodes in /{STATIC_NODES} "
             f"(is usr/lib/modules/{version}/modules.devname missing?)"
         )
-    unit = ctx.root / "etc/systemd/system/kmod-static-nodes.service"
-    unit.parent.mkdir(parents=True, exist_ok=True)
-    unit.unlink(missing_ok=True)
-    unit.symlink_to("/dev/null")
+    ctx.mask("etc/systemd/system/kmod-static-nodes.service")
 
 
 def export_kernel(ctx: Context) -> None:
@@ -504,16 +508,11 @@ Storage=volatile
 
 def mask_unneeded_units(ctx: Context) -> None:
     for unit in UNNEEDED_UNITS:
-        link = ctx.root / "etc/systemd/system" / unit
-        link.unlink(missing_ok=True)
-        link.symlink_to("/dev/null")
+        ctx.mask(f"etc/systemd/system/{unit}")
     ctx.write("etc/systemd/system/systemd-resolved.service.d/10-plasmaboot.conf", RESOLVED_LATER)
     ctx.write("etc/systemd/journald.conf.d/10-plasmaboot.conf", JOURNAL_VOLATILE)
-    generators = ctx.root / "etc/systemd/system-generators"
-    generators.mkdir(parents=True, exist_ok=True)
     for generator in MASKED_GENERATORS:
-        (generators / generator).unlink(missing_ok=True)
-        (generators / generator).symlink_to("/dev/null")
+        ctx.mask(f"etc/systemd/system-generators/{generator}")
     for pattern in UNNEEDED_FILES:
         for path in ctx.root.glob(pattern):
             path.unlink()
