@@ -26,8 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from plasmaboot.boot.qemu import require_cpu_model
 from plasmaboot.errors import UserError
-from plasmaboot.vm import require_cpu_model
 
 PHASES = (
     "pxe_to_kernel",

@@ -21,12 +21,12 @@ from plasmaboot.artifacts import (
     sets_dir,
     staging_dir,
 )
-from plasmaboot.build.customize import render_toml, stage1_module_order
-from plasmaboot.build.debian import store_new_debs
-from plasmaboot.build.initrd import Compression, Entry, read_members, write_cpio, write_segment
-from plasmaboot.build.ipxe import render_netboot_script
-from plasmaboot.build.pipeline import check_outputs, is_public_key_line
 from plasmaboot.errors import WorkError
+from plasmaboot.formats.cpio import Compression, Entry, read_members, write_cpio, write_segment
+from plasmaboot.formats.ipxe import render_netboot_script
+from plasmaboot.image.backends.debian.backend import store_new_debs
+from plasmaboot.image.backends.debian.hook import render_toml, stage1_module_order
+from plasmaboot.image.pipeline import check_outputs, is_public_key_line
 
 NAMES = ("bzImage", "initrd", "netboot.ipxe")
 
@@ -254,7 +254,7 @@ def test_render_toml_round_trips(settings: dict[str, object]) -> None:
 def test_cache_entry_is_replaced_by_a_no_cache_rebuild(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from plasmaboot.build.pipeline import SET_FILES, store_in_cache
+    from plasmaboot.image.pipeline import SET_FILES, store_in_cache
 
     monkeypatch.setenv("PLASMABOOT_CACHE", str(tmp_path / "cache"))
     for content in ("old", "new"):

@@ -17,8 +17,10 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from plasmaboot import boottest, cli
-from plasmaboot.boottest import (
+from plasmaboot import cli
+from plasmaboot.boot import test as boottest
+from plasmaboot.boot.qemu import Accelerator, ProbeResult, kvm_usable
+from plasmaboot.boot.test import (
     DEVICE_NODES_SCRIPT,
     PACKAGE_COMMANDS,
     STATIC_NODE_LISTS,
@@ -46,7 +48,6 @@ from plasmaboot.boottest import (
 from plasmaboot.cli import main
 from plasmaboot.errors import UserError
 from plasmaboot.profiles import ProfileStore
-from plasmaboot.vm import Accelerator, ProbeResult, kvm_usable
 
 MANIFEST = {
     "profile": "worker",

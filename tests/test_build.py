@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from plasmaboot.artifacts import read_manifest, sha256_file
-from plasmaboot.build.customize import MASKED_GENERATORS
-from plasmaboot.build.initrd import Compression, read_segments
+from plasmaboot.formats.cpio import Compression, read_segments
+from plasmaboot.image.backends.debian.hook import MASKED_GENERATORS
 from plasmaboot.verify import read_squashfs_superblock
 
 from conftest import CI_SERVICE, CiImage, plasmaboot

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from plasmaboot.build.customize import STATIC_NODES, Context, list_static_nodes
+from plasmaboot.image.backends.debian.hook import STATIC_NODES, Context, list_static_nodes
 from plasmaboot.log import Log
 
 IMAGE_KERNEL = "6.1.0-test-amd64"

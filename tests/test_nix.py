@@ -18,8 +18,10 @@ import pytest
 from click.testing import CliRunner
 
 from plasmaboot.artifacts import publish_atomically, read_manifest, sha256_file
-from plasmaboot.build.backend import BuildRequest
-from plasmaboot.build.nix import (
+from plasmaboot.cli import main
+from plasmaboot.errors import UserError, WorkError
+from plasmaboot.image.backend import BuildRequest
+from plasmaboot.image.backends.nix import (
     NixBackend,
     nix_command,
     nix_files,
@@ -29,9 +31,7 @@ from plasmaboot.build.nix import (
     profile_differences,
     python_profiles,
 )
-from plasmaboot.build.pipeline import SET_FILES
-from plasmaboot.cli import main
-from plasmaboot.errors import UserError, WorkError
+from plasmaboot.image.pipeline import SET_FILES
 from plasmaboot.log import Log
 from plasmaboot.profiles import ProfileStore
 from plasmaboot.run import run

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from plasmaboot.artifacts import read_manifest
-from plasmaboot.build.initrd import read_segments
-from plasmaboot.vm import QEMU, start_qemu, stop_process, wait_for_file_text
+from plasmaboot.boot.qemu import QEMU, start_qemu, stop_process, wait_for_file_text
+from plasmaboot.formats.cpio import read_segments
 
 from conftest import CiImage
 

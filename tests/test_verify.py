@@ -25,7 +25,8 @@ from plasmaboot.artifacts import (
     read_manifest,
     write_manifest,
 )
-from plasmaboot.build.initrd import (
+from plasmaboot.cli import main
+from plasmaboot.formats.cpio import (
     Compression,
     Entry,
     SegmentError,
@@ -34,7 +35,6 @@ from plasmaboot.build.initrd import (
     write_cpio,
     write_segment,
 )
-from plasmaboot.cli import main
 from plasmaboot.verify import (
     FormatError,
     ImageTree,

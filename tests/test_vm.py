@@ -15,10 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from plasmaboot.build.initrd import Compression, Entry, write_segment
-from plasmaboot.errors import UserError
-from plasmaboot.serve import ServerThread
-from plasmaboot.vm import (
+from plasmaboot.boot.qemu import (
     BOOTFILE,
     FIRMWARE_BOOT_PHASE,
     FIRMWARE_DEBUG_PORT,
@@ -45,6 +42,9 @@ from plasmaboot.vm import (
     stop_process,
     wait_for_file_text,
 )
+from plasmaboot.errors import UserError
+from plasmaboot.formats.cpio import Compression, Entry, write_segment
+from plasmaboot.serve import ServerThread
 
 from conftest import CiImage
 
@@ -351,7 +351,7 @@ def test_vm_dies_with_a_killed_parent(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     script = (
         "import sys, time, pickle\n"
-        "from plasmaboot.vm import PxeVm\n"
+        "from plasmaboot.boot.qemu import PxeVm\n"
         "vm = PxeVm(pickle.loads(sys.stdin.buffer.read()))\n"
         "vm.start()\n"
         "print(vm.proc.pid, flush=True)\n"

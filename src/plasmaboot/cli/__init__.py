@@ -27,13 +27,13 @@ from plasmaboot.artifacts import (
     publish_atomically,
     read_manifest,
 )
-from plasmaboot.boottest import BootTestOptions, render_table, report_json, run_boot_test
-from plasmaboot.build.debian import DEFAULT_SQUASHFS_LEVEL
-from plasmaboot.build.pipeline import BACKENDS, BuildOptions, BuildOutcome, build_profiles
+from plasmaboot.boot.qemu import Nic
+from plasmaboot.boot.test import BootTestOptions, render_table, report_json, run_boot_test
 from plasmaboot.errors import PlasmabootError, UserError, WorkError
+from plasmaboot.image.backends.debian.backend import DEFAULT_SQUASHFS_LEVEL
+from plasmaboot.image.pipeline import BACKENDS, BuildOptions, BuildOutcome, build_profiles
 from plasmaboot.profiles import Profile, ProfileStore, profile_json_schema
 from plasmaboot.verify import Outcome, check_manifest, verify_set
-from plasmaboot.vm import Nic
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -550,7 +550,8 @@ def check(flake: Path | None, eval_only: bool) -> None:
     profile and variant as the Python loader does, then run `nix flake check`."""
     import shutil
 
-    from plasmaboot.build.nix import (
+    from plasmaboot.errors import UserError, WorkError
+    from plasmaboot.image.backends.nix import (
         check_nix,
         default_flake,
         nix_command,
@@ -558,7 +559,6 @@ def check(flake: Path | None, eval_only: bool) -> None:
         parse_nix_files,
         profile_differences,
     )
-    from plasmaboot.errors import UserError, WorkError
     from plasmaboot.run import run
 
     root = flake or default_flake()

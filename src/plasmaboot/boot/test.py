@@ -22,14 +22,7 @@ from pydantic import BaseModel, ValidationError
 from rich.table import Table
 
 from plasmaboot.artifacts import BOOT_FILES, MANIFEST, Manifest, read_manifest
-from plasmaboot.build.customize import STATIC_NODES
-from plasmaboot.errors import UserError, WorkError
-from plasmaboot.log import Log
-from plasmaboot.paths import data_dir
-from plasmaboot.profiles import Profile, ProfileStore
-from plasmaboot.run import require_tool, run
-from plasmaboot.serve import ServerThread
-from plasmaboot.vm import (
+from plasmaboot.boot.qemu import (
     QEMU,
     Accelerator,
     Nic,
@@ -44,6 +37,13 @@ from plasmaboot.vm import (
     require_cpu_model,
     require_rom,
 )
+from plasmaboot.errors import UserError, WorkError
+from plasmaboot.image.backends.debian.hook import STATIC_NODES
+from plasmaboot.log import Log
+from plasmaboot.paths import data_dir
+from plasmaboot.profiles import Profile, ProfileStore
+from plasmaboot.run import require_tool, run
+from plasmaboot.serve import ServerThread
 
 DEFAULT_MEMORY_MIB = 2048
 BOOT_TIMEOUT = {Accelerator.TCG: 300.0, Accelerator.KVM: 120.0}

@@ -40,11 +40,11 @@ from plasmaboot.artifacts import (
     staging_dir,
     write_manifest,
 )
-from plasmaboot.build.backend import Backend, BuildRequest, BuildResult
-from plasmaboot.build.debian import DEFAULT_SQUASHFS_LEVEL, DebianBackend
-from plasmaboot.build.ipxe import render_netboot_script
-from plasmaboot.build.nix import NixBackend, checked_flake, flake_inputs_problem, nix_works
 from plasmaboot.errors import PlasmabootError, UserError, WorkError
+from plasmaboot.formats.ipxe import render_netboot_script
+from plasmaboot.image.backend import Backend, BuildRequest, BuildResult
+from plasmaboot.image.backends.debian.backend import DEFAULT_SQUASHFS_LEVEL, DebianBackend
+from plasmaboot.image.backends.nix import NixBackend, checked_flake, flake_inputs_problem, nix_works
 from plasmaboot.log import Log, ProgressCallback
 from plasmaboot.paths import cache_dir
 from plasmaboot.profiles import Profile, display_path

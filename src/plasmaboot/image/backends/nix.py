@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from plasmaboot.artifacts import INITRD, KERNEL
-from plasmaboot.build.backend import BuildRequest, BuildResult
 from plasmaboot.errors import UserError, WorkError
+from plasmaboot.image.backend import BuildRequest, BuildResult
 from plasmaboot.log import Log
 from plasmaboot.paths import data_dir
 from plasmaboot.profiles import Profile, ProfileStore

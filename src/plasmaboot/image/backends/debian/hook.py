@@ -1,6 +1,6 @@
 """Apply a resolved profile to a Debian root filesystem and turn it into boot parts.
 
-Runs inside mmdebstrap's customize hook (`python -m plasmaboot.build.customize ROOT PLAN`),
+Runs inside mmdebstrap's customize hook (`python -m plasmaboot.image.backends.debian.hook ROOT`),
 so it works the same in root mode and in unshare mode (where only the hook sees the files
 as root). Writes into the plan's output directory: bzImage, root.squashfs, stage-1 modules,
 packages.json and steps.json. Each step is a small function; the order is `STEPS`.

@@ -14,11 +14,11 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from plasmaboot import __version__, artifacts
-from plasmaboot.build import customize
-from plasmaboot.build.backend import BuildRequest, BuildResult
-from plasmaboot.build.initrd import Compression, Entry, concatenate, write_segment
+from plasmaboot import __version__
 from plasmaboot.errors import UserError
+from plasmaboot.formats.cpio import Compression, Entry, concatenate, write_segment
+from plasmaboot.image.backend import BuildRequest, BuildResult
+from plasmaboot.image.backends.debian import hook as customize
 from plasmaboot.paths import data_dir
 from plasmaboot.profiles import Profile
 from plasmaboot.run import require_tool, run
@@ -81,11 +81,12 @@ def source_fingerprint() -> str:
     """A hash of everything besides the profile that shapes the image bytes: the code that
     writes them, the package name map and the busybox stage-1 runs, so a change to any of
     them misses the cache instead of giving a stale hit."""
-    build_dir = Path(__file__).parent
+    package = Path(__file__).resolve().parents[3]  # src/plasmaboot
     inputs = [
-        *sorted(build_dir.glob("*.py")),
+        *sorted((package / "image").rglob("*.py")),
+        *sorted((package / "formats").rglob("*.py")),
         STAGE1_INIT,
-        Path(artifacts.__file__),
+        *sorted((package / "artifacts").rglob("*.py")),
         data_dir() / "catalog" / "packages.toml",
         BUSYBOX,
     ]
@@ -212,7 +213,7 @@ class DebianBackend:
         command += [
             # the profile is applied inside mmdebstrap, so unshare mode works as well as root
             f"--customize-hook=upload {work / 'plan.json'} {customize.INSIDE_PLAN}",
-            f'--customize-hook={sys.executable} -m plasmaboot.build.customize "$1"',
+            f'--customize-hook={sys.executable} -m plasmaboot.image.backends.debian.hook "$1"',
             f"--customize-hook=sync-out {customize.INSIDE_OUT} {work / 'out'}",
             request.release,
             "/dev/null",

@@ -35,8 +35,8 @@ from plasmaboot.artifacts import (
     read_manifest,
     sha256_file,
 )
-from plasmaboot.build.initrd import Member, Segment, SegmentError, read_segments
 from plasmaboot.errors import UserError, WorkError
+from plasmaboot.formats.cpio import Member, Segment, SegmentError, read_segments
 from plasmaboot.run import run
 
 ROOT_SQUASHFS = "root.squashfs"  # the debian backend: the whole root filesystem

@@ -20,9 +20,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from plasmaboot.catalog import PORT_MAX, PORT_MIN, CatalogService, load_catalog
 from plasmaboot.errors import UserError
 from plasmaboot.paths import builtin_profiles_dir
-from plasmaboot.services import PORT_MAX, PORT_MIN, CatalogService, load_catalog
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 SYSCTL_PATTERN = r"^[a-z0-9_]+(\.[A-Za-z0-9_*-]+)+$"
