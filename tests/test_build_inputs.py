@@ -95,11 +95,15 @@ def test_private_ssh_key_is_refused(previous: Path, keypair: Path) -> None:
     assert state(previous) == before
 
 
-def test_not_a_public_key(previous: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["hello world\n", "ssh-ed25519 AAAAnotakey\n"])
+def test_not_a_public_key(previous: Path, tmp_path: Path, text: str) -> None:
+    """Refused before any work by the same rule verify applies to the image."""
     junk = tmp_path / "junk.pub"
-    junk.write_text("hello world\n")
+    junk.write_text(text)
+    before = state(previous)
     proc = build("-p", "base", "--ssh-key", str(junk), "--output-dir", str(previous))
-    assert_user_error(proc, "expected OpenSSH public keys")
+    assert_user_error(proc, "junk.pub", "expected OpenSSH public keys", "line 1")
+    assert state(previous) == before
 
 
 def test_output_dir_not_writable(tmp_path: Path, keypair: Path) -> None:

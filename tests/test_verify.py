@@ -44,11 +44,9 @@ from plasmaboot.verify import (
     verify_set,
 )
 
-from conftest import CiImage
+from conftest import KERNEL_RELEASE, KERNEL_VERSION, CiImage, make_kernel
 
 LABEL = "worker"
-KERNEL_RELEASE = "6.1.0-99-amd64"
-KERNEL_VERSION = f"{KERNEL_RELEASE} (builder@plasmaboot) #1 SMP PREEMPT_DYNAMIC Debian 6.1.99-1"
 SSHD_MAIN = "Include /etc/ssh/sshd_config.d/*.conf\nKbdInteractiveAuthentication no\nUsePAM yes\n"
 SSHD_DROP_IN = (
     "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
@@ -103,24 +101,6 @@ def make_squashfs(tree: Path, image: Path) -> Path:
         stdout=subprocess.DEVNULL,
     )
     return image
-
-
-def make_kernel(path: Path, version: str = KERNEL_VERSION, size: int = 1 << 20) -> Path:
-    """A file with the boot header of a bzImage (protocol 2.15, loads high, version string)."""
-    setup_sectors = 4
-    head = bytearray(4096)
-    head[0x1F1] = setup_sectors
-    head[0x1F4:0x1F8] = ((size - (setup_sectors + 1) * 512) // 16).to_bytes(4, "little")
-    head[0x1FE:0x200] = b"\x55\xaa"
-    head[0x202:0x206] = b"HdrS"
-    head[0x206:0x208] = (0x020F).to_bytes(2, "little")
-    head[0x20E:0x210] = (0x400 - 0x200).to_bytes(2, "little")
-    head[0x211] = 1
-    head[0x400 : 0x400 + len(version) + 1] = version.encode() + b"\0"
-    with path.open("wb") as out:
-        out.write(head)
-        out.truncate(size)
-    return path
 
 
 def make_initrd(directory: Path, squashfs: Path) -> Path:

@@ -41,7 +41,11 @@ from plasmaboot.artifacts import (
     write_manifest,
 )
 from plasmaboot.errors import PlasmabootError, UserError, WorkError
+from plasmaboot.formats import FormatError
+from plasmaboot.formats.bzimage import check_kernel_size, read_kernel_header
+from plasmaboot.formats.cpio import Compression
 from plasmaboot.formats.ipxe import render_netboot_script
+from plasmaboot.formats.sshkeys import read_public_keys
 from plasmaboot.image.backend import Backend, BuildRequest, BuildResult
 from plasmaboot.image.backends.debian.backend import DEFAULT_SQUASHFS_LEVEL, DebianBackend
 from plasmaboot.image.backends.nix import NixBackend, checked_flake, flake_inputs_problem, nix_works
@@ -50,7 +54,6 @@ from plasmaboot.paths import cache_dir
 from plasmaboot.profiles import Profile, display_path
 
 SET_FILES = (KERNEL, INITRD, IPXE, MANIFEST, BUILD_LOG)
-KERNEL_SIZE_RANGE = (1 << 20, 128 << 20)
 INITRD_SIZE_RANGE = (4 << 20, 2 << 30)
 DEB_MAGIC = b"!<arch>\ndebian-binary"
 BACKENDS = ("auto", "debian", "nix")
@@ -94,32 +97,28 @@ class BuildOutcome:
 
 
 def check_public_key(path: Path, where: str) -> None:
-    """A public key file: readable, OpenSSH public format, and no private key in it."""
+    """A public key file by the one rule (formats.sshkeys): readable, every line a valid
+    OpenSSH public key, and no private key in it."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        read_public_keys(path)
     except OSError as exc:
         raise UserError(
             f"{where} {display_path(path)}: cannot read ({exc.strerror})",
             hint="pass an existing public key file such as ~/.ssh/id_ed25519.pub",
         ) from exc
-    if "PRIVATE KEY" in text:
-        raise UserError(
-            f"{where} {display_path(path)}: this is a private key; refusing to put it in an image",
-            hint=f"pass the public half instead ({display_path(path)}.pub)",
+    except FormatError as exc:
+        private = "private key" in str(exc)
+        problem = (
+            f"{exc}; refusing to put it in an image"
+            if private
+            else (f"expected OpenSSH public keys (ssh-ed25519 AAAA...), but {exc}")
         )
-    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    if not lines or not all(is_public_key_line(line) for line in lines):
         raise UserError(
-            f"{where} {display_path(path)}: expected OpenSSH public keys (ssh-ed25519 AAAA...)",
-            hint="generate one with ssh-keygen -t ed25519 and pass the .pub file",
-        )
-
-
-def is_public_key_line(line: str) -> bool:
-    parts = line.split()
-    types = ("ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-")
-    # options before the key type are allowed in authorized_keys, so look for the type
-    return any(p.startswith(types) and i + 1 < len(parts) for i, p in enumerate(parts))
+            f"{where} {display_path(path)}: {problem}",
+            hint=f"pass the public half instead ({display_path(path)}.pub)"
+            if private
+            else "generate one with ssh-keygen -t ed25519 and pass the .pub file",
+        ) from exc
 
 
 def check_service_packages(profile: Profile) -> None:
@@ -426,24 +425,25 @@ def finish_set(
 
 
 def check_outputs(staged: Path) -> None:
-    """The seed's artifact checks: files exist, bzImage is a Linux kernel, initrd is
-    compressed cpio, sizes are sane. A failed check fails the build."""
+    """The seed's artifact checks, by the same rules verify uses: files exist, bzImage is a
+    Linux kernel of a sane size, initrd starts with a compressed cpio segment. A failed
+    check fails the build."""
     kernel, initrd = staged / KERNEL, staged / INITRD
     for path in (kernel, initrd, staged / IPXE):
         if not path.is_file() or path.stat().st_size == 0:
             raise WorkError(f"build produced no {path.name}")
-    with kernel.open("rb") as handle:
-        handle.seek(0x202)
-        if handle.read(4) != b"HdrS":
-            raise WorkError(f"{KERNEL} has no Linux boot header (HdrS)")
+    try:
+        check_kernel_size(kernel.stat().st_size, read_kernel_header(kernel))
+    except FormatError as exc:
+        raise WorkError(f"{KERNEL}: {exc}") from exc
     with initrd.open("rb") as handle:
-        head = handle.read(6)
-    if not (head.startswith(b"\x1f\x8b") or head.startswith(b"\x28\xb5\x2f\xfd")):
+        head = handle.read(8)
+    if Compression.detect(head) in (None, Compression.NONE):
         raise WorkError(f"{INITRD} does not start with a compressed cpio segment")
-    for path, (low, high) in ((kernel, KERNEL_SIZE_RANGE), (initrd, INITRD_SIZE_RANGE)):
-        size = path.stat().st_size
-        if not low <= size <= high:
-            raise WorkError(f"{path.name} is {size} bytes, outside the sane range {low}-{high}")
+    size = initrd.stat().st_size
+    low, high = INITRD_SIZE_RANGE
+    if not low <= size <= high:
+        raise WorkError(f"{INITRD} is {size} bytes, outside the sane range {low}-{high}")
 
 
 # --------------------------------------------------------------------------------------

@@ -9,11 +9,9 @@ filesystem). Damaged input is a failed check with a reason, never an exception.
 
 from __future__ import annotations
 
-import base64
 import fnmatch
 import re
 import shlex
-import struct
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sized
@@ -36,7 +34,16 @@ from plasmaboot.artifacts import (
     sha256_file,
 )
 from plasmaboot.errors import UserError, WorkError
+from plasmaboot.formats import FormatError
+from plasmaboot.formats.bzimage import (
+    KernelHeader,
+    check_kernel_size,
+    is_bzimage,
+    read_kernel_header,
+)
 from plasmaboot.formats.cpio import Member, Segment, SegmentError, read_segments
+from plasmaboot.formats.squashfs import read_squashfs_superblock
+from plasmaboot.formats.sshkeys import public_key_type
 from plasmaboot.run import run
 
 ROOT_SQUASHFS = "root.squashfs"  # the debian backend: the whole root filesystem
@@ -87,58 +94,8 @@ class Report:
         return {"ok": self.ok, "checks": [c.as_dict() for c in self.checks]}
 
 
-class FormatError(ValueError):
-    """The bytes are not what the format says they must be."""
-
-
 # --------------------------------------------------------------------------------------
 # bzImage: the x86 Linux boot protocol header (Documentation/arch/x86/boot.rst)
-
-KERNEL_HEADER_READ = 0x10000 + 0x200 + 256  # the farthest a version string can start, + room
-MIN_KERNEL_SIZE = 512 << 10
-MAX_KERNEL_SIZE = 256 << 20
-
-
-@dataclass(frozen=True)
-class KernelHeader:
-    protocol: tuple[int, int]
-    loaded_high: bool  # a bzImage: the protected-mode kernel loads at 1 MiB
-    setup_size: int  # real-mode setup code, including the boot sector
-    payload_size: int  # protected-mode kernel (syssize x 16)
-    version: str  # "" when the header has no version pointer
-
-
-def read_kernel_header(path: Path) -> KernelHeader:
-    with path.open("rb") as handle:
-        head = handle.read(KERNEL_HEADER_READ)
-    if len(head) < 0x240:
-        raise FormatError(f"only {len(head)} bytes: too short for a boot header")
-    if head[0x202:0x206] != b"HdrS":
-        raise FormatError("not a Linux kernel: no 'HdrS' magic at 0x202")
-    (signature,) = struct.unpack_from("<H", head, 0x1FE)
-    if signature != 0xAA55:
-        raise FormatError(f"boot sector signature at 0x1fe is {signature:#06x}, not 0xaa55")
-    (protocol,) = struct.unpack_from("<H", head, 0x206)
-    (version_offset,) = struct.unpack_from("<H", head, 0x20E)
-    (syssize,) = struct.unpack_from("<I", head, 0x1F4)
-    setup_sectors = head[0x1F1] or 4
-    version = ""
-    if version_offset:
-        start = version_offset + 0x200
-        end = head.find(b"\0", start)
-        if start >= len(head) or end < 0:
-            raise FormatError(f"kernel version string at {start:#x} is not NUL-terminated")
-        raw = head[start:end]
-        if not raw or not all(0x20 <= b < 0x7F for b in raw):
-            raise FormatError(f"kernel version string at {start:#x} is not printable text")
-        version = raw.decode("ascii")
-    return KernelHeader(
-        protocol=(protocol >> 8, protocol & 0xFF),
-        loaded_high=bool(head[0x211] & 1),
-        setup_size=(setup_sectors + 1) * 512,
-        payload_size=syssize * 16,
-        version=version,
-    )
 
 
 def check_kernel(directory: Path, manifest: Manifest | None) -> Iterator[Check]:
@@ -156,20 +113,16 @@ def check_kernel(directory: Path, manifest: Manifest | None) -> Iterator[Check]:
         yield skipped("bzImage.size", "no boot header")
         return
     major, minor = header.protocol
-    if header.protocol < (2, 0) or not header.loaded_high:
+    if not is_bzimage(header):
         yield failed("bzImage.header", f"boot protocol {major}.{minor:02d} zImage: not a bzImage")
     else:
         yield passed("bzImage.header", f"boot protocol {major}.{minor:02d}, loads high")
     yield check_kernel_version(header, manifest)
     size = path.stat().st_size
-    needed = header.setup_size + header.payload_size
-    if size < needed:
-        yield failed("bzImage.size", f"{size} bytes, but its header describes {needed}")
-    elif not MIN_KERNEL_SIZE <= size <= MAX_KERNEL_SIZE:
-        yield failed(
-            "bzImage.size",
-            f"{size} bytes, outside {MIN_KERNEL_SIZE >> 10} KiB..{MAX_KERNEL_SIZE >> 20} MiB",
-        )
+    try:
+        check_kernel_size(size, header)
+    except FormatError as exc:
+        yield failed("bzImage.size", str(exc))
     else:
         yield passed("bzImage.size", f"{size / (1 << 20):.1f} MiB")
 
@@ -188,52 +141,6 @@ def check_kernel_version(header: KernelHeader, manifest: Manifest | None) -> Che
 
 # --------------------------------------------------------------------------------------
 # initrd: segments, /init, the root squashfs superblock
-
-SQUASHFS_MAGIC = b"hsqs"
-SQUASHFS_SUPERBLOCK = struct.Struct("<4sIIIIHHHHHHQQQQQQQQ")
-SQUASHFS_COMPRESSORS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
-SQUASHFS_PADDING = 4096  # mksquashfs pads the image to a multiple of 4 KiB
-SQUASHFS_ABSENT = 0xFFFFFFFFFFFFFFFF
-
-
-@dataclass(frozen=True)
-class SquashfsSuperblock:
-    inodes: int
-    block_size: int
-    compressor: str
-    version: tuple[int, int]
-    bytes_used: int
-
-
-def read_squashfs_superblock(data: bytes, size: int) -> SquashfsSuperblock:
-    """Parse and sanity-check a squashfs 4.0 superblock; `size` is the image's length."""
-    if len(data) < SQUASHFS_SUPERBLOCK.size:
-        raise FormatError(f"{len(data)} bytes: too short for a squashfs superblock")
-    (
-        magic, inodes, _mtime, block_size, _fragments, compressor_id, block_log, _flags,
-        _ids, major, minor, _root_inode, bytes_used, *tables,
-    ) = SQUASHFS_SUPERBLOCK.unpack_from(data)  # fmt: skip
-    id_table, xattr_table, inode_table, directory_table, fragment_table, export_table = tables
-    version = (major, minor)
-    if magic != SQUASHFS_MAGIC:
-        raise FormatError(f"bad squashfs magic {magic!r}, expected b'hsqs'")
-    if version != (4, 0):
-        raise FormatError(f"squashfs version {major}.{minor}, expected 4.0")
-    if compressor_id not in SQUASHFS_COMPRESSORS:
-        raise FormatError(f"unknown squashfs compressor id {compressor_id}")
-    if block_size != 1 << block_log or not 4096 <= block_size <= 1 << 20:
-        raise FormatError(f"inconsistent block size {block_size} (log {block_log})")
-    if not bytes_used <= size < bytes_used + SQUASHFS_PADDING:
-        raise FormatError(f"superblock says {bytes_used} bytes used, the member has {size}")
-    # optional tables are absent as all ones; the others must lie inside the image
-    optional = (xattr_table, fragment_table, export_table)
-    if not inode_table < directory_table < id_table < bytes_used or any(
-        not start < bytes_used for start in optional if start != SQUASHFS_ABSENT
-    ):
-        raise FormatError("superblock table offsets point outside the image")
-    return SquashfsSuperblock(
-        inodes, block_size, SQUASHFS_COMPRESSORS[compressor_id], version, bytes_used
-    )
 
 
 def last_member(segments: list[Segment], name: str) -> tuple[int, Segment, Member] | None:
@@ -583,27 +490,6 @@ def check_sshd(name: str, tree: ImageTree) -> Check:
         return failed(name, "not key-only: " + "; ".join(problems))
     settings = ", ".join(f"{k} {effective[k]}" for k in SSHD_KEY_ONLY)
     return passed(name, f"{settings} (from {len(config.files)} files)")
-
-
-AUTHORIZED_KEY = re.compile(
-    r"(?:^|\s)(ssh-ed25519|ssh-rsa|ssh-dss|ecdsa-sha2-nistp(?:256|384|521)"
-    r"|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com)\s+([A-Za-z0-9+/]+=*)"
-)
-
-
-def public_key_type(line: str) -> str | None:
-    """The key type of an authorized_keys line whose base64 blob really is that key type."""
-    match = AUTHORIZED_KEY.search(line)
-    if match is None:
-        return None
-    try:
-        blob = base64.b64decode(match[2], validate=True)
-    except ValueError:
-        return None
-    key_type = match[1].encode()
-    if blob[:4] != len(key_type).to_bytes(4, "big") or blob[4 : 4 + len(key_type)] != key_type:
-        return None
-    return match[1]
 
 
 def check_authorized_keys(name: str, tree: ImageTree) -> Check:
