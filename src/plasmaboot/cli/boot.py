@@ -1,0 +1,120 @@
+"""`plasmaboot boot-test`: a real PXE boot in QEMU, then checks over SSH."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from plasmaboot.boot.qemu import Nic
+from plasmaboot.boot.test import BootTestOptions, render_table, report_json, run_boot_test
+from plasmaboot.cli.context import Context, console, err_console, pass_context
+
+
+@click.command("boot-test")
+@click.argument("label")
+@click.option(
+    "--artifacts",
+    type=click.Path(path_type=Path),
+    default=Path("artifacts"),
+    show_default=True,
+    help="Directory holding <LABEL>/ (bzImage, initrd, netboot.ipxe, manifest.json).",
+)
+@click.option(
+    "--identity",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="SSH private key whose public key is in the image.",
+)
+@click.option(
+    "--memory",
+    "memory_mib",
+    type=click.IntRange(256),
+    default=2048,
+    show_default=True,
+    help="Guest memory in MiB.",
+)
+@click.option(
+    "--nic",
+    type=click.Choice([n.value for n in Nic]),
+    default="virtio",
+    show_default=True,
+    help="Guest network card (its iPXE ROM does the PXE boot).",
+)
+@click.option(
+    "--cpu",
+    metavar="MODEL",
+    default=None,
+    help="QEMU CPU model, e.g. max or Skylake-Server,-avx512f "
+    "[default: host under KVM, qemu64 under TCG, whose emulation is fastest].",
+)
+@click.option(
+    "--boots",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Boot N times (2+: also check that SSH host keys differ per boot).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1),
+    default=None,
+    help="Seconds from power-on to SSH [default: 300 under TCG, 120 under KVM].",
+)
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write the JSON report [default: ARTIFACTS/boot-test-LABEL.json].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout.")
+@pass_context
+def boot_test(
+    obj: Context,
+    label: str,
+    artifacts: Path,
+    identity: Path,
+    memory_mib: int,
+    nic: str,
+    cpu: str | None,
+    boots: int,
+    timeout: float | None,
+    report: Path | None,
+    as_json: bool,
+) -> None:
+    """PXE-boot the image LABEL in QEMU (TFTP -> iPXE -> HTTP) and check it over SSH.
+
+    Exit 0 when every check passes, 1 when one fails, 2 on bad input.
+    """
+    options = BootTestOptions(
+        label=label,
+        artifacts=artifacts,
+        identity=identity,
+        memory_mib=memory_mib,
+        nic=Nic(nic),
+        cpu=cpu,
+        boots=boots,
+        report=report,
+        timeout=timeout,
+        profiles_dirs=obj.profiles_dirs,
+    )
+    result = run_boot_test(options, announce=None if as_json else err_console.print)
+    if as_json:
+        click.echo(report_json(result))
+    else:
+        console.print(render_table(result))
+        for boot in result.boots:
+            phases = ", ".join(f"{k} {v:.1f}s" for k, v in boot.phases.items())
+            console.print(f"boot {boot.index}: {phases}")
+        console.print(
+            f"accelerator: {result.accelerator} ({result.accelerator_reason}), cpu {result.cpu}"
+        )
+        if result.memory:
+            console.print(
+                f"memory: {result.memory['mem_available_mib']} MiB available "
+                f"of {result.memory['mem_total_mib']} MiB"
+            )
+        console.print(f"report: {result.report_path}")
+    if not result.passed:
+        sys.exit(1)

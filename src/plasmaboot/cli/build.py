@@ -1,0 +1,275 @@
+"""`plasmaboot build` and `plasmaboot publish`, with live progress and the build summary."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from plasmaboot.artifacts import (
+    BOOT_FILES,
+    MANIFEST,
+    ensure_writable_dir,
+    publish_atomically,
+    read_manifest,
+)
+from plasmaboot.cli.context import Context, console, err_console, pass_context
+from plasmaboot.errors import UserError
+from plasmaboot.image.backends.debian.backend import DEFAULT_SQUASHFS_LEVEL
+from plasmaboot.image.pipeline import BACKENDS, BuildOptions, BuildOutcome, build_profiles
+from plasmaboot.verify import Outcome, check_manifest
+
+
+@click.command()
+@click.option("--profile", "-p", "profile_names", multiple=True, help="Profile to build (repeat).")
+@click.option("--all", "build_all", is_flag=True, help="Build every profile.")
+@click.option("--variant", help="Variant applied to each profile (minimal, debug, rescue, ...).")
+@click.option(
+    "--output-dir",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=Path("artifacts"),
+    show_default=True,
+    help="Artifacts go to OUTPUT_DIR/<profile>/.",
+)
+@click.option(
+    "--pxe-dir",
+    type=click.Path(path_type=Path),
+    help="Also publish bzImage, initrd, netboot.ipxe atomically to PXE_DIR/<profile>/.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="auto = nix where a working nix with flakes is present, else debian.",
+)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Profiles built in parallel.",
+)
+@click.option(
+    "--no-cache", is_flag=True, help="Rebuild from scratch (downloaded .debs are still reused)."
+)
+@click.option(
+    "--ssh-key",
+    "ssh_keys",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Public key file for root's authorized_keys (repeat). Private keys are refused.",
+)
+@click.option("--release", default="bookworm", show_default=True, help="Debian release.")
+@click.option(
+    "--mirror", default="http://deb.debian.org/debian", show_default=True, help="Debian mirror URL."
+)
+@click.option(
+    "--squashfs-level",
+    type=click.IntRange(1, 22),
+    default=DEFAULT_SQUASHFS_LEVEL,
+    show_default=True,
+    help="zstd level of the root squashfs (higher: smaller, slower).",
+)
+@click.option(
+    "--flake",
+    type=click.Path(path_type=Path),
+    help="Nix backend: the plasmaboot flake directory (default: this checkout's flake.nix).",
+)
+@click.option(
+    "--plasmacloud",
+    metavar="FLAKE_REF",
+    help="Nix backend: --override-input plasmacloud FLAKE_REF, the flake whose overlays.default "
+    "has the PlasmaCloud service packages (path:/src/plasmacloud, github:org/plasmacloud, ...).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
+@pass_context
+def build(
+    obj: Context,
+    profile_names: tuple[str, ...],
+    build_all: bool,
+    variant: str | None,
+    output_dir: Path,
+    pxe_dir: Path | None,
+    backend: str,
+    jobs: int,
+    no_cache: bool,
+    ssh_keys: tuple[Path, ...],
+    release: str,
+    mirror: str,
+    squashfs_level: int,
+    flake: Path | None,
+    plasmacloud: str | None,
+    as_json: bool,
+) -> None:
+    """Build netboot artifacts into OUTPUT_DIR/<profile>/ (bzImage, initrd, netboot.ipxe, ...).
+
+    \b
+    Examples:
+      plasmaboot build --profile control-plane --ssh-key ~/.ssh/id_ed25519.pub
+      plasmaboot build --all --jobs 2 --pxe-dir /srv/pxe/assets/nixos
+      plasmaboot build -p worker --variant debug --backend debian
+      plasmaboot build -p worker --backend nix --plasmacloud path:../plasmacloud
+    """
+    store = obj.store()
+    names = list(profile_names)
+    if build_all:
+        names += [n for n in store.profile_names() if n not in names]
+    if not names:
+        raise UserError("no profile given", hint="pass --profile NAME (repeatable) or --all")
+    names = list(dict.fromkeys(names))  # a profile given twice is built once
+    resolved = [store.resolve(name, variant) for name in names]
+    options = BuildOptions(
+        output_dir=output_dir.absolute(),
+        pxe_dir=pxe_dir.absolute() if pxe_dir else None,
+        backend=backend,
+        jobs=jobs,
+        use_cache=not no_cache,
+        ssh_keys=ssh_keys,
+        release=release,
+        mirror=mirror,
+        squashfs_level=squashfs_level,
+        flake=flake,
+        plasmacloud=plasmacloud,
+    )
+    with BuildProgress(err_console, quiet=as_json) as progress:
+        outcomes = build_profiles(
+            resolved, options, progress.update, on_backend=progress.announce_backend
+        )
+    if as_json:
+        click.echo(json.dumps([outcome_json(o) for o in outcomes], indent=2))
+    else:
+        print_summary(outcomes)
+
+
+@click.command()
+@click.argument("sets", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--pxe-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="PXE server assets directory; each set goes to PXE_DIR/<label>/.",
+)
+def publish(sets: tuple[Path, ...], pxe_dir: Path) -> None:
+    """Publish built artifact SETS (e.g. artifacts/worker) to a PXE server's assets directory.
+
+    Copies bzImage, initrd and netboot.ipxe to PXE_DIR/<label>/ atomically: the new set
+    appears whole or not at all, and the previous one stays for nodes still downloading it.
+    Every file is checked against manifest.json first; a damaged set is refused.
+    """
+    for directory in sets:
+        if not (directory / MANIFEST).is_file():
+            raise UserError(
+                f"{directory}: no {MANIFEST}, so this is not an artifact set",
+                hint="give a directory a build wrote, e.g. artifacts/<profile>",
+            )
+        checks, _ = check_manifest(directory)  # the same byte check `verify` makes
+        problems = [f"{c.name}: {c.detail}" for c in checks if c.result is Outcome.FAIL]
+        if problems:
+            raise UserError(
+                f"{directory}: refusing to publish: {'; '.join(problems)}",
+                hint="rebuild it (plasmaboot build --no-cache)",
+            )
+    ensure_writable_dir(pxe_dir, "--pxe-dir")
+    for directory in sets:
+        label = read_manifest(directory).label
+        published = publish_atomically(directory, pxe_dir.absolute(), label, BOOT_FILES)
+        console.print(f"{label}: published to {pxe_dir / label} ({published.name})")
+
+
+def outcome_json(outcome: BuildOutcome) -> dict[str, Any]:
+    return {
+        "profile": outcome.profile.name,
+        "variant": outcome.profile.variant,
+        "label": outcome.profile.label,
+        "backend": outcome.backend,
+        "kernel_version": outcome.kernel_version,
+        "kernel_size": outcome.kernel_size,
+        "initrd_size": outcome.initrd_size,
+        "total_size": outcome.total_size,
+        "seconds": round(outcome.seconds, 2),
+        "cache_hit": outcome.cache_hit,
+        "path": str(outcome.path),
+        "published": str(outcome.published) if outcome.published else None,
+        "warnings": outcome.warnings,
+    }
+
+
+def mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def print_summary(outcomes: list[BuildOutcome]) -> None:
+    table = Table(title="build summary")
+    for column in ("profile", "variant", "backend", "kernel", "initrd", "total", "time", "cache"):
+        table.add_column(column)
+    for o in outcomes:
+        table.add_row(
+            o.profile.name,
+            o.profile.variant or "-",
+            o.backend,
+            mib(o.kernel_size),
+            mib(o.initrd_size),
+            mib(o.total_size),
+            f"{o.seconds:.1f}s",
+            "hit" if o.cache_hit else "miss",
+        )
+    console.print(table)
+    for o in outcomes:
+        for warning in o.warnings:
+            console.print(f"[yellow]warning[/] {o.profile.label}: {warning}", highlight=False)
+        console.print(
+            f"{o.profile.label}: {o.path}"
+            + (f" (published to {o.published})" if o.published else "")
+        )
+
+
+class BuildProgress:
+    """Live progress per profile on a terminal; plain timestamped lines otherwise."""
+
+    def __init__(self, out: Console, quiet: bool = False) -> None:
+        self.out = out
+        self.quiet = quiet
+        self.live = out.is_terminal and not quiet
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=out,
+            transient=False,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> BuildProgress:
+        if self.live:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.progress.stop()
+
+    def announce_backend(self, name: str) -> None:
+        if not self.quiet:
+            self.out.print(f"backend: {name}")
+
+    def update(self, subject: str, step: str, seconds: float | None) -> None:
+        if self.quiet:
+            return
+        if not self.live:
+            done = f" done in {seconds:.1f}s" if seconds is not None else ""
+            self.out.print(f"{time.strftime('%H:%M:%S')} {subject}: {step}{done}", highlight=False)
+            return
+        if subject not in self.tasks:
+            self.tasks[subject] = self.progress.add_task(subject, total=None)
+        text = f"[bold]{subject}[/]: {escape(step)}" + (f" ({seconds:.1f}s)" if seconds else "")
+        self.progress.update(self.tasks[subject], description=text)

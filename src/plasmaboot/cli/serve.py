@@ -1,0 +1,61 @@
+"""`plasmaboot serve`: the HTTP side of PXE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from plasmaboot.errors import UserError
+
+
+@click.command()
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Directory of published artifact sets (what `build --output-dir` wrote).",
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1:8080",
+    show_default=True,
+    help="HOST:PORT to bind ([::1]:PORT for IPv6, port 0 picks a free one).",
+)
+@click.option("--allow-remote", is_flag=True, help="Allow binding an address other than loopback.")
+@click.option(
+    "--public-url",
+    help="Base URL written into boot scripts (default: from each request's Host header).",
+)
+@click.option(
+    "--access-log",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Append access log lines to this file instead of stderr.",
+)
+def serve(
+    root: Path, listen: str, allow_remote: bool, public_url: str | None, access_log: Path | None
+) -> None:
+    """Serve artifact sets and iPXE boot scripts over HTTP until Ctrl-C.
+
+    \b
+    Nodes chain  http://HOST:PORT/boot.ipxe               (menu of labels)
+             or  http://HOST:PORT/boot.ipxe?profile=LABEL
+             or  http://HOST:PORT/LABEL/netboot.ipxe
+    """
+    from plasmaboot.serve import check_listen, parse_listen, serve_forever
+
+    host, port = parse_listen(listen)
+    check_listen(host, allow_remote)
+    if not root.is_dir():
+        raise UserError(
+            f"--root {root}: no such directory",
+            hint="pass the directory `plasmaboot build --output-dir` wrote (e.g. artifacts)",
+        )
+    serve_forever(
+        root,
+        host,
+        port,
+        public_url=public_url,
+        access_log=access_log,
+        announce=lambda line: click.echo(line, err=True),
+    )
