@@ -27,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from plasmaboot.artifacts import INITRD, IPXE, KERNEL, MANIFEST, publish_atomically, sha256_file
+from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL, MANIFEST, sha256_file
+from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.run import require_tool
 
 LABEL = "bench"

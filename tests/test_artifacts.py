@@ -14,19 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from plasmaboot.artifacts import (
-    KEEP_GENERATIONS,
-    clean_stale,
-    publish_atomically,
-    sets_dir,
-    staging_dir,
-)
+from plasmaboot.artifacts.layout import KEEP_GENERATIONS, clean_stale, sets_dir, staging_dir
+from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.errors import WorkError
 from plasmaboot.formats.cpio import Compression, Entry, read_members, write_cpio, write_segment
 from plasmaboot.formats.ipxe import render_netboot_script
 from plasmaboot.image.backends.debian.backend import store_new_debs
 from plasmaboot.image.backends.debian.hook import render_toml, stage1_module_order
 from plasmaboot.image.pipeline import check_outputs
+from plasmaboot.profiles import ProfileStore
 
 from conftest import make_kernel
 
@@ -240,7 +236,8 @@ def test_render_toml_round_trips(settings: dict[str, object]) -> None:
 def test_cache_entry_is_replaced_by_a_no_cache_rebuild(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from plasmaboot.image.pipeline import SET_FILES, store_in_cache
+    from plasmaboot.artifacts.layout import SET_FILES
+    from plasmaboot.image.pipeline import store_in_cache
 
     monkeypatch.setenv("PLASMABOOT_CACHE", str(tmp_path / "cache"))
     for content in ("old", "new"):
@@ -274,14 +271,15 @@ def test_stage1_module_order_puts_dependencies_first(tmp_path: Path) -> None:
 
 def built_set(tmp_path: Path, label: str = "worker") -> Path:
     """A set as a build leaves it: files plus a manifest that records their hashes."""
-    from plasmaboot.artifacts import Manifest, file_records, write_manifest
+    from plasmaboot.artifacts.manifest import Manifest, file_records, write_manifest
 
     directory = make_source(tmp_path / "artifacts" / label, "v1")
     manifest = Manifest(
         profile=label, label=label, content_hash="x", cache_key="y", backend="debian",
         distro="debian bookworm", kernel_version="6.1", kernel_params=[],
-        files=file_records(directory), packages={}, services={}, steps={},
+        files=file_records(directory, NAMES), packages={}, services={}, steps={},
         built_at="2026-11-25T00:00:00+00:00", plasmaboot_version="0.1.0",
+        resolved_profile=ProfileStore().resolve("worker"),
     )  # fmt: skip
     write_manifest(directory, manifest)
     return directory

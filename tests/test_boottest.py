@@ -65,6 +65,7 @@ MANIFEST = {
     "steps": {},
     "built_at": "2026-01-01T00:00:00+00:00",
     "plasmaboot_version": "0.1.0",
+    "resolved_profile": ProfileStore().resolve("worker").model_dump(mode="json"),
 }
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from plasmaboot.artifacts import read_manifest, sha256_file
+from plasmaboot.artifacts.layout import sha256_file
+from plasmaboot.artifacts.manifest import read_manifest
 from plasmaboot.formats.cpio import Compression, read_segments
 from plasmaboot.image.backends.debian.hook import MASKED_GENERATORS
 from plasmaboot.verify import read_squashfs_superblock

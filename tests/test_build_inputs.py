@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from plasmaboot.artifacts import publish_atomically, sha256_file
+from plasmaboot.artifacts.layout import sha256_file
+from plasmaboot.artifacts.publish import publish_atomically
 
 from conftest import make_keypair, make_service_deb, plasmaboot
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from plasmaboot.artifacts import publish_atomically, read_manifest, sha256_file
+from plasmaboot.artifacts.layout import SET_FILES, sha256_file
+from plasmaboot.artifacts.manifest import read_manifest
+from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.cli import main
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.image.backend import BuildRequest
@@ -31,7 +33,6 @@ from plasmaboot.image.backends.nix import (
     profile_differences,
     python_profiles,
 )
-from plasmaboot.image.pipeline import SET_FILES
 from plasmaboot.log import Log
 from plasmaboot.profiles import ProfileStore
 from plasmaboot.run import run

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from plasmaboot.artifacts import INITRD, IPXE, KERNEL, MANIFEST, publish_atomically
+from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL, MANIFEST
+from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.cli import main
 from plasmaboot.serve import ServerThread, UnsafePath, parse_listen, request_segments
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from plasmaboot.artifacts import read_manifest
+from plasmaboot.artifacts.manifest import read_manifest
 from plasmaboot.boot.qemu import QEMU, start_qemu, stop_process, wait_for_file_text
 from plasmaboot.formats.cpio import read_segments
 

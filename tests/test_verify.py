@@ -15,16 +15,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from plasmaboot.artifacts import (
-    INITRD,
-    IPXE,
-    KERNEL,
-    MANIFEST,
-    Manifest,
-    file_records,
-    read_manifest,
-    write_manifest,
-)
+from plasmaboot.artifacts.layout import HASHED_FILES, INITRD, IPXE, KERNEL, MANIFEST
+from plasmaboot.artifacts.manifest import Manifest, file_records, read_manifest, write_manifest
 from plasmaboot.cli import main
 from plasmaboot.formats.cpio import (
     Compression,
@@ -35,6 +27,7 @@ from plasmaboot.formats.cpio import (
     write_cpio,
     write_segment,
 )
+from plasmaboot.profiles import ProfileStore
 from plasmaboot.verify import (
     FormatError,
     ImageTree,
@@ -135,7 +128,7 @@ def make_ipxe(directory: Path, label: str = LABEL) -> Path:
 
 def rehash(directory: Path) -> None:
     """Record the files' current sizes and hashes, as if the build had made them so."""
-    files = file_records(directory)
+    files = file_records(directory, HASHED_FILES)
     if (directory / MANIFEST).exists():
         manifest = read_manifest(directory).model_copy(update={"files": files})
     else:
@@ -154,6 +147,7 @@ def rehash(directory: Path) -> None:
             steps={"squashfs": 1.0},
             built_at="2024-01-01T00:00:00Z",
             plasmaboot_version="0.1.0",
+            resolved_profile=ProfileStore().resolve(LABEL),
         )
     write_manifest(directory, manifest)
 

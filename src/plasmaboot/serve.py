@@ -31,13 +31,12 @@ from urllib.parse import unquote
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from plasmaboot.artifacts import BUILD_LOG, INITRD, IPXE, KERNEL, MANIFEST, SETS_DIR
+from plasmaboot.artifacts.layout import BUILD_LOG, INITRD, IPXE, KERNEL, MANIFEST, SETS_DIR
 from plasmaboot.errors import UserError
+from plasmaboot.formats.ipxe import BOOT_SCRIPT, BOOT_SERVER
 
 ASSET_FILES = frozenset({KERNEL, INITRD, MANIFEST, BUILD_LOG})
 SETS_PREFIX = "sets"
-BOOT_SCRIPT = "boot.ipxe"
-BOOT_SERVER_VAR = "${boot-server}"
 # `${boot-server}/<label>/bzImage` as the build writes it; the label part is replaced.
 BOOT_FILE_URL = re.compile(r"\$\{boot-server\}/[^/\s]+/(" + f"{KERNEL}|{INITRD}" + r")(?=[\s?]|$)")
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
@@ -144,7 +143,7 @@ def published_labels(root: Path) -> list[str]:
 def render_script(text: str, base_url: str, url_prefix: str) -> str:
     """Point the kernel/initrd URLs at one set and fill in `${boot-server}`."""
     text = BOOT_FILE_URL.sub(lambda m: f"{base_url}{url_prefix}/{m.group(1)}", text)
-    return text.replace(BOOT_SERVER_VAR, base_url)
+    return text.replace(BOOT_SERVER, base_url)
 
 
 def menu_text(root: Path, label: str) -> str:

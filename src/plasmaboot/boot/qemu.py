@@ -21,13 +21,13 @@ from pathlib import Path
 from types import TracebackType
 
 from plasmaboot.errors import UserError, WorkError
+from plasmaboot.formats.ipxe import BOOT_SCRIPT as BOOTFILE
 from plasmaboot.log import Log
 from plasmaboot.run import require_tool, run
 
 QEMU = "qemu-system-x86_64"
 # QEMU's user-mode network (slirp) maps this guest-side address to the host's loopback.
 GUEST_HOST_ADDRESS = "10.0.2.2"
-BOOTFILE = "boot.ipxe"
 # SeaBIOS writes its progress to this I/O port; QEMU's isa-debugcon device captures it.
 FIRMWARE_DEBUG_PORT = "0x402"
 # SeaBIOS prints this when POST is done and it starts looking for a boot device: guest

@@ -21,7 +21,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from rich.table import Table
 
-from plasmaboot.artifacts import BOOT_FILES, MANIFEST, Manifest, read_manifest
+from plasmaboot.artifacts.layout import BOOT_FILES, MANIFEST
+from plasmaboot.artifacts.manifest import Manifest, read_manifest
 from plasmaboot.boot.qemu import (
     QEMU,
     Accelerator,

@@ -13,13 +13,9 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from plasmaboot.artifacts import (
-    BOOT_FILES,
-    MANIFEST,
-    ensure_writable_dir,
-    publish_atomically,
-    read_manifest,
-)
+from plasmaboot.artifacts.layout import BOOT_FILES, MANIFEST, ensure_writable_dir
+from plasmaboot.artifacts.manifest import read_manifest
+from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.cli.context import Context, console, err_console, pass_context
 from plasmaboot.errors import UserError
 from plasmaboot.image.backends.debian.backend import DEFAULT_SQUASHFS_LEVEL

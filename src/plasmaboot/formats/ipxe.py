@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+# The base URL the PXE server (or `plasmaboot serve`) provides to scripts.
 BOOT_SERVER = "${boot-server}"
+# The script a PXE loader asks for first (over TFTP, or HTTP from `serve`).
+BOOT_SCRIPT = "boot.ipxe"
 
 
 def render_netboot_script(label: str, kernel_params: list[str]) -> str:

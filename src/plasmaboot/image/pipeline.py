@@ -22,24 +22,23 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from plasmaboot import __version__
-from plasmaboot.artifacts import (
+from plasmaboot.artifacts.layout import (
     BOOT_FILES,
     BUILD_LOG,
+    HASHED_FILES,
     INITRD,
     IPXE,
     KERNEL,
     MANIFEST,
-    Manifest,
+    SET_FILES,
     clean_stale,
     commit_set,
     ensure_writable_dir,
-    file_records,
-    publish_atomically,
-    read_manifest,
     sha256_file,
     staging_dir,
-    write_manifest,
 )
+from plasmaboot.artifacts.manifest import Manifest, file_records, read_manifest, write_manifest
+from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.errors import PlasmabootError, UserError, WorkError
 from plasmaboot.formats import FormatError
 from plasmaboot.formats.bzimage import check_kernel_size, read_kernel_header
@@ -53,7 +52,6 @@ from plasmaboot.log import Log, ProgressCallback
 from plasmaboot.paths import cache_dir
 from plasmaboot.profiles import Profile, display_path
 
-SET_FILES = (KERNEL, INITRD, IPXE, MANIFEST, BUILD_LOG)
 INITRD_SIZE_RANGE = (4 << 20, 2 << 30)
 DEB_MAGIC = b"!<arch>\ndebian-binary"
 BACKENDS = ("auto", "debian", "nix")
@@ -399,12 +397,13 @@ def finish_set(
         variant=profile.variant,
         label=profile.label,
         content_hash=profile.content_hash(),
+        resolved_profile=profile,
         cache_key=key,
         backend=backend.name,
         distro=result.distro,
         kernel_version=result.kernel_version,
         kernel_params=params,
-        files=file_records(staged),
+        files=file_records(staged, HASHED_FILES),
         packages=result.packages,
         services={
             name: {

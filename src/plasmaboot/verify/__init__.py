@@ -23,16 +23,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from plasmaboot.artifacts import (
+from plasmaboot.artifacts.layout import (
     HASHED_FILES,
     INITRD,
     IPXE,
     KERNEL,
     MANIFEST,
-    Manifest,
-    read_manifest,
+    NIX_STORE_SQUASHFS,
+    ROOT_SQUASHFS,
     sha256_file,
 )
+from plasmaboot.artifacts.manifest import Manifest, read_manifest
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.formats import FormatError
 from plasmaboot.formats.bzimage import (
@@ -45,9 +46,6 @@ from plasmaboot.formats.cpio import Member, Segment, SegmentError, read_segments
 from plasmaboot.formats.squashfs import read_squashfs_superblock
 from plasmaboot.formats.sshkeys import public_key_type
 from plasmaboot.run import run
-
-ROOT_SQUASHFS = "root.squashfs"  # the debian backend: the whole root filesystem
-NIX_STORE_SQUASHFS = "nix-store.squashfs"  # a NixOS netboot initrd: the system's store paths
 
 
 class Outcome(StrEnum):

@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from plasmaboot.artifacts import INITRD, KERNEL
+from plasmaboot.artifacts.layout import INITRD, KERNEL
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.image.backend import BuildRequest, BuildResult
 from plasmaboot.log import Log

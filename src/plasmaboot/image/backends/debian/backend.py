@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 
 from plasmaboot import __version__
+from plasmaboot.artifacts.layout import ROOT_SQUASHFS
 from plasmaboot.errors import UserError
 from plasmaboot.formats.cpio import Compression, Entry, concatenate, write_segment
 from plasmaboot.image.backend import BuildRequest, BuildResult
@@ -159,7 +160,7 @@ class DebianBackend:
         with log.step("stage1"):
             write_segment(stage1_entries(out), work / "stage1.cpio.gz", Compression.GZIP)
         with log.step("initrd"):
-            root_entry = Entry("root.squashfs", stat.S_IFREG | 0o444, source=out / "root.squashfs")
+            root_entry = Entry(ROOT_SQUASHFS, stat.S_IFREG | 0o444, source=out / ROOT_SQUASHFS)
             write_segment([root_entry], work / "root.cpio", Compression.NONE)
             concatenate([work / "stage1.cpio.gz", work / "root.cpio"], request.staging / "initrd")
         shutil.move(out / "bzImage", request.staging / "bzImage")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plasmaboot.artifacts.layout import ROOT_SQUASHFS
 from plasmaboot.log import Log
 from plasmaboot.profiles import Profile
 from plasmaboot.run import run
@@ -578,7 +579,7 @@ SQUASHFS_BLOCK_SIZE = "128K"
 
 def make_squashfs(ctx: Context) -> None:
     level = str(ctx.plan.squashfs_level)
-    output = ctx.out / "root.squashfs"
+    output = ctx.out / ROOT_SQUASHFS
     options = ["-noappend", "-no-progress", "-quiet", "-b", SQUASHFS_BLOCK_SIZE]
     compression = ["-comp", "zstd", "-Xcompression-level", level]
     excludes = ["-wildcards", "-e", *SQUASHFS_EXCLUDES]

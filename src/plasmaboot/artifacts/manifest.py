@@ -1,0 +1,68 @@
+"""manifest.json: the size and sha256 of every file of a set, and what was built: the
+resolved profile (every setting, with its content hash), backend, distro, kernel and its
+command line, packages, and seconds per step. Stages after the build read it, never the
+profile files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from plasmaboot.artifacts.layout import MANIFEST, sha256_file
+from plasmaboot.profiles import Profile
+
+MANIFEST_VERSION = 2
+
+
+class FileRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    sha256: str
+    size: int
+
+
+class Manifest(BaseModel):
+    """What manifest.json holds: enough to check every byte and to know what was built."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: int = MANIFEST_VERSION
+    profile: str
+    variant: str | None = None
+    label: str
+    content_hash: str
+    # every setting the image was built from: later stages judge the image against this
+    resolved_profile: Profile
+    cache_key: str
+    backend: str
+    distro: str
+    kernel_version: str
+    kernel_params: list[str]
+    files: dict[str, FileRecord]
+    packages: dict[str, str]
+    services: dict[str, dict[str, Any]]
+    steps: dict[str, float]
+    built_at: str
+    plasmaboot_version: str
+
+
+def file_records(directory: Path, names: tuple[str, ...]) -> dict[str, FileRecord]:
+    return {
+        name: FileRecord(
+            sha256=sha256_file(directory / name), size=(directory / name).stat().st_size
+        )
+        for name in names
+        if (directory / name).is_file()
+    }
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    (directory / MANIFEST).write_text(text, encoding="utf-8")
+
+
+def read_manifest(directory: Path) -> Manifest:
+    return Manifest.model_validate_json((directory / MANIFEST).read_text(encoding="utf-8"))
