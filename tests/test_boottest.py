@@ -22,7 +22,6 @@ from plasmaboot.boot import test as boottest
 from plasmaboot.boot.qemu import Accelerator, ProbeResult, kvm_usable
 from plasmaboot.boot.test import (
     DEVICE_NODES_SCRIPT,
-    PACKAGE_COMMANDS,
     STATIC_NODE_LISTS,
     BootRecord,
     BootTestOptions,
@@ -37,7 +36,6 @@ from plasmaboot.boot.test import (
     kvm_gave_out,
     memory_bytes,
     module_name,
-    package_map,
     parse_show_blocks,
     private_copy,
     promised_commands,
@@ -45,6 +43,7 @@ from plasmaboot.boot.test import (
     validate,
     write_report,
 )
+from plasmaboot.catalog import native_package_names, package_commands
 from plasmaboot.cli import main
 from plasmaboot.errors import UserError
 from plasmaboot.profiles import ProfileStore
@@ -256,9 +255,9 @@ def test_module_names_from_proc_and_modules_builtin() -> None:
 
 def test_base_tools_are_all_promised() -> None:
     base = ProfileStore().resolve("base")
-    unavailable = {k for k, v in package_map("debian").items() if v == ""}
+    unavailable = set(native_package_names("debian", base.packages)[1])
     promised, unknown = promised_commands(base.packages, unavailable)
-    commands = {c for groups in promised.values() for alts in groups for c in alts}
+    commands = {c for alternatives in promised.values() for c in alternatives}
     for tool in ("parted", "sgdisk", "cryptsetup", "lvm", "mkfs.ext4", "mkfs.xfs", "ip"):
         assert tool in commands
     for tool in ("curl", "tcpdump", "vim", "tmux", "htop", "tar", "cpio", "setsid", "kexec"):
@@ -273,8 +272,10 @@ def test_every_builtin_profile_package_has_a_command() -> None:
         for variant in [None, *store.variant_names()]:
             profile = store.resolve(name, variant)
             _, unknown = promised_commands(profile.packages, set())
-            assert unknown == [], f"{profile.label}: {unknown} (add them to PACKAGE_COMMANDS)"
-    assert all(groups for groups in PACKAGE_COMMANDS.values())
+            assert unknown == [], (
+                f"{profile.label}: {unknown} (add them to [commands] in catalog/packages.toml)"
+            )
+    assert all(package_commands().values())
 
 
 def test_unknown_packages_are_reported_not_checked() -> None:

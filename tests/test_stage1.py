@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from plasmaboot.artifacts.manifest import read_manifest
-from plasmaboot.boot.qemu import QEMU, start_qemu, stop_process, wait_for_file_text
+from plasmaboot.boot.qemu import QEMU, start_qemu, wait_for_file_text
 from plasmaboot.formats.cpio import read_segments
 
 from conftest import CiImage
@@ -39,7 +39,7 @@ def test_stage1_failure_reaches_the_serial_console(ci_image: CiImage, tmp_path: 
     try:
         seen = wait_for_file_text(serial, b"rebooting in 30 seconds", proc, timeout=180)
     finally:
-        stop_process(proc)
+        proc.stop()
     text = serial.read_bytes().decode("utf-8", "replace") if serial.exists() else ""
     assert seen, text[-2000:]
     assert MISSING_ROOT in serial.read_bytes()

@@ -39,7 +39,6 @@ from plasmaboot.boot.qemu import (
     require_cpu_model,
     require_rom,
     start_qemu,
-    stop_process,
     wait_for_file_text,
 )
 from plasmaboot.errors import UserError
@@ -97,7 +96,7 @@ def test_firmware_marker_is_seen_when_the_guest_runs(tmp_path: Path) -> None:
     try:
         assert wait_for_file_text(log, FIRMWARE_BOOT_PHASE, proc, timeout=60)
     finally:
-        stop_process(proc)
+        proc.stop()
     assert proc.returncode is not None
 
 
@@ -109,7 +108,7 @@ def test_firmware_marker_is_not_seen_when_the_guest_never_runs(tmp_path: Path) -
         assert not wait_for_file_text(log, FIRMWARE_BOOT_PHASE, proc, timeout=2)
         assert proc.poll() is None
     finally:
-        stop_process(proc)
+        proc.stop()
     assert not qemu_processes_mentioning(str(log))
 
 

@@ -275,7 +275,8 @@ let
       extends = builtins.genList (i: (builtins.elemAt profileChain i).name) (
         builtins.length profileChain - 1
       );
-      nixPackages = filter (p: p != "") (map nixPackageName packages);
+      # in order, once each (two abstract names may map to one attribute)
+      nixPackages = mergeLists [ ] (filter (p: p != "") (map nixPackageName packages));
       authorized_keys = (merged.ssh or { }).authorized_keys or [ ];
       kernel_params = kernel.params or [ ];
       kernel_modules = kernel.modules or [ ];

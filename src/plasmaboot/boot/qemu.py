@@ -5,13 +5,10 @@ capture its serial console, time the phases, and never leave a QEMU process behi
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
-import signal
 import socket
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +20,7 @@ from types import TracebackType
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.formats.ipxe import BOOT_SCRIPT as BOOTFILE
 from plasmaboot.log import Log
-from plasmaboot.run import require_tool, run
+from plasmaboot.run import Background, run, start
 
 QEMU = "qemu-system-x86_64"
 # QEMU's user-mode network (slirp) maps this guest-side address to the host's loopback.
@@ -35,9 +32,7 @@ FIRMWARE_DEBUG_PORT = "0x402"
 FIRMWARE_BOOT_PHASE = b"enter handle_19"
 PROBE_TIMEOUT = 4.0
 WATCH_INTERVAL = 0.2
-STOP_TIMEOUT = 5.0
 SERIAL_TAIL_LINES = 30
-PR_SET_PDEATHSIG = 1
 
 
 class Accelerator(StrEnum):
@@ -130,42 +125,12 @@ def cpu_model(model: str | None, accelerator: Accelerator) -> str:
     return model or accelerator.cpu()
 
 
-def die_with_parent() -> None:
-    """Runs in the child before exec: the kernel kills QEMU if plasmaboot dies (even -9)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def start_qemu(argv: list[str], output: Path, log: Log | None = None) -> subprocess.Popen[bytes]:
+def start_qemu(argv: list[str], output: Path, log: Log | None = None) -> Background:
     """Start QEMU in the background; its own messages go to `output`."""
-    argv = [require_tool(argv[0]), *argv[1:]]
-    if log is not None:
-        log.command(argv)
-    with output.open("ab") as sink:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )
+    return start(argv, log=log, stdout=output)
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
-    """Terminate, then kill if it does not exit in time; always reaps the process."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def wait_for_file_text(
-    path: Path, needle: bytes, proc: subprocess.Popen[bytes], timeout: float
-) -> bool:
+def wait_for_file_text(path: Path, needle: bytes, proc: Background, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and needle in path.read_bytes():
@@ -212,7 +177,7 @@ def probe_accelerator(
         ran = wait_for_file_text(firmware_log, FIRMWARE_BOOT_PHASE, proc, timeout)
         exited = proc.poll()
     finally:
-        stop_process(proc)
+        proc.stop()
     if ran:
         return ProbeResult(Accelerator.KVM, "KVM ran the firmware")
     if exited is not None:
@@ -500,7 +465,7 @@ class PxeVm:
         self.log = log
         self.argv = qemu_command(config, qemu)
         self.access_log = access_log
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Background | None = None
         self.watch = self.new_watch()
         self._stop_watching = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -537,7 +502,7 @@ class PxeVm:
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop_process(self.proc)
+            self.proc.stop()
         if self._watcher is not None:
             self._stop_watching.set()
             self._watcher.join()

@@ -11,7 +11,6 @@ import re
 import shutil
 import socket
 import time
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -38,10 +37,10 @@ from plasmaboot.boot.qemu import (
     require_cpu_model,
     require_rom,
 )
+from plasmaboot.catalog import native_package_names, package_commands
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.image.backends.debian.hook import STATIC_NODES
 from plasmaboot.log import Log
-from plasmaboot.paths import data_dir
 from plasmaboot.profiles import Profile, ProfileStore
 from plasmaboot.run import require_tool, run
 from plasmaboot.serve import ServerThread
@@ -67,53 +66,6 @@ SSH_GREETING_TIMEOUT = 15.0
 GREETING_SLICE = 0.2
 SSH_COMMAND_TIMEOUT = 120.0
 MIN_AVAILABLE_MIB = 256  # room left for an operator (or nixos-anywhere) after boot
-
-# Commands that prove a package is installed: one tuple of alternatives per command.
-# Keys are the abstract package names profiles use (catalog/packages.toml maps them).
-PACKAGE_COMMANDS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "openssh-server": (("sshd",),),
-    "disko": (("disko",),),
-    "parted": (("parted",),),
-    "gptfdisk": (("sgdisk",),),
-    "cryptsetup": (("cryptsetup",),),
-    "lvm2": (("lvm",),),
-    "e2fsprogs": (("mkfs.ext4",),),
-    "xfsprogs": (("mkfs.xfs",),),
-    "iproute2": (("ip",),),
-    "curl": (("curl",),),
-    "tcpdump": (("tcpdump",),),
-    "vim": (("vim", "vi"),),
-    "tmux": (("tmux",),),
-    "htop": (("htop",),),
-    "tar": (("tar",),),
-    "cpio": (("cpio",),),
-    "util-linux": (("setsid",),),
-    "kexec-tools": (("kexec",),),
-    "openvswitch": (("ovs-vsctl",),),
-    "qemu": (("qemu-system-x86_64",),),
-    "libvirt": (("virsh",),),
-    "strace": (("strace",),),
-    "gdb": (("gdb",),),
-    "lsof": (("lsof",),),
-    "ethtool": (("ethtool",),),
-    "pciutils": (("lspci",),),
-    "usbutils": (("lsusb",),),
-    "procps": (("ps",),),
-    "bind-tools": (("dig",),),
-    "iputils-ping": (("ping",),),
-    "traceroute": (("traceroute",),),
-    "netcat-openbsd": (("nc",),),
-    "smartmontools": (("smartctl",),),
-    "nvme-cli": (("nvme",),),
-    "mdadm": (("mdadm",),),
-    "gddrescue": (("ddrescue",),),
-    "dosfstools": (("mkfs.vfat",),),
-    "btrfs-progs": (("mkfs.btrfs",),),
-    "ntfs-3g": (("ntfs-3g",),),
-    "testdisk": (("testdisk",),),
-    "hdparm": (("hdparm",),),
-    "rsync": (("rsync",),),
-}
 
 # Modules for one CPU vendor's virtualization: they load only where the CPU has the flag.
 CPU_FLAG_MODULES = {"kvm_intel": "vmx", "kvm_amd": "svm"}
@@ -382,44 +334,38 @@ def check_cmdline(ssh: Ssh, params: list[str]) -> Check:
     return Check(name="kernel command line", passed=True, detail=" ".join(params))
 
 
-def package_map(backend: str) -> dict[str, str]:
-    """catalog/packages.toml for one backend: abstract name -> that backend's name."""
-    with (data_dir() / "catalog" / "packages.toml").open("rb") as handle:
-        table: dict[str, str] = tomllib.load(handle).get(backend, {})
-    return table
-
-
 def promised_commands(
     packages: list[str], unavailable: set[str]
-) -> tuple[dict[str, tuple[tuple[str, ...], ...]], list[str]]:
-    """Commands the profile's packages promise; and packages no command is known for."""
-    promised: dict[str, tuple[tuple[str, ...], ...]] = {}
+) -> tuple[dict[str, tuple[str, ...]], list[str]]:
+    """Commands the profile's packages promise (alternatives per package), and packages no
+    command is known for."""
+    commands = package_commands()
+    promised: dict[str, tuple[str, ...]] = {}
     unknown: list[str] = []
     for package in packages:
         if package in unavailable:
             continue
-        if package in PACKAGE_COMMANDS:
-            promised[package] = PACKAGE_COMMANDS[package]
+        if package in commands:
+            promised[package] = commands[package]
         else:
             unknown.append(package)
     return promised, unknown
 
 
 def check_tools(ssh: Ssh, profile: Profile, backend: str) -> Check:
-    unavailable = {name for name, native in package_map(backend).items() if native == ""}
+    unavailable = set(native_package_names(backend, profile.packages)[1])
     promised, unknown = promised_commands(profile.packages, unavailable)
-    names = sorted({c for groups in promised.values() for alts in groups for c in alts})
+    names = sorted({command for alternatives in promised.values() for command in alternatives})
     script = (
         f'for c in {" ".join(names)}; do command -v "$c" >/dev/null 2>&1 && echo "$c"; done; true'
     )
     found = set(ssh.output(script).split())
     missing = [
-        f"{'|'.join(alts)} ({package})"
-        for package, groups in promised.items()
-        for alts in groups
-        if not found.intersection(alts)
+        f"{'|'.join(alternatives)} ({package})"
+        for package, alternatives in promised.items()
+        if not found.intersection(alternatives)
     ]
-    present = sum(len(groups) for groups in promised.values()) - len(missing)
+    present = len(promised) - len(missing)
     detail = f"{present} commands found"
     if unknown:
         detail += f"; not checked (no command known): {', '.join(unknown)}"

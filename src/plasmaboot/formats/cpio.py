@@ -14,18 +14,20 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import IO
 
-from plasmaboot.run import run
+from plasmaboot.run import command_failed, run, start
 
 NEWC_MAGIC = b"070701"
 HEADER_SIZE = 110
 TRAILER = "TRAILER!!!"
 COPY_CHUNK = 1 << 20
+COMPRESS_TIMEOUT = 1800.0  # zstd -19 of a root image takes minutes, never hours
 
 
 class Compression(StrEnum):
@@ -146,13 +148,16 @@ def write_segment(entries: list[Entry], path: Path, compression: Compression) ->
         }
         if compression not in tool:
             raise ValueError(f"cannot write {compression} segments")
-        with path.open("wb") as out:
-            proc = subprocess.Popen([*tool[compression], "-c"], stdin=subprocess.PIPE, stdout=out)
-            assert proc.stdin is not None
-            write_cpio(entries, proc.stdin)
-            proc.stdin.close()
-            if proc.wait() != 0:
-                raise OSError(f"{tool[compression][0]} failed writing {path}")
+        argv = [*tool[compression], "-c"]
+        with path.open("wb") as out, tempfile.TemporaryFile() as errors:
+            with start(argv, stdin=subprocess.PIPE, stdout=out, stderr=errors) as proc:
+                assert proc.stdin is not None
+                write_cpio(entries, proc.stdin)
+                proc.stdin.close()
+                code = proc.wait(timeout=COMPRESS_TIMEOUT)
+            if code != 0:
+                errors.seek(0)
+                raise command_failed(argv, code, errors.read().decode("utf-8", "replace"), None)
 
 
 def concatenate(segments: list[Path], out_path: Path) -> None:

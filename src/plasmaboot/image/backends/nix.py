@@ -13,13 +13,13 @@ import json
 import os
 import re
 import shutil
-import tomllib
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from plasmaboot.artifacts.layout import INITRD, KERNEL
+from plasmaboot.catalog import native_package_names
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.image.backend import BuildRequest, BuildResult
 from plasmaboot.log import Log
@@ -340,12 +340,9 @@ COMPARED_SERVICE_FIELDS = ("enable", "ports", "memory_max", "cpu_quota", "settin
 
 
 def nix_package_names(packages: Iterable[str]) -> list[str]:
-    """Abstract package names as nixpkgs attributes (catalog/packages.toml [nix]); names
-    mapped to "" do not exist on Nix and are dropped."""
-    with (data_dir() / "catalog" / "packages.toml").open("rb") as handle:
-        mapping: Mapping[str, str] = tomllib.load(handle).get("nix", {})
-    mapped = [mapping.get(name, name) for name in packages]
-    return [name for name in mapped if name]
+    """Abstract package names as nixpkgs attributes; names Nix does not have are dropped."""
+    names, _ = native_package_names("nix", packages)
+    return names
 
 
 def comparable(resolved: Mapping[str, Any], packages_key: str) -> dict[str, Any]:

@@ -11,16 +11,15 @@ import shutil
 import stat
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
 
 from plasmaboot import __version__
 from plasmaboot.artifacts.layout import ROOT_SQUASHFS
+from plasmaboot.catalog import native_package_names, packages_path
 from plasmaboot.errors import UserError
 from plasmaboot.formats.cpio import Compression, Entry, concatenate, write_segment
 from plasmaboot.image.backend import BuildRequest, BuildResult
 from plasmaboot.image.backends.debian import hook as customize
-from plasmaboot.paths import data_dir
 from plasmaboot.profiles import Profile
 from plasmaboot.run import require_tool, run
 
@@ -58,23 +57,11 @@ DPKG_INCLUDES = (
 DEFAULT_SQUASHFS_LEVEL = 9
 
 
-def debian_package_map() -> dict[str, str]:
-    with (data_dir() / "catalog" / "packages.toml").open("rb") as handle:
-        table: dict[str, str] = tomllib.load(handle).get("debian", {})
-    return table
-
-
 def debian_packages(profile: Profile) -> tuple[list[str], list[str]]:
     """The profile's packages under their Debian names, and those Debian does not have."""
-    mapping = debian_package_map()
-    names: list[str] = list(SYSTEM_PACKAGES)
-    skipped: list[str] = []
-    for abstract in [*profile.packages, *profile.firmware]:
-        name = mapping.get(abstract, abstract)
-        if not name:
-            skipped.append(abstract)
-        elif name not in names:
-            names.append(name)
+    names, skipped = native_package_names(
+        "debian", [*SYSTEM_PACKAGES, *profile.packages, *profile.firmware]
+    )
     return names, skipped
 
 
@@ -88,7 +75,7 @@ def source_fingerprint() -> str:
         *sorted((package / "formats").rglob("*.py")),
         STAGE1_INIT,
         *sorted((package / "artifacts").rglob("*.py")),
-        data_dir() / "catalog" / "packages.toml",
+        packages_path(),
         BUSYBOX,
     ]
     digest = hashlib.sha256(__version__.encode())
