@@ -55,6 +55,11 @@ DPKG_INCLUDES = (
 # 12 makes 121.0 MB in 16 s, 15 makes 113.2 MB in 41 s. 9 keeps builds fast; a smaller
 # image is one --squashfs-level away.
 DEFAULT_SQUASHFS_LEVEL = 9
+# A cold build takes minutes; a stalled mirror must not hold a build (or CI) for ever.
+# mmdebstrap prints a line at least every few seconds while it downloads and installs; the
+# longest quiet stretch is mksquashfs in our hook (~40 s at level 15 on 2 cores).
+MMDEBSTRAP_TIMEOUT = 3 * 3600.0
+MMDEBSTRAP_IDLE_TIMEOUT = 15 * 60.0
 
 
 def debian_packages(profile: Profile) -> tuple[list[str], list[str]]:
@@ -140,6 +145,8 @@ class DebianBackend:
                 self.mmdebstrap_command(request, packages, work),
                 log=log,
                 on_line=lambda line: progress_from_line(request, line),
+                timeout=MMDEBSTRAP_TIMEOUT,
+                idle_timeout=MMDEBSTRAP_IDLE_TIMEOUT,
             )
         if request.cache_dir is not None:
             store_new_debs(work, request.cache_dir, request.release)
