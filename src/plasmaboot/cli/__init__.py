@@ -16,6 +16,7 @@ from plasmaboot.cli.boot import boot_test
 from plasmaboot.cli.build import build, publish
 from plasmaboot.cli.check import check
 from plasmaboot.cli.context import Context, Group, console, err_console
+from plasmaboot.cli.machines import machines
 from plasmaboot.cli.profiles import profiles, schema
 from plasmaboot.cli.serve import serve
 from plasmaboot.cli.verify import verify
@@ -49,5 +50,5 @@ def main(ctx: click.Context, debug: bool, profiles_dirs: tuple[Path, ...]) -> No
     ctx.obj = Context(debug, profiles_dirs)
 
 
-for command in (profiles, schema, build, publish, verify, serve, check, boot_test):
+for command in (profiles, schema, machines, build, publish, verify, serve, check, boot_test):
     main.add_command(command)
