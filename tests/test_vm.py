@@ -377,7 +377,7 @@ def test_wait_until_fails_with_the_serial_tail_when_the_guest_stops(tmp_path: Pa
     with PxeVm(cfg) as vm:
         cfg.serial_log.write_text("line one\nKernel panic - not syncing: test\n")
         assert vm.proc is not None
-        vm.proc.terminate()
+        vm.proc.proc.terminate()
         vm.proc.wait()
         with pytest.raises(Exception, match="the guest stopped") as caught:
             vm.wait_until(lambda: False, timeout=30, what="SSH to answer")
