@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL, MANIFEST
 from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.cli import main
-from plasmaboot.serve import ServerThread, UnsafePath, parse_listen, request_segments
+from plasmaboot.serve.app import ServerThread, parse_listen
+from plasmaboot.serve.paths import UnsafePath, request_segments
 
 NAMES = (KERNEL, INITRD, IPXE, MANIFEST)
 SCRIPT = (

@@ -43,7 +43,7 @@ from plasmaboot.boot.qemu import (
 )
 from plasmaboot.errors import UserError
 from plasmaboot.formats.cpio import Compression, Entry, write_segment
-from plasmaboot.serve import ServerThread
+from plasmaboot.serve.app import ServerThread
 
 from conftest import CiImage
 

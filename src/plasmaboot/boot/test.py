@@ -43,7 +43,7 @@ from plasmaboot.image.backends.debian.hook import STATIC_NODES
 from plasmaboot.log import Log
 from plasmaboot.profiles import Profile, ProfileStore
 from plasmaboot.run import require_tool, run
-from plasmaboot.serve import ServerThread
+from plasmaboot.serve.app import ServerThread
 
 DEFAULT_MEMORY_MIB = 2048
 BOOT_TIMEOUT = {Accelerator.TCG: 300.0, Accelerator.KVM: 120.0}

@@ -42,7 +42,7 @@ def serve(
              or  http://HOST:PORT/boot.ipxe?profile=LABEL
              or  http://HOST:PORT/LABEL/netboot.ipxe
     """
-    from plasmaboot.serve import check_listen, parse_listen, serve_forever
+    from plasmaboot.serve.app import check_listen, parse_listen, serve_forever
 
     host, port = parse_listen(listen)
     check_listen(host, allow_remote)

@@ -15,167 +15,40 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
 import re
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
-from urllib.parse import unquote
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from plasmaboot.artifacts.layout import BUILD_LOG, INITRD, IPXE, KERNEL, MANIFEST, SETS_DIR
+from plasmaboot.artifacts.layout import BUILD_LOG, INITRD, IPXE, KERNEL, MANIFEST
 from plasmaboot.errors import UserError
-from plasmaboot.formats.ipxe import BOOT_SCRIPT, BOOT_SERVER
+from plasmaboot.formats.ipxe import BOOT_SCRIPT
+from plasmaboot.serve.paths import (
+    SETS_PREFIX,
+    BootSet,
+    UnsafePath,
+    find_exact_set,
+    find_set,
+    published_labels,
+    request_segments,
+    resolve_within,
+)
+from plasmaboot.serve.scripts import boot_menu, chain_script, render_script
 
 ASSET_FILES = frozenset({KERNEL, INITRD, MANIFEST, BUILD_LOG})
-SETS_PREFIX = "sets"
-# `${boot-server}/<label>/bzImage` as the build writes it; the label part is replaced.
-BOOT_FILE_URL = re.compile(r"\$\{boot-server\}/[^/\s]+/(" + f"{KERNEL}|{INITRD}" + r")(?=[\s?]|$)")
-LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
-PERCENT_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 SCRIPT_TYPE = "text/plain"
 SHUTDOWN_TIMEOUT = 2.0
 ROOT_KEY = web.AppKey("root", Path)
 PUBLIC_URL_KEY = web.AppKey("public_url", str)
-
-
-class UnsafePath(ValueError):
-    """A request path that could leave the served tree or name a hidden file."""
-
-
-def request_segments(raw_target: str) -> tuple[str, ...]:
-    """Split a raw request target (`/a/b?q`, still percent-encoded) into decoded segments.
-
-    Refused (UnsafePath): anything not starting with one `/`; empty segments except a trailing
-    one; backslashes, NUL and control characters, raw or encoded; encoded slashes (`%2f`);
-    malformed escapes; and any segment starting with `.` (`.`, `..`, `%2e%2e`, dotfiles).
-    A trailing `/` gives a last segment "", which no route matches (no directory listings).
-    """
-    path = raw_target.split("?", 1)[0].split("#", 1)[0]
-    if not path.startswith("/") or path.startswith("//"):
-        raise UnsafePath("the path must start with a single '/'")
-    if path == "/":
-        return ()
-    if PERCENT_ESCAPE.search(path):
-        raise UnsafePath("malformed percent escape")
-    raw_segments = path[1:].split("/")
-    segments = []
-    for index, raw in enumerate(raw_segments):
-        if raw == "" and index != len(raw_segments) - 1:
-            raise UnsafePath("empty path segment")
-        try:
-            segment = unquote(raw, errors="strict")
-        except UnicodeDecodeError as exc:
-            raise UnsafePath("path is not UTF-8") from exc
-        if "/" in segment or "\\" in segment:
-            raise UnsafePath("slash or backslash inside a segment")
-        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in segment):
-            raise UnsafePath("control character in the path")
-        if segment.startswith("."):
-            raise UnsafePath("segments may not start with '.'")
-        segments.append(segment)
-    return tuple(segments)
-
-
-def resolve_within(root: Path, *parts: str) -> Path | None:
-    """`root/parts...` with every symlink resolved, or None if it is missing or outside root."""
-    try:
-        path = root.joinpath(*parts).resolve(strict=True)
-    except (OSError, RuntimeError):
-        return None
-    return path if path.is_relative_to(root) else None
-
-
-@dataclass(frozen=True)
-class BootSet:
-    """One artifact set as the server addresses it: its directory and its URL prefix."""
-
-    directory: Path
-    url_prefix: str  # "/sets/<set-dir-name>" or "/<label>" for a plain directory
-
-
-def find_set(root: Path, label: str) -> BootSet | None:
-    """Resolve `root/<label>` once: the set it points at now, addressed by its own name."""
-    if not LABEL.fullmatch(label):
-        return None
-    directory = resolve_within(root, label)
-    if directory is None or not directory.is_dir():
-        return None
-    parts = directory.relative_to(root).parts
-    if len(parts) == 2 and parts[0] == SETS_DIR and LABEL.fullmatch(parts[1]):
-        return BootSet(directory, f"/{SETS_PREFIX}/{parts[1]}")
-    if len(parts) == 1 and LABEL.fullmatch(parts[0]):
-        return BootSet(directory, f"/{parts[0]}")
-    return None
-
-
-def find_exact_set(root: Path, name: str) -> BootSet | None:
-    """`root/.sets/<name>`, addressed as /sets/<name>."""
-    if not LABEL.fullmatch(name):
-        return None
-    directory = resolve_within(root, SETS_DIR, name)
-    if directory is None or not directory.is_dir() or directory.parent != root / SETS_DIR:
-        return None
-    return BootSet(directory, f"/{SETS_PREFIX}/{name}")
-
-
-def published_labels(root: Path) -> list[str]:
-    """Labels under root that resolve to a set with a boot script, sorted."""
-    labels = []
-    for entry in sorted(root.iterdir()):
-        if entry.name in (SETS_PREFIX, BOOT_SCRIPT):
-            continue
-        found = find_set(root, entry.name)
-        if found is not None and (found.directory / IPXE).is_file():
-            labels.append(entry.name)
-    return labels
-
-
-def render_script(text: str, base_url: str, url_prefix: str) -> str:
-    """Point the kernel/initrd URLs at one set and fill in `${boot-server}`."""
-    text = BOOT_FILE_URL.sub(lambda m: f"{base_url}{url_prefix}/{m.group(1)}", text)
-    return text.replace(BOOT_SERVER, base_url)
-
-
-def menu_text(root: Path, label: str) -> str:
-    """One menu line: the label and what its manifest says, if it can be read."""
-    found = find_set(root, label)
-    if found is None or resolve_within(found.directory, MANIFEST) is None:
-        return label
-    try:
-        data = json.loads((found.directory / MANIFEST).read_text(encoding="utf-8"))
-        details = f"{data['backend']}/{data['distro']}, kernel {data['kernel_version']}"
-        text = f"{label} ({details}, built {data['built_at']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return label
-    return "".join(c if c.isprintable() else " " for c in text)  # one line of the script
-
-
-def boot_menu(root: Path, base_url: str) -> str:
-    labels = published_labels(root)
-    if not labels:
-        return "#!ipxe\necho plasmaboot: no images are published on this server\nexit 1\n"
-    lines = ["#!ipxe", "menu plasmaboot: choose an image to boot"]
-    lines += [f"item {label} {menu_text(root, label)}" for label in labels]
-    lines += [
-        f"choose --default {labels[0]} target || exit 1",
-        f"chain {base_url}/${{target}}/{IPXE}",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def chain_script(base_url: str, label: str) -> str:
-    return f"#!ipxe\nchain {base_url}/{label}/{IPXE}\n"
 
 
 def base_url_of(request: web.Request) -> str:
