@@ -6,7 +6,10 @@ from pathlib import Path
 
 import click
 
+from plasmaboot.cli.context import Context, pass_context
+from plasmaboot.cli.machines import inventory_option
 from plasmaboot.errors import UserError
+from plasmaboot.serve.machines import InventoryWatch
 
 
 @click.command()
@@ -30,10 +33,18 @@ from plasmaboot.errors import UserError
 @click.option(
     "--access-log",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Append access log lines to this file instead of stderr.",
+    help="Append access log lines (and refusals, inventory reloads) to this file, not stderr.",
 )
+@inventory_option
+@pass_context
 def serve(
-    root: Path, listen: str, allow_remote: bool, public_url: str | None, access_log: Path | None
+    obj: Context,
+    root: Path,
+    listen: str,
+    allow_remote: bool,
+    public_url: str | None,
+    access_log: Path | None,
+    inventory: Path | None,
 ) -> None:
     """Serve artifact sets and iPXE boot scripts over HTTP until Ctrl-C.
 
@@ -41,6 +52,9 @@ def serve(
     Nodes chain  http://HOST:PORT/boot.ipxe               (menu of labels)
              or  http://HOST:PORT/boot.ipxe?profile=LABEL
              or  http://HOST:PORT/LABEL/netboot.ipxe
+    With --inventory, only known machines boot:
+                 http://HOST:PORT/boot.ipxe?mac=${net0/mac}  (its profile's set, its own
+                 kernel parameters; unknown MACs get a script that says why and stops)
     """
     from plasmaboot.serve.app import check_listen, parse_listen, serve_forever
 
@@ -51,11 +65,13 @@ def serve(
             f"--root {root}: no such directory",
             hint="pass the directory `plasmaboot build --output-dir` wrote (e.g. artifacts)",
         )
+    watch = InventoryWatch(inventory, obj.store()) if inventory is not None else None
     serve_forever(
         root,
         host,
         port,
         public_url=public_url,
         access_log=access_log,
+        inventory=watch,
         announce=lambda line: click.echo(line, err=True),
     )

@@ -20,6 +20,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,13 @@ from aiohttp.abc import AbstractAccessLogger
 from plasmaboot.artifacts.layout import BUILD_LOG, INITRD, IPXE, KERNEL, MANIFEST
 from plasmaboot.errors import UserError
 from plasmaboot.formats.ipxe import BOOT_SCRIPT
+from plasmaboot.serve.machines import (
+    InventoryWatch,
+    ask_with_mac_script,
+    look_up,
+    machine_params,
+    refusal_script,
+)
 from plasmaboot.serve.paths import (
     SETS_PREFIX,
     BootSet,
@@ -41,7 +49,7 @@ from plasmaboot.serve.paths import (
     request_segments,
     resolve_within,
 )
-from plasmaboot.serve.scripts import boot_menu, chain_script, render_script
+from plasmaboot.serve.scripts import add_kernel_params, boot_menu, chain_script, render_script
 
 ASSET_FILES = frozenset({KERNEL, INITRD, MANIFEST, BUILD_LOG})
 HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
@@ -49,6 +57,8 @@ SCRIPT_TYPE = "text/plain"
 SHUTDOWN_TIMEOUT = 2.0
 ROOT_KEY = web.AppKey("root", Path)
 PUBLIC_URL_KEY = web.AppKey("public_url", str)
+INVENTORY_KEY = web.AppKey("inventory", InventoryWatch)
+EVENTS_KEY = web.AppKey("events", logging.Logger)
 
 
 def base_url_of(request: web.Request) -> str:
@@ -92,6 +102,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         raise web.HTTPBadRequest(text=f"refused path: {exc}\n") from exc
     root: Path = request.app[ROOT_KEY]
     match segments:
+        case (str(name),) if name == BOOT_SCRIPT and INVENTORY_KEY in request.app:
+            return machine_script(request, request.app[INVENTORY_KEY])
         case (str(name),) if name == BOOT_SCRIPT:
             profile = request.query.get("profile")
             if profile is None:
@@ -106,20 +118,61 @@ async def handle(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound()
 
 
+def machine_script(request: web.Request, watch: InventoryWatch) -> web.Response:
+    """`/boot.ipxe?mac=...` with an inventory: the machine's own script, or a refusal."""
+    base = base_url_of(request)
+    raw_mac = request.query.get("mac")
+    if raw_mac is None:
+        return script_response(ask_with_mac_script(base))
+    events = request.app[EVENTS_KEY]
+    client = request.remote or "-"
+    found = look_up(watch.current(), raw_mac)
+    if found.machine is None:
+        shown = found.mac or f"{printable(raw_mac[:40])} (not a MAC address)"
+        events.warning("refused: MAC %s from %s is not in the inventory", shown, client)
+        reason = f"MAC {found.mac} is not in the inventory" if found.mac else "no valid MAC given"
+        return script_response(refusal_script(reason))
+    machine = found.machine
+    boot_set = find_set(request.app[ROOT_KEY], machine.label)
+    text = read_script(boot_set)
+    if boot_set is None or text is None:
+        events.warning(
+            "refused: machine %s (MAC %s) from %s: no image published for %s",
+            machine.name, found.mac, client, machine.label,
+        )  # fmt: skip
+        return script_response(refusal_script(f"no image is published for {machine.label}"))
+    script = render_script(text, base, boot_set.url_prefix)
+    events.info(
+        "boot: machine %s (MAC %s) from %s gets %s",
+        machine.name, found.mac, client, boot_set.directory.name,
+    )  # fmt: skip
+    return script_response(add_kernel_params(script, machine_params(machine)))
+
+
+def read_script(found: BootSet | None) -> str | None:
+    """A set's netboot.ipxe, if it is there and readable."""
+    if found is None or resolve_within(found.directory, IPXE) is None:
+        return None
+    try:
+        return (found.directory / IPXE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def respond_from_set(request: web.Request, found: BootSet | None, name: str) -> web.StreamResponse:
     if name != IPXE:
         return file_response(found, name)
-    if found is None or resolve_within(found.directory, IPXE) is None:
+    text = read_script(found)
+    if found is None or text is None:
         raise web.HTTPNotFound()
-    try:
-        text = (found.directory / IPXE).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise web.HTTPNotFound() from exc
     return script_response(render_script(text, base_url_of(request), found.url_prefix))
 
 
-def make_app(root: Path, public_base_url: str | None = None) -> web.Application:
-    """The aiohttp application serving the artifact sets under `root` (read-only)."""
+def make_app(
+    root: Path, public_base_url: str | None = None, inventory: InventoryWatch | None = None
+) -> web.Application:
+    """The aiohttp application serving the artifact sets under `root` (read-only); with an
+    inventory, `/boot.ipxe` answers known machines only."""
     if not root.is_dir():
         raise UserError(
             f"--root {root}: not a directory",
@@ -128,6 +181,10 @@ def make_app(root: Path, public_base_url: str | None = None) -> web.Application:
     app = web.Application()
     app[ROOT_KEY] = root.resolve()
     app[PUBLIC_URL_KEY] = check_public_url(public_base_url) if public_base_url else ""
+    app[EVENTS_KEY] = events_logger()
+    if inventory is not None:
+        app[INVENTORY_KEY] = inventory
+        inventory.log = app[EVENTS_KEY]
     app.router.add_get("/{path:.*}", handle)
     return app
 
@@ -169,6 +226,21 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
+def events_logger() -> logging.Logger:
+    """What the server has to say besides requests (refused machines, inventory reloads);
+    `start_site` points it at the access log's stream."""
+    logger = logging.Logger("plasmaboot.serve.events", logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+def log_events_to(logger: logging.Logger, stream: TextIO) -> None:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ"))
+    handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
+    logger.handlers = [handler]
+
+
 def access_logger(stream: TextIO) -> logging.Logger:
     """A logger of its own per server, writing bare lines to `stream`."""
     logger = logging.Logger("plasmaboot.serve.access", logging.INFO)
@@ -190,6 +262,7 @@ async def start_site(
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
+    log_events_to(app[EVENTS_KEY], log_stream)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -221,6 +294,7 @@ class ServerThread:
         host: str = "127.0.0.1",
         port: int = 0,
         access_log: Path | None = None,
+        inventory: InventoryWatch | None = None,
     ) -> None:
         self.root = root
         self.host = host
@@ -233,7 +307,7 @@ class ServerThread:
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="plasmaboot-serve", daemon=True)
         self._log_file: TextIO | None = None
-        self._app = make_app(root)
+        self._app = make_app(root, inventory=inventory)
 
     def __enter__(self) -> ServerThread:
         if self.access_log is not None:
@@ -322,10 +396,11 @@ def serve_forever(
     *,
     public_url: str | None = None,
     access_log: Path | None = None,
+    inventory: InventoryWatch | None = None,
     announce: Callable[[str], None] = print,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then stop cleanly (the `plasmaboot serve` command)."""
-    app = make_app(root, public_url)
+    app = make_app(root, public_url, inventory)
 
     async def main(log_stream: TextIO) -> None:
         loop = asyncio.get_running_loop()
@@ -336,7 +411,14 @@ def serve_forever(
         base = f"http://{url_host(host)}:{bound}"
         labels = published_labels(app[ROOT_KEY])
         announce(f"serving {app[ROOT_KEY]} at {base}/ (labels: {', '.join(labels) or 'none'})")
-        announce(f"boot menu: {base}/{BOOT_SCRIPT}")
+        if inventory is None:
+            announce(f"boot menu: {base}/{BOOT_SCRIPT}")
+        else:
+            machines = len(inventory.current().machines)
+            announce(
+                f"machines from {inventory.path} ({machines}): "
+                f"{base}/{BOOT_SCRIPT}?mac=${{net0/mac}}; unknown MACs are refused"
+            )
         try:
             await stop.wait()
         finally:

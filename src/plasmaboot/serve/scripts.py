@@ -52,3 +52,14 @@ def boot_menu(root: Path, base_url: str) -> str:
 
 def chain_script(base_url: str, label: str) -> str:
     return f"#!ipxe\nchain {base_url}/{label}/{IPXE}\n"
+
+
+def add_kernel_params(script: str, params: list[str]) -> str:
+    """The script with `params` appended to its kernel line (they were checked by the one
+    kernel-parameter rule when the inventory was loaded)."""
+    lines = script.splitlines()
+    kernel = [index for index, line in enumerate(lines) if line.startswith("kernel ")]
+    if len(kernel) != 1:
+        raise ValueError(f"expected one kernel line in the set's script, found {len(kernel)}")
+    lines[kernel[0]] = " ".join([lines[kernel[0]], *params])
+    return "\n".join(lines) + "\n"
