@@ -18,6 +18,7 @@ from plasmaboot.cli.check import check
 from plasmaboot.cli.context import Context, Group, console, err_console
 from plasmaboot.cli.machines import machines
 from plasmaboot.cli.profiles import profiles, schema
+from plasmaboot.cli.pxe import pxe_server
 from plasmaboot.cli.serve import serve
 from plasmaboot.cli.verify import verify
 
@@ -50,5 +51,6 @@ def main(ctx: click.Context, debug: bool, profiles_dirs: tuple[Path, ...]) -> No
     ctx.obj = Context(debug, profiles_dirs)
 
 
-for command in (profiles, schema, machines, build, publish, verify, serve, check, boot_test):
+COMMANDS = (profiles, schema, machines, build, publish, verify, serve, pxe_server, check, boot_test)
+for command in COMMANDS:
     main.add_command(command)
