@@ -201,7 +201,7 @@ def test_valid_input_resolves_the_built_profile(artifacts: Path, identity: Path)
     manifest, profile = validate(BootTestOptions("worker", artifacts, identity))
     assert manifest.label == "worker"
     assert profile.name == "worker"
-    assert "kvm" in profile.kernel_modules
+    assert "kvm" in profile.kernel.modules
 
 
 def test_report_path_defaults_beside_the_set(artifacts: Path, identity: Path) -> None:

@@ -40,23 +40,23 @@ in
   ];
 
   networking.hostName = lib.mkDefault "plasmaboot-${profile.label}";
-  networking.useDHCP = profile.dhcp;
-  networking.usePredictableInterfaceNames = profile.predictable_names;
+  networking.useDHCP = profile.network.dhcp;
+  networking.usePredictableInterfaceNames = profile.network.predictable_names;
 
-  boot.kernelParams = profile.kernel_params;
-  boot.kernelModules = profile.kernel_modules;
+  boot.kernelParams = profile.kernel.params;
+  boot.kernelModules = profile.kernel.modules;
   boot.kernel.sysctl = profile.sysctl;
-  hardware.firmware = map package profile.firmware;
+  hardware.firmware = map package profile.kernel.firmware;
 
-  systemd.services."serial-getty@${profile.serial}" = {
+  systemd.services."serial-getty@${profile.console.serial}" = {
     enable = true;
     wantedBy = [ "getty.target" ];
   };
 
-  i18n.supportedLocales = map localeEntry profile.locales;
-  i18n.defaultLocale = builtins.head profile.locales;
+  i18n.supportedLocales = map localeEntry profile.system.locales;
+  i18n.defaultLocale = builtins.head profile.system.locales;
 
-  users.users.root.openssh.authorizedKeys.keyFiles = map (path: /. + path) profile.authorized_keys;
+  users.users.root.openssh.authorizedKeys.keyFiles = map (path: /. + path) profile.ssh.authorized_keys;
 
   # Service binaries are in the image even when their service is disabled, so an operator
   # (or nixos-anywhere) can start or install them.

@@ -41,7 +41,8 @@ from plasmaboot.catalog import native_package_names, package_commands
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.image.backends.debian.hook import STATIC_NODES
 from plasmaboot.log import Log
-from plasmaboot.profiles import Profile, ProfileStore
+from plasmaboot.profiles.model import Profile
+from plasmaboot.profiles.store import ProfileStore
 from plasmaboot.run import require_tool, run
 from plasmaboot.serve.app import ServerThread
 
@@ -600,7 +601,7 @@ def guest_checks(
         ("systemd", lambda: check_systemd(ssh)),
         ("services", lambda: check_services(ssh, manifest.services)),
         ("sysctls", lambda: check_sysctls(ssh, profile.sysctl)),
-        ("kernel modules", lambda: check_modules(ssh, profile.kernel_modules)),
+        ("kernel modules", lambda: check_modules(ssh, profile.kernel.modules)),
         ("nixos-anywhere prerequisites", lambda: check_nixos_anywhere(ssh)),
         ("device nodes", lambda: check_device_nodes(ssh)),
         ("free memory", memory_check),

@@ -23,7 +23,7 @@ from typing import Any
 
 from plasmaboot.artifacts.layout import ROOT_SQUASHFS
 from plasmaboot.log import Log
-from plasmaboot.profiles import Profile
+from plasmaboot.profiles.model import Profile
 from plasmaboot.run import run
 
 # Paths inside the chroot for the plan (uploaded by mmdebstrap) and the boot parts (synced
@@ -197,7 +197,7 @@ def lock_root_password(ctx: Context) -> None:
 
 
 def configure_network(ctx: Context) -> None:
-    if not ctx.profile.dhcp:
+    if not ctx.profile.network.dhcp:
         return
     ctx.write(
         "etc/systemd/network/80-plasmaboot-dhcp.network",
@@ -213,7 +213,7 @@ def configure_network(ctx: Context) -> None:
 
 
 def configure_console(ctx: Context) -> None:
-    ctx.chroot("systemctl", "enable", f"serial-getty@{ctx.profile.serial}.service")
+    ctx.chroot("systemctl", "enable", f"serial-getty@{ctx.profile.console.serial}.service")
 
 
 def configure_identity(ctx: Context) -> None:
@@ -232,11 +232,11 @@ def configure_sysctl(ctx: Context) -> None:
 
 
 def configure_kernel_modules(ctx: Context) -> None:
-    if not ctx.profile.kernel_modules:
+    if not ctx.profile.kernel.modules:
         return
     ctx.write(
         "etc/modules-load.d/plasmaboot.conf",
-        "\n".join(["# plasmaboot", *ctx.profile.kernel_modules]) + "\n",
+        "\n".join(["# plasmaboot", *ctx.profile.kernel.modules]) + "\n",
     )
 
 
@@ -339,7 +339,7 @@ def toml_value(value: Any) -> str:
 
 def trim_documentation(ctx: Context) -> None:
     """dpkg excludes most of it; this catches what maintainer scripts create."""
-    if ctx.profile.documentation:
+    if ctx.profile.system.documentation:
         return
     for relpath in ("usr/share/man", "usr/share/info", "usr/share/doc-base"):
         shutil.rmtree(ctx.root / relpath, ignore_errors=True)
@@ -354,7 +354,7 @@ def trim_kernel_modules(ctx: Context) -> None:
     """Keep the module trees a server needs (profile globs), then rebuild modules.dep."""
     version = ctx.kernel_version()
     tree = ctx.root / "usr/lib/modules" / version / "kernel"
-    include, exclude = ctx.profile.include_modules, ctx.profile.exclude_modules
+    include, exclude = ctx.profile.kernel.include_modules, ctx.profile.kernel.exclude_modules
     removed = 0
     for module in list(tree.rglob("*.ko*")):
         rel = module.relative_to(tree).as_posix()
