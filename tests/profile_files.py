@@ -37,7 +37,7 @@ def resolve(root: Path, files: dict[str, str], name: str, variant: str | None = 
 def write_custom_profiles(profiles: Path) -> None:
     """Profiles that use every merge rule, for comparing the Nix and Python sides: `edge`
     (multiple extends, "!item", key files, service ports, limits and settings), `edge-lab`
-    (unset of a service's port and of a console key) and `bare` (no parent: only defaults)."""
+    (unset of a service's port and of single keys) and `bare` (no parent: only defaults)."""
     (profiles / "keys").mkdir()
     (profiles / "keys" / "ops.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA ops\n")
     (profiles / "edge.toml").write_text(
@@ -53,6 +53,9 @@ authorized_keys = ["keys/ops.pub"]
 [kernel]
 params = ["!loglevel=4", "quiet"]
 modules = ["!tun", "br_netfilter"]
+
+[network]
+mtu = 9000
 
 [console]
 baud = 57600
@@ -74,6 +77,6 @@ enable = true
 """
     )
     (profiles / "edge-lab.toml").write_text(
-        'extends = "edge"\nunset = ["services.chainfire.port", "console.baud"]\n'
+        'extends = "edge"\nunset = ["services.chainfire.port", "console.baud", "network.mtu"]\n'
     )
     (profiles / "bare.toml").write_text('description = "nothing inherited"\n')

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -86,6 +87,95 @@ def test_flake_has_a_configuration_per_profile_and_variant(tmp_path: Path) -> No
     assert set(configurations) == {f"netboot-{label}" for label in labels}
     assert "netboot-edge-debug" in configurations
     assert set(configurations.values()) == {"x86_64-linux"}
+
+
+# The image module with a stand-in lib and pkgs (nixpkgs is unreachable here): enough to
+# prove it reads the resolved profile's sections, not to build anything.
+IMAGE_MODULE_PROBE = """
+{ repo, profilesDir, label }:
+let
+  profile = (import (repo + "/nix/lib/profiles.nix") { inherit profilesDir; }).all.${label};
+  lib = {
+    mkDefault = x: x;
+    optionalAttrs = cond: attrs: if cond then attrs else { };
+    optionalString = cond: text: if cond then text else "";
+    optional = cond: x: if cond then [ x ] else [ ];
+    inherit (builtins) filter attrNames attrValues mapAttrs concatMap;
+  };
+  names = profile.nixPackages ++ profile.kernel.firmware;
+  pkgs = builtins.listToAttrs (map (name: { inherit name; value = name; }) names);
+  config.services = builtins.mapAttrs (_: _: { package = null; }) profile.services;
+  image = import (repo + "/nix/images/netboot-profile.nix") profile { inherit config lib pkgs; };
+in
+{
+  # an attribute, so `nix eval --file` applies the --arg values
+  image = {
+    inherit (image.networking) useDHCP usePredictableInterfaceNames;
+    inherit (image.boot) kernelParams kernelModules;
+    inherit (image.i18n) supportedLocales;
+    udevRules = image.services.udev.extraRules;
+    getty = builtins.attrNames image.systemd.services;
+    keyFiles = map toString image.users.users.root.openssh.authorizedKeys.keyFiles;
+    chainfire = removeAttrs (image.services.chainfire or { }) [ "settings" ];
+  };
+}
+"""
+
+
+def evaluate_image_module(profiles: Path, label: str) -> dict[str, Any]:
+    probe = profiles.parent / "probe.nix"
+    probe.write_text(IMAGE_MODULE_PROBE)
+    proc = run(
+        nix_command(
+            "eval",
+            "--json",
+            "--file",
+            str(probe),
+            "--arg",
+            "repo",
+            str(REPO),
+            "--argstr",
+            "profilesDir",
+            str(profiles),
+            "--argstr",
+            "label",
+            label,
+            "image",
+        )
+    )
+    body: dict[str, Any] = json.loads(proc.stdout.decode().splitlines()[-1])
+    return body
+
+
+@needs_nix
+@pytest.mark.nix
+def test_image_module_reads_the_resolved_profile(tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    shutil.copytree(REPO / "profiles", profiles)
+    write_custom_profiles(profiles)
+
+    edge = evaluate_image_module(profiles, "edge")
+    assert edge["useDHCP"] is True and edge["usePredictableInterfaceNames"] is True
+    assert edge["kernelParams"] == ["console=ttyS0,115200", "console=tty0", "quiet"]
+    assert "br_netfilter" in edge["kernelModules"]
+    assert edge["supportedLocales"] == ["en_US.UTF-8/UTF-8"]
+    assert edge["getty"] == ["serial-getty@ttyS0"]
+    assert edge["keyFiles"] == [str((profiles / "keys" / "ops.pub").resolve())]
+    assert edge["chainfire"] == {
+        "enable": True,
+        "port": 3379,
+        "raftPort": 2380,
+        "gossipPort": 2381,
+        "memoryMax": "1G",
+        "cpuQuota": "80%",
+    }
+    # network.mtu = 9000: a udev rule gives it to every physical Ethernet NIC
+    assert edge["udevRules"].strip() == (
+        'ACTION=="add", SUBSYSTEM=="net", ATTR{type}=="1", DEVPATH!="/devices/virtual/*", '
+        'ATTR{mtu}="9000"'
+    )
+    # unset again: the NICs keep their default
+    assert evaluate_image_module(profiles, "edge-lab")["udevRules"] == ""
 
 
 # ---------------------------------------------------------------------------------------

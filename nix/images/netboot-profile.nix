@@ -29,6 +29,11 @@ let
     // svc.ports
     // lib.optionalAttrs (svc.memory_max != null) { memoryMax = svc.memory_max; }
     // lib.optionalAttrs (svc.cpu_quota != null) { cpuQuota = svc.cpu_quota; };
+  # network.mtu: every physical Ethernet NIC (what DHCP configures) gets it as it appears,
+  # before dhcpcd brings it up; bridges, bonds, veths and taps keep their own.
+  mtuRule = lib.optionalString (profile.network.dhcp && profile.network.mtu != null) ''
+    ACTION=="add", SUBSYSTEM=="net", ATTR{type}=="1", DEVPATH!="/devices/virtual/*", ATTR{mtu}="${toString profile.network.mtu}"
+  '';
   servicePackages = lib.filter (p: p != null) (
     map (name: config.services.${name}.package) (lib.attrNames profile.services)
   );
@@ -62,7 +67,9 @@ in
   # (or nixos-anywhere) can start or install them.
   environment.systemPackages = map package profile.nixPackages ++ servicePackages;
 
-  services = lib.mapAttrs serviceOptions profile.services;
+  services = lib.mapAttrs serviceOptions profile.services // {
+    udev.extraRules = mtuRule;
+  };
 
   warnings = lib.concatMap (
     svc:

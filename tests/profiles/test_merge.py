@@ -200,3 +200,20 @@ def test_user_dirs_shadow_builtin_profiles(tmp_path: Path) -> None:
     )
     assert profile.packages == ["vim", "openvswitch", "qemu", "libvirt"]
     assert Path(profile.sources[0]) == tmp_path / "base.toml"
+
+
+def test_mtu_is_inherited_overridden_and_unset(tmp_path: Path) -> None:
+    files = {
+        "p-jumbo.toml": 'extends = "worker"\n[network]\nmtu = 9000\n',
+        "p-rack.toml": 'extends = "p-jumbo"\n[network]\ndhcp = true\n',
+        "p-small.toml": 'extends = "p-rack"\n[network]\nmtu = 1500\n',
+        "p-plain.toml": 'extends = "p-rack"\nunset = ["network.mtu"]\n',
+    }
+    write_tree(tmp_path, files)
+    store = ProfileStore([tmp_path])
+    assert store.resolve("worker").network.mtu is None  # unset: the NIC's default
+    assert store.resolve("p-jumbo").network.mtu == 9000
+    assert store.resolve("p-rack").network.mtu == 9000
+    assert store.resolve("p-small").network.mtu == 1500
+    assert store.resolve("p-plain").network.mtu is None
+    assert store.resolve("p-jumbo").content_hash() != store.resolve("worker").content_hash()

@@ -154,7 +154,7 @@ def test_a_profile_without_parents_gets_every_default(tmp_path: Path) -> None:
             "exclude_modules": [],
             "firmware": [],
         },
-        "network": {"dhcp": True, "predictable_names": True},
+        "network": {"dhcp": True, "predictable_names": True, "mtu": None},
         "console": {"serial": "ttyS0", "baud": 115200},
         "system": {"locales": ["en_US.UTF-8"], "documentation": False},
         "sysctl": {},
@@ -180,5 +180,5 @@ def test_show_json_has_the_sections_of_the_file() -> None:
         "sources",
         "content_hash",
     ]
-    assert body["network"] == {"dhcp": True, "predictable_names": True}
+    assert body["network"] == {"dhcp": True, "predictable_names": True, "mtu": None}
     assert body["content_hash"] == ProfileStore().resolve("worker").content_hash()

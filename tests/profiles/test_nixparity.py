@@ -172,6 +172,7 @@ def test_nix_resolves_custom_profiles_like_python(tmp_path: Path) -> None:
     assert "tun" not in edge["kernel"]["modules"] and "br_netfilter" in edge["kernel"]["modules"]
     assert edge["ssh"]["authorized_keys"] == [str((profiles / "keys" / "ops.pub").resolve())]
     assert edge["console"]["baud"] == 57600
+    assert edge["network"] == {"dhcp": True, "predictable_names": True, "mtu": 9000}
     chainfire = edge["services"]["chainfire"]
     assert chainfire["enable"] is True
     assert chainfire["ports"] == {"port": 3379, "raftPort": 2380, "gossipPort": 2381}
@@ -182,9 +183,10 @@ def test_nix_resolves_custom_profiles_like_python(tmp_path: Path) -> None:
     lab = nix_side["edge-lab"]
     assert lab["services"]["chainfire"]["ports"]["port"] == 2379
     assert lab["console"]["baud"] == 115200
+    assert lab["network"]["mtu"] is None
     # no parent at all: every setting is the model's default
     bare = nix_side["bare"]
-    assert bare["network"] == {"dhcp": True, "predictable_names": True}
+    assert bare["network"] == {"dhcp": True, "predictable_names": True, "mtu": None}
     assert bare["system"] == {"locales": ["en_US.UTF-8"], "documentation": False}
 
 

@@ -245,6 +245,21 @@ CORPUS = [
         "profiles/edge.toml: console.baud: expected a number at least 1200, got 10",
     ),
     Case(
+        "mtu-too-small",
+        {"edge.toml": "[network]\nmtu = 100\n"},
+        "profiles/edge.toml: network.mtu: expected a number at least 576, got 100",
+    ),
+    Case(
+        "mtu-too-large",
+        {"edge.toml": 'extends = "worker"\n[network]\nmtu = 9217\n'},
+        "profiles/edge.toml: network.mtu: expected a number at most 9216, got 9217",
+    ),
+    Case(
+        "mtu-string",
+        {"edge.toml": '[network]\nmtu = "9000"\n'},
+        'profiles/edge.toml: network.mtu: expected an integer, got "9000"',
+    ),
+    Case(
         "unknown-variant",
         {"edge.toml": 'extends = "worker"\n'},
         "--variant: unknown variant \"debgu\" (did you mean 'debug'?)",

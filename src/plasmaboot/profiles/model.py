@@ -82,6 +82,13 @@ class KernelSection(Section):
 class NetworkSection(Section):
     dhcp: bool = Field(True, description="DHCP on every Ethernet NIC.")
     predictable_names: bool = Field(True, description="Predictable interface names.")
+    mtu: int | None = Field(
+        None,
+        ge=576,
+        le=9216,
+        description="MTU of the NICs DHCP configures (9000: jumbo frames); unset keeps the "
+        "NIC's default.",
+    )
 
 
 class ConsoleSection(Section):

@@ -197,19 +197,27 @@ def lock_root_password(ctx: Context) -> None:
 
 
 def configure_network(ctx: Context) -> None:
-    if not ctx.profile.network.dhcp:
+    network = ctx.profile.network
+    if not network.dhcp:
         return
-    ctx.write(
-        "etc/systemd/network/80-plasmaboot-dhcp.network",
-        "# plasmaboot: DHCP on every Ethernet NIC (not on bridges, bonds or veths)\n"
-        "[Match]\nType=ether\nKind=!*\n\n[Network]\nDHCP=yes\n\n"
-        "[DHCPv4]\nClientIdentifier=mac\n",
-    )
+    ctx.write("etc/systemd/network/80-plasmaboot-dhcp.network", render_dhcp_network(network.mtu))
     ctx.write(
         "etc/systemd/system/systemd-networkd-wait-online.service.d/plasmaboot.conf",
         WAIT_ONLINE_DROP_IN,
     )
     ctx.chroot("systemctl", "enable", "systemd-networkd.service", "systemd-resolved.service")
+
+
+def render_dhcp_network(mtu: int | None) -> str:
+    """systemd-networkd's .network file for DHCP on every Ethernet NIC, with the profile's
+    network.mtu when it sets one (networkd ignores a DHCP server's MTU option by default, so
+    this one holds)."""
+    link = f"[Link]\nMTUBytes={mtu}\n\n" if mtu is not None else ""
+    return (
+        "# plasmaboot: DHCP on every Ethernet NIC (not on bridges, bonds or veths)\n"
+        f"[Match]\nType=ether\nKind=!*\n\n{link}[Network]\nDHCP=yes\n\n"
+        "[DHCPv4]\nClientIdentifier=mac\n"
+    )
 
 
 def configure_console(ctx: Context) -> None:
