@@ -167,3 +167,13 @@ def ci_image(tmp_path_factory: pytest.TempPathFactory) -> CiImage:
     assert proc.returncode == 0, f"CI image build failed:\n{proc.stderr[-4000:]}"
     summary = json.loads(proc.stdout)[0]
     return CiImage(artifacts, CI_PROFILE, identity, profiles_dir, Path(cache), summary)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project directory with an empty `profiles/` beside it, as the current directory, so
+    messages name files as an operator sees them: `profiles/edge.toml`."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PLASMABOOT_PROFILES_DIR", raising=False)
+    (tmp_path / "profiles").mkdir()
+    return tmp_path

@@ -4,6 +4,7 @@ parsing what the guest prints, the report, and the checks that decide from SSH o
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from plasmaboot.boot import test as boottest
 from plasmaboot.boot.qemu import Accelerator, ProbeResult, kvm_usable
 from plasmaboot.boot.test import (
     DEVICE_NODES_SCRIPT,
+    NIC_MTU_SCRIPT,
     STATIC_NODE_LISTS,
     BootRecord,
     BootTestOptions,
@@ -33,6 +35,7 @@ from plasmaboot.boot.test import (
     check_memory,
     cpu_quota_timespan,
     judge_device_nodes,
+    judge_mtu,
     kvm_gave_out,
     memory_bytes,
     module_name,
@@ -201,7 +204,7 @@ def test_valid_input_resolves_the_built_profile(artifacts: Path, identity: Path)
     manifest, profile = validate(BootTestOptions("worker", artifacts, identity))
     assert manifest.label == "worker"
     assert profile.name == "worker"
-    assert "kvm" in profile.kernel_modules
+    assert "kvm" in profile.kernel.modules
 
 
 def test_report_path_defaults_beside_the_set(artifacts: Path, identity: Path) -> None:
@@ -466,3 +469,27 @@ def test_device_nodes_fail_without_any_list(tmp_path: Path) -> None:
     check = judge_device_nodes(run_device_nodes_script(tmp_path, None, None))
     assert not check.passed
     assert check.detail.startswith("no device nodes listed (looked in /etc/tmpfiles.d/")
+
+
+# --------------------------------------------------------------------------------------
+# network.mtu: the guest's NICs against the profile
+
+
+def test_mtu_passes_when_every_nic_has_it() -> None:
+    check = judge_mtu("enp0s3 9000\nenp0s4 9000\n", 9000)
+    assert check.passed and check.detail == "enp0s3 9000, enp0s4 9000"
+
+
+def test_mtu_names_the_nic_that_lacks_it() -> None:
+    check = judge_mtu("enp0s3 9000\nenp0s4 1500\n", 9000)
+    assert not check.passed and check.detail == "enp0s4 1500 (want 9000)"
+    assert not judge_mtu("", 9000).passed
+
+
+def test_mtu_script_lists_nics_with_a_device() -> None:
+    out = subprocess.run(["sh", "-c", NIC_MTU_SCRIPT], capture_output=True, text=True).stdout
+    physical = [
+        n for n in os.listdir("/sys/class/net") if os.path.exists(f"/sys/class/net/{n}/device")
+    ]
+    assert sorted(line.split()[0] for line in out.splitlines()) == sorted(physical)
+    assert all(line.split()[1].isdigit() for line in out.splitlines())

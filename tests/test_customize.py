@@ -11,7 +11,12 @@ from typing import Any
 
 import pytest
 
-from plasmaboot.image.backends.debian.hook import STATIC_NODES, Context, list_static_nodes
+from plasmaboot.image.backends.debian.hook import (
+    STATIC_NODES,
+    Context,
+    list_static_nodes,
+    render_dhcp_network,
+)
 from plasmaboot.log import Log
 
 IMAGE_KERNEL = "6.1.0-test-amd64"
@@ -81,3 +86,22 @@ def test_an_empty_list_fails_the_build_and_keeps_the_unit(
     with pytest.raises(RuntimeError, match=r"listed no device nodes .*modules\.devname"):
         list_static_nodes(ctx)
     assert not (tmp_path / "etc/systemd/system/kmod-static-nodes.service").is_symlink()
+
+
+def test_dhcp_network_file_without_an_mtu_leaves_the_link_alone() -> None:
+    assert render_dhcp_network(None) == (
+        "# plasmaboot: DHCP on every Ethernet NIC (not on bridges, bonds or veths)\n"
+        "[Match]\nType=ether\nKind=!*\n\n"
+        "[Network]\nDHCP=yes\n\n"
+        "[DHCPv4]\nClientIdentifier=mac\n"
+    )
+
+
+def test_dhcp_network_file_sets_the_profiles_mtu() -> None:
+    assert render_dhcp_network(9000) == (
+        "# plasmaboot: DHCP on every Ethernet NIC (not on bridges, bonds or veths)\n"
+        "[Match]\nType=ether\nKind=!*\n\n"
+        "[Link]\nMTUBytes=9000\n\n"
+        "[Network]\nDHCP=yes\n\n"
+        "[DHCPv4]\nClientIdentifier=mac\n"
+    )

@@ -1,6 +1,6 @@
-"""The nix backend: every .nix file parses, nix/lib/profiles.nix resolves every profile as
-the Python loader does, the flake exposes a configuration per profile and variant, and the
-driver really runs `nix build` (against a small fixture flake with no inputs)."""
+"""The nix backend: the flake exposes a configuration per profile and variant, and the
+driver really runs `nix build` (against a small fixture flake with no inputs). That the Nix
+side resolves profiles as Python does is tests/profiles/test_nixparity.py."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import stat
 import subprocess
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -23,19 +24,12 @@ from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.cli import main
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.image.backend import BuildRequest
-from plasmaboot.image.backends.nix import (
-    NixBackend,
-    nix_command,
-    nix_files,
-    nix_profiles,
-    nix_works,
-    parse_nix_files,
-    profile_differences,
-    python_profiles,
-)
+from plasmaboot.image.backends.nix import NixBackend, nix_command, nix_works
 from plasmaboot.log import Log
-from plasmaboot.profiles import ProfileStore
+from plasmaboot.profiles.nixparity import python_profiles
+from plasmaboot.profiles.store import ProfileStore
 from plasmaboot.run import run
+from profile_files import write_custom_profiles
 
 from conftest import plasmaboot
 
@@ -63,157 +57,6 @@ def copy_flake_sources(target: Path) -> None:
     shutil.copy(REPO / "flake.nix", target / "flake.nix")
 
 
-def write_custom_profile(profiles: Path) -> None:
-    (profiles / "keys").mkdir()
-    (profiles / "keys" / "ops.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA ops\n")
-    (profiles / "edge.toml").write_text(
-        """
-description = "Edge: a worker with its own DNS and KV store"
-extends = ["worker", "base"]
-unset = ["sysctl.fs.file-max"]
-packages = ["!tcpdump", "busybox", "gdisk", "qemu"]
-
-[ssh]
-authorized_keys = ["keys/ops.pub"]
-
-[kernel]
-params = ["!loglevel=4", "quiet"]
-modules = ["!tun", "br_netfilter"]
-
-[sysctl]
-"vm.swappiness" = 10
-
-[service_defaults]
-cpu_quota = "80%"
-
-[services.chainfire]
-enable = true
-port = 3379
-memory_max = "1G"
-settings = { cluster = { name = "edge" } }
-
-[services.flashdns]
-enable = true
-"""
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# Nix sources
-
-
-@needs_nix
-@pytest.mark.nix
-def test_every_nix_file_parses() -> None:
-    files = nix_files(REPO)
-    relative = {str(path.relative_to(REPO)) for path in files}
-    assert {
-        "flake.nix",
-        "nix/lib/profiles.nix",
-        "nix/images/netboot-base.nix",
-        "nix/images/netboot-profile.nix",
-        "nix/modules/default.nix",
-        "nix/modules/service.nix",
-        "tests/fixtures/nixflake/flake.nix",
-    } <= relative
-    parse_nix_files(files)
-
-
-@needs_nix
-@pytest.mark.nix
-def test_a_syntax_error_names_the_file(tmp_path: Path) -> None:
-    broken = tmp_path / "broken.nix"
-    broken.write_text("{ a = 1; b = ; }\n")
-    with pytest.raises(WorkError, match=r"broken\.nix: not valid Nix"):
-        parse_nix_files([broken])
-
-
-# ---------------------------------------------------------------------------------------
-# Profiles: both sides resolve them alike
-
-
-@needs_nix
-@pytest.mark.nix
-def test_nix_resolves_builtin_profiles_like_python() -> None:
-    python_side = python_profiles(REPO / "profiles")
-    nix_side = nix_profiles(REPO / "profiles")
-    store = ProfileStore()
-    expected = {
-        label
-        for name in store.profile_names()
-        for label in [name, *(f"{name}-{variant}" for variant in store.variant_names())]
-    }
-    assert set(nix_side) == set(python_side) == expected
-    for label in expected:
-        assert nix_side[label] == python_side[label], label
-    # The comparison is about real content, not two empty sides.
-    worker = nix_side["worker"]
-    assert worker["sysctl"]["fs.file-max"] == 1000000
-    assert worker["services"]["plasmavmc"]["ports"] == {"port": 8081}
-    assert worker["services"]["novanet"]["memory_max"] == "512M"
-    assert "qemu_kvm" in worker["packages"] and "qemu" not in worker["packages"]
-    assert nix_side["control-plane"]["services"]["chainfire"]["ports"] == {
-        "port": 2379,
-        "raftPort": 2380,
-        "gossipPort": 2381,
-    }
-    assert nix_side["all-in-one-minimal"]["services"] == {}
-    assert "ddrescue" in nix_side["base-rescue"]["packages"]
-    assert "dnsutils" in nix_side["base-debug"]["packages"]
-
-
-@needs_nix
-@pytest.mark.nix
-def test_nix_resolves_a_custom_profile_like_python(tmp_path: Path) -> None:
-    profiles = tmp_path / "profiles"
-    shutil.copytree(REPO / "profiles", profiles)
-    write_custom_profile(profiles)
-    assert profile_differences(profiles) == []
-    edge = nix_profiles(profiles)["edge"]
-    # "gdisk" maps to the gptfdisk attribute base already has: listed once
-    assert edge["packages"][-1] == "busybox" and edge["packages"].count("gptfdisk") == 1
-    assert "tcpdump" not in edge["packages"]
-    assert edge["sysctl"] == {
-        "net.ipv4.ip_forward": 1,
-        "net.core.netdev_max_backlog": 5000,
-        "vm.swappiness": 10,
-    }
-    assert edge["kernel_params"] == ["console=ttyS0,115200", "console=tty0", "quiet"]
-    assert "tun" not in edge["kernel_modules"] and "br_netfilter" in edge["kernel_modules"]
-    assert edge["authorized_keys"] == [str((profiles / "keys" / "ops.pub").resolve())]
-    chainfire = edge["services"]["chainfire"]
-    assert chainfire["enable"] is True
-    assert chainfire["ports"] == {"port": 3379, "raftPort": 2380, "gossipPort": 2381}
-    assert (chainfire["memory_max"], chainfire["cpu_quota"]) == ("1G", "80%")
-    assert chainfire["settings"] == {"cluster": {"name": "edge"}}
-    assert nix_profiles(profiles)["edge-minimal"]["services"] == {}
-
-
-@needs_nix
-@pytest.mark.nix
-def test_drift_between_the_two_sides_is_reported(tmp_path: Path) -> None:
-    lib = tmp_path / "profiles.nix"
-    source = (REPO / "nix" / "lib" / "profiles.nix").read_text()
-    # A Nix side whose `unset` does nothing must not pass the comparison.
-    drifted = source.replace("removeAttrs result [ section ]", "result")
-    assert drifted != source
-    lib.write_text(drifted)
-    problems = profile_differences(REPO / "profiles", lib)
-    assert problems, "a drifted Nix resolution went unnoticed"
-    assert "worker-minimal: services: python {} != nix" in "\n".join(problems)
-
-
-@needs_nix
-@pytest.mark.nix
-def test_nix_throws_on_an_extends_cycle(tmp_path: Path) -> None:
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    (profiles / "a.toml").write_text('extends = "b"\n')
-    (profiles / "b.toml").write_text('extends = "a"\n')
-    with pytest.raises(WorkError, match=r"b\.toml: extends: cycle a -> b -> a"):
-        nix_profiles(profiles)
-
-
 @needs_nix
 @pytest.mark.nix
 def test_flake_has_a_configuration_per_profile_and_variant(tmp_path: Path) -> None:
@@ -221,7 +64,7 @@ def test_flake_has_a_configuration_per_profile_and_variant(tmp_path: Path) -> No
     from profiles/*.toml, so a new profile file appears without editing the flake."""
     flake = tmp_path / "plasmaboot"
     copy_flake_sources(flake)
-    write_custom_profile(flake / "profiles")
+    write_custom_profiles(flake / "profiles")
     fake_nixpkgs = tmp_path / "nixpkgs"
     fake_nixpkgs.mkdir()
     (fake_nixpkgs / "flake.nix").write_text(
@@ -244,6 +87,95 @@ def test_flake_has_a_configuration_per_profile_and_variant(tmp_path: Path) -> No
     assert set(configurations) == {f"netboot-{label}" for label in labels}
     assert "netboot-edge-debug" in configurations
     assert set(configurations.values()) == {"x86_64-linux"}
+
+
+# The image module with a stand-in lib and pkgs (nixpkgs is unreachable here): enough to
+# prove it reads the resolved profile's sections, not to build anything.
+IMAGE_MODULE_PROBE = """
+{ repo, profilesDir, label }:
+let
+  profile = (import (repo + "/nix/lib/profiles.nix") { inherit profilesDir; }).all.${label};
+  lib = {
+    mkDefault = x: x;
+    optionalAttrs = cond: attrs: if cond then attrs else { };
+    optionalString = cond: text: if cond then text else "";
+    optional = cond: x: if cond then [ x ] else [ ];
+    inherit (builtins) filter attrNames attrValues mapAttrs concatMap;
+  };
+  names = profile.nixPackages ++ profile.kernel.firmware;
+  pkgs = builtins.listToAttrs (map (name: { inherit name; value = name; }) names);
+  config.services = builtins.mapAttrs (_: _: { package = null; }) profile.services;
+  image = import (repo + "/nix/images/netboot-profile.nix") profile { inherit config lib pkgs; };
+in
+{
+  # an attribute, so `nix eval --file` applies the --arg values
+  image = {
+    inherit (image.networking) useDHCP usePredictableInterfaceNames;
+    inherit (image.boot) kernelParams kernelModules;
+    inherit (image.i18n) supportedLocales;
+    udevRules = image.services.udev.extraRules;
+    getty = builtins.attrNames image.systemd.services;
+    keyFiles = map toString image.users.users.root.openssh.authorizedKeys.keyFiles;
+    chainfire = removeAttrs (image.services.chainfire or { }) [ "settings" ];
+  };
+}
+"""
+
+
+def evaluate_image_module(profiles: Path, label: str) -> dict[str, Any]:
+    probe = profiles.parent / "probe.nix"
+    probe.write_text(IMAGE_MODULE_PROBE)
+    proc = run(
+        nix_command(
+            "eval",
+            "--json",
+            "--file",
+            str(probe),
+            "--arg",
+            "repo",
+            str(REPO),
+            "--argstr",
+            "profilesDir",
+            str(profiles),
+            "--argstr",
+            "label",
+            label,
+            "image",
+        )
+    )
+    body: dict[str, Any] = json.loads(proc.stdout.decode().splitlines()[-1])
+    return body
+
+
+@needs_nix
+@pytest.mark.nix
+def test_image_module_reads_the_resolved_profile(tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    shutil.copytree(REPO / "profiles", profiles)
+    write_custom_profiles(profiles)
+
+    edge = evaluate_image_module(profiles, "edge")
+    assert edge["useDHCP"] is True and edge["usePredictableInterfaceNames"] is True
+    assert edge["kernelParams"] == ["console=ttyS0,115200", "console=tty0", "quiet"]
+    assert "br_netfilter" in edge["kernelModules"]
+    assert edge["supportedLocales"] == ["en_US.UTF-8/UTF-8"]
+    assert edge["getty"] == ["serial-getty@ttyS0"]
+    assert edge["keyFiles"] == [str((profiles / "keys" / "ops.pub").resolve())]
+    assert edge["chainfire"] == {
+        "enable": True,
+        "port": 3379,
+        "raftPort": 2380,
+        "gossipPort": 2381,
+        "memoryMax": "1G",
+        "cpuQuota": "80%",
+    }
+    # network.mtu = 9000: a udev rule gives it to every physical Ethernet NIC
+    assert edge["udevRules"].strip() == (
+        'ACTION=="add", SUBSYSTEM=="net", ATTR{type}=="1", DEVPATH!="/devices/virtual/*", '
+        'ATTR{mtu}="9000"'
+    )
+    # unset again: the NICs keep their default
+    assert evaluate_image_module(profiles, "edge-lab")["udevRules"] == ""
 
 
 # ---------------------------------------------------------------------------------------
@@ -413,10 +345,10 @@ def test_cli_builds_a_complete_set_and_then_hits_the_cache(
     )  # fmt: skip
     params = kernel_line.split()[2:]
     profile = ProfileStore().resolve("base")
-    assert params[: len(profile.kernel_params) + 1] == ["initrd=initrd", *profile.kernel_params]
+    assert params[: len(profile.kernel.params) + 1] == ["initrd=initrd", *profile.kernel.params]
     (init,) = [p for p in params if p.startswith("init=")]
     assert re.fullmatch(r"init=/nix/store/[a-z0-9]{32}-nixos-system-base-[^/]+/init", init)
-    assert params.index(init) > params.index(profile.kernel_params[-1])
+    assert params.index(init) > params.index(profile.kernel.params[-1])
     assert init in manifest.kernel_params
     assert Path(init.removeprefix("init=")).is_file()
 
@@ -548,15 +480,6 @@ def test_too_old_nix_names_the_flakes_fix(tmp_path: Path, monkeypatch: pytest.Mo
 def test_nix_works_here() -> None:
     NixBackend().check_available()
     assert nix_works() is True
-
-
-@needs_nix
-@pytest.mark.nix
-def test_check_command_compares_profiles() -> None:
-    result = CliRunner().invoke(main, ["check", "--eval-only", "--flake", str(REPO)])
-    assert result.exit_code == 0, result.output
-    assert "resolve every profile and variant alike" in result.output
-    assert "skipped (--eval-only)" in result.output
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,6 +29,11 @@ let
     // svc.ports
     // lib.optionalAttrs (svc.memory_max != null) { memoryMax = svc.memory_max; }
     // lib.optionalAttrs (svc.cpu_quota != null) { cpuQuota = svc.cpu_quota; };
+  # network.mtu: every physical Ethernet NIC (what DHCP configures) gets it as it appears,
+  # before dhcpcd brings it up; bridges, bonds, veths and taps keep their own.
+  mtuRule = lib.optionalString (profile.network.dhcp && profile.network.mtu != null) ''
+    ACTION=="add", SUBSYSTEM=="net", ATTR{type}=="1", DEVPATH!="/devices/virtual/*", ATTR{mtu}="${toString profile.network.mtu}"
+  '';
   servicePackages = lib.filter (p: p != null) (
     map (name: config.services.${name}.package) (lib.attrNames profile.services)
   );
@@ -40,29 +45,31 @@ in
   ];
 
   networking.hostName = lib.mkDefault "plasmaboot-${profile.label}";
-  networking.useDHCP = profile.dhcp;
-  networking.usePredictableInterfaceNames = profile.predictable_names;
+  networking.useDHCP = profile.network.dhcp;
+  networking.usePredictableInterfaceNames = profile.network.predictable_names;
 
-  boot.kernelParams = profile.kernel_params;
-  boot.kernelModules = profile.kernel_modules;
+  boot.kernelParams = profile.kernel.params;
+  boot.kernelModules = profile.kernel.modules;
   boot.kernel.sysctl = profile.sysctl;
-  hardware.firmware = map package profile.firmware;
+  hardware.firmware = map package profile.kernel.firmware;
 
-  systemd.services."serial-getty@${profile.serial}" = {
+  systemd.services."serial-getty@${profile.console.serial}" = {
     enable = true;
     wantedBy = [ "getty.target" ];
   };
 
-  i18n.supportedLocales = map localeEntry profile.locales;
-  i18n.defaultLocale = builtins.head profile.locales;
+  i18n.supportedLocales = map localeEntry profile.system.locales;
+  i18n.defaultLocale = builtins.head profile.system.locales;
 
-  users.users.root.openssh.authorizedKeys.keyFiles = map (path: /. + path) profile.authorized_keys;
+  users.users.root.openssh.authorizedKeys.keyFiles = map (path: /. + path) profile.ssh.authorized_keys;
 
   # Service binaries are in the image even when their service is disabled, so an operator
   # (or nixos-anywhere) can start or install them.
   environment.systemPackages = map package profile.nixPackages ++ servicePackages;
 
-  services = lib.mapAttrs serviceOptions profile.services;
+  services = lib.mapAttrs serviceOptions profile.services // {
+    udev.extraRules = mtuRule;
+  };
 
   warnings = lib.concatMap (
     svc:

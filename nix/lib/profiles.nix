@@ -1,14 +1,20 @@
 # Profiles for the Nix side: reads profiles/*.toml and profiles/variants/*.toml and resolves
-# inheritance exactly like src/plasmaboot/profiles.py (lists append without duplicates,
+# inheritance exactly like src/plasmaboot/profiles/ (lists append without duplicates,
 # "!item" removes, tables merge, scalars override, `unset` drops keys, several `extends`
 # merged in order, the variant last). Pure Nix (builtins only): it needs no nixpkgs, so
-# `nix eval` can compare it with the Python loader anywhere (tests/test_nix.py does).
+# `nix eval` can compare it with the Python loader anywhere (`plasmaboot check` does).
+#
+# The result has the shape of the Python side's resolved Profile (profile.kernel.params,
+# profile.network.dhcp, ...), with every default filled in from ./profile-defaults.json:
+# the Python model's defaults, written by `plasmaboot schema --defaults` (and proven current
+# by `plasmaboot check`). So a new setting needs no line here.
 #
 # The Python loader validates the schema; here a wrong profile fails with `throw` naming
 # the file and key for the errors that would otherwise give a confusing evaluation error.
 {
   profilesDir,
   catalogDir ? ../../catalog,
+  defaultsFile ? ./profile-defaults.json,
 }:
 let
   inherit (builtins)
@@ -17,6 +23,7 @@ let
     elem
     filter
     foldl'
+    fromJSON
     fromTOML
     hasAttr
     isAttrs
@@ -33,6 +40,8 @@ let
     ;
 
   catalog = fromTOML (readFile (catalogDir + "/services.toml"));
+  # { profile = <default of every mergeable key>; service = <defaults of a service section>; }
+  defaults = fromJSON (readFile defaultsFile);
   nixNames = (fromTOML (readFile (catalogDir + "/packages.toml"))).nix or { };
 
   tomlNames =
@@ -121,37 +130,46 @@ let
     else
       stripRemovals override;
 
-  settable = [
-    "description"
-    "packages"
-    "ssh"
-    "kernel"
-    "network"
-    "console"
-    "system"
-    "sysctl"
-    "service_defaults"
-    "services"
-  ];
+  settable = attrNames defaults.profile ++ [ "description" ];
+
+  # `unset` entries as key paths, as the Python loader reads them: "sysctl.fs.file-max" is
+  # [ "sysctl" "fs.file-max" ], "services.iam.port" is [ "services" "iam" "port" ].
+  splitFirst =
+    text:
+    let
+      parts = match "([^.]+)(\\.(.*))?" text;
+    in
+    [ (builtins.head parts) ] ++ (if builtins.elemAt parts 2 == null then [ ] else [ (builtins.elemAt parts 2) ]);
+
+  unsetPath =
+    source: path:
+    let
+      parts = splitFirst path;
+      head = builtins.head parts;
+    in
+    if !(elem head settable) then
+      throw "plasmaboot: ${source.file}: unset: unknown setting '${path}'"
+    else if head == "services" && builtins.length parts == 2 then
+      [ head ] ++ splitFirst (lastOf parts)
+    else
+      parts;
+
+  dropPath =
+    data: path:
+    let
+      head = builtins.head path;
+      rest = builtins.tail path;
+    in
+    if !(isAttrs data) || !(hasAttr head data) then
+      data
+    else if rest == [ ] then
+      removeAttrs data [ head ]
+    else
+      data // { ${head} = dropPath data.${head} rest; };
 
   applyUnset =
     source: merged:
-    foldl' (
-      result: path:
-      let
-        parts = match "([^.]+)(\\.(.*))?" path;
-        section = builtins.head parts;
-        key = builtins.elemAt parts 2;
-      in
-      if !(elem section settable) then
-        throw "plasmaboot: ${source.file}: unset: unknown setting '${path}'"
-      else if key == null then
-        removeAttrs result [ section ]
-      else if isAttrs (result.${section} or null) then
-        result // { ${section} = removeAttrs result.${section} [ key ]; }
-      else
-        result
-    ) merged (source.data.unset or [ ]);
+    foldl' (result: path: dropPath result (unsetPath source path)) merged (source.data.unset or [ ]);
 
   # A file named by a profile, relative to the profile directory and inside it.
   fileRef =
@@ -192,32 +210,32 @@ let
     );
 
   resolveServices =
-    file: merged:
+    file: settings:
     let
-      defaults = merged.service_defaults or { };
-      sections = merged.services or { };
-      unknown = filter (name: !(hasAttr name catalog)) (attrNames sections);
+      limits = settings.service_defaults;
+      unknown = filter (name: !(hasAttr name catalog)) (attrNames settings.services);
+      orLimit = value: limit: if value != null then value else limit;
     in
     if unknown != [ ] then
       throw "plasmaboot: ${file}: services.${builtins.head unknown}: unknown service; the catalog has: ${toString (attrNames catalog)}"
     else
       mapAttrs (
-        name: section:
+        name: written:
         let
           entry = catalog.${name};
+          section = defaults.service // written;
         in
         {
           inherit name;
           inherit (entry) description binary config user;
-          enable = section.enable or false;
+          inherit (section) enable settings;
           ports = mapAttrs (key: default: section.${key} or default) entry.ports;
           package_name = entry.package;
-          package_file = section.package or null;
-          settings = section.settings or { };
-          memory_max = section.memory_max or defaults.memory_max or null;
-          cpu_quota = section.cpu_quota or defaults.cpu_quota or null;
+          package_file = section.package;
+          memory_max = orLimit section.memory_max limits.memory_max;
+          cpu_quota = orLimit section.cpu_quota limits.cpu_quota;
         }
-      ) sections;
+      ) settings.services;
 
   checkPortClashes =
     file: services:
@@ -247,25 +265,29 @@ let
   # Abstract package names -> nixpkgs attribute names; "" means "not on Nix" (dropped).
   nixPackageName = name: nixNames.${name} or name;
 
+  # Every mergeable key with its default under what the files set (tables key by key).
+  withDefaults =
+    merged:
+    mapAttrs (
+      key: default: if isAttrs default then default // (merged.${key} or { }) else merged.${key} or default
+    ) defaults.profile;
+
   resolve =
     name: variant:
     let
       profileChain = chain name [ ];
       files = profileChain ++ (if variant == null then [ ] else [ (find "variant" variant) ]);
-      merged = foldl' mergeSource { } files;
+      settings = withDefaults (foldl' mergeSource { } files);
       leaf = lastOf profileChain;
-      kernel = merged.kernel or { };
-      network = merged.network or { };
-      console = merged.console or { };
-      system = merged.system or { };
-      packages = merged.packages or [ ];
       baseDescription = foldl' (
         found: source: if (source.data.description or "") != "" then source.data.description else found
       ) "" profileChain;
       variantSource = lastOf files;
     in
-    rec {
-      inherit name variant packages;
+    # service_defaults is applied into the services, as on the Python side
+    removeAttrs settings [ "service_defaults" ]
+    // {
+      inherit name variant;
       label = if variant == null then name else "${name}-${variant}";
       description =
         if variant == null then
@@ -276,21 +298,8 @@ let
         builtins.length profileChain - 1
       );
       # in order, once each (two abstract names may map to one attribute)
-      nixPackages = mergeLists [ ] (filter (p: p != "") (map nixPackageName packages));
-      authorized_keys = (merged.ssh or { }).authorized_keys or [ ];
-      kernel_params = kernel.params or [ ];
-      kernel_modules = kernel.modules or [ ];
-      include_modules = kernel.include_modules or [ ];
-      exclude_modules = kernel.exclude_modules or [ ];
-      firmware = kernel.firmware or [ ];
-      dhcp = network.dhcp or true;
-      predictable_names = network.predictable_names or true;
-      serial = console.serial or "ttyS0";
-      baud = console.baud or 115200;
-      locales = system.locales or [ "en_US.UTF-8" ];
-      documentation = system.documentation or false;
-      sysctl = merged.sysctl or { };
-      services = checkPortClashes variantSource.file (resolveServices leaf.file merged);
+      nixPackages = mergeLists [ ] (filter (p: p != "") (map nixPackageName settings.packages));
+      services = checkPortClashes variantSource.file (resolveServices leaf.file settings);
     };
 
   # Every profile, and every profile with every variant, by label.

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from plasmaboot.artifacts.layout import MANIFEST, sha256_file
-from plasmaboot.profiles import Profile
+from plasmaboot.profiles.model import Profile
 
 MANIFEST_VERSION = 2
 

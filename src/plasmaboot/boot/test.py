@@ -41,7 +41,8 @@ from plasmaboot.catalog import native_package_names, package_commands
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.image.backends.debian.hook import STATIC_NODES
 from plasmaboot.log import Log
-from plasmaboot.profiles import Profile, ProfileStore
+from plasmaboot.profiles.model import NetworkSection, Profile
+from plasmaboot.profiles.store import ProfileStore
 from plasmaboot.run import require_tool, run
 from plasmaboot.serve.app import ServerThread
 
@@ -485,6 +486,34 @@ def check_sysctls(ssh: Ssh, sysctl: Mapping[str, int | str]) -> list[Check]:
     return checks
 
 
+# "<nic> <mtu>" for every NIC with a device behind it: the physical ones DHCP configures
+NIC_MTU_SCRIPT = (
+    'for nic in /sys/class/net/*; do [ -e "$nic/device" ] && echo "${nic##*/} $(cat "$nic/mtu")";'
+    " done; true"
+)
+
+
+def check_mtu(ssh: Ssh, network: NetworkSection) -> list[Check]:
+    """The profile's network.mtu on the NICs DHCP configures (nothing to check when the
+    profile leaves the MTU to the NIC, or has no DHCP)."""
+    if network.mtu is None or not network.dhcp:
+        return []
+    return [judge_mtu(ssh.output(NIC_MTU_SCRIPT), network.mtu)]
+
+
+def judge_mtu(out: str, mtu: int) -> Check:
+    """NIC_MTU_SCRIPT's output against the profile's network.mtu."""
+    nics = dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
+    wrong = {nic: got for nic, got in nics.items() if got != str(mtu)}
+    if not nics:
+        detail = "no NIC with a device in /sys/class/net"
+    elif wrong:
+        detail = f"{', '.join(f'{nic} {got}' for nic, got in wrong.items())} (want {mtu})"
+    else:
+        detail = ", ".join(f"{nic} {got}" for nic, got in nics.items())
+    return Check(name="network mtu", passed=bool(nics) and not wrong, detail=detail)
+
+
 def module_name(text: str) -> str:
     return text.rsplit("/", 1)[-1].removesuffix(".ko").replace("-", "_")
 
@@ -600,7 +629,8 @@ def guest_checks(
         ("systemd", lambda: check_systemd(ssh)),
         ("services", lambda: check_services(ssh, manifest.services)),
         ("sysctls", lambda: check_sysctls(ssh, profile.sysctl)),
-        ("kernel modules", lambda: check_modules(ssh, profile.kernel_modules)),
+        ("kernel modules", lambda: check_modules(ssh, profile.kernel.modules)),
+        ("network mtu", lambda: check_mtu(ssh, profile.network)),
         ("nixos-anywhere prerequisites", lambda: check_nixos_anywhere(ssh)),
         ("device nodes", lambda: check_device_nodes(ssh)),
         ("free memory", memory_check),

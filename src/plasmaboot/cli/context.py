@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from plasmaboot.errors import PlasmabootError
-from plasmaboot.profiles import ProfileStore
+from plasmaboot.profiles.store import ProfileStore
 
 console = Console()
 err_console = Console(stderr=True)

@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from plasmaboot.cli.context import Context, console, pass_context
-from plasmaboot.profiles import Profile, profile_json_schema
+from plasmaboot.profiles.model import Profile, profile_json_schema, setting_defaults
 
 
 @click.group()
@@ -65,9 +65,9 @@ def print_profile(profile: Profile) -> None:
     console.print(f"[bold]{profile.label}[/]: {profile.description}")
     console.print(f"  sources:  {', '.join(profile.sources)}")
     console.print(f"  packages: {', '.join(profile.packages)}")
-    console.print(f"  kernel:   {' '.join(profile.kernel_params)}")
-    if profile.kernel_modules:
-        console.print(f"  modules:  {', '.join(profile.kernel_modules)}")
+    console.print(f"  kernel:   {' '.join(profile.kernel.params)}")
+    if profile.kernel.modules:
+        console.print(f"  modules:  {', '.join(profile.kernel.modules)}")
     for key, value in profile.sysctl.items():
         console.print(f"  sysctl:   {key} = {value}")
     if profile.services:
@@ -88,6 +88,14 @@ def print_profile(profile: Profile) -> None:
 
 
 @click.command()
-def schema() -> None:
+@click.option(
+    "--defaults",
+    is_flag=True,
+    help="Print the default of every setting instead (nix/lib/profile-defaults.json).",
+)
+def schema(defaults: bool) -> None:
     """Print the JSON Schema of a profile file (for editors)."""
+    if defaults:
+        click.echo(json.dumps(setting_defaults(), indent=2))
+        return
     click.echo(json.dumps(profile_json_schema(), indent=2))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from plasmaboot.log import Log
-from plasmaboot.profiles import Profile
+from plasmaboot.profiles.model import Profile
 
 
 @dataclass(frozen=True)

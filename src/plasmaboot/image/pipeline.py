@@ -50,7 +50,8 @@ from plasmaboot.image.backends.debian.backend import DEFAULT_SQUASHFS_LEVEL, Deb
 from plasmaboot.image.backends.nix import NixBackend, checked_flake, flake_inputs_problem, nix_works
 from plasmaboot.log import Log, ProgressCallback
 from plasmaboot.paths import cache_dir
-from plasmaboot.profiles import Profile, display_path
+from plasmaboot.profiles.located_errors import display_path
+from plasmaboot.profiles.model import Profile
 
 INITRD_SIZE_RANGE = (4 << 20, 2 << 30)
 DEB_MAGIC = b"!<arch>\ndebian-binary"
@@ -142,7 +143,7 @@ def check_inputs(profiles: list[Profile], options: BuildOptions, backend: Backen
     for path in options.ssh_keys:
         check_public_key(path, "--ssh-key")
     for profile in profiles:
-        for key in profile.authorized_keys:
+        for key in profile.ssh.authorized_keys:
             check_public_key(Path(key), f"{profile.sources[-1]}: ssh.authorized_keys:")
         check_service_packages(profile)
     if not isinstance(backend, DebianBackend):
@@ -386,8 +387,8 @@ def finish_set(
 ) -> None:
     """netboot.ipxe, the output checks and manifest.json, in the staging directory."""
     log, staged = request.log, request.staging
-    params = [*profile.kernel_params, *result.extra_kernel_params]
-    if not profile.predictable_names:
+    params = [*profile.kernel.params, *result.extra_kernel_params]
+    if not profile.network.predictable_names:
         params.append("net.ifnames=0")
     (staged / IPXE).write_text(render_netboot_script(profile.label, params))
     with log.step("check outputs"):

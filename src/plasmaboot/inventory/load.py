@@ -25,24 +25,22 @@ from plasmaboot.inventory.model import (
     MachineTable,
     SharedSettings,
 )
-from plasmaboot.profiles import (
-    NAME_PATTERN,
-    ProfileStore,
+from plasmaboot.profiles.located_errors import (
     describe_validation_error,
     display_path,
     read_toml,
     render_value,
     suggestion,
 )
-from plasmaboot.profiles import (
-    PATTERN_EXPECTATIONS as PROFILE_PATTERNS,
-)
+from plasmaboot.profiles.model import NAME_PATTERN
+from plasmaboot.profiles.model import PATTERN_EXPECTATIONS as PROFILE_PATTERNS
+from plasmaboot.profiles.store import ProfileStore
 
 MAX_INVENTORY_SIZE = 16 << 20  # 16 MiB: tens of thousands of machines
 # Parameters plasmaboot writes itself: a machine setting them would break the boot.
 RESERVED_PARAMS = ("initrd=", "systemd.hostname=", "ip=")
 
-PROFILE_PATTERNS.update(PATTERN_EXPECTATIONS)  # one table of what each pattern means
+EXPECTATIONS = {**PROFILE_PATTERNS, **PATTERN_EXPECTATIONS}  # what each pattern means
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ def load_inventory(path: Path, store: ProfileStore) -> Inventory:
     try:
         parsed = InventoryFile.model_validate(data)
     except ValidationError as exc:
-        error = describe_validation_error(exc, data, InventoryFile)
+        error = describe_validation_error(exc, data, InventoryFile, EXPECTATIONS)
         raise UserError(f"{display}: {error.message}", hint=error.hint) from exc
     if "defaults" in data:
         forbidden = [key for key in ("mac", "hostname", "ipv4") if key in data["defaults"]]

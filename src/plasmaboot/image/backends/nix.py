@@ -2,8 +2,8 @@
 repository root, or the one given) with `nix build`, and copies its kernel and initrd out.
 
 The flake generates `nixosConfigurations.netboot-<label>` from the same profiles/*.toml
-files the Python side reads; `nix_profiles()` evaluates nix/lib/profiles.nix so
-`plasmaboot check` and the tests can prove both sides resolve profiles identically.
+files the Python side reads (plasmaboot.profiles.nixparity proves both sides resolve them
+alike).
 """
 
 from __future__ import annotations
@@ -13,18 +13,16 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from plasmaboot.artifacts.layout import INITRD, KERNEL
-from plasmaboot.catalog import native_package_names
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.image.backend import BuildRequest, BuildResult
 from plasmaboot.log import Log
 from plasmaboot.paths import data_dir
-from plasmaboot.profiles import Profile, ProfileStore
 from plasmaboot.run import require_tool, run
 
 FEATURES = ("--extra-experimental-features", "nix-command flakes")
@@ -315,118 +313,3 @@ def nixos_release(toplevel: Path) -> str:
         raise WorkError(f"the built system has no nixos-version: {version_file} is missing")
     version = version_file.read_text(encoding="utf-8").strip()
     return ".".join(version.split(".")[:2])
-
-
-# ---------------------------------------------------------------------------------------
-# Both sides resolve profiles alike: nix/lib/profiles.nix against the Python loader.
-
-# The resolved fields both sides must agree on (packages compared after the [nix] map).
-COMPARED_FIELDS = (
-    "name",
-    "variant",
-    "authorized_keys",
-    "kernel_params",
-    "kernel_modules",
-    "firmware",
-    "dhcp",
-    "predictable_names",
-    "serial",
-    "baud",
-    "locales",
-    "documentation",
-    "sysctl",
-)
-COMPARED_SERVICE_FIELDS = ("enable", "ports", "memory_max", "cpu_quota", "settings", "package_file")
-
-
-def nix_package_names(packages: Iterable[str]) -> list[str]:
-    """Abstract package names as nixpkgs attributes; names Nix does not have are dropped."""
-    names, _ = native_package_names("nix", packages)
-    return names
-
-
-def comparable(resolved: Mapping[str, Any], packages_key: str) -> dict[str, Any]:
-    """The fields of a resolved profile (either side's) that both sides must agree on."""
-    body = {key: resolved[key] for key in COMPARED_FIELDS}
-    body["packages"] = list(resolved[packages_key])
-    body["services"] = {
-        name: {key: service[key] for key in COMPARED_SERVICE_FIELDS}
-        for name, service in resolved["services"].items()
-    }
-    return body
-
-
-def python_profiles(profiles_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every profile and profile × variant as the Python loader resolves it, by label."""
-    store = ProfileStore([profiles_dir])
-    resolved: list[Profile] = []
-    for name in store.profile_names():
-        resolved.append(store.resolve(name))
-        resolved.extend(store.resolve(name, variant) for variant in store.variant_names())
-    out: dict[str, dict[str, Any]] = {}
-    for profile in resolved:
-        body = profile.model_dump(mode="json")
-        body["nixPackages"] = nix_package_names(profile.packages)
-        out[profile.label] = comparable(body, "nixPackages")
-    return out
-
-
-def nix_profiles(profiles_dir: Path, lib_file: Path | None = None) -> dict[str, dict[str, Any]]:
-    """Every profile and profile × variant as nix/lib/profiles.nix resolves it, by label."""
-    lib = lib_file or data_dir() / "nix" / "lib" / "profiles.nix"
-    proc = run(
-        nix_command(
-            "eval",
-            "--json",
-            "--file",
-            str(lib),
-            "--argstr",
-            "profilesDir",
-            str(profiles_dir.resolve()),
-            "--argstr",
-            "catalogDir",
-            str((data_dir() / "catalog").resolve()),
-            "all",
-        ),
-        timeout=PROBE_TIMEOUT,
-    )
-    resolved: dict[str, dict[str, Any]] = json_output(proc.stdout)
-    return {label: comparable(body, "nixPackages") for label, body in resolved.items()}
-
-
-def profile_differences(profiles_dir: Path, lib_file: Path | None = None) -> list[str]:
-    """Where the Nix and Python resolutions of the profiles in `profiles_dir` differ."""
-    python_side = python_profiles(profiles_dir)
-    nix_side = nix_profiles(profiles_dir, lib_file)
-    problems = [
-        f"{label}: only the {side} side has it"
-        for label, side in [
-            *((label, "python") for label in python_side.keys() - nix_side.keys()),
-            *((label, "nix") for label in nix_side.keys() - python_side.keys()),
-        ]
-    ]
-    for label in sorted(python_side.keys() & nix_side.keys()):
-        for key, value in python_side[label].items():
-            if nix_side[label][key] != value:
-                problems.append(
-                    f"{label}: {key}: python {json.dumps(value)} != nix "
-                    f"{json.dumps(nix_side[label][key])}"
-                )
-    return sorted(problems)
-
-
-def nix_files(root: Path) -> list[Path]:
-    """The .nix files of a checkout (not those in hidden directories or the venv)."""
-    return sorted(
-        path
-        for path in root.rglob("*.nix")
-        if not any(part.startswith(".") for part in path.relative_to(root).parts[:-1])
-    )
-
-
-def parse_nix_files(paths: Iterable[Path], log: Log | None = None) -> None:
-    """`nix-instantiate --parse` each file: a syntax error fails naming the file."""
-    for path in paths:
-        proc = run(["nix-instantiate", "--parse", str(path)], log=log, check=False)
-        if proc.returncode != 0:
-            raise WorkError(f"{path}: not valid Nix: {last_line(proc.stdout)}")

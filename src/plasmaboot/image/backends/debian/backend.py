@@ -20,7 +20,7 @@ from plasmaboot.errors import UserError
 from plasmaboot.formats.cpio import Compression, Entry, concatenate, write_segment
 from plasmaboot.image.backend import BuildRequest, BuildResult
 from plasmaboot.image.backends.debian import hook as customize
-from plasmaboot.profiles import Profile
+from plasmaboot.profiles.model import Profile
 from plasmaboot.run import require_tool, run
 
 STAGE1_INIT = Path(__file__).parent / "stage1" / "init"
@@ -65,7 +65,7 @@ MMDEBSTRAP_IDLE_TIMEOUT = 15 * 60.0
 def debian_packages(profile: Profile) -> tuple[list[str], list[str]]:
     """The profile's packages under their Debian names, and those Debian does not have."""
     names, skipped = native_package_names(
-        "debian", [*SYSTEM_PACKAGES, *profile.packages, *profile.firmware]
+        "debian", [*SYSTEM_PACKAGES, *profile.packages, *profile.kernel.firmware]
     )
     return names, skipped
 
@@ -172,7 +172,7 @@ class DebianBackend:
         profile = request.profile
         mode = "root" if os.geteuid() == 0 else "unshare"
         debs = [s.package_file for s in profile.services.values() if s.package_file]
-        components = "main,non-free-firmware" if profile.firmware else "main"
+        components = "main,non-free-firmware" if profile.kernel.firmware else "main"
         command = [
             "mmdebstrap",
             f"--mode={mode}",
@@ -191,7 +191,7 @@ class DebianBackend:
             ' && chmod 755 "$1/usr/sbin/update-initramfs"',
             "--skip=download/empty",
         ]
-        if not profile.documentation:
+        if not profile.system.documentation:
             command += [f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES]
             command += [f"--dpkgopt=path-include={p}" for p in DPKG_INCLUDES]
         command += service_deb_hooks(debs)
@@ -237,7 +237,7 @@ def service_deb_hooks(debs: list[str]) -> list[str]:
 
 def request_authorized_keys(request: BuildRequest) -> str:
     lines: list[str] = []
-    for path in [*map(Path, request.profile.authorized_keys), *request.ssh_keys]:
+    for path in [*map(Path, request.profile.ssh.authorized_keys), *request.ssh_keys]:
         for raw in path.read_text().splitlines():
             line = raw.strip()
             if line and not line.startswith("#") and line not in lines:

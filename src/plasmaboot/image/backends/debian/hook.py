@@ -23,7 +23,7 @@ from typing import Any
 
 from plasmaboot.artifacts.layout import ROOT_SQUASHFS
 from plasmaboot.log import Log
-from plasmaboot.profiles import Profile
+from plasmaboot.profiles.model import Profile
 from plasmaboot.run import run
 
 # Paths inside the chroot for the plan (uploaded by mmdebstrap) and the boot parts (synced
@@ -197,14 +197,10 @@ def lock_root_password(ctx: Context) -> None:
 
 
 def configure_network(ctx: Context) -> None:
-    if not ctx.profile.dhcp:
+    network = ctx.profile.network
+    if not network.dhcp:
         return
-    ctx.write(
-        "etc/systemd/network/80-plasmaboot-dhcp.network",
-        "# plasmaboot: DHCP on every Ethernet NIC (not on bridges, bonds or veths)\n"
-        "[Match]\nType=ether\nKind=!*\n\n[Network]\nDHCP=yes\n\n"
-        "[DHCPv4]\nClientIdentifier=mac\n",
-    )
+    ctx.write("etc/systemd/network/80-plasmaboot-dhcp.network", render_dhcp_network(network.mtu))
     ctx.write(
         "etc/systemd/system/systemd-networkd-wait-online.service.d/plasmaboot.conf",
         WAIT_ONLINE_DROP_IN,
@@ -212,8 +208,20 @@ def configure_network(ctx: Context) -> None:
     ctx.chroot("systemctl", "enable", "systemd-networkd.service", "systemd-resolved.service")
 
 
+def render_dhcp_network(mtu: int | None) -> str:
+    """systemd-networkd's .network file for DHCP on every Ethernet NIC, with the profile's
+    network.mtu when it sets one (networkd ignores a DHCP server's MTU option by default, so
+    this one holds)."""
+    link = f"[Link]\nMTUBytes={mtu}\n\n" if mtu is not None else ""
+    return (
+        "# plasmaboot: DHCP on every Ethernet NIC (not on bridges, bonds or veths)\n"
+        f"[Match]\nType=ether\nKind=!*\n\n{link}[Network]\nDHCP=yes\n\n"
+        "[DHCPv4]\nClientIdentifier=mac\n"
+    )
+
+
 def configure_console(ctx: Context) -> None:
-    ctx.chroot("systemctl", "enable", f"serial-getty@{ctx.profile.serial}.service")
+    ctx.chroot("systemctl", "enable", f"serial-getty@{ctx.profile.console.serial}.service")
 
 
 def configure_identity(ctx: Context) -> None:
@@ -232,11 +240,11 @@ def configure_sysctl(ctx: Context) -> None:
 
 
 def configure_kernel_modules(ctx: Context) -> None:
-    if not ctx.profile.kernel_modules:
+    if not ctx.profile.kernel.modules:
         return
     ctx.write(
         "etc/modules-load.d/plasmaboot.conf",
-        "\n".join(["# plasmaboot", *ctx.profile.kernel_modules]) + "\n",
+        "\n".join(["# plasmaboot", *ctx.profile.kernel.modules]) + "\n",
     )
 
 
@@ -339,7 +347,7 @@ def toml_value(value: Any) -> str:
 
 def trim_documentation(ctx: Context) -> None:
     """dpkg excludes most of it; this catches what maintainer scripts create."""
-    if ctx.profile.documentation:
+    if ctx.profile.system.documentation:
         return
     for relpath in ("usr/share/man", "usr/share/info", "usr/share/doc-base"):
         shutil.rmtree(ctx.root / relpath, ignore_errors=True)
@@ -354,7 +362,7 @@ def trim_kernel_modules(ctx: Context) -> None:
     """Keep the module trees a server needs (profile globs), then rebuild modules.dep."""
     version = ctx.kernel_version()
     tree = ctx.root / "usr/lib/modules" / version / "kernel"
-    include, exclude = ctx.profile.include_modules, ctx.profile.exclude_modules
+    include, exclude = ctx.profile.kernel.include_modules, ctx.profile.kernel.exclude_modules
     removed = 0
     for module in list(tree.rglob("*.ko*")):
         rel = module.relative_to(tree).as_posix()
