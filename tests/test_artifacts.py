@@ -22,7 +22,7 @@ from plasmaboot.formats.ipxe import render_netboot_script
 from plasmaboot.image.backends.debian.backend import store_new_debs
 from plasmaboot.image.backends.debian.hook import render_toml, stage1_module_order
 from plasmaboot.image.pipeline import check_outputs
-from plasmaboot.profiles import ProfileStore
+from plasmaboot.profiles.store import ProfileStore
 
 from conftest import make_kernel
 

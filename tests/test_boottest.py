@@ -49,7 +49,7 @@ from plasmaboot.boot.test import (
 from plasmaboot.catalog import native_package_names, package_commands
 from plasmaboot.cli import main
 from plasmaboot.errors import UserError
-from plasmaboot.profiles import ProfileStore
+from plasmaboot.profiles.store import ProfileStore
 
 MANIFEST = {
     "profile": "worker",

@@ -27,7 +27,7 @@ from plasmaboot.formats.cpio import (
     write_cpio,
     write_segment,
 )
-from plasmaboot.profiles import ProfileStore
+from plasmaboot.profiles.store import ProfileStore
 from plasmaboot.verify import (
     FormatError,
     ImageTree,

@@ -12,7 +12,7 @@ import pytest
 from plasmaboot.errors import UserError
 from plasmaboot.inventory.load import load_inventory, normalize_mac
 from plasmaboot.inventory.model import inventory_json_schema
-from plasmaboot.profiles import ProfileStore
+from plasmaboot.profiles.store import ProfileStore
 
 GOOD = """\
 [defaults]

@@ -15,7 +15,7 @@ import pytest
 from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL, MANIFEST
 from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.formats.ipxe import render_netboot_script
-from plasmaboot.profiles import ProfileStore
+from plasmaboot.profiles.store import ProfileStore
 from plasmaboot.serve.app import ServerThread
 from plasmaboot.serve.machines import InventoryWatch, machine_params, refusal_script
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.formats.ipxe import BOOT_SCRIPT
 from plasmaboot.inventory.load import Inventory
-from plasmaboot.profiles import ProfileStore
+from plasmaboot.profiles.store import ProfileStore
 from plasmaboot.pxe.dnsmasq import (
     BIOS_LOADER,
     PROXY_BIOS_BASENAME,

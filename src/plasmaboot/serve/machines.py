@@ -13,7 +13,7 @@ from pathlib import Path
 from plasmaboot.errors import PlasmabootError
 from plasmaboot.inventory.load import Inventory, load_inventory, normalize_mac
 from plasmaboot.inventory.model import Machine
-from plasmaboot.profiles import ProfileStore
+from plasmaboot.profiles.store import ProfileStore
 
 
 def file_stamp(path: Path) -> tuple[int, int, int] | None:
