@@ -24,7 +24,7 @@ from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.cli import main
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.image.backend import BuildRequest
-from plasmaboot.image.backends.nix import NixBackend, nix_command, nix_works
+from plasmaboot.image.backends.nix import NixBackend, NixOptions, nix_command, nix_works
 from plasmaboot.log import Log
 from plasmaboot.profiles.nixparity import python_profiles
 from plasmaboot.profiles.store import ProfileStore
@@ -197,13 +197,17 @@ def fixture_initrd_text(path: Path) -> str:
 def build_request(tmp_path: Path, name: str, variant: str | None = None) -> BuildRequest:
     staging = tmp_path / "staging"
     staging.mkdir()
-    flake = copy_fixture_flake(tmp_path / "flake")
+    copy_fixture_flake(tmp_path / "flake")
     return BuildRequest(
         profile=ProfileStore().resolve(name, variant),
         staging=staging,
         log=Log(staging / "build.log"),
-        flake=flake,
     )
+
+
+def fixture_backend(tmp_path: Path) -> NixBackend:
+    """The backend building the fixture flake that build_request copied."""
+    return NixBackend(NixOptions(flake=tmp_path / "flake"))
 
 
 @needs_nix
@@ -212,7 +216,7 @@ def build_request(tmp_path: Path, name: str, variant: str | None = None) -> Buil
 def test_driver_builds_the_fixture_flake(tmp_path: Path) -> None:
     request = build_request(tmp_path, "base")
     with request.log:
-        result = NixBackend().build(request)
+        result = fixture_backend(tmp_path).build(request)
     staging = request.staging
     # the out-links into /nix/store are gone: only the copies stay in the set
     assert sorted(p.name for p in staging.iterdir()) == ["build.log", "bzImage", "initrd"]
@@ -240,7 +244,7 @@ def test_driver_builds_the_fixture_flake(tmp_path: Path) -> None:
 def test_driver_reports_a_failing_derivation(tmp_path: Path) -> None:
     request = build_request(tmp_path, "base", "debug")
     with request.log, pytest.raises(WorkError) as caught:
-        NixBackend().build(request)
+        fixture_backend(tmp_path).build(request)
     assert caught.value.exit_code == 1
     assert "fixture: the initrd of base-debug failed to build" in caught.value.message
     assert "netboot-base-debug.config.system.build.netbootRamdisk" in caught.value.message
@@ -254,7 +258,7 @@ def test_driver_reports_a_failing_derivation(tmp_path: Path) -> None:
 def test_driver_names_a_profile_missing_from_the_flake(tmp_path: Path) -> None:
     request = build_request(tmp_path, "worker")
     with request.log, pytest.raises(UserError) as caught:
-        NixBackend().build(request)
+        fixture_backend(tmp_path).build(request)
     assert "no nixosConfigurations.netboot-worker" in caught.value.message
     assert "base, base-debug" in caught.value.message
     assert caught.value.hint is not None and "git add" in caught.value.hint
@@ -265,10 +269,9 @@ def test_driver_rejects_a_directory_without_a_flake(tmp_path: Path) -> None:
         profile=ProfileStore().resolve("base"),
         staging=tmp_path,
         log=Log(None),
-        flake=tmp_path,
     )
     with pytest.raises(UserError, match=r"no flake\.nix there"):
-        NixBackend().build(request)
+        NixBackend(NixOptions(flake=tmp_path)).build(request)
 
 
 # ---------------------------------------------------------------------------------------
@@ -515,10 +518,9 @@ def test_full_nixos_netboot_build(tmp_path: Path) -> None:
         profile=ProfileStore().resolve("base"),
         staging=staging,
         log=Log(staging / "build.log"),
-        flake=flake,
     )
     with request.log:
-        result = NixBackend().build(request)
+        result = NixBackend(NixOptions(flake=flake)).build(request)
     with (staging / "bzImage").open("rb") as handle:
         handle.seek(0x202)
         assert handle.read(4) == b"HdrS"  # the x86 boot protocol header

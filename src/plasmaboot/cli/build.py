@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -18,9 +19,38 @@ from plasmaboot.artifacts.manifest import read_manifest
 from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.cli.context import Context, console, err_console, pass_context
 from plasmaboot.errors import UserError
-from plasmaboot.image.backends.debian.backend import DEFAULT_SQUASHFS_LEVEL
-from plasmaboot.image.pipeline import BACKENDS, BuildOptions, BuildOutcome, build_profiles
+from plasmaboot.image.backend import OptionInfo
+from plasmaboot.image.backends import AUTO, backend_types, choices, options_from_values
+from plasmaboot.image.pipeline import BuildOptions, BuildOutcome, build_profiles
 from plasmaboot.verify import Outcome, check_manifest
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def click_type(info: OptionInfo) -> Any:
+    """The click type that parses a backend option's values."""
+    if info.value_type is Path:
+        return click.Path(path_type=Path)
+    if info.value_type is int and info.minimum is not None and info.maximum is not None:
+        return click.IntRange(info.minimum, info.maximum)
+    return info.value_type
+
+
+def backend_options(command: F) -> F:
+    """Every backend's options, made from the backends' own descriptions (defaults, help,
+    ranges), in the order the backends registered."""
+    for backend in reversed(backend_types()):
+        for info in reversed(backend.options.describe()):
+            command = click.option(
+                info.flag,
+                info.name,
+                type=click_type(info),
+                default=info.default,
+                show_default=info.default is not None,
+                metavar=info.metavar,
+                help=f"{backend.name.capitalize()} backend: {info.help}.",
+            )(command)
+    return command
 
 
 @click.command()
@@ -42,8 +72,8 @@ from plasmaboot.verify import Outcome, check_manifest
 )
 @click.option(
     "--backend",
-    type=click.Choice(BACKENDS),
-    default="auto",
+    type=click.Choice(choices()),
+    default=AUTO,
     show_default=True,
     help="auto = nix where a working nix with flakes is present, else debian.",
 )
@@ -65,32 +95,12 @@ from plasmaboot.verify import Outcome, check_manifest
     type=click.Path(path_type=Path),
     help="Public key file for root's authorized_keys (repeat). Private keys are refused.",
 )
-@click.option("--release", default="bookworm", show_default=True, help="Debian release.")
-@click.option(
-    "--mirror", default="http://deb.debian.org/debian", show_default=True, help="Debian mirror URL."
-)
-@click.option(
-    "--squashfs-level",
-    type=click.IntRange(1, 22),
-    default=DEFAULT_SQUASHFS_LEVEL,
-    show_default=True,
-    help="zstd level of the root squashfs (higher: smaller, slower).",
-)
-@click.option(
-    "--flake",
-    type=click.Path(path_type=Path),
-    help="Nix backend: the plasmaboot flake directory (default: this checkout's flake.nix).",
-)
-@click.option(
-    "--plasmacloud",
-    metavar="FLAKE_REF",
-    help="Nix backend: --override-input plasmacloud FLAKE_REF, the flake whose overlays.default "
-    "has the PlasmaCloud service packages (path:/src/plasmacloud, github:org/plasmacloud, ...).",
-)
+@backend_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
 @pass_context
 def build(
     obj: Context,
+    /,
     profile_names: tuple[str, ...],
     build_all: bool,
     variant: str | None,
@@ -100,12 +110,8 @@ def build(
     jobs: int,
     no_cache: bool,
     ssh_keys: tuple[Path, ...],
-    release: str,
-    mirror: str,
-    squashfs_level: int,
-    flake: Path | None,
-    plasmacloud: str | None,
     as_json: bool,
+    **backend_values: Any,
 ) -> None:
     """Build netboot artifacts into OUTPUT_DIR/<profile>/ (bzImage, initrd, netboot.ipxe, ...).
 
@@ -128,14 +134,10 @@ def build(
         output_dir=output_dir.absolute(),
         pxe_dir=pxe_dir.absolute() if pxe_dir else None,
         backend=backend,
+        backend_options=options_from_values(backend_values),
         jobs=jobs,
         use_cache=not no_cache,
         ssh_keys=ssh_keys,
-        release=release,
-        mirror=mirror,
-        squashfs_level=squashfs_level,
-        flake=flake,
-        plasmacloud=plasmacloud,
     )
     with BuildProgress(err_console, quiet=as_json) as progress:
         outcomes = build_profiles(

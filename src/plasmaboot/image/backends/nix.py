@@ -14,13 +14,22 @@ import os
 import re
 import shutil
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from plasmaboot.artifacts.layout import INITRD, KERNEL
 from plasmaboot.errors import UserError, WorkError
-from plasmaboot.image.backend import BuildRequest, BuildResult
+from plasmaboot.image.backend import (
+    BackendOptions,
+    BackendType,
+    BuildRequest,
+    BuildResult,
+    Suitability,
+    option,
+)
+from plasmaboot.image.backends import register
 from plasmaboot.log import Log
 from plasmaboot.paths import data_dir
 from plasmaboot.run import require_tool, run
@@ -183,34 +192,66 @@ def checked_flake(flake: Path | None) -> str:
     return str(flake.resolve())
 
 
+@dataclass(frozen=True)
+class NixOptions(BackendOptions):
+    """The Nix backend's options (`--flake`, `--plasmacloud`)."""
+
+    flake: Path | None = option(
+        None, help="the plasmaboot flake directory (default: this checkout's flake.nix)"
+    )
+    plasmacloud: str | None = option(
+        None,
+        metavar="FLAKE_REF",
+        help="--override-input plasmacloud FLAKE_REF, the flake whose overlays.default has "
+        "the PlasmaCloud service packages (path:/src/plasmacloud, github:org/plasmacloud, ...)",
+    )
+
+    def check(self) -> None:
+        super().check()
+        checked_flake(self.flake)
+
+
 class NixBackend:
     """Builds NixOS netboot images with `nix build` from the plasmaboot flake."""
 
     name = "nix"
 
-    def __init__(self, plasmacloud: str | None = None) -> None:
-        # A flake reference for the `plasmacloud` input (the service packages' overlay).
-        self.plasmacloud = plasmacloud
+    def __init__(self, options: NixOptions | None = None) -> None:
+        self.options = options or NixOptions()
+
+    def check_options(self) -> None:
+        self.options.check()
 
     def check_available(self) -> None:
         check_nix()
 
-    def flake_ref(self, request: BuildRequest) -> str:
-        return checked_flake(request.flake)
+    def suitability(self) -> Suitability:
+        """Picked by auto only where nix works and can fetch the flake's inputs (one quick
+        attempt): offline, a NixOS build could not even start."""
+        if not nix_works():
+            return Suitability(usable=False, reason="no working nix with flakes")
+        problem = flake_inputs_problem(self.options.flake, self.input_options())
+        if problem is not None:
+            return Suitability(
+                usable=False, reason=f"nix cannot fetch the flake's inputs ({problem})"
+            )
+        return Suitability(usable=True, reason="nix with flakes and reachable inputs")
+
+    def flake_ref(self) -> str:
+        return checked_flake(self.options.flake)
 
     def input_options(self) -> list[str]:
-        if self.plasmacloud is None:
+        """What every nix command gets for `--plasmacloud`."""
+        if self.options.plasmacloud is None:
             return []
-        return ["--override-input", "plasmacloud", self.plasmacloud]
+        return ["--override-input", "plasmacloud", self.options.plasmacloud]
 
     def cache_inputs(self, request: BuildRequest) -> dict[str, str]:
         """The flake's content hash (every file nix sees) and its locked inputs, with the
         `--plasmacloud` override applied, from `nix flake metadata`. Reading flake.lock
         instead would miss: the first build writes it, and an override is not in it."""
         proc = run(
-            nix_command(
-                "flake", "metadata", "--json", self.flake_ref(request), *self.input_options()
-            ),
+            nix_command("flake", "metadata", "--json", self.flake_ref(), *self.input_options()),
             check=False,
             timeout=PROBE_TIMEOUT,
         )
@@ -226,7 +267,7 @@ class NixBackend:
         return inputs
 
     def build(self, request: BuildRequest) -> BuildResult:
-        flake = self.flake_ref(request)
+        flake = self.flake_ref()
         attr = f"netboot-{request.profile.label}"
         log = request.log
         with log.step("check the flake"):
@@ -313,3 +354,7 @@ def nixos_release(toplevel: Path) -> str:
         raise WorkError(f"the built system has no nixos-version: {version_file} is missing")
     version = version_file.read_text(encoding="utf-8").strip()
     return ".".join(version.split(".")[:2])
+
+
+# auto tries nix first: where it works, its images are the seed's own NixOS ones
+register(BackendType(name=NixBackend.name, options=NixOptions, make=NixBackend, auto_rank=1))

@@ -5,21 +5,37 @@ the customize hook applies the profile and makes the squashfs, and we assemble t
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import re
 import shutil
 import stat
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from plasmaboot import __version__
-from plasmaboot.artifacts.layout import ROOT_SQUASHFS
+from plasmaboot.artifacts.layout import INITRD, KERNEL, ROOT_SQUASHFS
 from plasmaboot.catalog import native_package_names, packages_path
 from plasmaboot.errors import UserError
 from plasmaboot.formats.cpio import Compression, Entry, concatenate, write_segment
-from plasmaboot.image.backend import BuildRequest, BuildResult
-from plasmaboot.image.backends.debian import hook as customize
+from plasmaboot.image.backend import (
+    BackendOptions,
+    BackendType,
+    BuildRequest,
+    BuildResult,
+    Suitability,
+    option,
+)
+from plasmaboot.image.backends import register
+from plasmaboot.image.backends.debian.contract import (
+    INSIDE_OUT,
+    INSIDE_PLAN,
+    HookOutputs,
+    HookPlan,
+    HookResult,
+)
 from plasmaboot.profiles.model import Profile
 from plasmaboot.run import require_tool, run
 
@@ -51,15 +67,72 @@ DPKG_INCLUDES = (
     "/usr/share/locale/en*",
     "/usr/share/locale/locale.alias",
 )
-# Measured on control-plane's tree with 128 KiB blocks: zstd 9 makes 121.1 MB in 5 s,
-# 12 makes 121.0 MB in 16 s, 15 makes 113.2 MB in 41 s. 9 keeps builds fast; a smaller
-# image is one --squashfs-level away.
-DEFAULT_SQUASHFS_LEVEL = 9
 # A cold build takes minutes; a stalled mirror must not hold a build (or CI) for ever.
 # mmdebstrap prints a line at least every few seconds while it downloads and installs; the
 # longest quiet stretch is mksquashfs in our hook (~40 s at level 15 on 2 cores).
 MMDEBSTRAP_TIMEOUT = 3 * 3600.0
 MMDEBSTRAP_IDLE_TIMEOUT = 15 * 60.0
+HOOK_MODULE = "plasmaboot.image.backends.debian.hook"
+
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+RELEASE_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+@dataclass(frozen=True)
+class DebianOptions(BackendOptions):
+    """The Debian backend's options (`--release`, `--mirror`, `--squashfs-level`)."""
+
+    release: str = option("bookworm", help="the release to install")
+    mirror: str = option(DEFAULT_MIRROR, help="the mirror URL")
+    # Measured on control-plane's tree with 128 KiB blocks: zstd 9 makes 121.1 MB in 5 s,
+    # 12 makes 121.0 MB in 16 s, 15 makes 113.2 MB in 41 s. 9 keeps builds fast; a
+    # smaller image is one --squashfs-level away.
+    squashfs_level: int = option(
+        9,
+        help="zstd level of the root squashfs (higher: smaller, slower)",
+        minimum=1,
+        maximum=22,
+    )
+
+    def check(self) -> None:
+        super().check()
+        if not RELEASE_PATTERN.match(self.release):
+            raise UserError(
+                f"--release: expected a Debian release name like bookworm, got {self.release!r}"
+            )
+        url = urlsplit(self.mirror)
+        if url.scheme not in {"http", "https", "file"} or (
+            url.scheme != "file" and not url.hostname
+        ):
+            raise UserError(
+                f"--mirror: expected an http(s):// or file:// URL, got {self.mirror!r}",
+                hint=f"for example {DEFAULT_MIRROR}",
+            )
+        if url.username or url.password:
+            raise UserError(
+                "--mirror: the URL carries credentials, which would be written into the image",
+                hint="put them in the host's /etc/apt/auth.conf.d/ instead and pass a plain URL",
+            )
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    """The backend's scratch directory for one build (inside the staging directory)."""
+
+    path: Path
+
+    @property
+    def plan(self) -> Path:  # uploaded to the hook as contract.INSIDE_PLAN
+        return self.path / Path(INSIDE_PLAN).name
+
+    @property
+    def out(self) -> Path:  # the hook's outputs arrive here (mmdebstrap sync-out)
+        return self.path / "out"
+
+    @property
+    def new_debs(self) -> Path:  # the .debs this build downloaded, for the shared cache
+        return self.path / "new-debs"
 
 
 def debian_packages(profile: Profile) -> tuple[list[str], list[str]]:
@@ -93,8 +166,11 @@ def source_fingerprint() -> str:
 class DebianBackend:
     name = "debian"
 
-    def __init__(self, squashfs_level: int = DEFAULT_SQUASHFS_LEVEL) -> None:
-        self.squashfs_level = squashfs_level
+    def __init__(self, options: DebianOptions | None = None) -> None:
+        self.options = options or DebianOptions()
+
+    def check_options(self) -> None:
+        self.options.check()
 
     def check_available(self) -> None:
         for tool in ("mmdebstrap", "mksquashfs", "chroot"):
@@ -110,36 +186,43 @@ class DebianBackend:
                 hint="install it: apt-get install uidmap, or build as root",
             )
 
+    def suitability(self) -> Suitability:
+        """Builds wherever its tools are installed: no network probe is needed."""
+        try:
+            self.check_available()
+        except UserError as exc:
+            return Suitability(usable=False, reason=f"debian: {exc.message}")
+        return Suitability(usable=True)
+
     def cache_inputs(self, request: BuildRequest) -> dict[str, str]:
         return {
             "backend": self.name,
-            "release": request.release,
-            "mirror": request.mirror,
-            "squashfs_level": str(self.squashfs_level),
+            "release": self.options.release,
+            "mirror": self.options.mirror,
+            "squashfs_level": str(self.options.squashfs_level),
             "code": source_fingerprint(),
         }
 
     def build(self, request: BuildRequest) -> BuildResult:
-        work = request.staging / ".work"
-        work.mkdir()
+        work = WorkDir(request.staging / ".work")
+        work.path.mkdir()
         try:
-            return self._build(request, work)
+            return self.build_in(request, work)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work.path, ignore_errors=True)
 
-    def _build(self, request: BuildRequest, work: Path) -> BuildResult:
+    def build_in(self, request: BuildRequest, work: WorkDir) -> BuildResult:
         log, profile = request.log, request.profile
         packages, skipped = debian_packages(profile)
         for name in skipped:
             log.info(f"package {name!r} is not available on Debian; skipped")
-        plan = customize.Plan(
+        plan = HookPlan(
             profile=profile,
-            authorized_keys=request_authorized_keys(request),
-            squashfs_level=self.squashfs_level,
+            authorized_keys=authorized_keys(request),
+            squashfs_level=self.options.squashfs_level,
         )
-        plan.dump(work / "plan.json")
-        out = work / "out"  # the hook's boot parts arrive here (mmdebstrap sync-out)
-        out.mkdir()
+        plan.write(work.plan)
+        work.out.mkdir()
         with log.step("mmdebstrap"):
             run(
                 self.mmdebstrap_command(request, packages, work),
@@ -149,25 +232,26 @@ class DebianBackend:
                 idle_timeout=MMDEBSTRAP_IDLE_TIMEOUT,
             )
         if request.cache_dir is not None:
-            store_new_debs(work, request.cache_dir, request.release)
-        kernel_version = (out / "kernel_version").read_text().strip()
+            store_new_debs(work.new_debs, request.cache_dir, self.options.release)
+        hook = HookOutputs(work.out).read()
         with log.step("stage1"):
-            write_segment(stage1_entries(out), work / "stage1.cpio.gz", Compression.GZIP)
+            write_segment(stage1_entries(hook), work.path / "stage1.cpio.gz", Compression.GZIP)
         with log.step("initrd"):
-            root_entry = Entry(ROOT_SQUASHFS, stat.S_IFREG | 0o444, source=out / ROOT_SQUASHFS)
-            write_segment([root_entry], work / "root.cpio", Compression.NONE)
-            concatenate([work / "stage1.cpio.gz", work / "root.cpio"], request.staging / "initrd")
-        shutil.move(out / "bzImage", request.staging / "bzImage")
-        for step, seconds in json.loads((out / "steps.json").read_text()).items():
+            root_entry = Entry(ROOT_SQUASHFS, stat.S_IFREG | 0o444, source=hook.root_squashfs)
+            write_segment([root_entry], work.path / "root.cpio", Compression.NONE)
+            segments = [work.path / "stage1.cpio.gz", work.path / "root.cpio"]
+            concatenate(segments, request.staging / INITRD)
+        shutil.move(hook.kernel, request.staging / KERNEL)
+        for step, seconds in hook.steps.items():
             log.steps[f"customize.{step}"] = seconds
         return BuildResult(
-            kernel_version=kernel_version,
-            distro=f"debian {request.release}",
-            packages=json.loads((out / "packages.json").read_text()),
+            kernel_version=hook.kernel_version,
+            distro=f"debian {self.options.release}",
+            packages=hook.packages,
         )
 
     def mmdebstrap_command(
-        self, request: BuildRequest, packages: list[str], work: Path
+        self, request: BuildRequest, packages: list[str], work: WorkDir
     ) -> list[str]:
         profile = request.profile
         mode = "root" if os.geteuid() == 0 else "unshare"
@@ -196,23 +280,22 @@ class DebianBackend:
             command += [f"--dpkgopt=path-include={p}" for p in DPKG_INCLUDES]
         command += service_deb_hooks(debs)
         if request.cache_dir is not None:
-            debs_dir = request.cache_dir / "debs" / request.release
+            debs_dir = request.cache_dir / "debs" / self.options.release
             debs_dir.mkdir(parents=True, exist_ok=True)
-            new_debs = work / "new-debs"
-            new_debs.mkdir()
+            work.new_debs.mkdir()
             command += [
                 '--setup-hook=mkdir -p "$1"/var/cache/apt/archives',
                 f"--setup-hook=sync-in {debs_dir} /var/cache/apt/archives/",
-                f"--customize-hook=sync-out /var/cache/apt/archives {new_debs}",
+                f"--customize-hook=sync-out /var/cache/apt/archives {work.new_debs}",
             ]
         command += [
             # the profile is applied inside mmdebstrap, so unshare mode works as well as root
-            f"--customize-hook=upload {work / 'plan.json'} {customize.INSIDE_PLAN}",
-            f'--customize-hook={sys.executable} -m plasmaboot.image.backends.debian.hook "$1"',
-            f"--customize-hook=sync-out {customize.INSIDE_OUT} {work / 'out'}",
-            request.release,
+            f"--customize-hook=upload {work.plan} {INSIDE_PLAN}",
+            f'--customize-hook={sys.executable} -m {HOOK_MODULE} "$1"',
+            f"--customize-hook=sync-out {INSIDE_OUT} {work.out}",
+            self.options.release,
             "/dev/null",
-            request.mirror,
+            self.options.mirror,
         ]
         return command
 
@@ -235,7 +318,8 @@ def service_deb_hooks(debs: list[str]) -> list[str]:
     return hooks
 
 
-def request_authorized_keys(request: BuildRequest) -> str:
+def authorized_keys(request: BuildRequest) -> str:
+    """root's authorized_keys: the profile's key files and --ssh-key, each line once."""
     lines: list[str] = []
     for path in [*map(Path, request.profile.ssh.authorized_keys), *request.ssh_keys]:
         for raw in path.read_text().splitlines():
@@ -245,23 +329,23 @@ def request_authorized_keys(request: BuildRequest) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
-def stage1_entries(out: Path) -> list[Entry]:
-    modules = sorted((out / "stage1-modules").iterdir())
+def stage1_entries(hook: HookResult) -> list[Entry]:
+    modules = sorted(hook.stage1_modules)
     return [
         Entry("init", stat.S_IFREG | 0o755, source=STAGE1_INIT),
         Entry("bin/busybox", stat.S_IFREG | 0o755, source=BUSYBOX),
         Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),
         Entry("dev/kmsg", stat.S_IFCHR | 0o600, rdev=(1, 11)),  # until devtmpfs is mounted
-        Entry("etc/stage1-modules", stat.S_IFREG | 0o644, source=out / "stage1-modules.txt"),
+        Entry("etc/stage1-modules", stat.S_IFREG | 0o644, source=hook.stage1_order),
         *[Entry(f"lib/modules/{m.name}", stat.S_IFREG | 0o644, source=m) for m in modules],
         *[Entry(d, stat.S_IFDIR | 0o755) for d in ("proc", "sys", "run", "sysroot", "tmp")],
     ]
 
 
-def store_new_debs(work: Path, cache_dir: Path, release: str) -> None:
+def store_new_debs(new_debs: Path, cache_dir: Path, release: str) -> None:
     """Add the .deb files this build downloaded to the shared cache (reused by later builds)."""
     target = cache_dir / "debs" / release
-    for deb in (work / "new-debs").glob("*.deb"):
+    for deb in new_debs.glob("*.deb"):
         if (target / deb.name).exists():
             continue
         # Builds run with --jobs are threads of this one process, and two of them may store
@@ -285,3 +369,9 @@ def progress_from_line(request: BuildRequest, line: str) -> None:
         log.progress(log.subject, f"mmdebstrap: {line[3:].rstrip('.')}", None)
     elif "==> " in line:
         log.progress(log.subject, f"customize: {line.split('==> ', 1)[1]}", None)
+
+
+# auto tries nix first: debian is the backend that builds anywhere
+register(
+    BackendType(name=DebianBackend.name, options=DebianOptions, make=DebianBackend, auto_rank=2)
+)

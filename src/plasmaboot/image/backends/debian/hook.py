@@ -2,8 +2,9 @@
 
 Runs inside mmdebstrap's customize hook (`python -m plasmaboot.image.backends.debian.hook ROOT`),
 so it works the same in root mode and in unshare mode (where only the hook sees the files
-as root). Writes into the plan's output directory: bzImage, root.squashfs, stage-1 modules,
-packages.json and steps.json. Each step is a small function; the order is `STEPS`.
+as root). What it reads (the plan) and what it leaves (the outputs: kernel, root squashfs,
+stage-1 modules, package list, step timings) are described in `contract`. Each step is a
+small function; the order is `STEPS`.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plasmaboot.artifacts.layout import ROOT_SQUASHFS
+from plasmaboot.image.backends.debian.contract import (
+    INSIDE_OUT,
+    INSIDE_PLAN,
+    HookOutputs,
+    HookPlan,
+    Output,
+)
 from plasmaboot.log import Log
-from plasmaboot.profiles.model import Profile
+from plasmaboot.profiles.model import Profile, ResolvedService
 from plasmaboot.run import run
 
-# Paths inside the chroot for the plan (uploaded by mmdebstrap) and the boot parts (synced
-# out by mmdebstrap); under /tmp, which the squashfs leaves out.
-INSIDE_PLAN = "/tmp/plasmaboot-plan.json"
-INSIDE_OUT = "/tmp/plasmaboot-out"
 # Modules stage-1 needs before it can mount the root image (the Debian kernel builds them
 # as modules); their dependencies are added from modules.dep.
 STAGE1_MODULES = ("loop", "squashfs", "overlay")
@@ -73,38 +76,12 @@ ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=60
 """
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What the parent process asks the hook to do."""
-
-    profile: Profile
-    authorized_keys: str
-    squashfs_level: int
-
-    @classmethod
-    def load(cls, path: Path) -> Plan:
-        raw = json.loads(path.read_text())
-        return cls(
-            profile=Profile.model_validate(raw["profile"]),
-            authorized_keys=raw["authorized_keys"],
-            squashfs_level=int(raw["squashfs_level"]),
-        )
-
-    def dump(self, path: Path) -> None:
-        body = {
-            "profile": self.profile.model_dump(mode="json"),
-            "authorized_keys": self.authorized_keys,
-            "squashfs_level": self.squashfs_level,
-        }
-        path.write_text(json.dumps(body, indent=2))
-
-
 @dataclass
 class Context:
     root: Path
-    plan: Plan
+    plan: HookPlan
     log: Log
-    out: Path  # where the boot parts go (inside the chroot's /tmp, see INSIDE_OUT)
+    outputs: HookOutputs  # where the boot parts go (inside the chroot's /tmp)
 
     @property
     def profile(self) -> Profile:
@@ -257,14 +234,14 @@ def configure_services(ctx: Context) -> None:
         )
         settings = {**service.ports, **service.settings}
         ctx.write(service.config, render_toml(settings))
-        ctx.write(f"etc/systemd/system/{service.name}.service", render_unit(service.name, ctx))
+        ctx.write(f"etc/systemd/system/{service.name}.service", render_unit(service))
     enabled = [f"{s.name}.service" for s in ctx.profile.services.values() if s.enable]
     if enabled:
         ctx.chroot("systemctl", "enable", *enabled)
 
 
-def render_unit(name: str, ctx: Context) -> str:
-    service = ctx.profile.services[name]
+def render_unit(service: ResolvedService) -> str:
+    name = service.name
     binary = f"/usr/bin/{service.binary}"
     limits = []
     if service.memory_max:
@@ -413,15 +390,14 @@ def list_static_nodes(ctx: Context) -> None:
 def export_kernel(ctx: Context) -> None:
     """The kernel leaves the image (bzImage artifact); stage-1 gets its few modules."""
     version = ctx.kernel_version()
-    shutil.copy2(ctx.root / "boot" / f"vmlinuz-{version}", ctx.out / "bzImage")
-    (ctx.out / "kernel_version").write_text(version)
+    shutil.copy2(ctx.root / "boot" / f"vmlinuz-{version}", ctx.outputs.path(Output.KERNEL))
+    ctx.outputs.write_kernel_version(version)
     module_root = ctx.root / "usr/lib/modules" / version
     order = stage1_module_order(module_root)
-    target = ctx.out / "stage1-modules"
-    target.mkdir(exist_ok=True)
+    target = ctx.outputs.stage1_dir()
     for relpath in order:
         shutil.copy2(module_root / relpath, target / Path(relpath).name)
-    (ctx.out / "stage1-modules.txt").write_text("".join(f"{Path(p).name}\n" for p in order))
+    ctx.outputs.write_stage1_order([Path(relpath).name for relpath in order])
     for path in (ctx.root / "boot").iterdir():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
@@ -571,7 +547,7 @@ def record_packages(ctx: Context) -> None:
         log=None,
     )
     packages = dict(line.split("\t", 1) for line in proc.stdout.decode().splitlines() if line)
-    (ctx.out / "packages.json").write_text(json.dumps(packages, indent=1, sort_keys=True))
+    ctx.outputs.write_packages(packages)
 
 
 # Mount points stay in the image, their contents do not.
@@ -587,7 +563,7 @@ SQUASHFS_BLOCK_SIZE = "128K"
 
 def make_squashfs(ctx: Context) -> None:
     level = str(ctx.plan.squashfs_level)
-    output = ctx.out / ROOT_SQUASHFS
+    output = ctx.outputs.path(Output.ROOT_SQUASHFS)
     options = ["-noappend", "-no-progress", "-quiet", "-b", SQUASHFS_BLOCK_SIZE]
     compression = ["-comp", "zstd", "-Xcompression-level", level]
     excludes = ["-wildcards", "-e", *SQUASHFS_EXCLUDES]
@@ -616,8 +592,8 @@ STEPS: list[Callable[[Context], None]] = [
 ]
 
 
-def apply_plan(root: Path, plan: Plan, log: Log, out: Path) -> dict[str, float]:
-    ctx = Context(root=root, plan=plan, log=log, out=out)
+def apply_plan(root: Path, plan: HookPlan, log: Log, outputs: HookOutputs) -> dict[str, float]:
+    ctx = Context(root=root, plan=plan, log=log, outputs=outputs)
     timings: dict[str, float] = {}
     for step in STEPS:
         started = time.monotonic()
@@ -632,12 +608,11 @@ def main(argv: list[str]) -> int:
     boot parts are left in ROOT's /tmp for mmdebstrap to sync out as the calling user: in
     unshare mode this process is the namespace's root, which cannot use the user's files."""
     root = Path(argv[0])
-    plan = Plan.load(root / INSIDE_PLAN.lstrip("/"))
-    out = root / INSIDE_OUT.lstrip("/")
-    out.mkdir(parents=True, exist_ok=True)
+    plan = HookPlan.read(root / INSIDE_PLAN.lstrip("/"))
+    outputs = HookOutputs(root / INSIDE_OUT.lstrip("/"))
+    outputs.directory.mkdir(parents=True, exist_ok=True)
     with Log(stream=sys.stdout) as log:
-        timings = apply_plan(root, plan, log, out)
-    (out / "steps.json").write_text(json.dumps(timings, indent=1))
+        outputs.write_steps(apply_plan(root, plan, log, outputs))
     return 0
 
 

@@ -1,0 +1,161 @@
+"""What the Debian backend and its mmdebstrap hook agree on. They are two processes that
+share only files: the plan the backend uploads into the chroot, and the out directory the
+hook fills and mmdebstrap syncs back. Both sides name those files through this module, and
+the backend reads the outputs back through `HookOutputs.read()`, which names the file that
+is missing or wrong."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from plasmaboot.artifacts.layout import ROOT_SQUASHFS
+from plasmaboot.errors import WorkError
+from plasmaboot.profiles.model import Profile
+
+# Where the plan is uploaded and the outputs are left, inside the chroot: under /tmp,
+# which the squashfs leaves out.
+INSIDE_PLAN = "/tmp/plasmaboot-plan.json"
+INSIDE_OUT = "/tmp/plasmaboot-out"
+KERNEL_VERSION_PATTERN = re.compile(r"^[0-9][A-Za-z0-9._+~-]*$")
+T = TypeVar("T")
+
+
+class HookPlan(BaseModel):
+    """What the backend asks the hook to do: everything the hook knows of the build."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    profile: Profile
+    authorized_keys: str  # root's authorized_keys, ready to write
+    squashfs_level: int
+
+    def write(self, path: Path) -> None:
+        path.write_text(self.model_dump_json(indent=2))
+
+    @classmethod
+    def read(cls, path: Path) -> HookPlan:
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except OSError as exc:
+            raise WorkError(f"hook plan {path}: cannot read ({exc.strerror})") from exc
+        except ValidationError as exc:
+            raise WorkError(
+                f"hook plan {path}: not a valid plan: {exc.errors()[0]['msg']}"
+            ) from exc
+
+
+class Output(StrEnum):
+    """The hook's outputs, by their names in the out directory."""
+
+    KERNEL = "bzImage"
+    KERNEL_VERSION = "kernel_version"
+    ROOT_SQUASHFS = ROOT_SQUASHFS
+    STAGE1_MODULES = "stage1-modules"  # a directory: the modules stage-1 loads
+    STAGE1_ORDER = "stage1-modules.txt"  # their file names, in load order
+    PACKAGES = "packages.json"  # {package: version}
+    STEPS = "steps.json"  # {step: seconds}
+
+
+PACKAGES_JSON: TypeAdapter[dict[str, str]] = TypeAdapter(dict[str, str])
+STEPS_JSON: TypeAdapter[dict[str, float]] = TypeAdapter(dict[str, float])
+
+
+@dataclass(frozen=True)
+class HookResult:
+    """The outputs, read back and checked."""
+
+    kernel: Path
+    kernel_version: str
+    root_squashfs: Path
+    stage1_modules: tuple[Path, ...]  # in load order
+    stage1_order: Path  # the list stage-1 reads (etc/stage1-modules)
+    packages: dict[str, str]
+    steps: dict[str, float]
+
+
+@dataclass(frozen=True)
+class HookOutputs:
+    """The out directory: the hook writes it with these methods, the backend reads it."""
+
+    directory: Path
+
+    def path(self, output: Output) -> Path:
+        return self.directory / output
+
+    # -- the hook's side
+
+    def write_kernel_version(self, version: str) -> None:
+        self.path(Output.KERNEL_VERSION).write_text(f"{version}\n")
+
+    def stage1_dir(self) -> Path:
+        target = self.path(Output.STAGE1_MODULES)
+        target.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def write_stage1_order(self, names: list[str]) -> None:
+        self.path(Output.STAGE1_ORDER).write_text("".join(f"{name}\n" for name in names))
+
+    def write_packages(self, packages: dict[str, str]) -> None:
+        self.path(Output.PACKAGES).write_text(json.dumps(packages, indent=1, sort_keys=True))
+
+    def write_steps(self, steps: dict[str, float]) -> None:
+        self.path(Output.STEPS).write_text(json.dumps(steps, indent=1))
+
+    # -- the backend's side
+
+    def read(self) -> HookResult:
+        """Every output, checked: a missing or malformed one is a WorkError naming it."""
+        for output in Output:
+            self.require(output)
+        version = self.text(Output.KERNEL_VERSION).strip()
+        if not KERNEL_VERSION_PATTERN.match(version):
+            raise self.invalid(Output.KERNEL_VERSION, f"{version!r} is not a kernel version")
+        modules = self.path(Output.STAGE1_MODULES)
+        names = self.text(Output.STAGE1_ORDER).split()
+        missing = [name for name in names if not (modules / name).is_file()]
+        if missing:
+            raise self.invalid(Output.STAGE1_ORDER, f"lists {missing[0]}, which is not there")
+        return HookResult(
+            kernel=self.path(Output.KERNEL),
+            kernel_version=version,
+            root_squashfs=self.path(Output.ROOT_SQUASHFS),
+            stage1_modules=tuple(modules / name for name in names),
+            stage1_order=self.path(Output.STAGE1_ORDER),
+            packages=self.parsed(Output.PACKAGES, PACKAGES_JSON),
+            steps=self.parsed(Output.STEPS, STEPS_JSON),
+        )
+
+    def require(self, output: Output) -> None:
+        path = self.path(output)
+        if output is Output.STAGE1_MODULES:
+            if not path.is_dir():
+                raise WorkError(
+                    f"the mmdebstrap hook left no {output}/ directory in {self.directory}"
+                )
+            return
+        if not path.is_file():
+            raise WorkError(f"the mmdebstrap hook left no {output} in {self.directory}")
+        if output is not Output.STAGE1_ORDER and path.stat().st_size == 0:
+            raise self.invalid(output, "it is empty")
+
+    def text(self, output: Output) -> str:
+        try:
+            return self.path(output).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise self.invalid(output, "it is not UTF-8 text") from exc
+
+    def parsed(self, output: Output, adapter: TypeAdapter[T]) -> T:
+        try:
+            return adapter.validate_json(self.path(output).read_bytes())
+        except ValidationError as exc:
+            raise self.invalid(output, exc.errors()[0]["msg"]) from exc
+
+    def invalid(self, output: Output, problem: str) -> WorkError:
+        return WorkError(f"the mmdebstrap hook's {output} is not valid: {problem}")

@@ -1,0 +1,134 @@
+"""The build's two checks. Its input, before any work starts, so bad input leaves nothing
+behind (exit 2, the file or option named); its output, before a set is committed, so a
+broken set is never published. Both apply the rules of formats/, as verify does."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL, ensure_writable_dir
+from plasmaboot.errors import UserError, WorkError
+from plasmaboot.formats import FormatError
+from plasmaboot.formats.bzimage import check_kernel_size, read_kernel_header
+from plasmaboot.formats.cpio import Compression
+from plasmaboot.formats.sshkeys import read_public_keys
+from plasmaboot.image.backend import Backend
+from plasmaboot.profiles.located_errors import display_path
+from plasmaboot.profiles.model import Profile
+
+INITRD_SIZE_RANGE = (4 << 20, 2 << 30)
+DEB_MAGIC = b"!<arch>\ndebian-binary"
+
+# --------------------------------------------------------------------------------------
+# Input
+
+
+def check_inputs(
+    profiles: Sequence[Profile],
+    backend: Backend,
+    ssh_keys: Sequence[Path],
+    directories: Sequence[tuple[Path, str]],
+) -> None:
+    """Everything that can be wrong before a build starts: the backend's options, its
+    tools, every key and package file, and the (directory, option) pairs to write."""
+    backend.check_options()
+    backend.check_available()
+    for path in ssh_keys:
+        check_public_key(path, "--ssh-key")
+    for profile in profiles:
+        for key in profile.ssh.authorized_keys:
+            check_public_key(Path(key), f"{profile.sources[-1]}: ssh.authorized_keys:")
+        check_service_packages(profile)
+    for directory, option in directories:
+        check_creatable_dir(directory, option)
+
+
+def check_public_key(path: Path, where: str) -> None:
+    """A public key file by the one rule (formats.sshkeys): readable, every line a valid
+    OpenSSH public key, and no private key in it."""
+    try:
+        read_public_keys(path)
+    except OSError as exc:
+        raise UserError(
+            f"{where} {display_path(path)}: cannot read ({exc.strerror})",
+            hint="pass an existing public key file such as ~/.ssh/id_ed25519.pub",
+        ) from exc
+    except FormatError as exc:
+        private = "private key" in str(exc)
+        problem = (
+            f"{exc}; refusing to put it in an image"
+            if private
+            else (f"expected OpenSSH public keys (ssh-ed25519 AAAA...), but {exc}")
+        )
+        raise UserError(
+            f"{where} {display_path(path)}: {problem}",
+            hint=f"pass the public half instead ({display_path(path)}.pub)"
+            if private
+            else "generate one with ssh-keygen -t ed25519 and pass the .pub file",
+        ) from exc
+
+
+def check_service_packages(profile: Profile) -> None:
+    for service in profile.services.values():
+        if service.package_file is None:
+            continue
+        path = Path(service.package_file)
+        where = f"{profile.sources[-1]}: services.{service.name}.package"
+        if not path.is_file():
+            raise UserError(f"{where}: {display_path(path)} does not exist")
+        with path.open("rb") as handle:
+            if handle.read(len(DEB_MAGIC)) != DEB_MAGIC:
+                raise UserError(
+                    f"{where}: {display_path(path)} is not a .deb package",
+                    hint="build one with dpkg-deb --build, or drop the key",
+                )
+
+
+def check_creatable_dir(directory: Path, option: str) -> None:
+    """`directory` exists and is writable, or could be created: without creating it."""
+    probe = directory
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{option} {directory}: cannot write there ({display_path(probe)} is not a "
+            "writable directory)",
+            hint="choose a directory you can write, or fix its permissions",
+        )
+
+
+def create_output_dirs(directories: Sequence[tuple[Path, str]]) -> None:
+    """Create the checked directories, and prove each takes files (after every check, so
+    bad input creates nothing)."""
+    for directory, option in directories:
+        ensure_writable_dir(directory, option)
+
+
+# --------------------------------------------------------------------------------------
+# Output
+
+
+def check_outputs(staged: Path) -> None:
+    """The seed's artifact checks, by the same rules verify uses: files exist, bzImage is a
+    Linux kernel of a sane size, initrd starts with a compressed cpio segment. A failed
+    check fails the build."""
+    kernel, initrd = staged / KERNEL, staged / INITRD
+    for path in (kernel, initrd, staged / IPXE):
+        if not path.is_file() or path.stat().st_size == 0:
+            raise WorkError(f"build produced no {path.name}")
+    try:
+        check_kernel_size(kernel.stat().st_size, read_kernel_header(kernel))
+    except FormatError as exc:
+        raise WorkError(f"{KERNEL}: {exc}") from exc
+    with initrd.open("rb") as handle:
+        head = handle.read(8)
+    if Compression.detect(head) in (None, Compression.NONE):
+        raise WorkError(f"{INITRD} does not start with a compressed cpio segment")
+    size = initrd.stat().st_size
+    low, high = INITRD_SIZE_RANGE
+    if not low <= size <= high:
+        raise WorkError(f"{INITRD} is {size} bytes, outside the sane range {low}-{high}")
