@@ -24,8 +24,9 @@ from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.cli import main
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.image.backend import BuildRequest
-from plasmaboot.image.backends.nix import NixBackend, NixOptions, nix_command, nix_works
+from plasmaboot.image.backends.nix import NixBackend, NixOptions
 from plasmaboot.log import Log
+from plasmaboot.nix import nix_command, nix_works
 from plasmaboot.profiles.nixparity import python_profiles
 from plasmaboot.profiles.store import ProfileStore
 from plasmaboot.run import run

@@ -20,14 +20,14 @@ from pydantic import BaseModel
 
 from plasmaboot.catalog import native_package_names
 from plasmaboot.errors import UserError, WorkError
-from plasmaboot.image.backends.nix import (
+from plasmaboot.log import Log
+from plasmaboot.nix import (
     PROBE_TIMEOUT,
     check_nix,
     json_output,
     last_line,
     nix_command,
 )
-from plasmaboot.log import Log
 from plasmaboot.paths import data_dir
 from plasmaboot.profiles.model import Profile, PythonOnly, setting_defaults
 from plasmaboot.profiles.store import ProfileStore
