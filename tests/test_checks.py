@@ -31,7 +31,7 @@ def test_a_report_is_ok_until_a_check_fails() -> None:
     assert Report(checks=()).ok
 
 
-def test_the_json_shape_is_checks_of_name_result_detail_and_ok() -> None:
+def test_the_json_shape_is_ok_and_checks_of_name_result_detail() -> None:
     report = Report(checks=(passed("a", "fine"), failed("b", "broken"), skipped("c", "n/a")))
     data = json.loads(report.to_json())
     assert data == {
@@ -42,6 +42,7 @@ def test_the_json_shape_is_checks_of_name_result_detail_and_ok() -> None:
         ],
         "ok": False,
     }
+    assert list(data) == ["ok", "checks"]  # the verdict first
     assert Report.model_validate_json(report.to_json()) == report  # `ok` is derived, not read
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sized
 from enum import StrEnum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, computed_field
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 from rich.table import Table
 from rich.text import Text
 
@@ -60,17 +61,22 @@ def judged(name: str, ok: bool, detail: str) -> Check:
 
 
 class Report(BaseModel):
-    """Checks in the order they ran; `ok` (in the JSON too) when none failed. A command's
-    report adds its own fields (boot-test: boots, accelerator, memory, ...)."""
+    """Checks in the order they ran; `ok` when none failed, first in the JSON (derived from
+    the checks, never read back). A command's report adds its own fields (boot-test: boots,
+    accelerator, memory, ...)."""
 
     model_config = ConfigDict(frozen=True)
 
     checks: tuple[Check, ...]
 
-    @computed_field  # type: ignore[prop-decorator]
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    @model_serializer(mode="wrap")
+    def verdict_first(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        fields: dict[str, Any] = handler(self)
+        return {"ok": self.ok, **fields}
 
     @property
     def failures(self) -> list[Check]:

@@ -60,6 +60,7 @@ def test_checks_have_verifys_json_shape(tmp_path: Path) -> None:
         {"name": "kernel command line", "result": "pass", "detail": "console=ttyS0,115200"},
         {"name": "systemd is running", "result": "fail", "detail": "degraded"},
     ]
+    assert list(data)[:3] == ["ok", "checks", "label"]
     assert json.loads(sample_report(tmp_path / "r.json", ok=True).to_json())["ok"] is True
 
 

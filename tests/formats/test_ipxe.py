@@ -104,7 +104,8 @@ def edited(number: int, line: str | None, extra: str | None = None) -> str:
         ("\n" + GOOD, "line 1: '', expected '#!ipxe' at byte 0"),
         ("\ufeff" + GOOD, "line 1: unprintable character '\\ufeff' at column 1"),
         ("#!gpxe" + GOOD[6:], "line 1: '#!gpxe', expected '#!ipxe' at byte 0"),
-        ("", "line 1: '', expected '#!ipxe' at byte 0"),
+        ("", "line 1: missing, expected `#!ipxe`"),
+        ("kernel http://elsewhere/x\nboot", "line 1: 'kernel http://elsewhere/x', expected"),
         # CRLF, a NUL, a tab
         (GOOD.replace("\n", "\r\n"), "line 1: unprintable character '\\r' at column 7"),
         (
@@ -134,6 +135,12 @@ def edited(number: int, line: str | None, extra: str | None = None) -> str:
         (GOOD.replace("loglevel=4 ", "loglevel=4  "), "line 3: kernel parameter '' is empty"),
         (join(lines(GOOD)[:3]) + "\n", "line 4: missing, expected `initrd --name initrd "),
         (GOOD.replace("boot\n", "boot  \n"), "line 5: 'boot  ', expected `boot`"),
+        # the first unexpected line is named, whatever comes after it
+        (
+            edited(2, "# hand-made").replace("initrd --name", "initrd\r--name"),
+            "line 2: '# hand-made', expected `# plasmaboot: <label>`",
+        ),
+        (edited(2, "# hand-made") + "boot", "line 2: '# hand-made', expected"),
     ],
 )
 def test_other_shapes_are_refused_at_their_first_unexpected_line(text: str, message: str) -> None:

@@ -129,6 +129,17 @@ def test_a_nul_in_the_script_fails(make_set: Callable[..., Path]) -> None:
     assert "unprintable character" in results(directory)["ipxe.script"][1]
 
 
+def test_a_header_alone_is_not_the_script(make_set: Callable[..., Path]) -> None:
+    directory = make_set()
+    (directory / IPXE).write_text("#!ipxe")
+    rehash(directory)
+    assert failures(directory) == {"ipxe.script"}
+    assert results(directory)["ipxe.script"] == (
+        "fail",
+        "not the script plasmaboot writes: line 2: missing, expected `# plasmaboot: <label>`",
+    )
+
+
 def test_a_missing_script_fails(make_set: Callable[..., Path]) -> None:
     directory = make_set()
     (directory / IPXE).unlink()

@@ -14,7 +14,7 @@ from plasmaboot.verify import verify_set
 
 @click.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print {checks, ok} as JSON for scripts.")
+@click.option("--json", "as_json", is_flag=True, help="Print {ok, checks} as JSON for scripts.")
 def verify(directory: Path, as_json: bool) -> None:
     """Read the artifact set in DIRECTORY back and check it, trusting nothing the build says:
     kernel header, initrd segments, root squashfs, image security, iPXE script, hashes.

@@ -84,45 +84,58 @@ def parse_netboot_script(text: str) -> NetbootScript:
     nothing before, between or after its five lines. A FormatError names the first line
     that differs and what was expected there."""
     lines = text.split("\n")
-    if lines[-1] != "":
-        number = len(lines)
-        raise FormatError(f"line {number}: {lines[-1][:60]!r} does not end with a newline")
-    lines.pop()
+    ended = lines[-1] == ""
+    if ended:
+        lines.pop()
+    label = "<label>"
+    params: tuple[str, ...] = ()
     for number, line in enumerate(lines, start=1):
-        column = next((i for i, char in enumerate(line, start=1) if not char.isprintable()), 0)
-        if column:
-            char = line[column - 1]
+        check_printable(number, line)
+        if number == 1 and line != HEADER:
+            raise FormatError(f"line 1: {line[:60]!r}, expected {HEADER!r} at byte 0")
+        if number == 2:
+            comment = COMMENT_LINE.fullmatch(line)
+            if comment is None:
+                raise unexpected(2, line, label)
+            label = comment["label"]
+        if number == 3:
+            params = read_kernel_line(line, label)
+        if number in (4, 5) and line != script_lines(label, [])[number - 1]:
+            raise unexpected(number, line, label)
+        if number > len(EXPECTED):
+            raise FormatError(
+                f"line {number}: {line[:60]!r} after `boot`, expected the end of the script"
+            )
+    if len(lines) < len(EXPECTED):
+        raise unexpected(len(lines) + 1, None, label)
+    if not ended:
+        raise FormatError(f"line {len(lines)}: {lines[-1][:60]!r} does not end with a newline")
+    return NetbootScript(label, params)
+
+
+def check_printable(number: int, line: str) -> None:
+    """A control character (CR, NUL, tab, ...) is never part of the shape."""
+    for column, char in enumerate(line, start=1):
+        if not char.isprintable():
             raise FormatError(f"line {number}: unprintable character {char!r} at column {column}")
-    if not lines or lines[0] != HEADER:
-        first = lines[0] if lines else ""
-        raise FormatError(f"line 1: {first[:60]!r}, expected {HEADER!r} at byte 0")
-    comment = COMMENT_LINE.fullmatch(lines[1]) if len(lines) > 1 else None
-    if comment is None:
-        raise unexpected(lines, 2)
-    label = comment["label"]
-    expected = script_lines(label, ["initrd=initrd"])
-    kernel_line = lines[2] if len(lines) > 2 else ""
-    if not (kernel_line == expected[2] or kernel_line.startswith(expected[2] + " ")):
-        raise unexpected(lines, 3, label)
-    params = tuple(kernel_line[len(expected[2]) :].split(" ")[1:])
+
+
+def read_kernel_line(line: str, label: str) -> tuple[str, ...]:
+    """The parameters after `initrd=initrd` on the kernel line of `label`'s script."""
+    start = script_lines(label, ["initrd=initrd"])[2]
+    if line != start and not line.startswith(f"{start} "):
+        raise unexpected(3, line, label)
+    params = tuple(line[len(start) :].split(" ")[1:])
     for param in params:
         problem = param_problem(param)
         if problem is not None:
             raise FormatError(f"line 3: kernel parameter {param!r} {problem}")
-    for number in (4, 5):
-        if len(lines) < number or lines[number - 1] != expected[number - 1]:
-            raise unexpected(lines, number, label)
-    if len(lines) > len(expected):
-        raise FormatError(
-            f"line {len(expected) + 1}: {lines[len(expected)][:60]!r} after `boot`, "
-            "expected the end of the script"
-        )
-    return NetbootScript(label, params)
+    return params
 
 
-def unexpected(lines: list[str], number: int, label: str = "<label>") -> FormatError:
-    """Line `number` (1-based) is not the one the shape has there (for `label`)."""
+def unexpected(number: int, line: str | None, label: str) -> FormatError:
+    """Line `number` (1-based; None: missing) is not the one the shape has there."""
     want = EXPECTED[number - 1].replace("<label>", label)
-    if len(lines) < number:
+    if line is None:
         return FormatError(f"line {number}: missing, expected `{want}`")
-    return FormatError(f"line {number}: {lines[number - 1][:60]!r}, expected `{want}`")
+    return FormatError(f"line {number}: {line[:60]!r}, expected `{want}`")

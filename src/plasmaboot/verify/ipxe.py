@@ -26,8 +26,8 @@ def check_ipxe(directory: Path, manifest: Manifest | None) -> Iterator[Check]:
         yield failed("ipxe.header", reason)
         yield from skip(LATER_CHECKS, "no script to read")
         return
-    if not data.startswith(f"{HEADER}\n".encode()):
-        first = data.split(b"\n", 1)[0].decode("utf-8", "replace")
+    first = data.split(b"\n", 1)[0].decode("utf-8", "replace")
+    if first != HEADER:
         yield failed("ipxe.header", f"first line is {first[:40]!r}, not {HEADER!r}")
         yield from skip(LATER_CHECKS, f"no {HEADER} header: not an iPXE script")
         return
