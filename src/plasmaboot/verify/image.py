@@ -147,9 +147,9 @@ def check_service(name: str, tree: ImageTree, service: ResolvedService) -> Check
     if dangling:
         return failed(name, f"enabled through a dangling link: {shown(dangling)}")
     if service.enable and not links:
-        return failed(name, "the profile enables it, but no *.wants/ link does")
+        return failed(name, "the built profile enables it, but no *.wants/ link does")
     if not service.enable and links:
-        return failed(name, f"the profile does not enable it, but {shown(links)} does")
+        return failed(name, f"the built profile does not enable it, but {shown(links)} does")
     wants = ", ".join(link.split("/")[-2] for link in links)
     return passed(name, f"unit present, {'enabled in ' + wants if links else 'not enabled'}")
 
