@@ -3,6 +3,8 @@ and every other shape refused with the first line that differs, hostile ones inc
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from plasmaboot.formats import FormatError
@@ -84,20 +86,19 @@ def edited(number: int, line: str | None, extra: str | None = None) -> str:
         # a chain hidden on the kernel line behind a terminator, or a comment
         (
             GOOD.replace("net.ifnames=0", "net.ifnames=0 || chain http://elsewhere/x"),
-            "line 3: kernel parameter '||' ends the command in iPXE (a terminator or comment)",
+            "line 3: kernel parameter '||': '|' is not allowed in a kernel parameter",
         ),
         (
             GOOD.replace("net.ifnames=0", "net.ifnames=0 ; chain http://elsewhere/x"),
-            "line 3: kernel parameter ';' ends the command in iPXE (a terminator or comment)",
+            "line 3: kernel parameter ';': ';' is not allowed in a kernel parameter",
         ),
         (
             GOOD.replace("loglevel=4", "#loglevel=4"),
-            "line 3: kernel parameter '#loglevel=4' ends the command in iPXE (a terminator or "
-            "comment)",
+            "line 3: kernel parameter '#loglevel=4': '#' is not allowed in a kernel parameter",
         ),
         (
             GOOD.replace("loglevel=4", "root=${root-path}"),
-            "line 3: kernel parameter 'root=${root-path}' holds ${, which iPXE expands",
+            "line 3: kernel parameter 'root=${root-path}': '$' is not allowed",
         ),
         # not #!ipxe at byte 0
         (" " + GOOD, "line 1: ' #!ipxe', expected '#!ipxe' at byte 0"),
@@ -132,7 +133,7 @@ def edited(number: int, line: str | None, extra: str | None = None) -> str:
             "line 3: 'kernel ${boot-server}/worker/bzImage console=ttyS0,115200 co', "
             "expected `kernel ${boot-server}/worker/bzImage initrd=initrd <params>`",
         ),
-        (GOOD.replace("loglevel=4 ", "loglevel=4  "), "line 3: kernel parameter '' is empty"),
+        (GOOD.replace("loglevel=4 ", "loglevel=4  "), "line 3: kernel parameter '': an empty"),
         (join(lines(GOOD)[:3]) + "\n", "line 4: missing, expected `initrd --name initrd "),
         (GOOD.replace("boot\n", "boot  \n"), "line 5: 'boot  ', expected `boot`"),
         # the first unexpected line is named, whatever comes after it
@@ -154,13 +155,14 @@ def test_other_shapes_are_refused_at_their_first_unexpected_line(text: str, mess
     [
         ("Worker", [], "label 'Worker' is not a name"),
         ("../etc", [], "label '../etc' is not a name"),
-        ("worker", ["a b"], "kernel parameter 'a b' is empty or holds whitespace"),
-        ("worker", ["||"], "kernel parameter '||' ends the command in iPXE"),
-        ("worker", ["x=${y}"], "kernel parameter 'x=${y}' holds ${"),
+        ("worker", ["a b"], "kernel parameter 'a b': ' ' is not allowed"),
+        ("worker", ["||"], "kernel parameter '||': '|' is not allowed"),
+        ("worker", ["x=${y}"], "kernel parameter 'x=${y}': '$' is not allowed"),
+        ("worker", [""], "kernel parameter '': an empty kernel parameter"),
     ],
 )
 def test_render_refuses_what_the_script_cannot_carry(
     label: str, params: list[str], message: str
 ) -> None:
-    with pytest.raises(FormatError, match=message.replace("$", r"\$").replace("|", r"\|")):
+    with pytest.raises(FormatError, match=re.escape(message)):
         render_netboot_script(label, params)

@@ -84,7 +84,8 @@ def edit_script(directory: Path, edit: Callable[[str], str]) -> None:
         ),
         (
             lambda s: s.replace("quiet", "quiet || chain http://elsewhere/x"),
-            "line 3: kernel parameter '||' ends the command in iPXE (a terminator or comment)",
+            "line 3: kernel parameter '||': '|' is not allowed in a kernel parameter of letters, "
+            "digits and . _ , : = / @ + % ~ - (no spaces, quotes, $, ;, |, & or newlines)",
         ),
     ],
 )

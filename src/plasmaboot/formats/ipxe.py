@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from plasmaboot.artifacts.layout import INITRD, KERNEL
 from plasmaboot.formats import FormatError
+from plasmaboot.formats.cmdline import check_param
 
 # The base URL the PXE server (or `plasmaboot serve`) provides to scripts.
 BOOT_SERVER = "${boot-server}"
@@ -18,9 +19,6 @@ BOOT_SCRIPT = "boot.ipxe"
 HEADER = "#!ipxe"
 # A set's label, as a profile (and variant) name makes it: one path segment of a URL.
 LABEL = r"[a-z0-9][a-z0-9-]*"
-# Words iPXE reads as the end of a command (exec.c: command_terminator) or a comment.
-TERMINATORS = ("||", "&&", ";")
-SETTING_EXPANSION = "${"  # iPXE expands ${name} anywhere in a line before it runs it
 
 
 @dataclass(frozen=True)
@@ -35,13 +33,12 @@ class NetbootScript:
 def render_netboot_script(label: str, kernel_params: Sequence[str]) -> str:
     """`${boot-server}` is the base URL the PXE server (or `plasmaboot serve`) provides;
     `initrd=initrd` names the initrd for the kernel's EFI stub, which UEFI boots need.
-    A FormatError for a label or parameter the script cannot carry as it is."""
+    A FormatError for a label or parameter the script cannot carry as it is (the one
+    kernel-parameter rule, formats.cmdline)."""
     if re.fullmatch(LABEL, label) is None:
         raise FormatError(f"label {label!r} is not a name ({LABEL})")
     for param in kernel_params:
-        problem = param_problem(param)
-        if problem is not None:
-            raise FormatError(f"kernel parameter {param!r} {problem}")
+        check_kernel_param(param)
     return "".join(f"{line}\n" for line in script_lines(label, ["initrd=initrd", *kernel_params]))
 
 
@@ -55,15 +52,13 @@ def script_lines(label: str, words: list[str]) -> list[str]:
     ]
 
 
-def param_problem(param: str) -> str | None:
-    """Why iPXE would not pass `param` to the kernel as it is written, or None."""
-    if not param or any(char.isspace() or not char.isprintable() for char in param):
-        return "is empty or holds whitespace or control characters"
-    if param in TERMINATORS or param.startswith("#"):
-        return "ends the command in iPXE (a terminator or comment)"
-    if SETTING_EXPANSION in param:
-        return f"holds {SETTING_EXPANSION}, which iPXE expands"
-    return None
+def check_kernel_param(param: str) -> None:
+    """formats.cmdline's rule, naming the parameter: a word iPXE passes to the kernel as it
+    is (no whitespace, terminator, comment or `${...}` expansion)."""
+    try:
+        check_param(param)
+    except FormatError as exc:
+        raise FormatError(f"kernel parameter {param!r}: {exc}") from exc
 
 
 # The lines of the shape, with <label> and <params> where they vary; as error messages
@@ -127,9 +122,10 @@ def read_kernel_line(line: str, label: str) -> tuple[str, ...]:
         raise unexpected(3, line, label)
     params = tuple(line[len(start) :].split(" ")[1:])
     for param in params:
-        problem = param_problem(param)
-        if problem is not None:
-            raise FormatError(f"line 3: kernel parameter {param!r} {problem}")
+        try:
+            check_kernel_param(param)
+        except FormatError as exc:
+            raise FormatError(f"line 3: {exc}") from exc
     return params
 
 
