@@ -67,7 +67,7 @@ def boot_once(variant: Variant, options: argparse.Namespace, work: Path) -> dict
 def print_table(name: str, reports: list[dict[str, Any]]) -> None:
     boots = [boot for report in reports for boot in report["boots"]]
     accelerators = sorted({f"{r['accelerator']} -cpu {r['cpu']}" for r in reports})
-    passed = all(report["passed"] for report in reports)
+    passed = all(report["ok"] for report in reports)
     print(f"\n{name}: {len(boots)} boots, {', '.join(accelerators)}, "
           f"all checks passed: {passed}")  # fmt: skip
     print(f"{'phase (s)':<20} {'median':>8} {'min':>8} {'max':>8}   per boot")
@@ -83,7 +83,7 @@ def print_table(name: str, reports: list[dict[str, Any]]) -> None:
     memory = reports[-1].get("memory") or {}
     if memory:
         print(f"memory (last boot): {json.dumps(memory)}")
-    failed = sorted({c["name"] for r in reports for c in r["checks"] if not c["passed"]})
+    failed = sorted({c["name"] for r in reports for c in r["checks"] if c["result"] == "fail"})
     if failed:
         print(f"failed checks: {', '.join(failed)}")
 

@@ -18,8 +18,8 @@ import pytest
 from plasmaboot.artifacts.layout import sha256_file
 from plasmaboot.artifacts.manifest import read_manifest
 from plasmaboot.formats.cpio import Compression, read_segments
+from plasmaboot.formats.squashfs import read_squashfs_superblock
 from plasmaboot.image.backends.debian.hook import MASKED_GENERATORS
-from plasmaboot.verify import read_squashfs_superblock
 
 from conftest import CI_SERVICE, CiImage, plasmaboot
 
@@ -68,8 +68,8 @@ def test_build_summary_and_manifest(ci_image: CiImage) -> None:
     assert "openssh-server" in manifest.packages and "iam-server" in manifest.packages
     for name, record in manifest.files.items():
         assert sha256_file(ci_image.set_dir / name) == record.sha256
-    assert manifest.services[CI_SERVICE]["enable"] is True
-    assert manifest.services["chainfire"]["enable"] is False
+    assert manifest.resolved_profile.services[CI_SERVICE].enable is True
+    assert manifest.resolved_profile.services["chainfire"].enable is False
     assert "customize.make_squashfs" in manifest.steps and "mmdebstrap" in manifest.steps
     # every command is in build.log
     log = (ci_image.set_dir / "build.log").read_text()

@@ -31,6 +31,9 @@ SET_FILES = (KERNEL, INITRD, IPXE, MANIFEST, BUILD_LOG)
 # image of a NixOS netboot initrd.
 ROOT_SQUASHFS = "root.squashfs"
 NIX_STORE_SQUASHFS = "nix-store.squashfs"
+# Inside a Debian root image: kmod's list of the device nodes whose modules load on first
+# open (/dev/fuse, /dev/net/tun, ...), made at build time; boot-test checks each is a device.
+STATIC_NODES = "etc/tmpfiles.d/static-nodes.conf"
 STAGING_PREFIX = ".staging-"
 SETS_DIR = ".sets"
 KEEP_GENERATIONS = 2

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -43,7 +42,6 @@ class Manifest(BaseModel):
     kernel_params: list[str]
     files: dict[str, FileRecord]
     packages: dict[str, str]
-    services: dict[str, dict[str, Any]]
     steps: dict[str, float]
     built_at: str
     plasmaboot_version: str

@@ -1,24 +1,26 @@
 """QEMU for boot-test: probe the accelerator, PXE-boot a guest over user-mode networking
 (firmware PXE -> DHCP -> TFTP boot.ipxe -> HTTP netboot.ipxe -> HTTP kernel and initrd),
-capture its serial console, time the phases, and never leave a QEMU process behind.
+capture its serial console, watch its boot (boot.watch), and never leave a QEMU process
+behind.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
+from plasmaboot.artifacts.layout import IPXE
+from plasmaboot.boot.watch import PCAP_SNAPLEN, BootWatch
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.formats.ipxe import BOOT_SCRIPT as BOOTFILE
+from plasmaboot.formats.ipxe import HEADER
 from plasmaboot.log import Log
 from plasmaboot.run import Background, run, start
 
@@ -30,6 +32,8 @@ FIRMWARE_DEBUG_PORT = "0x402"
 # SeaBIOS prints this when POST is done and it starts looking for a boot device: guest
 # code really ran on the accelerator (a broken KVM hangs long before it).
 FIRMWARE_BOOT_PHASE = b"enter handle_19"
+# The guest's memory unless --memory says otherwise: room for the root squashfs in RAM.
+DEFAULT_MEMORY_MIB = 2048
 PROBE_TIMEOUT = 4.0
 WATCH_INTERVAL = 0.2
 SERIAL_TAIL_LINES = 30
@@ -198,8 +202,8 @@ def free_port() -> int:
 def boot_script(http_port: int, label: str) -> str:
     """The TFTP bootfile: chain to the image's script over HTTP. The ROM that fetched this
     file already holds a DHCP lease; asking again would only cost seconds."""
-    url = f"http://{GUEST_HOST_ADDRESS}:{http_port}/{label}/netboot.ipxe"
-    return f"#!ipxe\nisset ${{ip}} || dhcp\nchain {url}\n"
+    url = f"http://{GUEST_HOST_ADDRESS}:{http_port}/{label}/{IPXE}"
+    return f"{HEADER}\nisset ${{ip}} || dhcp\nchain {url}\n"
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,7 @@ class VmConfig:
     http_port: int
     ssh_port: int
     accelerator: Accelerator
-    memory_mib: int = 2048
+    memory_mib: int = DEFAULT_MEMORY_MIB
     nic: Nic = Nic.VIRTIO
     cpus: int = 2
     cpu: str | None = None  # QEMU -cpu; None: the accelerator's default
@@ -275,172 +279,6 @@ def qemu_command(config: VmConfig, qemu: str = QEMU) -> list[str]:
         "-object", f"filter-dump,id=dump0,netdev=n0,file={config.packet_log},maxlen={PCAP_SNAPLEN}",
         "-boot", "order=n",
     ]  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------
-# Watching a boot: the serial console and the HTTP server's access log, read as they grow.
-
-# serve.py's access log, one line per finished request:
-# "<time> <client> <method> <path> <status> <bytes> <seconds>s"
-ACCESS_LINE = re.compile(r"^\S+ \S+ (?P<method>\S+) (?P<path>\S+) (?P<status>\d+) \d+ [\d.]+s$")
-KERNEL_BANNER = b"Linux version "
-# What an access-log request for each file marks: event name by the path's last segment.
-FETCH_EVENTS = {
-    "netboot.ipxe": "script_fetched",
-    "bzImage": "kernel_fetched",
-    "initrd": "initrd_fetched",
-}
-
-
-@dataclass
-class BootWatch:
-    """Events of one boot, in seconds since QEMU started, from the logs it reads."""
-
-    serial_log: Path
-    access_log: Path | None
-    packet_log: Path | None = None
-    started: float = field(default_factory=time.monotonic)
-    events: dict[str, float] = field(default_factory=dict)
-    access_offset: int = 0
-    packets: PacketWatch | None = None
-
-    def __post_init__(self) -> None:
-        if self.access_log is not None and self.access_log.exists():
-            self.access_offset = self.access_log.stat().st_size  # earlier boots' requests
-        if self.packet_log is not None:
-            self.packets = PacketWatch(self.packet_log)
-
-    def elapsed(self) -> float:
-        return round(time.monotonic() - self.started, 3)
-
-    def mark(self, event: str, at: float | None = None) -> None:
-        self.events.setdefault(event, self.elapsed() if at is None else round(at, 3))
-
-    def poll(self) -> None:
-        self._poll_access()
-        self._poll_packets()
-        if "kernel_started" in self.events or not self.serial_log.exists():
-            return
-        if KERNEL_BANNER in self.serial_log.read_bytes():
-            self.mark("kernel_started")
-
-    def _poll_access(self) -> None:
-        if self.access_log is None or not self.access_log.exists():
-            return
-        with self.access_log.open("rb") as handle:
-            handle.seek(self.access_offset)
-            chunk = handle.read()
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        self.access_offset += len(complete)
-        for line in complete.decode("utf-8", "replace").splitlines():
-            match = ACCESS_LINE.match(line)
-            if not match or match["method"] != "GET" or match["status"] != "200":
-                continue
-            event = FETCH_EVENTS.get(match["path"].rsplit("/", 1)[-1])
-            if event is not None:
-                self.mark(event)
-
-    def _poll_packets(self) -> None:
-        if self.packets is None:
-            return
-        # Acks before the initrd arrived were the firmware's (iPXE); one after it is the
-        # booted system's lease: from then on it has an address, so an SSH probe is
-        # answered at once (a banner, or a reset while sshd is not up yet). A probe sent
-        # before that waits in slirp for seconds, and still reaches sshd later.
-        acks = self.packets.new_acks()
-        if "initrd_fetched" not in self.events:
-            return
-        if acks:
-            self.mark("network_up")
-
-    def phases(self) -> dict[str, float]:
-        """Durations between events that both happened."""
-        spans = {
-            "pxe_to_kernel": ("start", "kernel_fetched"),
-            "initrd_download": ("kernel_fetched", "initrd_fetched"),
-            "kernel_to_network": ("kernel_fetched", "network_up"),
-            "network_to_ssh": ("network_up", "ssh_reachable"),
-            "kernel_to_ssh": ("kernel_fetched", "ssh_reachable"),
-            "total_to_ssh": ("start", "ssh_reachable"),
-        }
-        events = {"start": 0.0, **self.events}
-        return {
-            name: round(events[end] - events[begin], 3)
-            for name, (begin, end) in spans.items()
-            if begin in events and end in events
-        }
-
-
-# A pcap file as QEMU's filter-dump writes it: a 24-byte file header, then per packet a
-# 16-byte record header (seconds, microseconds, captured length, length) and the bytes.
-PCAP_MAGIC = 0xA1B2C3D4
-PCAP_FILE_HEADER = 24
-PCAP_RECORD = struct.Struct("<IIII")
-# Ethernet (14) + IPv4 (20) + UDP (8) + BOOTP (236) + magic cookie (4) + option 53 (3):
-# slirp's DHCP server writes the message type first.
-PCAP_SNAPLEN = 320
-DHCP_SERVER_PORT = 67
-DHCP_CLIENT_PORT = 68
-DHCP_ACK = 5
-
-
-def dhcp_message_type(frame: bytes) -> int | None:
-    """The DHCP message type of a DHCP server's reply in an Ethernet frame, else None."""
-    if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:  # IPv4, UDP
-        return None
-    udp = 14 + (frame[14] & 0x0F) * 4
-    ports = struct.unpack_from("!HH", frame, udp) if len(frame) >= udp + 8 else None
-    if ports != (DHCP_SERVER_PORT, DHCP_CLIENT_PORT):
-        return None
-    options = udp + 8 + 240  # fixed BOOTP fields and the magic cookie
-    while options + 2 <= len(frame) and frame[options] != 255:
-        code, length = frame[options], frame[options + 1]
-        if code == 0:  # padding
-            options += 1
-            continue
-        if code == 53 and length == 1 and options + 2 < len(frame):
-            return frame[options + 2]
-        options += 2 + length
-    return None
-
-
-@dataclass
-class PacketWatch:
-    """Reads QEMU's packet capture as it grows and counts the DHCP acks slirp sent. (The
-    capture's timestamps are QEMU's virtual clock on a whole-second base, so the watcher's
-    own clock times them.)"""
-
-    path: Path
-    offset: int = 0
-    unreadable: str | None = None  # why the capture is not read
-
-    def new_acks(self) -> int:
-        if self.unreadable is not None or not self.path.exists():
-            return 0
-        with self.path.open("rb") as handle:
-            handle.seek(self.offset)
-            data = handle.read()
-        if self.offset == 0:
-            if len(data) < PCAP_FILE_HEADER:
-                return 0
-            if struct.unpack_from("<I", data)[0] != PCAP_MAGIC:
-                # Not the capture we know how to read (a big-endian host writes the other
-                # byte order): stop reading it; SSH is then probed as if no lease was seen.
-                self.unreadable = f"{self.path}: not a little-endian pcap file"
-                return 0
-            data, self.offset = data[PCAP_FILE_HEADER:], PCAP_FILE_HEADER
-        acks = 0
-        pos = 0
-        while pos + PCAP_RECORD.size <= len(data):
-            captured = PCAP_RECORD.unpack_from(data, pos)[2]
-            end = pos + PCAP_RECORD.size + captured
-            if end > len(data):
-                break  # the rest of this record is not written yet
-            if dhcp_message_type(data[pos + PCAP_RECORD.size : end]) == DHCP_ACK:
-                acks += 1
-            pos = end
-        self.offset += pos
-        return acks
 
 
 def tail(path: Path, lines: int = SERIAL_TAIL_LINES) -> str:

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import click
 
-from plasmaboot.boot.qemu import Nic
-from plasmaboot.boot.test import BootTestOptions, render_table, report_json, run_boot_test
+from plasmaboot.boot.qemu import DEFAULT_MEMORY_MIB, Nic
+from plasmaboot.boot.test import BootTestOptions, run_boot_test
+from plasmaboot.checks import render_checks
 from plasmaboot.cli.context import Context, console, err_console, pass_context
+from plasmaboot.errors import UserError
 
 
 @click.command("boot-test")
@@ -31,7 +33,7 @@ from plasmaboot.cli.context import Context, console, err_console, pass_context
     "--memory",
     "memory_mib",
     type=click.IntRange(256),
-    default=2048,
+    default=DEFAULT_MEMORY_MIB,
     show_default=True,
     help="Guest memory in MiB.",
 )
@@ -68,6 +70,15 @@ from plasmaboot.cli.context import Context, console, err_console, pass_context
     default=None,
     help="Where to write the JSON report [default: ARTIFACTS/boot-test-LABEL.json].",
 )
+@click.option(
+    "--profile",
+    "profile_name",
+    metavar="NAME",
+    default=None,
+    help="The profile LABEL was built from: if its files now resolve to something else, "
+    "say so (the image built is still what is tested).",
+)
+@click.option("--variant", default=None, help="The variant LABEL was built with (with --profile).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout.")
 @pass_context
 def boot_test(
@@ -81,12 +92,21 @@ def boot_test(
     boots: int,
     timeout: float | None,
     report: Path | None,
+    profile_name: str | None,
+    variant: str | None,
     as_json: bool,
 ) -> None:
     """PXE-boot the image LABEL in QEMU (TFTP -> iPXE -> HTTP) and check it over SSH.
 
+    The node is checked against the profile the image was built from (its manifest.json).
     Exit 0 when every check passes, 1 when one fails, 2 on bad input.
     """
+    if variant is not None and profile_name is None:
+        raise UserError(
+            f"--variant {variant}: only means something with --profile",
+            hint="give --profile NAME too, or leave --variant out",
+        )
+    current = obj.store().resolve(profile_name, variant) if profile_name is not None else None
     options = BootTestOptions(
         label=label,
         artifacts=artifacts,
@@ -97,13 +117,18 @@ def boot_test(
         boots=boots,
         report=report,
         timeout=timeout,
-        profiles_dirs=obj.profiles_dirs,
+        current_profile=current,
     )
-    result = run_boot_test(options, announce=None if as_json else err_console.print)
+    result = run_boot_test(
+        options,
+        announce=None if as_json else err_console.print,
+        notice=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True),
+    )
     if as_json:
-        click.echo(report_json(result))
+        click.echo(result.to_json())
     else:
-        console.print(render_table(result))
+        title = f"boot-test {result.label} ({result.accelerator})"
+        console.print(render_checks(title, result.checks))
         for boot in result.boots:
             phases = ", ".join(f"{k} {v:.1f}s" for k, v in boot.phases.items())
             console.print(f"boot {boot.index}: {phases}")
@@ -116,5 +141,5 @@ def boot_test(
                 f"of {result.memory['mem_total_mib']} MiB"
             )
         console.print(f"report: {result.report_path}")
-    if not result.passed:
+    if not result.ok:
         sys.exit(1)

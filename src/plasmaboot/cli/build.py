@@ -22,7 +22,7 @@ from plasmaboot.errors import UserError
 from plasmaboot.image.backend import OptionInfo
 from plasmaboot.image.backends import AUTO, backend_types, choices, options_from_values
 from plasmaboot.image.pipeline import BuildOptions, BuildOutcome, build_profiles
-from plasmaboot.verify import Outcome, check_manifest
+from plasmaboot.verify.manifest import check_manifest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -171,7 +171,7 @@ def publish(sets: tuple[Path, ...], pxe_dir: Path) -> None:
                 hint="give a directory a build wrote, e.g. artifacts/<profile>",
             )
         checks, _ = check_manifest(directory)  # the same byte check `verify` makes
-        problems = [f"{c.name}: {c.detail}" for c in checks if c.result is Outcome.FAIL]
+        problems = [f"{c.name}: {c.detail}" for c in checks if c.failed]
         if problems:
             raise UserError(
                 f"{directory}: refusing to publish: {'; '.join(problems)}",

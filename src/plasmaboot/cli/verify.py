@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
-from rich.table import Table
 
+from plasmaboot.checks import render_checks
 from plasmaboot.cli.context import console
 from plasmaboot.errors import WorkError
-from plasmaboot.verify import Outcome, verify_set
+from plasmaboot.verify import verify_set
 
 
 @click.command()
@@ -22,20 +21,11 @@ def verify(directory: Path, as_json: bool) -> None:
 
     Exit 0 when every check passes, 1 when any fails, 2 when DIRECTORY is not a set.
     """
-    from rich.text import Text
-
     report = verify_set(directory)
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        click.echo(report.to_json())
     else:
-        styles = {Outcome.PASS: "green", Outcome.FAIL: "bold red", Outcome.SKIP: "yellow"}
-        table = Table(title=Text(f"verify {directory}"))
-        for column in ("check", "result", "detail"):
-            table.add_column(column)
-        for check in report.checks:
-            result = Text(str(check.result), style=styles[check.result])
-            table.add_row(Text(check.name), result, Text(check.detail))
-        console.print(table)
+        console.print(render_checks(f"verify {directory}", report.checks))
     if not report.ok:
         names = ", ".join(check.name for check in report.failures)
         raise WorkError(f"verify {directory}: {len(report.failures)} checks failed: {names}")

@@ -1,21 +1,137 @@
-"""The iPXE boot script of an artifact set (the seed's netboot.ipxe, made correct)."""
+"""The iPXE boot script of an artifact set (the seed's netboot.ipxe, made correct): written
+by `render_netboot_script`, read back by `parse_netboot_script`, which accepts exactly the
+shape the renderer writes and names the first line that differs."""
 
 from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from plasmaboot.artifacts.layout import INITRD, KERNEL
+from plasmaboot.formats import FormatError
+from plasmaboot.formats.cmdline import check_param
 
 # The base URL the PXE server (or `plasmaboot serve`) provides to scripts.
 BOOT_SERVER = "${boot-server}"
 # The script a PXE loader asks for first (over TFTP, or HTTP from `serve`).
 BOOT_SCRIPT = "boot.ipxe"
+HEADER = "#!ipxe"
+# A set's label, as a profile (and variant) name makes it: one path segment of a URL.
+LABEL = r"[a-z0-9][a-z0-9-]*"
 
 
-def render_netboot_script(label: str, kernel_params: list[str]) -> str:
+@dataclass(frozen=True)
+class NetbootScript:
+    """What a set's script says: the set it boots and the kernel's command line (after the
+    `initrd=initrd` the script itself adds)."""
+
+    label: str
+    kernel_params: tuple[str, ...]
+
+
+def render_netboot_script(label: str, kernel_params: Sequence[str]) -> str:
     """`${boot-server}` is the base URL the PXE server (or `plasmaboot serve`) provides;
-    `initrd=initrd` names the initrd for the kernel's EFI stub, which UEFI boots need."""
-    params = " ".join(["initrd=initrd", *kernel_params])
-    return (
-        "#!ipxe\n"
-        f"# plasmaboot: {label}\n"
-        f"kernel {BOOT_SERVER}/{label}/bzImage {params}\n"
-        f"initrd --name initrd {BOOT_SERVER}/{label}/initrd\n"
-        "boot\n"
-    )
+    `initrd=initrd` names the initrd for the kernel's EFI stub, which UEFI boots need.
+    A FormatError for a label or parameter the script cannot carry as it is (the one
+    kernel-parameter rule, formats.cmdline)."""
+    if re.fullmatch(LABEL, label) is None:
+        raise FormatError(f"label {label!r} is not a name ({LABEL})")
+    for param in kernel_params:
+        check_kernel_param(param)
+    return "".join(f"{line}\n" for line in script_lines(label, ["initrd=initrd", *kernel_params]))
+
+
+def script_lines(label: str, words: list[str]) -> list[str]:
+    return [
+        HEADER,
+        f"# plasmaboot: {label}",
+        " ".join(["kernel", f"{BOOT_SERVER}/{label}/{KERNEL}", *words]),
+        f"initrd --name initrd {BOOT_SERVER}/{label}/{INITRD}",
+        "boot",
+    ]
+
+
+def check_kernel_param(param: str) -> None:
+    """formats.cmdline's rule, naming the parameter: a word iPXE passes to the kernel as it
+    is (no whitespace, terminator, comment or `${...}` expansion)."""
+    try:
+        check_param(param)
+    except FormatError as exc:
+        raise FormatError(f"kernel parameter {param!r}: {exc}") from exc
+
+
+# The lines of the shape, with <label> and <params> where they vary; as error messages
+# show them.
+EXPECTED = (
+    HEADER,
+    "# plasmaboot: <label>",
+    f"kernel {BOOT_SERVER}/<label>/{KERNEL} initrd=initrd <params>",
+    f"initrd --name initrd {BOOT_SERVER}/<label>/{INITRD}",
+    "boot",
+)
+COMMENT_LINE = re.compile(rf"# plasmaboot: (?P<label>{LABEL})")
+
+
+def parse_netboot_script(text: str) -> NetbootScript:
+    """The label and kernel parameters of a script of exactly the shape
+    `render_netboot_script` writes: `#!ipxe` at byte 0, every line ending in a newline,
+    nothing before, between or after its five lines. A FormatError names the first line
+    that differs and what was expected there."""
+    lines = text.split("\n")
+    ended = lines[-1] == ""
+    if ended:
+        lines.pop()
+    label = "<label>"
+    params: tuple[str, ...] = ()
+    for number, line in enumerate(lines, start=1):
+        check_printable(number, line)
+        if number == 1 and line != HEADER:
+            raise FormatError(f"line 1: {line[:60]!r}, expected {HEADER!r} at byte 0")
+        if number == 2:
+            comment = COMMENT_LINE.fullmatch(line)
+            if comment is None:
+                raise unexpected(2, line, label)
+            label = comment["label"]
+        if number == 3:
+            params = read_kernel_line(line, label)
+        if number in (4, 5) and line != script_lines(label, [])[number - 1]:
+            raise unexpected(number, line, label)
+        if number > len(EXPECTED):
+            raise FormatError(
+                f"line {number}: {line[:60]!r} after `boot`, expected the end of the script"
+            )
+    if len(lines) < len(EXPECTED):
+        raise unexpected(len(lines) + 1, None, label)
+    if not ended:
+        raise FormatError(f"line {len(lines)}: {lines[-1][:60]!r} does not end with a newline")
+    return NetbootScript(label, params)
+
+
+def check_printable(number: int, line: str) -> None:
+    """A control character (CR, NUL, tab, ...) is never part of the shape."""
+    for column, char in enumerate(line, start=1):
+        if not char.isprintable():
+            raise FormatError(f"line {number}: unprintable character {char!r} at column {column}")
+
+
+def read_kernel_line(line: str, label: str) -> tuple[str, ...]:
+    """The parameters after `initrd=initrd` on the kernel line of `label`'s script."""
+    start = script_lines(label, ["initrd=initrd"])[2]
+    if line != start and not line.startswith(f"{start} "):
+        raise unexpected(3, line, label)
+    params = tuple(line[len(start) :].split(" ")[1:])
+    for param in params:
+        try:
+            check_kernel_param(param)
+        except FormatError as exc:
+            raise FormatError(f"line 3: {exc}") from exc
+    return params
+
+
+def unexpected(number: int, line: str | None, label: str) -> FormatError:
+    """Line `number` (1-based; None: missing) is not the one the shape has there."""
+    want = EXPECTED[number - 1].replace("<label>", label)
+    if line is None:
+        return FormatError(f"line {number}: missing, expected `{want}`")
+    return FormatError(f"line {number}: {line[:60]!r}, expected `{want}`")

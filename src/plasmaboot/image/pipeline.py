@@ -243,16 +243,6 @@ def finish_set(backend: Backend, request: BuildRequest, result: BuildResult, key
         kernel_params=params,
         files=file_records(staged, HASHED_FILES),
         packages=result.packages,
-        services={
-            name: {
-                "enable": s.enable,
-                "ports": s.ports,
-                "memory_max": s.memory_max,
-                "cpu_quota": s.cpu_quota,
-                "package": Path(s.package_file).name if s.package_file else None,
-            }
-            for name, s in profile.services.items()
-        },
         steps=dict(log.steps),
         built_at=datetime.now(UTC).isoformat(timespec="seconds"),
         plasmaboot_version=__version__,

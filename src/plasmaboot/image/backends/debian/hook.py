@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plasmaboot.artifacts.layout import STATIC_NODES
 from plasmaboot.image.backends.debian.contract import (
     INSIDE_OUT,
     INSIDE_PLAN,
@@ -359,10 +360,7 @@ def trim_kernel_modules(ctx: Context) -> None:
 # waits for that list. It depends on the image's kernel alone, so the image's own kmod
 # makes it once, here, where the unit would write it (/etc overrides /run), and the unit
 # is masked: it sat on the way to udevd and the NIC (the lease came ~0.5-1 s sooner
-# without it under TCG, docs/benchmarks.md).
-STATIC_NODES = "etc/tmpfiles.d/static-nodes.conf"
-
-
+# without it under TCG, docs/benchmarks.md). STATIC_NODES (artifacts.layout) names it.
 def list_static_nodes(ctx: Context) -> None:
     version = ctx.kernel_version()
     # kmod reads /lib/modules/$(uname -r): in the chroot that is the build host's kernel

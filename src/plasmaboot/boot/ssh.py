@@ -1,0 +1,150 @@
+"""SSH to the guest through QEMU's forwarded port: run a command as root with the
+operator's key, tell a server's banner from a reset or silence, try a password-only login,
+and wait until the guest's sshd answers."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from plasmaboot.boot.qemu import PxeVm
+from plasmaboot.errors import WorkError
+from plasmaboot.log import Log
+from plasmaboot.run import run
+
+# Once the guest's DHCP lease is seen, SSH is probed this often: a probe is then answered
+# at once (a reset while sshd is not listening yet), so this is the resolution of the
+# PXE-to-SSH figure.
+SSH_POLL_INTERVAL = 0.25
+# Before the lease a probe is answered by nobody: QEMU holds it inside slirp, and it
+# reaches sshd seconds later. So probe only every few seconds (only a guest whose lease
+# the capture misses needs these), and drop the probe as soon as the lease shows.
+SSH_BLIND_PROBE_INTERVAL = 3.0
+SSH_BLIND_PROBE_WAIT = 3.0
+# After the lease: wait SSH_FIRST_GREETING_WAIT for an answer, doubling on each silent
+# probe (the address may not be set yet); once the guest has reset a probe, its TCP stack
+# is up and the greeting alone can take seconds (sshd forks and re-executes itself per
+# connection, slowly under TCG): wait for it rather than start another sshd.
+SSH_FIRST_GREETING_WAIT = 1.0
+SSH_GREETING_TIMEOUT = 15.0
+GREETING_SLICE = 0.2
+SSH_COMMAND_TIMEOUT = 120.0
+
+
+class Greeting(StrEnum):
+    """What came back on the SSH port (see Ssh.greeting)."""
+
+    BANNER = "banner"
+    CLOSED = "closed"
+    SILENT = "silent"
+
+
+@dataclass(frozen=True)
+class Ssh:
+    port: int
+    identity: Path
+    log: Log | None = None
+
+    def base(self) -> list[str]:
+        return [
+            "ssh",
+            "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "ConnectTimeout=5",
+            "-p", str(self.port),
+        ]  # fmt: skip
+
+    def argv(self, command: str) -> list[str]:
+        return [
+            *self.base(),
+            "-i", str(self.identity),
+            "-o", "BatchMode=yes",
+            "-o", "IdentitiesOnly=yes",
+            "-o", "LogLevel=ERROR",
+            "root@127.0.0.1",
+            command,
+        ]  # fmt: skip
+
+    def run(self, command: str, timeout: float = SSH_COMMAND_TIMEOUT) -> tuple[int, str]:
+        try:
+            proc = run(self.argv(command), log=self.log, check=False, timeout=timeout)
+        except WorkError as exc:
+            return 255, exc.message
+        return proc.returncode, proc.stdout.decode("utf-8", "replace")
+
+    def output(self, command: str, timeout: float = SSH_COMMAND_TIMEOUT) -> str:
+        code, out = self.run(command, timeout)
+        if code != 0:
+            raise WorkError(f"over SSH, `{command}` failed with exit code {code}: {out.strip()}")
+        return out
+
+    def greeting(self, timeout: float, give_up: Callable[[], bool] | None = None) -> Greeting:
+        """What the SSH port says within `timeout` s: the server's banner; a closed
+        connection (the guest's TCP stack reset it: nothing listens yet); or silence. QEMU
+        accepts the connection itself whatever the guest does, so only what comes back
+        tells. `give_up` is asked every GREETING_SLICE s while the port is silent."""
+        deadline = time.monotonic() + timeout
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+                sock.settimeout(GREETING_SLICE)
+                while True:
+                    try:
+                        data = sock.recv(64)
+                    except TimeoutError:
+                        if time.monotonic() >= deadline or (give_up is not None and give_up()):
+                            return Greeting.SILENT
+                        continue
+                    return Greeting.BANNER if data.startswith(b"SSH-") else Greeting.CLOSED
+        except OSError:
+            return Greeting.CLOSED
+
+    def login(self) -> tuple[bool, str]:
+        code, out = self.run("true", timeout=60)
+        return code == 0, out.strip()
+
+    def password_probe(self) -> tuple[int, str]:
+        """Try to log in with a password only, verbosely: what does the server offer?"""
+        argv = [
+            *self.base(),
+            "-v",
+            "-o", "BatchMode=yes",
+            "-o", "PreferredAuthentications=password,keyboard-interactive",
+            "-o", "PubkeyAuthentication=no",
+            "root@127.0.0.1",
+            "true",
+        ]  # fmt: skip
+        try:
+            proc = run(argv, log=self.log, check=False, timeout=60)
+        except WorkError as exc:
+            return 255, exc.message
+        return proc.returncode, proc.stdout.decode("utf-8", "replace")
+
+
+def wait_for_ssh(vm: PxeVm, ssh: Ssh, timeout: float) -> None:
+    """Until the SSH server greets: probed often once the guest has its address, and only
+    now and then before (see SSH_BLIND_PROBE_INTERVAL)."""
+    next_blind_probe = 0.0
+    wait = SSH_FIRST_GREETING_WAIT
+
+    def network_up() -> bool:
+        return "network_up" in vm.watch.events
+
+    def greeted() -> bool:
+        nonlocal next_blind_probe, wait
+        if not network_up():
+            if time.monotonic() < next_blind_probe:
+                return False
+            next_blind_probe = time.monotonic() + SSH_BLIND_PROBE_INTERVAL
+            return ssh.greeting(SSH_BLIND_PROBE_WAIT, give_up=network_up) is Greeting.BANNER
+        answer = ssh.greeting(wait)
+        if answer is Greeting.CLOSED:
+            wait = SSH_GREETING_TIMEOUT
+        elif answer is Greeting.SILENT:
+            wait = min(2 * wait, SSH_GREETING_TIMEOUT)
+        return answer is Greeting.BANNER
+
+    vm.wait_until(greeted, timeout, "the SSH server to answer", SSH_POLL_INTERVAL)

@@ -1,0 +1,237 @@
+"""What the root image holds, read with unsquashfs (verify.tree): no private or host keys,
+root's password locked, sshd key-only, root's authorized_keys, and each service of the
+built profile present and enabled exactly as the profile says. A NixOS store image holds
+store paths, not a root filesystem: there only the system the kernel boots is looked for."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+from plasmaboot.artifacts.layout import NIX_STORE_SQUASHFS, ROOT_SQUASHFS
+from plasmaboot.artifacts.manifest import Manifest
+from plasmaboot.checks import Check, count, failed, passed, skipped
+from plasmaboot.errors import UserError, WorkError
+from plasmaboot.formats import FormatError
+from plasmaboot.formats.sshkeys import public_key_type
+from plasmaboot.profiles.model import ResolvedService
+from plasmaboot.verify.initrd import RootImage
+from plasmaboot.verify.sshd import SSHD_DEFAULTS, read_sshd_config
+from plasmaboot.verify.tree import EXTRACTED_PREFIXES, ImageEntry, ImageTree, list_squashfs
+
+KEY_SCAN_MAX_SIZE = 64 << 10
+PRIVATE_KEY_MARKER = b"PRIVATE KEY-----"
+SHOWN = 5
+# The values of SSHD_DEFAULTS' keywords that leave login to keys alone.
+SSHD_KEY_ONLY = {
+    "permitrootlogin": {"prohibit-password", "without-password", "no"},
+    "passwordauthentication": {"no"},
+    "kbdinteractiveauthentication": {"no"},
+}
+NIX_INIT = re.compile(r"^init=/nix/store/([^/\s]+)/init$")
+NOT_IN_STORE_IMAGE = (
+    "NixOS image: /etc, /root and the units are made at boot by the activation script from "
+    "the system closure, so they are not in the store squashfs to read"
+)
+
+
+def shown(paths: list[str]) -> str:
+    more = f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else ""
+    return ", ".join(f"/{p}" for p in paths[:SHOWN]) + more
+
+
+def check_private_keys(name: str, tree: ImageTree) -> Check:
+    by_name = [
+        p for p in tree.entries if fnmatch.fnmatchcase(p.rpartition("/")[2], "ssh_host_*_key")
+    ]
+    scanned = [
+        path
+        for path, entry in tree.entries.items()
+        if entry.kind == "-"
+        and path.startswith(EXTRACTED_PREFIXES)
+        and entry.size <= KEY_SCAN_MAX_SIZE
+    ]
+    by_content = [p for p in scanned if PRIVATE_KEY_MARKER in tree.read_regular(p)]
+    found = sorted({*by_name, *by_content})
+    if found:
+        return failed(name, f"private keys in the image: {shown(found)}")
+    return passed(name, f"none in {len(scanned)} small files under /etc, /root, /home")
+
+
+def check_host_keys(name: str, tree: ImageTree) -> Check:
+    keys = sorted(p for p in tree.entries if p.startswith("etc/ssh/ssh_host_"))
+    if keys:
+        return failed(name, f"baked SSH host keys: {shown(keys)}")
+    return passed(name, "none in /etc/ssh (generated at each boot)")
+
+
+def password_locked(field: str) -> bool:
+    """`*`, `!`, `!*`, or `!` before a hash: no password can match."""
+    return field == "*" or field.startswith("!")
+
+
+def check_root_password(name: str, tree: ImageTree) -> Check:
+    shadow = tree.read_text("etc/shadow")
+    if shadow is None:
+        return failed(name, "/etc/shadow is missing")
+    root = [line.split(":") for line in shadow.splitlines() if line.startswith("root:")]
+    if not root or len(root[0]) < 2:
+        return failed(name, "/etc/shadow has no root entry")
+    field = root[0][1]
+    if field == "":
+        return failed(name, "root has an empty password in /etc/shadow")
+    if not password_locked(field):
+        return failed(name, f"root has a password hash in /etc/shadow ({field[:3]}...)")
+    passwd = tree.read_text("etc/passwd") or ""
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        # "x" sends login to /etc/shadow; anything else in passwd is used as the hash
+        if (
+            fields[0] == "root"
+            and len(fields) > 1
+            and not (fields[1] == "x" or password_locked(fields[1]))
+        ):
+            return failed(name, "root has a password in /etc/passwd")
+    return passed(name, f"root password locked ({field[:2]!r})")
+
+
+def check_sshd(name: str, tree: ImageTree) -> Check:
+    config = read_sshd_config(tree)
+    problems = []
+    effective = {**SSHD_DEFAULTS, **config.settings}
+    for keyword, allowed in SSHD_KEY_ONLY.items():
+        if effective[keyword] not in allowed:
+            source = "" if keyword in config.settings else " (sshd's default)"
+            problems.append(f"{keyword} {effective[keyword]}{source}")
+    problems += [
+        f"{keyword} {value} in a Match block of /{path}"
+        for path, keyword, value in config.in_match
+        if value not in SSHD_KEY_ONLY[keyword]
+    ]
+    if problems:
+        return failed(name, "not key-only: " + "; ".join(problems))
+    settings = ", ".join(f"{k} {effective[k]}" for k in SSHD_KEY_ONLY)
+    return passed(name, f"{settings} (from {len(config.files)} files)")
+
+
+def check_authorized_keys(name: str, tree: ImageTree) -> Check:
+    path = "root/.ssh/authorized_keys"
+    text = tree.read_text(path)
+    if text is None:
+        return failed(name, f"/{path} is missing")
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if not lines:
+        return failed(name, f"/{path} holds no keys")
+    types = [public_key_type(line) for line in lines]
+    bad = [number for number, key_type in enumerate(types, start=1) if key_type is None]
+    if bad:
+        return failed(name, f"/{path}: key lines {bad} are not valid public keys")
+    return passed(name, f"{count(lines, 'key')} ({', '.join(sorted({t or '' for t in types}))})")
+
+
+def check_service(name: str, tree: ImageTree, service: ResolvedService) -> Check:
+    unit = f"{service.name}.service"
+    if tree.resolve(f"etc/systemd/system/{unit}") is None:
+        return failed(name, f"/etc/systemd/system/{unit} is missing")
+    links = sorted(
+        path
+        for path, entry in tree.entries.items()
+        if entry.kind == "l" and fnmatch.fnmatchcase(path, f"etc/systemd/system/*.wants/{unit}")
+    )
+    dangling = [link for link in links if tree.resolve(link) is None]
+    if dangling:
+        return failed(name, f"enabled through a dangling link: {shown(dangling)}")
+    if service.enable and not links:
+        return failed(name, "the built profile enables it, but no *.wants/ link does")
+    if not service.enable and links:
+        return failed(name, f"the built profile does not enable it, but {shown(links)} does")
+    wants = ", ".join(link.split("/")[-2] for link in links)
+    return passed(name, f"unit present, {'enabled in ' + wants if links else 'not enabled'}")
+
+
+TreeCheck = Callable[[str, ImageTree], Check]
+TREE_CHECKS: dict[str, TreeCheck] = {
+    "image.private-keys": check_private_keys,
+    "image.host-keys": check_host_keys,
+    "image.root-password": check_root_password,
+    "image.sshd": check_sshd,
+    "image.authorized-keys": check_authorized_keys,
+}
+
+
+def image_checks(manifest: Manifest | None) -> dict[str, TreeCheck]:
+    """The checks of the image's contents: the fixed ones, then one per service of the
+    profile the image was built from."""
+    checks = dict(TREE_CHECKS)
+    services = manifest.resolved_profile.services if manifest is not None else {}
+    for name, service in services.items():
+        checks[f"image.service:{name}"] = partial(check_service, service=service)
+    return checks
+
+
+def check_image(root: RootImage | None, manifest: Manifest | None) -> Iterator[Check]:
+    checks = image_checks(manifest)
+    if root is None:
+        for name in ("image.read", *checks):
+            yield skipped(name, "no readable root squashfs")
+        return
+    if root.name == NIX_STORE_SQUASHFS:
+        yield from check_store_image(root, manifest, checks)
+        return
+    with tempfile.TemporaryDirectory(prefix="plasmaboot-verify-") as temp:
+        image_path = Path(temp) / ROOT_SQUASHFS
+        image_path.write_bytes(root.data)
+        try:
+            tree = ImageTree.read(image_path, Path(temp) / "root")
+        except (FormatError, WorkError, UserError) as exc:
+            yield failed("image.read", str(exc))
+            for name in checks:
+                yield skipped(name, "the image could not be read")
+            return
+        yield passed("image.read", f"{len(tree.entries)} entries")
+        for name, check in checks.items():
+            try:
+                yield check(name, tree)
+            except (FormatError, OSError) as exc:
+                # a file that links out of the extracted trees, or cannot be read
+                yield failed(name, str(exc))
+
+
+def check_store_image(
+    root: RootImage, manifest: Manifest | None, checks: dict[str, TreeCheck]
+) -> Iterator[Check]:
+    """A NixOS store image holds store paths, not a root filesystem: check that the system
+    the kernel line boots (`init=/nix/store/<system>/init`) is in it; the root-filesystem
+    checks do not apply."""
+    with tempfile.TemporaryDirectory(prefix="plasmaboot-verify-") as temp:
+        image_path = Path(temp) / NIX_STORE_SQUASHFS
+        image_path.write_bytes(root.data)
+        try:
+            entries = list_squashfs(image_path)
+        except (FormatError, WorkError, UserError) as exc:
+            yield failed("image.read", str(exc))
+            yield skipped("image.init", "the image could not be read")
+        else:
+            yield passed("image.read", f"{len(entries)} entries in the Nix store image")
+            yield check_store_init(entries, manifest)
+    for name in checks:
+        yield skipped(name, NOT_IN_STORE_IMAGE)
+
+
+def check_store_init(entries: dict[str, ImageEntry], manifest: Manifest | None) -> Check:
+    name = "image.init"
+    if manifest is None:
+        return skipped(name, "no manifest to name the init")
+    matches = [m for m in map(NIX_INIT.match, manifest.kernel_params) if m is not None]
+    if not matches:
+        return failed(name, "manifest.json kernel_params has no init=/nix/store/<system>/init")
+    system = matches[-1][1]
+    init = entries.get(f"{system}/init")
+    if init is None or init.kind not in ("-", "l"):
+        return failed(name, f"/nix/store/{system}/init is not in the store image")
+    return passed(name, f"/nix/store/{system}/init is in the store image")

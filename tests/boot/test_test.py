@@ -1,0 +1,332 @@
+"""boot.test: input errors (exit 2, before QEMU starts), the options, the profile the node
+is judged against (the manifest's, even when --profile's files now say otherwise), and the
+decisions made between boots."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from plasmaboot import cli
+from plasmaboot.artifacts.manifest import Manifest
+from plasmaboot.boot import test as boottest
+from plasmaboot.boot.qemu import Accelerator, ProbeResult, kvm_usable
+from plasmaboot.boot.report import BootRecord
+from plasmaboot.boot.test import (
+    BootTestOptions,
+    kvm_gave_out,
+    private_copy,
+    rebuilt_note,
+    require_same_profile,
+    validate,
+)
+from plasmaboot.checks import failed, passed
+from plasmaboot.cli import main
+from plasmaboot.errors import UserError, WorkError
+from plasmaboot.paths import builtin_profiles_dir
+from plasmaboot.profiles.store import ProfileStore
+
+WORKER = ProfileStore().resolve("worker")
+MANIFEST = {
+    "profile": "worker",
+    "variant": None,
+    "label": "worker",
+    "content_hash": "0" * 64,
+    "cache_key": "0" * 64,
+    "backend": "debian",
+    "distro": "debian bookworm",
+    "kernel_version": "6.1.0-50-amd64",
+    "kernel_params": ["console=ttyS0,115200"],
+    "files": {},
+    "packages": {},
+    "steps": {},
+    "built_at": "2026-01-01T00:00:00+00:00",
+    "plasmaboot_version": "0.1.0",
+    "resolved_profile": WORKER.model_dump(mode="json"),
+}
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    root = tmp_path / "artifacts"
+    directory = root / "worker"
+    directory.mkdir(parents=True)
+    for name in ("bzImage", "initrd", "netboot.ipxe"):
+        (directory / name).write_bytes(b"x")
+    (directory / "manifest.json").write_text(json.dumps(MANIFEST))
+    return root
+
+
+def set_manifest(artifacts: Path, **changes: object) -> None:
+    (artifacts / "worker" / "manifest.json").write_text(json.dumps({**MANIFEST, **changes}))
+
+
+@pytest.fixture
+def identity(tmp_path: Path) -> Path:
+    key = tmp_path / "id_ed25519"
+    key.write_text("not read before the guest answers\n")
+    return key
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Error lines are matched whole: do not let rich wrap them at 80 columns."""
+    monkeypatch.setattr(cli.err_console, "width", 400)
+    monkeypatch.setattr(cli.console, "width", 400)
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+# --------------------------------------------------------------------------------------
+# bad input: exit 2, one line naming what is wrong, nothing written
+
+
+def test_unknown_label_names_the_directory_and_the_labels_there(
+    artifacts: Path, identity: Path
+) -> None:
+    code, output = invoke(
+        "boot-test", "control", "--artifacts", str(artifacts), "--identity", str(identity)
+    )
+    assert code == 2
+    assert f"{artifacts / 'control'}: no artifact set for 'control'" in output
+    assert "worker" in output
+    assert "Traceback" not in output
+    assert not list(artifacts.glob("boot-test-*"))
+
+
+def test_missing_identity_is_bad_input(artifacts: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    code, output = invoke(
+        "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(missing)
+    )
+    assert code == 2
+    assert f"--identity {missing}: no such private key file" in output
+    assert not list(artifacts.glob("boot-test-*"))
+
+
+@pytest.mark.parametrize(
+    ("cpu", "no_kvm", "message"),
+    [
+        ("pentium9", None, "--cpu pentium9: 'pentium9' is not a CPU model of qemu-system-x86_64"),
+        (
+            "host",
+            "no /dev/kvm",
+            "--cpu host: the host CPU model needs KVM, and here there is no /dev/kvm",
+        ),
+    ],
+)
+def test_cpu_model_that_cannot_run_is_bad_input(
+    artifacts: Path,
+    identity: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cpu: str,
+    no_kvm: str | None,
+    message: str,
+) -> None:
+    if no_kvm is not None:
+        monkeypatch.setattr(boottest, "kvm_usable", lambda: no_kvm)  # a machine without KVM
+    code, output = invoke(
+        "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(identity),
+        "--cpu", cpu,
+    )  # fmt: skip
+    assert code == 2
+    assert message in output
+    assert "Traceback" not in output
+    assert not list(artifacts.glob("boot-test-*"))
+
+
+def test_host_cpu_model_when_kvm_fails_its_probe_is_a_failed_boot_with_a_report(
+    artifacts: Path, identity: Path
+) -> None:
+    if kvm_usable() is not None:
+        pytest.skip(f"{kvm_usable()}: boot-test refuses --cpu host up front (test above)")
+    report = artifacts / "report.json"
+    code, _ = invoke(
+        "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(identity),
+        "--cpu", "host", "--timeout", "5", "--report", str(report),
+    )  # fmt: skip
+    data = json.loads(report.read_text())
+    if data["accelerator"] == "kvm":
+        pytest.skip("KVM works on this machine: the host model can run")
+    assert code == 1
+    assert data["cpu"] == "host" and data["boots"] == []
+    boot = data["checks"][0]
+    assert boot["name"] == "boot 1: PXE to SSH" and boot["result"] == "fail"
+    assert "--cpu host needs KVM, and KVM failed" in boot["detail"]
+
+
+def test_incomplete_set_names_the_missing_file(artifacts: Path, identity: Path) -> None:
+    (artifacts / "worker" / "initrd").unlink()
+    with pytest.raises(UserError, match=r"worker/initrd: missing"):
+        validate(BootTestOptions("worker", artifacts, identity))
+
+
+def test_missing_qemu_names_the_debian_package(
+    artifacts: Path, identity: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").symlink_to(shutil.which("ssh") or "/usr/bin/ssh")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    code, output = invoke(
+        "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(identity)
+    )
+    assert code == 2
+    assert "qemu-system-x86_64" in output
+    assert "apt-get install qemu-system-x86" in output
+
+
+def test_the_node_is_judged_against_the_manifests_profile(artifacts: Path, identity: Path) -> None:
+    kernel = WORKER.kernel.model_copy(update={"modules": ["kvm", "built-then"]})
+    built = WORKER.model_copy(update={"kernel": kernel})
+    set_manifest(artifacts, resolved_profile=built.model_dump(mode="json"))
+    manifest = validate(BootTestOptions("worker", artifacts, identity))
+    assert manifest.label == "worker"
+    assert manifest.resolved_profile.kernel.modules == ["kvm", "built-then"]
+
+
+def test_report_path_defaults_beside_the_set(artifacts: Path, identity: Path) -> None:
+    options = BootTestOptions("worker", artifacts, identity)
+    assert options.report_path == artifacts / "boot-test-worker.json"
+    assert options.workdir == artifacts / "boot-test-worker"
+    other = BootTestOptions("worker", artifacts, identity, report=Path("/tmp/x/r.json"))
+    assert other.workdir == Path("/tmp/x/boot-test-worker")
+
+
+def test_identity_is_used_from_a_private_copy(tmp_path: Path) -> None:
+    shared = tmp_path / "shared_key"
+    shared.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    shared.chmod(0o444)  # as a read-only shared/ copy has it: ssh would refuse this file
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    copy = private_copy(shared, workdir)
+    assert copy.read_text() == shared.read_text()
+    assert copy.stat().st_mode & 0o777 == 0o600
+
+
+def test_kvm_that_dies_before_the_kernel_means_falling_back() -> None:
+    def record(events: dict[str, float]) -> BootRecord:
+        return BootRecord(index=1, ssh_port=1, events=events, phases={}, host_key=None, logs={})
+
+    stopped = failed("boot 1: PXE to SSH", "QEMU exit code -6")
+    kvm = ProbeResult(Accelerator.KVM, "KVM ran the firmware")
+    tcg = ProbeResult(Accelerator.TCG, "KVM failed")
+    assert kvm_gave_out(kvm, record({"start": 0.0}), stopped)
+    # once the kernel arrived, a failure is the image's, not KVM's
+    assert not kvm_gave_out(kvm, record({"start": 0.0, "kernel_fetched": 5.0}), stopped)
+    assert not kvm_gave_out(tcg, record({"start": 0.0}), stopped)
+    reached = passed("boot 1: PXE to SSH", "ok")
+    assert not kvm_gave_out(kvm, record({"start": 0.0}), reached)
+
+
+# --------------------------------------------------------------------------------------
+# --profile: what the profile's files say now, against what was built
+
+
+def validate_manifest(**changes: object) -> Manifest:
+    return Manifest.model_validate({**MANIFEST, **changes})
+
+
+def stop_before_qemu(*args: object, **kwargs: object) -> ProbeResult:
+    raise WorkError("stopped before QEMU, as the test asked")
+
+
+def edited_profiles(tmp_path: Path, sysctl_line: str) -> Path:
+    """A profiles directory whose worker.toml shadows the built-in one, with a changed
+    setting."""
+    directory = tmp_path / "profiles"
+    directory.mkdir()
+    text = (builtin_profiles_dir() / "worker.toml").read_text()
+    (directory / "worker.toml").write_text(text.replace('"fs.file-max" = 1000000', sysctl_line))
+    return directory
+
+
+def test_a_profile_that_still_resolves_to_what_was_built_says_nothing() -> None:
+    manifest = validate_manifest(content_hash=WORKER.content_hash())
+    assert rebuilt_note(manifest, WORKER) is None
+
+
+def test_a_profile_edited_since_the_build_is_one_note(tmp_path: Path) -> None:
+    edited = ProfileStore([edited_profiles(tmp_path, '"fs.file-max" = 2000000')]).resolve("worker")
+    manifest = validate_manifest(content_hash=WORKER.content_hash())
+    note = rebuilt_note(manifest, edited)
+    assert note == (
+        f"note: profile worker now resolves to {edited.content_hash()[:12]}, this image was "
+        f"built from {WORKER.content_hash()[:12]}; testing what was built"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "variant", "message"),
+    [
+        ("control-plane", None, "--profile control-plane: the set worker was built from "
+         "--profile worker"),
+        ("worker", "debug", "--profile worker --variant debug: the set worker was built from "
+         "--profile worker"),
+    ],
+)  # fmt: skip
+def test_another_profile_than_the_sets_is_refused(
+    name: str, variant: str | None, message: str
+) -> None:
+    with pytest.raises(UserError, match=re.escape(message)) as refused:
+        require_same_profile(validate_manifest(), ProfileStore().resolve(name, variant))
+    assert refused.value.exit_code == 2
+
+
+def test_the_note_is_printed_once_and_what_was_built_is_tested(
+    artifacts: Path, identity: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_manifest(artifacts, content_hash=WORKER.content_hash())
+    profiles = edited_profiles(tmp_path, '"fs.file-max" = 2000000')
+    monkeypatch.setattr(boottest, "probe_accelerator", stop_before_qemu)
+    code, output = invoke(
+        "--profiles-dir", str(profiles), "boot-test", "worker", "--artifacts", str(artifacts),
+        "--identity", str(identity), "--profile", "worker", "--json",
+    )  # fmt: skip
+    assert code == 1 and "stopped before QEMU" in output  # it went on after the note
+    notes = [line for line in output.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1
+    assert "note: profile worker now resolves to " in notes[0]
+    assert notes[0].endswith(f"built from {WORKER.content_hash()[:12]}; testing what was built")
+
+
+def test_a_profile_unchanged_since_the_build_prints_no_note(
+    artifacts: Path, identity: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_manifest(artifacts, content_hash=WORKER.content_hash())
+    monkeypatch.setattr(boottest, "probe_accelerator", stop_before_qemu)
+    code, output = invoke(
+        "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(identity),
+        "--profile", "worker",
+    )  # fmt: skip
+    assert code == 1 and "stopped before QEMU" in output
+    assert "note:" not in output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--profile", "control-plane"], "--profile control-plane: the set worker was built "
+         "from --profile worker"),
+        (["--variant", "debug"], "--variant debug: only means something with --profile"),
+        (["--profile", "nosuch"], "unknown profile \"nosuch\""),
+    ],
+)  # fmt: skip
+def test_a_profile_that_is_not_the_sets_is_bad_input(
+    artifacts: Path, identity: Path, extra: list[str], message: str
+) -> None:
+    code, output = invoke(
+        "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(identity), *extra
+    )
+    assert code == 2
+    assert message in output
+    assert "Traceback" not in output
+    assert not list(artifacts.glob("boot-test-*"))

@@ -1,0 +1,64 @@
+"""verify.initrd: the initrd's segments, its /init and the root squashfs superblock."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from artifact_sets import check_of, damage_superblock, failures, make_nix_set, rehash, run_verify
+from plasmaboot.artifacts.layout import INITRD
+from plasmaboot.formats.cpio import Compression, Entry, read_segments, write_segment
+
+
+def truncate_initrd(directory: Path) -> None:
+    data = (directory / INITRD).read_bytes()
+    (directory / INITRD).write_bytes(data[: len(data) // 2])
+
+
+def remove_initrd(directory: Path) -> None:
+    (directory / INITRD).unlink()
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (truncate_initrd, {"initrd.segments"}),
+        (damage_superblock, {"initrd.squashfs"}),
+        (remove_initrd, {"file:initrd", "initrd.segments", "ipxe.files"}),
+    ],
+)
+def test_damage_is_a_named_failure(
+    make_set: Callable[..., Path], damage: Callable[[Path], None], expected: set[str]
+) -> None:
+    directory = make_set()
+    damage(directory)
+    rehash(directory)  # so only the damage itself is reported, not the changed hash
+    assert failures(directory) == expected
+
+
+def test_an_init_that_is_not_executable_fails(make_set: Callable[..., Path]) -> None:
+    directory = make_set()
+    data = (directory / INITRD).read_bytes()
+    root_segment = read_segments(directory / INITRD)[1].offset
+    write_segment([Entry("init", stat.S_IFREG | 0o644, data=b"#!/bin/sh\n")],
+                  directory / "stage1", Compression.GZIP)  # fmt: skip
+    (directory / INITRD).write_bytes((directory / "stage1").read_bytes() + data[root_segment:])
+    (directory / "stage1").unlink()
+    rehash(directory)
+    assert failures(directory) == {"initrd.init"}
+    _, report, _ = run_verify(directory)
+    assert check_of(report, "initrd.init")["detail"] == "/init is not an executable file (100644)"
+
+
+def test_an_initrd_without_either_squashfs_fails(tmp_path: Path) -> None:
+    directory = make_nix_set(tmp_path)
+    write_segment([Entry("init", stat.S_IFREG | 0o755, data=b"#!/bin/sh\n")],
+                  directory / INITRD, Compression.GZIP)  # fmt: skip
+    rehash(directory)
+    code, report, _ = run_verify(directory)
+    assert code == 1
+    squashfs = check_of(report, "initrd.squashfs")
+    assert squashfs["detail"] == "no /root.squashfs or /nix-store.squashfs in any segment"
