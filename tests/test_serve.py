@@ -25,6 +25,7 @@ from plasmaboot.serve.paths import UnsafePath, request_segments
 NAMES = (KERNEL, INITRD, IPXE, MANIFEST)
 SCRIPT = (
     "#!ipxe\n"
+    "# plasmaboot: cp\n"
     "kernel ${boot-server}/cp/bzImage initrd=initrd console=ttyS0\n"
     "initrd --name initrd ${boot-server}/cp/initrd\n"
     "boot\n"
@@ -250,6 +251,7 @@ def test_netboot_script_points_at_the_exact_set(server: ServerThread, published:
     prefix = f"http://10.0.2.2:8123/sets/{published.set_name}"
     assert text == (
         "#!ipxe\n"
+        "# plasmaboot: cp\n"
         f"kernel {prefix}/bzImage initrd=initrd console=ttyS0\n"
         f"initrd --name initrd {prefix}/initrd\n"
         "boot\n"
@@ -459,3 +461,26 @@ def test_serve_command_serves_and_stops_on_ctrl_c(published: Published) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        SCRIPT + "chain http://elsewhere/x\n",
+        SCRIPT.replace("boot\n", "initrd http://elsewhere/extra.img\nboot\n"),
+        SCRIPT.replace("console=ttyS0", "console=ttyS0 || shell"),
+        "\n" + SCRIPT,
+    ],
+)
+def test_a_script_of_another_shape_is_never_served(tmp_path: Path, forged: str) -> None:
+    """serve reads a set's script with the one parser and writes it with the one renderer:
+    a script someone changed on disk is refused, and says so in the server's log."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in NAMES:
+        (source / name).write_text(forged if name == IPXE else name)
+    publish_atomically(source, tmp_path / "root", "cp", NAMES)
+    with ServerThread(tmp_path / "root", access_log=tmp_path / "access.log") as running:
+        reply = request(running, f"/cp/{IPXE}")
+    assert reply.status == 404 and b"damaged" in reply.body
+    assert "is not plasmaboot's" in (tmp_path / "access.log").read_text()

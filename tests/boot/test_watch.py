@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 from plasmaboot.boot.watch import PCAP_MAGIC, PCAP_RECORD, BootWatch, PacketWatch, dhcp_message_type
+from plasmaboot.formats.ipxe import render_netboot_script
 from plasmaboot.serve.app import ServerThread
 
 # the boot watcher reads the real server's access log
@@ -18,10 +19,7 @@ def test_watch_sees_fetches_in_the_servers_access_log(tmp_path: Path) -> None:
     (root / "demo").mkdir(parents=True)
     (root / "demo" / "bzImage").write_bytes(b"k" * 4096)
     (root / "demo" / "initrd").write_bytes(b"i" * 4096)
-    (root / "demo" / "netboot.ipxe").write_text(
-        "#!ipxe\nkernel ${boot-server}/demo/bzImage initrd=initrd\n"
-        "initrd --name initrd ${boot-server}/demo/initrd\nboot\n"
-    )
+    (root / "demo" / "netboot.ipxe").write_text(render_netboot_script("demo", []))
     access = tmp_path / "access.log"
     serial = tmp_path / "serial.log"
     with ServerThread(root, access_log=access) as server:

@@ -166,3 +166,29 @@ def test_render_refuses_what_the_script_cannot_carry(
 ) -> None:
     with pytest.raises(FormatError, match=re.escape(message)):
         render_netboot_script(label, params)
+
+
+def test_a_served_script_names_one_exact_set() -> None:
+    script = render_netboot_script(
+        "worker", ["console=ttyS0"], set_url="http://10.0.0.1:8080/sets/worker-0123"
+    )
+    assert script.splitlines()[2:4] == [
+        "kernel http://10.0.0.1:8080/sets/worker-0123/bzImage initrd=initrd console=ttyS0",
+        "initrd --name initrd http://10.0.0.1:8080/sets/worker-0123/initrd",
+    ]
+
+
+@pytest.mark.parametrize(
+    "set_url",
+    [
+        "http://h/sets/x y",
+        "http://h/sets/x\nchain http://evil",
+        "http://h/${x}",
+        "ftp://h/sets/x",
+        "http://h/sets/../x",
+        "http://h/.hidden",
+    ],
+)
+def test_a_set_url_the_script_cannot_carry_is_refused(set_url: str) -> None:
+    with pytest.raises(FormatError, match="set URL"):
+        render_netboot_script("worker", [], set_url=set_url)

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from plasmaboot.formats.cmdline import PARAM_EXPECTATION
 from profile_files import KEY, invoke, snapshot, write_tree
+
+PARAM = f"{PARAM_EXPECTATION} (optionally prefixed with '!')"
 
 
 @dataclass(frozen=True)
@@ -316,6 +319,40 @@ CORPUS = [
         "profiles/edge.toml: kernel.firmware[0]: expected a package name of lowercase "
         "letters, digits, '+', '.' and '-' (optionally prefixed with '!'), "
         'got "firmware_bnx2"',
+    ),
+    # anything that reaches a boot script, a unit or a config file is checked where it enters
+    Case(
+        "kernel-param-newline-chain",
+        {"edge.toml": '[kernel]\nparams = ["quiet\\nchain http://elsewhere/x"]\n'},
+        f"profiles/edge.toml: kernel.params[0]: expected {PARAM}, "
+        'got "quiet\\nchain http://elsewhere/x"',
+    ),
+    Case(
+        "kernel-param-or",
+        {"edge.toml": '[kernel]\nparams = ["quiet", "||", "shell"]\n'},
+        f'profiles/edge.toml: kernel.params[1]: expected {PARAM}, got "||"',
+    ),
+    Case(
+        "kernel-param-variable",
+        {"edge.toml": '[kernel]\nparams = ["x=${net0/mac}"]\n'},
+        f'profiles/edge.toml: kernel.params[0]: expected {PARAM}, got "x=${{net0/mac}}"',
+    ),
+    Case(
+        "kernel-param-semicolon",
+        {"edge.toml": '[kernel]\nparams = ["a;b"]\n'},
+        f'profiles/edge.toml: kernel.params[0]: expected {PARAM}, got "a;b"',
+    ),
+    Case(
+        "kernel-module-path",
+        {"edge.toml": '[kernel]\nmodules = ["../../etc/x"]\n'},
+        "profiles/edge.toml: kernel.modules[0]: expected a kernel module name of letters, "
+        "digits, '_' and '-' (optionally prefixed with '!'), got \"../../etc/x\"",
+    ),
+    Case(
+        "sysctl-value-newline",
+        {"edge.toml": '[sysctl]\n"net.core.somaxconn" = "1\\nkernel.x = 1"\n'},
+        'profiles/edge.toml: sysctl."net.core.somaxconn": expected a sysctl value on one '
+        'line (no control characters), got "1\\nkernel.x = 1"',
     ),
 ]
 

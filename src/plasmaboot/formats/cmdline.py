@@ -14,7 +14,8 @@ import re
 
 from plasmaboot.formats import FormatError
 
-PARAM = re.compile(r"[A-Za-z0-9._,:=/@+%~-]+")
+PARAM_CHARS = r"A-Za-z0-9._,:=/@+%~-"
+PARAM = re.compile(rf"[{PARAM_CHARS}]+")
 MAX_PARAM_LENGTH = 1024
 # The kernel's own limit for the whole line on x86 (COMMAND_LINE_SIZE).
 MAX_CMDLINE_LENGTH = 2048

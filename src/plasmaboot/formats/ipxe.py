@@ -30,24 +30,36 @@ class NetbootScript:
     kernel_params: tuple[str, ...]
 
 
-def render_netboot_script(label: str, kernel_params: Sequence[str]) -> str:
+def render_netboot_script(
+    label: str, kernel_params: Sequence[str], set_url: str | None = None
+) -> str:
     """`${boot-server}` is the base URL the PXE server (or `plasmaboot serve`) provides;
     `initrd=initrd` names the initrd for the kernel's EFI stub, which UEFI boots need.
-    A FormatError for a label or parameter the script cannot carry as it is (the one
-    kernel-parameter rule, formats.cmdline)."""
+    `set_url` replaces `${boot-server}/<label>` with the URL of one exact set (what `serve`
+    hands a node). A FormatError for a label, URL or parameter the script cannot carry as
+    it is (the one kernel-parameter rule, formats.cmdline)."""
     if re.fullmatch(LABEL, label) is None:
         raise FormatError(f"label {label!r} is not a name ({LABEL})")
+    if set_url is not None and re.fullmatch(SET_URL, set_url) is None:
+        raise FormatError(f"set URL {set_url!r} is not an http URL of plain path segments")
     for param in kernel_params:
         check_kernel_param(param)
-    return "".join(f"{line}\n" for line in script_lines(label, ["initrd=initrd", *kernel_params]))
+    words = ["initrd=initrd", *kernel_params]
+    return "".join(f"{line}\n" for line in script_lines(label, words, set_url))
 
 
-def script_lines(label: str, words: list[str]) -> list[str]:
+# What `serve` writes for `${boot-server}/<label>`: http://host[:port][/path].../<set>
+HTTP_BASE = r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
+SET_URL = rf"{HTTP_BASE}(/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*"  # no "." or ".." segments
+
+
+def script_lines(label: str, words: list[str], set_url: str | None = None) -> list[str]:
+    base = set_url or f"{BOOT_SERVER}/{label}"
     return [
         HEADER,
         f"# plasmaboot: {label}",
-        " ".join(["kernel", f"{BOOT_SERVER}/{label}/{KERNEL}", *words]),
-        f"initrd --name initrd {BOOT_SERVER}/{label}/{INITRD}",
+        " ".join(["kernel", f"{base}/{KERNEL}", *words]),
+        f"initrd --name initrd {base}/{INITRD}",
         "boot",
     ]
 

@@ -18,12 +18,20 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from plasmaboot.formats.cmdline import MAX_PARAM_LENGTH, PARAM_CHARS, PARAM_EXPECTATION
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 SYSCTL_PATTERN = r"^[a-z0-9_]+(\.[A-Za-z0-9_*-]+)+$"
 MEMORY_PATTERN = r"^(\d+[KMGT]?|infinity)$"
 CPU_QUOTA_PATTERN = r"^\d+%$"
 PACKAGE_PATTERN = r"^!?[a-z0-9][a-z0-9+.-]*$"
 SERIAL_PATTERN = r"^tty[A-Za-z]+\d+$"
+# A kernel parameter is one word of formats.cmdline's safe alphabet ("!" removes an inherited
+# one): nothing in it can end the iPXE kernel line or add a command to the script.
+KERNEL_PARAM_PATTERN = rf"^!?[{PARAM_CHARS}]{{1,{MAX_PARAM_LENGTH}}}$"
+MODULE_PATTERN = r"^!?[A-Za-z0-9_-]+$"
+# A sysctl value is one line of sysctl.d: no newline can add a second, unchecked setting.
+SYSCTL_TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 
 # What each pattern means, for error messages ("expected <this>, got ...").
 PATTERN_EXPECTATIONS: dict[str, str] = {
@@ -34,6 +42,10 @@ PATTERN_EXPECTATIONS: dict[str, str] = {
     PACKAGE_PATTERN: "a package name of lowercase letters, digits, '+', '.' and '-' "
     "(optionally prefixed with '!')",
     SERIAL_PATTERN: "a tty name like ttyS0",
+    KERNEL_PARAM_PATTERN: f"{PARAM_EXPECTATION} (optionally prefixed with '!')",
+    MODULE_PATTERN: "a kernel module name of letters, digits, '_' and '-' "
+    "(optionally prefixed with '!')",
+    SYSCTL_TEXT_PATTERN: "a sysctl value on one line (no control characters)",
 }
 
 ProfileName = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -41,7 +53,9 @@ PackageName = Annotated[str, Field(pattern=PACKAGE_PATTERN)]
 SysctlName = Annotated[str, Field(pattern=SYSCTL_PATTERN)]
 MemoryMax = Annotated[str, Field(pattern=MEMORY_PATTERN)]
 CpuQuota = Annotated[str, Field(pattern=CPU_QUOTA_PATTERN)]
-SysctlValue = int | str
+KernelParam = Annotated[str, Field(pattern=KERNEL_PARAM_PATTERN)]
+ModuleName = Annotated[str, Field(pattern=MODULE_PATTERN)]
+SysctlValue = int | Annotated[str, Field(pattern=SYSCTL_TEXT_PATTERN)]
 
 
 @dataclass(frozen=True)
@@ -66,8 +80,8 @@ class SshSection(Section):
 
 
 class KernelSection(Section):
-    params: list[str] = Field([], description="Kernel command line parameters.")
-    modules: list[str] = Field([], description="Kernel modules loaded at boot.")
+    params: list[KernelParam] = Field([], description="Kernel command line parameters.")
+    modules: list[ModuleName] = Field([], description="Kernel modules loaded at boot.")
     include_modules: list[str] = Field(
         [], description="Globs (under kernel/) of module trees kept in the image."
     )

@@ -31,6 +31,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from plasmaboot.artifacts.layout import BUILD_LOG, INITRD, IPXE, KERNEL, MANIFEST
 from plasmaboot.errors import UserError
+from plasmaboot.formats import FormatError
 from plasmaboot.formats.ipxe import BOOT_SCRIPT
 from plasmaboot.serve.machines import (
     InventoryWatch,
@@ -49,7 +50,7 @@ from plasmaboot.serve.paths import (
     request_segments,
     resolve_within,
 )
-from plasmaboot.serve.scripts import add_kernel_params, boot_menu, chain_script, render_script
+from plasmaboot.serve.scripts import boot_menu, chain_script, render_script
 
 ASSET_FILES = frozenset({KERNEL, INITRD, MANIFEST, BUILD_LOG})
 HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
@@ -141,12 +142,18 @@ def machine_script(request: web.Request, watch: InventoryWatch) -> web.Response:
             machine.name, found.mac, client, machine.label,
         )  # fmt: skip
         return script_response(refusal_script(f"no image is published for {machine.label}"))
-    script = render_script(text, base, boot_set.url_prefix)
+    try:
+        script = render_script(text, base, boot_set.url_prefix, machine_params(machine))
+    except FormatError as exc:
+        events.warning(
+            "refused: %s: its %s is not plasmaboot's: %s", boot_set.directory.name, IPXE, exc
+        )
+        return script_response(refusal_script(f"the image for {machine.label} is damaged"))
     events.info(
         "boot: machine %s (MAC %s) from %s gets %s",
         machine.name, found.mac, client, boot_set.directory.name,
     )  # fmt: skip
-    return script_response(add_kernel_params(script, machine_params(machine)))
+    return script_response(script)
 
 
 def read_script(found: BootSet | None) -> str | None:
@@ -165,7 +172,13 @@ def respond_from_set(request: web.Request, found: BootSet | None, name: str) -> 
     text = read_script(found)
     if found is None or text is None:
         raise web.HTTPNotFound()
-    return script_response(render_script(text, base_url_of(request), found.url_prefix))
+    try:
+        return script_response(render_script(text, base_url_of(request), found.url_prefix))
+    except FormatError as exc:
+        request.app[EVENTS_KEY].warning(
+            "refused: %s: its %s is not plasmaboot's: %s", found.directory.name, IPXE, exc
+        )
+        raise web.HTTPNotFound(text=f"{IPXE} of this set is damaged; rebuild it\n") from exc
 
 
 def make_app(

@@ -5,21 +5,23 @@ unknown machine gets."""
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Sequence
 from pathlib import Path
 
-from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL, MANIFEST
-from plasmaboot.formats.ipxe import BOOT_SERVER
+from plasmaboot.artifacts.layout import IPXE, MANIFEST
+from plasmaboot.formats.ipxe import parse_netboot_script, render_netboot_script
 from plasmaboot.serve.paths import find_set, published_labels, resolve_within
 
-# `${boot-server}/<label>/bzImage` as the build writes it; the label part is replaced.
-BOOT_FILE_URL = re.compile(r"\$\{boot-server\}/[^/\s]+/(" + f"{KERNEL}|{INITRD}" + r")(?=[\s?]|$)")
 
-
-def render_script(text: str, base_url: str, url_prefix: str) -> str:
-    """Point the kernel/initrd URLs at one set and fill in `${boot-server}`."""
-    text = BOOT_FILE_URL.sub(lambda m: f"{base_url}{url_prefix}/{m.group(1)}", text)
-    return text.replace(BOOT_SERVER, base_url)
+def render_script(
+    text: str, base_url: str, url_prefix: str, extra_params: Sequence[str] = ()
+) -> str:
+    """The set's script pointed at one exact set (`base_url` + `url_prefix`), with
+    `extra_params` (a machine's own) after the set's: read by the one parser, written by the
+    one renderer, so a script of any other shape is never served (FormatError)."""
+    script = parse_netboot_script(text)
+    params = [*script.kernel_params, *extra_params]
+    return render_netboot_script(script.label, params, set_url=f"{base_url}{url_prefix}")
 
 
 def menu_text(root: Path, label: str) -> str:
@@ -52,14 +54,3 @@ def boot_menu(root: Path, base_url: str) -> str:
 
 def chain_script(base_url: str, label: str) -> str:
     return f"#!ipxe\nchain {base_url}/{label}/{IPXE}\n"
-
-
-def add_kernel_params(script: str, params: list[str]) -> str:
-    """The script with `params` appended to its kernel line (they were checked by the one
-    kernel-parameter rule when the inventory was loaded)."""
-    lines = script.splitlines()
-    kernel = [index for index, line in enumerate(lines) if line.startswith("kernel ")]
-    if len(kernel) != 1:
-        raise ValueError(f"expected one kernel line in the set's script, found {len(kernel)}")
-    lines[kernel[0]] = " ".join([lines[kernel[0]], *params])
-    return "\n".join(lines) + "\n"
