@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout
 CI_PROFILE = "ci-node"
 CI_SERVICE = "iam"
 KERNEL_RELEASE = "6.1.0-99-amd64"
@@ -177,3 +179,13 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("PLASMABOOT_PROFILES_DIR", raising=False)
     (tmp_path / "profiles").mkdir()
     return tmp_path
+
+
+@pytest.fixture
+def offline_nix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No binary cache (unreachable here: each build would wait on retries) and a static
+    /bin/sh in the sandbox for the fixture's `builder = "/bin/sh"` derivations."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox-static is not installed (the fixture builds need a static /bin/sh)")
+    monkeypatch.setenv("NIX_CONFIG", f"substituters =\nsandbox-paths = /bin/sh={busybox}")

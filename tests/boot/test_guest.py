@@ -1,6 +1,7 @@
 """boot.guest: the checks of a booted node, decided from what the guest prints (a fake SSH
-here; the real one in test_boot_e2e), against the profile in the manifest; the systemd
-value conversions; the tools a profile promises; the device-node script run here."""
+here; the real one in tests/integration/test_boot_e2e.py), against the profile in the
+manifest; the systemd value conversions; the tools a profile promises; the device-node
+script run here."""
 
 from __future__ import annotations
 

@@ -1,8 +1,11 @@
-"""formats.cpio, reading: an initrd split into its segments as the kernel does, for each
-compression, and damaged ones refused with where they break."""
+"""formats.cpio: the writer (deterministic, sorted, owned by root, parents added) and the
+reader (an initrd split into its segments as the kernel does, for each compression, and
+damaged ones refused with where they break)."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import stat
 import subprocess
@@ -17,6 +20,7 @@ from plasmaboot.formats.cpio import (
     Entry,
     SegmentError,
     concatenate,
+    read_members,
     read_segments,
     write_cpio,
     write_segment,
@@ -84,3 +88,60 @@ def test_segments_with_overwritten_bytes_fail(tmp_path: Path, compression: Compr
     segment.write_bytes(data)
     with pytest.raises(SegmentError, match=f"{compression} segment at offset 0"):
         read_segments(segment)
+
+
+# --- writing -------------------------------------------------------------------------
+
+
+def sample_entries(tmp_path: Path) -> list[Entry]:
+    script = tmp_path / "init"
+    script.write_text("#!/bin/sh\necho hi\n")
+    os.utime(script, (2_000_000_000, 2_000_000_000))
+    return [
+        Entry("lib/modules/loop.ko", stat.S_IFREG | 0o644, data=b"\x7fELF"),
+        Entry("init", stat.S_IFREG | 0o755, source=script),
+        Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),
+        Entry("bin/sh", stat.S_IFLNK | 0o777, link_target="busybox"),
+    ]
+
+
+def test_cpio_is_deterministic_sorted_and_owned_by_root(tmp_path: Path) -> None:
+    first, second = io.BytesIO(), io.BytesIO()
+    write_cpio(sample_entries(tmp_path), first, mtime=1234)
+    write_cpio(list(reversed(sample_entries(tmp_path))), second, mtime=1234)
+    assert first.getvalue() == second.getvalue()
+    assert len(first.getvalue()) % 512 == 0
+    members, _ = read_members(first.getvalue())
+    names = [m.name for m in members]
+    assert names == sorted(names)
+    # parent directories are added so the kernel can create the files
+    assert {"lib", "lib/modules", "dev", "bin"} <= set(names)
+    assert all(m.uid == 0 and m.gid == 0 and m.mtime == 1234 for m in members)
+    by_name = {m.name: m for m in members}
+    assert by_name["init"].is_executable
+    assert by_name["bin/sh"].link_target == "busybox"
+    init = by_name["init"]
+    assert first.getvalue()[init.offset : init.offset + init.size] == b"#!/bin/sh\necho hi\n"
+
+
+def test_cpio_mtime_defaults_to_source_date_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "777")
+    out = io.BytesIO()
+    write_cpio(sample_entries(tmp_path), out)
+    members, _ = read_members(out.getvalue())
+    assert {m.mtime for m in members} == {777}
+
+
+@pytest.mark.parametrize("compression", [Compression.GZIP, Compression.ZSTD, Compression.NONE])
+def test_segments_are_detected_and_readable(tmp_path: Path, compression: Compression) -> None:
+    path = tmp_path / "segment"
+    write_segment(sample_entries(tmp_path), path, compression)
+    data = path.read_bytes()
+    assert Compression.detect(data[:8]) is compression
+    if compression is Compression.GZIP:
+        data = gzip.decompress(data)
+    if compression is not Compression.ZSTD:
+        members, _ = read_members(data)
+        assert "init" in {m.name for m in members}

@@ -1,6 +1,6 @@
 """The build's checks: input (before any work, nothing created) and output (a set that is
 not bootable never gets committed). The command-line side of the input checks is in
-tests/test_build_inputs.py."""
+tests/cli/test_build.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The pipeline's steps with a stand-in backend registered beside the real ones (it writes
 a small kernel and initrd at once): a complete set with its manifest, a cache hit, options
 reaching the backend, parallel jobs, publishing, and a failed build leaving the previous
-set. The real backends through the same pipeline: tests/test_build.py, tests/test_nix.py."""
+set. The real backends through the same pipeline: tests/integration/test_debian_build.py,
+tests/integration/test_nix_build.py."""
 
 from __future__ import annotations
 

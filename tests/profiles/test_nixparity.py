@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from nix_flakes import needs_nix
 from plasmaboot.cli import main
 from plasmaboot.errors import WorkError
 from plasmaboot.profiles.model import Profile, setting_defaults
@@ -28,9 +29,7 @@ from plasmaboot.profiles.nixparity import (
 from plasmaboot.profiles.store import ProfileStore
 from profile_files import write_custom_profiles
 
-REPO = Path(__file__).resolve().parents[2]
-
-needs_nix = pytest.mark.skipif(shutil.which("nix") is None, reason="nix is not installed")
+from conftest import REPO
 
 
 def copy_lib(target: Path) -> Path:

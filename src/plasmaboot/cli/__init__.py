@@ -1,5 +1,5 @@
-"""The plasmaboot command line: profiles, schema, build, publish, verify, serve, check and
-boot-test, one module per command group.
+"""The plasmaboot command line: profiles, schema, build, publish, verify, serve, machines,
+pxe-server, check and boot-test, one module per command group.
 
 Exit codes: 0 success, 1 a failure while working, 2 bad input or usage. A user error is one
 line (what, where) plus a hint; a traceback only with --debug.

@@ -29,13 +29,18 @@ def inventory_option(function: F) -> F:
     return option(function)
 
 
-def require_inventory(obj: Context, inventory: Path | None) -> Inventory:
+def inventory_path(inventory: Path | None) -> Path:
+    """The inventory given with --inventory (or $PLASMABOOT_INVENTORY); none is a user error."""
     if inventory is None:
         raise UserError(
             "--inventory: no inventory given",
             hint="pass --inventory machines.toml or set PLASMABOOT_INVENTORY",
         )
-    return load_inventory(inventory, obj.store())
+    return inventory
+
+
+def require_inventory(obj: Context, inventory: Path | None) -> Inventory:
+    return load_inventory(inventory_path(inventory), obj.store())
 
 
 def machine_json(machine: Machine) -> dict[str, Any]:

@@ -7,18 +7,13 @@ from pathlib import Path
 import click
 
 from plasmaboot.cli.context import Context, err_console, pass_context
-from plasmaboot.cli.machines import inventory_option
-from plasmaboot.errors import UserError
+from plasmaboot.cli.machines import inventory_option, inventory_path
+from plasmaboot.cli.serve import root_option
 
 
 @click.command("pxe-server")
 @click.option("--interface", required=True, help="The provisioning network's interface.")
-@click.option(
-    "--root",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Directory of published artifact sets (what `build --output-dir` wrote).",
-)
+@root_option
 @inventory_option
 @click.option(
     "--dhcp-range",
@@ -61,15 +56,10 @@ def pxe_server(
     from plasmaboot.pxe.server import PxeOptions, run_pxe_server
     from plasmaboot.pxe.server import print_config as config_text
 
-    if inventory is None:
-        raise UserError(
-            "--inventory: no inventory given",
-            hint="pass --inventory machines.toml or set PLASMABOOT_INVENTORY",
-        )
     options = PxeOptions(
         interface=interface,
         root=root,
-        inventory=inventory,
+        inventory=inventory_path(inventory),
         dhcp_range=dhcp_range,
         proxy=proxy_dhcp,
         http_port=http_port,

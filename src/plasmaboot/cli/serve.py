@@ -11,14 +11,16 @@ from plasmaboot.cli.machines import inventory_option
 from plasmaboot.errors import UserError
 from plasmaboot.serve.machines import InventoryWatch
 
-
-@click.command()
-@click.option(
+root_option = click.option(
     "--root",
     required=True,
     type=click.Path(path_type=Path),
     help="Directory of published artifact sets (what `build --output-dir` wrote).",
 )
+
+
+@click.command()
+@root_option
 @click.option(
     "--listen",
     default="127.0.0.1:8080",

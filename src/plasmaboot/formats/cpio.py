@@ -263,8 +263,7 @@ def read_segments(path: Path) -> list[Segment]:
     segments: list[Segment] = []
     pos = 0
     while True:
-        while pos < len(data) and data[pos] == 0:
-            pos += 1
+        pos = skip_padding(data, pos)
         if pos >= len(data):
             break
         compression = Compression.detect(data[pos : pos + 8])
@@ -301,13 +300,20 @@ def read_archives(data: bytes, start: int, stop_at_first: bool) -> tuple[list[Me
     """One archive (an uncompressed segment), or every archive in a decompressed stream."""
     members, pos = read_members(data, start)
     while not stop_at_first:
-        while pos < len(data) and data[pos] == 0:
-            pos += 1
+        pos = skip_padding(data, pos)
         if pos >= len(data):
             break
         more, pos = read_members(data, pos)
         members.extend(more)
     return members, pos
+
+
+def skip_padding(data: bytes, pos: int) -> int:
+    """The offset of the first byte at or after `pos` that is not NUL padding (the kernel
+    skips NULs between segments and between the archives of a stream)."""
+    while pos < len(data) and data[pos] == 0:
+        pos += 1
+    return pos
 
 
 def decompress_stream(data: bytes, start: int, compression: Compression) -> tuple[bytes, int]:

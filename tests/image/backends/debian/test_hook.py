@@ -1,7 +1,8 @@
 """The mmdebstrap hook's steps, each on a small fake root filesystem in tmp_path (as
 mmdebstrap leaves it before the hook runs), with a stand-in `chroot` first on PATH that
 records each call and answers the two whose output the hook reads (kmod static-nodes,
-dpkg-query). The real thing runs in every image build (tests/test_build.py)."""
+dpkg-query). The real thing runs in every image build
+(tests/integration/test_debian_build.py)."""
 
 from __future__ import annotations
 

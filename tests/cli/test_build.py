@@ -1,5 +1,8 @@
-"""Bad input to `plasmaboot build`: exit 2, one clear line, nothing written, nothing
-previously built disturbed. Fast: every case fails before any real work starts."""
+"""`plasmaboot build` and `plasmaboot publish` on the command line. Bad input to build: exit
+2, one clear line, nothing written, nothing previously built disturbed (fast: every case
+fails before any real work starts; the rules themselves are tested in tests/image/
+test_checks.py). publish: a set whose files still match its manifest is copied, a damaged
+one refused. The real builds: tests/integration/."""
 
 from __future__ import annotations
 
@@ -11,9 +14,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from nix_flakes import needs_nix, nix_build
 from plasmaboot.artifacts.layout import sha256_file
+from plasmaboot.artifacts.manifest import Manifest, file_records, write_manifest
 from plasmaboot.artifacts.publish import publish_atomically
+from plasmaboot.cli import main
+from plasmaboot.profiles.store import ProfileStore
+from published_sets import NAMES, make_source
 
 from conftest import make_keypair, make_service_deb, plasmaboot
 
@@ -266,3 +275,73 @@ def test_missing_tool_names_the_package(previous: Path, tmp_path: Path, keypair:
 def test_debug_shows_traceback() -> None:
     proc = plasmaboot("--debug", "build", "--backend", "debian", "-p", "nope")
     assert "Traceback" in proc.stderr
+
+
+# --- the nix backend's options ---------------------------------------------------------
+
+
+@needs_nix
+@pytest.mark.nix
+def test_cli_rejects_a_flake_directory_without_flake_nix(tmp_path: Path) -> None:
+    out = tmp_path / "artifacts"
+    proc = nix_build(tmp_path, out, {}, "--profile", "base")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: --flake {tmp_path}: no flake.nix there")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_refuses_plasmacloud_with_the_debian_backend(tmp_path: Path) -> None:
+    proc = plasmaboot(
+        "build", "--backend", "debian", "--profile", "base", "--plasmacloud", "path:/x",
+        "--output-dir", str(tmp_path / "artifacts"),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: --plasmacloud applies only to the nix backend")
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_build_help_documents_the_nix_options() -> None:
+    result = CliRunner().invoke(main, ["build", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "--plasmacloud FLAKE_REF" in result.output
+    assert "--override-input plasmacloud" in result.output
+    assert "--flake" in result.output
+
+
+# --- plasmaboot publish -----------------------------------------------------------------
+
+
+def built_set(tmp_path: Path, label: str = "worker") -> Path:
+    """A set as a build leaves it: files plus a manifest that records their hashes."""
+    directory = make_source(tmp_path / "artifacts" / label, "v1")
+    manifest = Manifest(
+        profile=label, label=label, content_hash="x", cache_key="y", backend="debian",
+        distro="debian bookworm", kernel_version="6.1", kernel_params=[],
+        files=file_records(directory, NAMES), packages={}, services={}, steps={},
+        built_at="2026-11-25T00:00:00+00:00", plasmaboot_version="0.1.0",
+        resolved_profile=ProfileStore().resolve("worker"),
+    )  # fmt: skip
+    write_manifest(directory, manifest)
+    return directory
+
+
+def test_publish_command_copies_a_checked_set(tmp_path: Path) -> None:
+    directory = built_set(tmp_path)
+    proc = plasmaboot("publish", str(directory), "--pxe-dir", str(tmp_path / "pxe"))
+    assert proc.returncode == 0, proc.stderr
+    published = tmp_path / "pxe" / "worker"
+    assert sorted(p.name for p in published.iterdir()) == sorted(NAMES)
+    assert (published / "initrd").read_text() == "initrd:v1"
+
+
+def test_publish_command_refuses_a_damaged_set(tmp_path: Path) -> None:
+    directory = built_set(tmp_path)
+    pxe = tmp_path / "pxe"
+    assert plasmaboot("publish", str(directory), "--pxe-dir", str(pxe)).returncode == 0
+    (directory / "initrd").write_text("initrd:v2")  # same size, other bytes
+    proc = plasmaboot("publish", str(directory), "--pxe-dir", str(pxe))
+    assert proc.returncode == 2
+    assert "refusing to publish: file:initrd: sha256 " in proc.stderr
+    assert "manifest.json says" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (pxe / "worker" / "initrd").read_text() == "initrd:v1"  # previous set untouched

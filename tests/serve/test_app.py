@@ -1,125 +1,21 @@
-"""The boot server: files, ranges, validators, rendered scripts, path safety, consistent sets."""
+"""serve.app, the boot server over HTTP: files, ranges, validators, rendered scripts, path
+safety, consistent sets while publishing, the access log and --listen."""
 
 from __future__ import annotations
 
 import http.client
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL, MANIFEST
 from plasmaboot.artifacts.publish import publish_atomically
-from plasmaboot.cli import main
 from plasmaboot.serve.app import ServerThread, parse_listen
-from plasmaboot.serve.paths import UnsafePath, request_segments
-
-NAMES = (KERNEL, INITRD, IPXE, MANIFEST)
-SCRIPT = (
-    "#!ipxe\n"
-    "# plasmaboot: cp\n"
-    "kernel ${boot-server}/cp/bzImage initrd=initrd console=ttyS0\n"
-    "initrd --name initrd ${boot-server}/cp/initrd\n"
-    "boot\n"
-)
-MANIFEST_TEXT = (
-    '{"backend": "debian", "distro": "bookworm", "kernel_version": "6.1.0",'
-    ' "built_at": "2026-01-01T00:00:00Z"}\n'
-)
-
-
-# --------------------------------------------------------------------------------------
-# the path check on its own
-
-
-@pytest.mark.parametrize(
-    ("target", "segments"),
-    [
-        ("/", ()),
-        ("/boot.ipxe", ("boot.ipxe",)),
-        ("/boot.ipxe?profile=cp", ("boot.ipxe",)),
-        ("/cp/initrd", ("cp", "initrd")),
-        ("/cp/", ("cp", "")),
-        ("/sets/cp-0123/bzImage", ("sets", "cp-0123", "bzImage")),
-        ("/a%20b/c", ("a b", "c")),
-        ("/cp/init%72d", ("cp", "initrd")),
-    ],
-)
-def test_request_segments_accepts(target: str, segments: tuple[str, ...]) -> None:
-    assert request_segments(target) == segments
-
-
-@pytest.mark.parametrize(
-    "target",
-    [
-        "/../etc/passwd",
-        "/cp/../../etc/passwd",
-        "/cp/..",
-        "/cp/./initrd",
-        "/%2e%2e/etc/passwd",
-        "/%2E%2E/%2e%2e/etc/passwd",
-        "/cp/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
-        "/cp%2finitrd",
-        "/cp%2Finitrd",
-        "/cp\\..\\initrd",
-        "/cp/%5c..%5cinitrd",
-        "/cp/initrd%00",
-        "/cp/initrd\x00",
-        "/cp/in\titrd",
-        "/.sets/cp-0123/initrd",
-        "/cp/.hidden",
-        "/%2esets/x/initrd",
-        "//etc/passwd",
-        "/cp//initrd",
-        "etc/passwd",
-        "http://example.com/cp/initrd",
-        "/cp/%zz",
-        "/cp/%",
-        "/cp/%ff%fe",
-    ],
-)
-def test_request_segments_refuses(target: str) -> None:
-    with pytest.raises(UnsafePath):
-        request_segments(target)
-
-
-# --------------------------------------------------------------------------------------
-# a published root and a running server
-
-
-@dataclass
-class Published:
-    root: Path
-    set_name: str
-    files: dict[str, bytes]
-
-
-def write_set(directory: Path, seed: int) -> dict[str, bytes]:
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {
-        KERNEL: bytes((seed + i) % 251 for i in range(4096)),
-        INITRD: os.urandom(100_000),
-        IPXE: SCRIPT.encode(),
-        MANIFEST: MANIFEST_TEXT.encode(),
-    }
-    for name, data in files.items():
-        (directory / name).write_bytes(data)
-    return files
-
-
-def publish(tmp: Path, root: Path, seed: int, label: str = "cp") -> Published:
-    source = tmp / f"src-{label}-{seed}"
-    files = write_set(source, seed)
-    final = publish_atomically(source, root, label, NAMES)
-    return Published(root, final.name, files)
+from published_sets import SCRIPT, SERVED_NAMES, Published, publish
 
 
 @pytest.fixture
@@ -295,6 +191,29 @@ def test_boot_menu_with_nothing_published(tmp_path: Path) -> None:
     assert "no images are published" in text and "exit 1" in text
 
 
+@pytest.mark.parametrize(
+    "forged",
+    [
+        SCRIPT + "chain http://elsewhere/x\n",
+        SCRIPT.replace("boot\n", "initrd http://elsewhere/extra.img\nboot\n"),
+        SCRIPT.replace("console=ttyS0", "console=ttyS0 || shell"),
+        "\n" + SCRIPT,
+    ],
+)
+def test_a_script_of_another_shape_is_never_served(tmp_path: Path, forged: str) -> None:
+    """serve reads a set's script with the one parser and writes it with the one renderer:
+    a script someone changed on disk is refused, and says so in the server's log."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in SERVED_NAMES:
+        (source / name).write_text(forged if name == IPXE else name)
+    publish_atomically(source, tmp_path / "root", "cp", SERVED_NAMES)
+    with ServerThread(tmp_path / "root", access_log=tmp_path / "access.log") as running:
+        reply = request(running, f"/cp/{IPXE}")
+    assert reply.status == 404 and b"damaged" in reply.body
+    assert "is not plasmaboot's" in (tmp_path / "access.log").read_text()
+
+
 # --------------------------------------------------------------------------------------
 # path safety
 
@@ -375,7 +294,7 @@ def test_publish_during_serving_keeps_sets_consistent(
 
 
 # --------------------------------------------------------------------------------------
-# access log and command line
+# access log and --listen
 
 
 def test_access_log_has_a_line_per_request(published: Published, tmp_path: Path) -> None:
@@ -404,83 +323,3 @@ def test_access_log_has_a_line_per_request(published: Published, tmp_path: Path)
 )
 def test_parse_listen(value: str, expected: tuple[str, int]) -> None:
     assert parse_listen(value) == expected
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--listen", "nonsense"], "expected HOST:PORT"),
-        (["--listen", "127.0.0.1:99999"], "out of range"),
-        (["--listen", "example.com:80"], "not an IP address"),
-        (["--listen", "0.0.0.0:8080"], "--allow-remote"),
-        (["--listen", "[::]:8080"], "--allow-remote"),
-        (["--public-url", "ftp://x"], "--public-url"),
-    ],
-)
-def test_serve_bad_arguments_exit_2(published: Published, args: list[str], message: str) -> None:
-    result = CliRunner().invoke(main, ["serve", "--root", str(published.root), *args])
-    assert result.exit_code == 2
-    assert message in " ".join(result.output.split())
-
-
-def test_serve_missing_root_exits_2(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["serve", "--root", str(tmp_path / "missing")])
-    assert result.exit_code == 2
-    assert "no such directory" in " ".join(result.output.split())
-
-
-def test_serve_command_serves_and_stops_on_ctrl_c(published: Published) -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "plasmaboot",
-            "serve",
-            "--root",
-            str(published.root),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        first = proc.stderr.readline()
-        match = re.search(r"at http://127\.0\.0\.1:(\d+)/ \(labels: cp\)", first)
-        assert match, first
-        conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=10)
-        conn.request("GET", f"/cp/{INITRD}")
-        assert conn.getresponse().read() == published.files[INITRD]
-        conn.close()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
-        rest = proc.stderr.read()
-        assert "GET /cp/initrd 200" in rest and "stopped" in rest
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.mark.parametrize(
-    "forged",
-    [
-        SCRIPT + "chain http://elsewhere/x\n",
-        SCRIPT.replace("boot\n", "initrd http://elsewhere/extra.img\nboot\n"),
-        SCRIPT.replace("console=ttyS0", "console=ttyS0 || shell"),
-        "\n" + SCRIPT,
-    ],
-)
-def test_a_script_of_another_shape_is_never_served(tmp_path: Path, forged: str) -> None:
-    """serve reads a set's script with the one parser and writes it with the one renderer:
-    a script someone changed on disk is refused, and says so in the server's log."""
-    source = tmp_path / "source"
-    source.mkdir()
-    for name in NAMES:
-        (source / name).write_text(forged if name == IPXE else name)
-    publish_atomically(source, tmp_path / "root", "cp", NAMES)
-    with ServerThread(tmp_path / "root", access_log=tmp_path / "access.log") as running:
-        reply = request(running, f"/cp/{IPXE}")
-    assert reply.status == 404 and b"damaged" in reply.body
-    assert "is not plasmaboot's" in (tmp_path / "access.log").read_text()

@@ -1,0 +1,80 @@
+"""`plasmaboot serve`: bad arguments exit 2 with one line, and the command serves a root
+until Ctrl-C, logging each request. The server itself: tests/serve/."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from plasmaboot.artifacts.layout import INITRD
+from plasmaboot.cli import main
+from published_sets import Published, publish
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> Published:
+    return publish(tmp_path, tmp_path / "root", seed=1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--listen", "nonsense"], "expected HOST:PORT"),
+        (["--listen", "127.0.0.1:99999"], "out of range"),
+        (["--listen", "example.com:80"], "not an IP address"),
+        (["--listen", "0.0.0.0:8080"], "--allow-remote"),
+        (["--listen", "[::]:8080"], "--allow-remote"),
+        (["--public-url", "ftp://x"], "--public-url"),
+    ],
+)
+def test_serve_bad_arguments_exit_2(published: Published, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["serve", "--root", str(published.root), *args])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+
+
+def test_serve_missing_root_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["serve", "--root", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert "no such directory" in " ".join(result.output.split())
+
+
+def test_serve_command_serves_and_stops_on_ctrl_c(published: Published) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "plasmaboot",
+            "serve",
+            "--root",
+            str(published.root),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        match = re.search(r"at http://127\.0\.0\.1:(\d+)/ \(labels: cp\)", first)
+        assert match, first
+        conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=10)
+        conn.request("GET", f"/cp/{INITRD}")
+        assert conn.getresponse().read() == published.files[INITRD]
+        conn.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        rest = proc.stderr.read()
+        assert "GET /cp/initrd 200" in rest and "stopped" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
