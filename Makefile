@@ -9,7 +9,7 @@ APT_PACKAGES := mmdebstrap squashfs-tools qemu-system-x86 ipxe-qemu qemu-utils \
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_KEY := .cache/demo/id_ed25519
 
-.PHONY: setup setup-system setup-python test test-fast lint demo clean
+.PHONY: setup setup-system setup-python test test-all test-fast lint demo clean
 
 setup: setup-system setup-python
 
@@ -33,12 +33,17 @@ lint: setup-python
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy --strict src/
 
-# The whole suite: lint, types, unit tests and the slow build/boot tests. Ends with pytest's summary.
+# CI's suite: lint, types, unit tests and every `slow` build/boot test, but not the `extended`
+# ones (proxyDHCP boots, the UEFI install, the largest hostile inputs). Ends with pytest's summary.
 test: setup lint
+	$(VENV)/bin/pytest -v -m "not extended"
+
+# Everything, the `extended` tests too.
+test-all: setup lint
 	$(VENV)/bin/pytest -v
 
 test-fast: setup-python
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest -m "not slow and not extended"
 
 # The main job: set up, build the all-in-one image, verify it and PXE-boot it in QEMU.
 demo: setup

@@ -53,9 +53,18 @@ def test_proxy_mode(tmp_path: Path) -> None:
     lines = render(config(tmp_path, proxy=True)).splitlines()
     assert "dhcp-range=10.77.0.0,proxy,255.255.255.0" in lines
     assert not any(line.startswith("dhcp-range=10.77.0.100") for line in lines)
-    assert any(line.startswith("pxe-service=tag:!ipxe,x86PC,") for line in lines)
-    assert "dhcp-boot=tag:ipxe,http://10.77.0.1:8080/boot.ipxe" in lines
-    assert "enable-ra" not in lines  # the site's network is not ours to advertise on
+    # firmware PXE: one menu item per architecture, booted at once; the loader by its full
+    # name (a name with a dot gets no ".0" layer suffix), from this server's TFTP
+    assert 'pxe-prompt=tag:!ipxe,"plasmaboot",0' in lines
+    assert 'pxe-service=tag:!ipxe,x86PC,"plasmaboot (BIOS)",undionly.kpxe,10.77.0.1' in lines
+    assert 'pxe-service=tag:!ipxe,BC_EFI,"plasmaboot (UEFI)",snponly.efi,10.77.0.1' in lines
+    assert 'pxe-service=tag:!ipxe,X86-64_EFI,"plasmaboot (UEFI)",snponly.efi,10.77.0.1' in lines
+    # iPXE ignores a proxy answer without a next server: the URL comes with one
+    assert "dhcp-boot=tag:ipxe,http://10.77.0.1:8080/boot.ipxe,,10.77.0.1" in lines
+    assert "dhcp-ignore=tag:!known" in lines
+    # the site's network is not ours to advertise on, and iPXE must wait for our offer
+    assert "enable-ra" not in lines
+    assert "dhcp-option=tag:ipxe,encap:175,176,1b" not in lines
 
 
 def test_hosts_file() -> None:

@@ -3,18 +3,22 @@ refuses before starting, and what it serves (DHCP config, TFTP loaders, HTTP scr
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from netns import SERVER_ADDRESS, Netns, netns, wait_for_text
+from netns import SERVER_ADDRESS, Netns, neighbour, netns, wait_for_text
 
+PXECLIENT = Path(__file__).parents[1] / "pxeclient.py"
+KNOWN_MAC, UNKNOWN_MAC = "52:54:00:12:34:01", "52:54:00:99:99:99"
 INVENTORY = """\
 [defaults]
 profile = "worker"
@@ -161,3 +165,72 @@ def test_it_serves_tftp_and_http_reloads_and_stops_cleanly(
     assert code == 0, log.read_text()
     assert "stopped" in log.read_text()
     assert not [pid for pid in space.pids() if pid != server.pid], "something was left running"
+
+
+@contextmanager
+def proxy_server(space: Netns, inventory: Path, log: Path) -> Iterator[Netns]:
+    """pxe-server --proxy-dhcp in `space`, and a neighbour host (10.77.0.50) to ask it from;
+    on the way out: SIGTERM, a clean exit and nothing left running."""
+    server = space.popen(*pxe_argv(inventory, "--proxy-dhcp", "--http-port", "8082"), log=log)
+    try:
+        assert wait_for_text(log, "pxe-server on br0", 30, server), log.read_text()
+        assert "proxyDHCP" in log.read_text()
+        assert wait_for_text(log, "read ", 10, server), log.read_text()  # the hosts file
+        with neighbour(space, "client", "10.77.0.50") as client:
+            yield client
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=20)
+    assert code == 0, log.read_text()
+    assert "stopped" in log.read_text()
+    assert not [pid for pid in space.pids() if pid != server.pid], "something was left running"
+
+
+def ask(client: Netns, mac: str, arch: int, ipxe: bool = False) -> dict[str, dict[str, object]]:
+    """What the proxy tells a PXE client (tests/pxeclient.py): its offer, then its answer on
+    port 4011."""
+    argv = [sys.executable, str(PXECLIENT), mac, str(arch), *(["--ipxe"] if ipxe else [])]
+    proc = client.run(*argv)
+    assert proc.returncode == 0, proc.stderr
+    answer: dict[str, dict[str, object]] = json.loads(proc.stdout)
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("arch", "ipxe", "file"),
+    [
+        (0, False, "undionly.kpxe"),  # a BIOS PXE ROM: the loader by its own name, no ".0"
+        (7, False, "snponly.efi"),  # OVMF's PXE (BC_EFI)
+        (9, False, "snponly.efi"),  # other UEFI x86-64 firmware
+        (0, True, "http://10.77.0.1:8082/boot.ipxe"),  # iPXE (a NIC ROM, or undionly.kpxe)
+        (9, True, "http://10.77.0.1:8082/boot.ipxe"),  # iPXE (snponly.efi)
+    ],
+    ids=["bios", "uefi-bc", "uefi-x64", "ipxe-bios", "ipxe-uefi"],
+)
+def test_proxy_mode_tells_a_known_client_its_boot_file(
+    space: Netns, inventory: Path, tmp_path: Path, arch: int, ipxe: bool, file: str
+) -> None:
+    with proxy_server(space, inventory, tmp_path / "pxe.log") as client:
+        answer = ask(client, KNOWN_MAC, arch, ipxe)
+        offer, ack = answer["offer"], answer["ack"]
+        assert offer is not None and offer["server"] == SERVER_ADDRESS, answer
+        # iPXE takes a proxy answer only with both a next server and a file name
+        assert ack == {"server": SERVER_ADDRESS, "file": file, "siaddr": SERVER_ADDRESS,
+                       "menu": ack["menu"]}, answer  # fmt: skip
+        if arch == 0 and not ipxe:  # a BIOS ROM chose the one menu item, it booted at once
+            assert len(offer["menu"]) == 1, answer  # type: ignore[arg-type]
+        if not ipxe:  # the loader it was told to fetch is there, over TFTP
+            got = tmp_path / file
+            proc = client.run("curl", "-sS", "-o", str(got), f"tftp://{SERVER_ADDRESS}/{file}")
+            assert proc.returncode == 0, proc.stderr
+            assert got.read_bytes() == Path(f"/usr/lib/ipxe/{file}").read_bytes()
+
+
+def test_proxy_mode_ignores_an_unknown_client(
+    space: Netns, inventory: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "pxe.log"
+    with proxy_server(space, inventory, log) as client:
+        assert ask(client, UNKNOWN_MAC, 0) == {"offer": None, "ack": None}
+        assert ask(client, UNKNOWN_MAC, 7) == {"offer": None, "ack": None}
+    assert f"PXE(br0) {UNKNOWN_MAC} proxy-ignored" in log.read_text()

@@ -4,9 +4,13 @@ site's own DHCP server) and TFTP for the machines of the inventory, nothing else
 The chain it sets up: a machine's firmware asks DHCP; a BIOS client gets `undionly.kpxe`
 and a UEFI x86-64 client (client architecture 7 or 9) `snponly.efi` over TFTP; that iPXE
 asks DHCP again (user class `iPXE`) and gets the URL of `serve`'s `/boot.ipxe`, so it never
-loops back to TFTP. Only MACs of the inventory get any answer (`dhcp-host` entries mark them
-known; everything else is ignored, and dnsmasq logs it). Every value written here was
-checked where it entered (inventory, options); this module only lays them out.
+loops back to TFTP. In proxyDHCP mode the site's server gives the address and this one the
+rest: the firmware's loader through PXE's boot menu protocol (answered on port 4011 too),
+iPXE's URL with this server as next server (iPXE drops a proxy answer without one).
+
+Only MACs of the inventory get any answer (`dhcp-host` entries mark them known; everything
+else is ignored, and dnsmasq logs it). Every value written here was checked where it
+entered (inventory, options); this module only lays them out.
 """
 
 from __future__ import annotations
@@ -18,8 +22,6 @@ from plasmaboot.inventory.model import Machine
 
 BIOS_LOADER = "undionly.kpxe"
 UEFI_LOADER = "snponly.efi"
-# In proxyDHCP mode dnsmasq names the BIOS loader `<basename>.0` (PXE's convention).
-PROXY_BIOS_BASENAME = "undionly"
 LEASE_TIME = "1h"
 
 
@@ -60,8 +62,6 @@ def render(config: DnsmasqConfig) -> str:
         "dhcp-match=set:efi64,option:client-arch,7",
         "dhcp-match=set:efi64,option:client-arch,9",
         *boot_lines(config),
-        "# iPXE: no wait for proxyDHCP offers (it sits ~15 s in 'Configuring' otherwise)",
-        "dhcp-option=tag:ipxe,encap:175,176,1b",
         "",
     ]
     return "\n".join(lines)
@@ -104,12 +104,16 @@ def boot_lines(config: DnsmasqConfig) -> list[str]:
             f"dhcp-boot=tag:!ipxe,tag:!efi64,{BIOS_LOADER},,{server}",
             f"dhcp-boot=tag:!ipxe,tag:efi64,{UEFI_LOADER},,{server}",
             f"dhcp-boot=tag:ipxe,{config.boot_url}",
+            "# iPXE: no wait for proxyDHCP offers (it sits ~15 s in 'Configuring' otherwise)",
+            "dhcp-option=tag:ipxe,encap:175,176,1b",
         ]
     return [
-        # proxyDHCP: the PXE boot menu protocol; no menu shown (a timeout of 0)
-        'pxe-prompt="plasmaboot",0',
-        f'pxe-service=tag:!ipxe,x86PC,"plasmaboot (BIOS)",{PROXY_BIOS_BASENAME},{server}',
+        "# firmware PXE: one boot menu item per architecture, chosen at once (timeout 0);",
+        "# a loader named with its suffix is fetched by that name (no '.0' added)",
+        'pxe-prompt=tag:!ipxe,"plasmaboot",0',
+        f'pxe-service=tag:!ipxe,x86PC,"plasmaboot (BIOS)",{BIOS_LOADER},{server}',
         f'pxe-service=tag:!ipxe,BC_EFI,"plasmaboot (UEFI)",{UEFI_LOADER},{server}',
         f'pxe-service=tag:!ipxe,X86-64_EFI,"plasmaboot (UEFI)",{UEFI_LOADER},{server}',
-        f"dhcp-boot=tag:ipxe,{config.boot_url}",
+        "# iPXE ignores a proxyDHCP answer that lacks a next server: name this one",
+        f"dhcp-boot=tag:ipxe,{config.boot_url},,{server}",
     ]

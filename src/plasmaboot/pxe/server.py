@@ -29,7 +29,6 @@ from plasmaboot.inventory.load import Inventory
 from plasmaboot.profiles.store import ProfileStore
 from plasmaboot.pxe.dnsmasq import (
     BIOS_LOADER,
-    PROXY_BIOS_BASENAME,
     UEFI_LOADER,
     DnsmasqConfig,
     render,
@@ -187,9 +186,6 @@ def prepare_tftp_root(tftp: Path, loaders: dict[str, Path]) -> None:
     for name, source in loaders.items():
         shutil.copyfile(source, tftp / name)
         os.chmod(tftp / name, 0o644)
-    # proxyDHCP's PXE menu names the BIOS loader `<basename>.0`
-    shutil.copyfile(loaders[BIOS_LOADER], tftp / f"{PROXY_BIOS_BASENAME}.0")
-    os.chmod(tftp / f"{PROXY_BIOS_BASENAME}.0", 0o644)
 
 
 def check_addresses(inventory: Inventory, checked: PxePlan) -> None:
