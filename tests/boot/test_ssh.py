@@ -120,3 +120,35 @@ def test_a_guest_on_a_tap_is_probed_once_its_kernel_is_there(tmp_path: Path) -> 
         server.close()
     assert accepted and accepted[0] - started >= 1.0  # nothing probed before the kernel
     assert watch.events["network_up"] >= watch.events["initrd_fetched"]
+
+
+@dataclass
+class ScriptedSsh:
+    """Answers each probe from a list, as a guest on a tap would, in order."""
+
+    answers: list[Greeting]
+    direct: bool = True
+
+    def greeting(self, timeout: float, connect_timeout: float | None = None) -> Greeting:
+        return self.answers.pop(0)
+
+
+def test_a_reset_from_ipxe_before_the_kernel_is_not_the_network(tmp_path: Path) -> None:
+    watch = BootWatch(tmp_path / "serial.log", None)
+    watch.mark("initrd_fetched")
+    # iPXE still holds the address and resets the probe; the kernel boots (silence); its
+    # stack resets a probe (up, sshd not yet); sshd greets
+    answers = [Greeting.CLOSED, Greeting.SILENT, Greeting.SILENT, Greeting.CLOSED]
+    ssh = ScriptedSsh([*answers, Greeting.BANNER])
+    seen: list[bool] = []
+
+    class Vm(FakeVm):
+        def wait_until(
+            self, done: Callable[[], bool], timeout: float, what: str, every: float
+        ) -> None:
+            while not done():
+                seen.append("network_up" in self.watch.events)
+
+    wait_for_ssh(Vm(watch), ssh, timeout=10)  # type: ignore[arg-type]
+    assert seen == [False, False, False, True]  # marked by the reset after the silence
+    assert not ssh.answers

@@ -185,3 +185,16 @@ def test_watch_reads_pxe_servers_output_and_the_firmwares_lease(tmp_path: Path) 
     assert {"power_on_to_lease", "lease_to_script", "pxe_to_kernel", "initrd_download"} <= set(
         phases
     )
+
+
+def test_a_lease_read_with_the_script_came_before_it(tmp_path: Path) -> None:
+    output = tmp_path / "pxe-server.log"
+    output.touch()
+    capture = tmp_path / "network.pcap"
+    capture.write_bytes(PCAP_HEADER)
+    watch = BootWatch(tmp_path / "serial.log", output, capture)
+    with capture.open("ab") as handle:
+        handle.write(pcap_record(dhcp_frame(5)))
+    output.write_text("2026-01-01T00:00:03Z 10.77.0.2 GET /boot.ipxe 200 62 0.002s\n")
+    watch.poll()  # both in one poll: iPXE asked DHCP, then fetched at once
+    assert 0 <= watch.phases()["lease_to_script"] < 0.1

@@ -195,18 +195,23 @@ def wait_for_ssh(vm: PxeVm, ssh: Ssh, timeout: float) -> None:
 
 def wait_for_ssh_direct(vm: PxeVm, ssh: Ssh, timeout: float) -> None:
     """Until the SSH server greets, on a network where the guest's own TCP stack answers:
-    probed every SSH_POLL_INTERVAL once the kernel is there (before, only the firmware or
-    iPXE could answer). The first answer at all (a reset or a banner) marks `network_up`:
-    the system has its address."""
+    probed every SSH_POLL_INTERVAL once the initrd is fetched (before, only the firmware or
+    iPXE could answer). The first answer after a silent probe (the kernel booting) marks
+    `network_up`: the system has its address. A reset before any silence is iPXE's, which
+    still holds the address between the initrd and the kernel."""
+    silent_seen = False
 
     def kernel_there() -> bool:
         return bool({"initrd_fetched", "kernel_started"} & vm.watch.events.keys())
 
     def greeted() -> bool:
+        nonlocal silent_seen
         if not kernel_there():
             return False
         answer = ssh.greeting(SSH_GREETING_TIMEOUT, connect_timeout=SSH_CONNECT_TIMEOUT)
-        if answer is not Greeting.SILENT:
+        if answer is Greeting.SILENT:
+            silent_seen = True
+        elif silent_seen or answer is Greeting.BANNER:
             vm.watch.mark("network_up")
         return answer is Greeting.BANNER
 

@@ -181,13 +181,19 @@ def plan_network(options: BootTestOptions, manifest: Manifest) -> ProvisioningPl
     (root, dnsmasq, the iPXE loaders, the profile pxe-server will look up); None for the
     user network."""
     if options.network is Network.USER:
-        netns_only = {"--hostname": options.hostname, "--netns-subnet": options.netns_subnet}
-        for name, given in netns_only.items():
-            if given is not None and given != DEFAULT_SUBNET:
-                raise UserError(
-                    f"{name} {given}: only means something with --network netns",
-                    hint="add --network netns, or leave it out",
-                )
+        given = [
+            f"{name} {value}"
+            for name, value, default in (
+                ("--hostname", options.hostname, None),
+                ("--netns-subnet", options.netns_subnet, DEFAULT_SUBNET),
+            )
+            if value != default
+        ]
+        if given:
+            raise UserError(
+                f"{given[0]}: only means something with --network netns",
+                hint="add --network netns, or leave it out",
+            )
         return None
     return plan_provisioning(
         options.label,
@@ -395,8 +401,8 @@ def run_boot_test(
     if note is not None and notice is not None:
         notice(note)
     if announce is not None:
-        announce(f"booting {options.label} in QEMU{through(options, plan)} "
-                 f"(logs: {options.workdir}) ...")  # fmt: skip
+        how = through(options, plan)
+        announce(f"booting {options.label} in QEMU{how} (logs: {options.workdir}) ...")
     if options.workdir.exists():
         shutil.rmtree(options.workdir)
     options.workdir.mkdir(parents=True)

@@ -58,8 +58,9 @@ class BootWatch:
         self.events.setdefault(event, self.elapsed() if at is None else round(at, 3))
 
     def poll(self) -> None:
-        self._poll_access()
+        # the capture first: a lease read in the same poll as a request came before it
         self._poll_packets()
+        self._poll_access()
         if "kernel_started" in self.events or not self.serial_log.exists():
             return
         if KERNEL_BANNER in self.serial_log.read_bytes():
