@@ -12,13 +12,15 @@ PLASMABOOT_CACHE is honoured). Each boot is one `plasmaboot boot-test --network 
 --firmware bios|uefi --boots 1`: pxe-server (dnsmasq's DHCP and TFTP, serve's HTTP) in the
 run's own namespace, every check. The firmwares alternate (bios uefi bios uefi ...), so both
 share the machine's noise. Prints, per firmware, the median (min-max) of power-on -> SSH
-(`total_to_ssh`) and of each phase boot-test saw.
+(`total_to_ssh`) and of each phase boot-test saw. A boot that fails prints why; its report
+and logs are kept (the directory is named at the end).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,8 +71,8 @@ def boot_once(
     firmware: str, options: argparse.Namespace, artifacts: Path, label: str, identity: Path,
     work: Path,
 ) -> dict[str, Any]:  # fmt: skip
-    report_path = work / f"report-{firmware}.json"
-    report_path.unlink(missing_ok=True)
+    """One boot-test; its report and logs stay in `work` (a directory of its own)."""
+    report_path = work / "report.json"
     argv = plasmaboot(
         options.profiles_dir, "boot-test", label, "--artifacts", str(artifacts),
         "--identity", str(identity), "--network", "netns", "--firmware", firmware,
@@ -126,20 +128,28 @@ def main() -> None:
     if any(given) and not all(given):
         parser.error("--artifacts, --label and --identity go together")
     reports: dict[str, list[dict[str, Any]]] = {firmware: [] for firmware in FIRMWARES}
-    with tempfile.TemporaryDirectory(prefix="plasmaboot-pxe-bench-") as temp:
-        work = Path(temp)
-        if options.artifacts is None:
-            artifacts, label, identity = build_image(work)
-        else:
-            artifacts, label, identity = options.artifacts, options.label, options.identity
-        for round_index in range(options.boots):
-            for firmware in FIRMWARES:
-                report = boot_once(firmware, options, artifacts, label, identity, work)
-                reports[firmware].append(report)
-                total = [b["phases"].get("total_to_ssh") for b in report["boots"]]
-                print(f"round {round_index + 1}: {firmware}: power-on to SSH {total}, "
-                      f"checks passed: {report['ok']}", flush=True)  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="plasmaboot-pxe-bench-"))
+    if options.artifacts is None:
+        artifacts, label, identity = build_image(work)
+    else:
+        artifacts, label, identity = options.artifacts, options.label, options.identity
+    for round_index in range(options.boots):
+        for firmware in FIRMWARES:
+            run_dir = work / f"round{round_index + 1}-{firmware}"
+            run_dir.mkdir()
+            report = boot_once(firmware, options, artifacts, label, identity, run_dir)
+            reports[firmware].append(report)
+            total = [b["phases"].get("total_to_ssh") for b in report["boots"]]
+            print(f"round {round_index + 1}: {firmware}: power-on to SSH {total}, "
+                  f"checks passed: {report['ok']}", flush=True)  # fmt: skip
+            for check in report["checks"]:
+                if check["result"] == "fail":
+                    print(f"  failed: {check['name']}: {check['detail']}", flush=True)
     print_figures(label, reports)
+    if all(report["ok"] for runs in reports.values() for report in runs):
+        shutil.rmtree(work)
+    else:
+        print(f"\nreports and logs of every boot: {work}")
 
 
 if __name__ == "__main__":
