@@ -33,6 +33,7 @@ from plasmaboot.boot.test import (
 from plasmaboot.checks import failed, passed
 from plasmaboot.cli import main
 from plasmaboot.errors import UserError, WorkError
+from plasmaboot.formats.ipxe import render_netboot_script
 from plasmaboot.paths import builtin_profiles_dir
 from plasmaboot.profiles.store import ProfileStore
 
@@ -452,6 +453,9 @@ def test_a_netns_boot_goes_through_pxe_server_and_leaves_nothing_behind(
 ) -> None:
     monkeypatch.setattr(boottest, "probe_accelerator", lambda *a, **k: TCG)
     monkeypatch.setattr(boottest, "wait_for_ssh", until_the_script_then(ending))
+    # a script serve accepts, so the machine is named in its "boot:" line
+    script = render_netboot_script("worker", MANIFEST["kernel_params"])  # type: ignore[arg-type]
+    (artifacts / "worker" / "netboot.ipxe").write_text(script)
     options = BootTestOptions(
         "worker", artifacts, identity, memory_mib=256, network=Network.NETNS, hostname="w1"
     )
