@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from netns import PXE_FILES, PXE_TOOLS, require
 from plasmaboot.boot.provisioning import (
     SERVER_LOG,
     plan_provisioning,
@@ -23,7 +24,6 @@ from plasmaboot.boot.qemu import Accelerator, PxeVm, TapNetwork, VmConfig
 from plasmaboot.log import Log
 
 from conftest import CiImage
-from netns import PXE_FILES, PXE_TOOLS, require
 
 pytestmark = pytest.mark.slow
 
