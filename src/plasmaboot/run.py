@@ -40,6 +40,8 @@ TOOL_PACKAGES: dict[str, str] = {
     "zstd": "zstd",
     "busybox": "busybox-static",
     "nginx": "nginx-light",
+    "ip": "iproute2",
+    "dnsmasq": "dnsmasq-base",
 }
 
 BASE_ENV_KEYS = ("PATH", "HOME", "TMPDIR", "SOURCE_DATE_EPOCH", "NIX_CONFIG", "NIX_PATH")

@@ -278,6 +278,23 @@ def test_a_check_whose_command_fails_is_a_failed_row_and_the_rest_still_run() ->
     assert all(not c.failed for c in checks[1:]), [c for c in checks if c.failed]
 
 
+def test_through_pxe_server_the_hostname_and_firmware_are_checked_too() -> None:
+    manifest = built_manifest(sysctl={**WORKER.sysctl, "fs.file-max": 42})
+    answers = {**node_answers("disabled"), "/sys/firmware/efi": "uefi\n", "hostname": "node1\n"}
+    checks, _ = guest_checks(FakeGuest(answers), manifest, "node1", "uefi")  # type: ignore[arg-type]
+    results = {c.name: (str(c.result), c.detail) for c in checks}
+    assert results["hostname"] == ("pass", "node1 (the inventory's: node1)")
+    assert results["firmware"] == ("pass", "booted under uefi (want uefi)")
+    assert list(results)[-2:] == ["hostname", "firmware"]
+    checks, _ = guest_checks(FakeGuest(answers), manifest, "node2", "bios")  # type: ignore[arg-type]
+    results = {c.name: (str(c.result), c.detail) for c in checks}
+    assert results["hostname"] == ("fail", "node1 (the inventory's: node2)")
+    assert results["firmware"] == ("fail", "booted under uefi (want bios)")
+    # on QEMU's user network there is no inventory: neither row
+    checks, _ = guest_checks(FakeGuest(answers), manifest)  # type: ignore[arg-type]
+    assert not {"hostname", "firmware"} & {c.name for c in checks}
+
+
 def test_service_properties_come_from_the_resolved_service() -> None:
     service = WORKER.services["novanet"]
     assert expected_unit_properties(service) == {

@@ -1,5 +1,6 @@
-"""boot.qemu: the accelerator probe, the CPU models, the command line, the TFTP boot
-script, process cleanup, and (slow) a real PXE boot TFTP -> iPXE -> HTTP."""
+"""boot.qemu: the accelerator probe, the CPU models, the command line (user network or a
+tap, SeaBIOS or OVMF), the TFTP boot script, process cleanup, and (slow) a real PXE boot
+TFTP -> iPXE -> HTTP."""
 
 from __future__ import annotations
 
@@ -14,15 +15,22 @@ from pathlib import Path
 
 import pytest
 
+from plasmaboot.boot import qemu as qemu_module
+from plasmaboot.boot.netns import Netns
 from plasmaboot.boot.qemu import (
     BOOTFILE,
     DEFAULT_MEMORY_MIB,
     FIRMWARE_BOOT_PHASE,
     FIRMWARE_DEBUG_PORT,
+    OVMF_CODE,
+    OVMF_VARS,
     QEMU,
     Accelerator,
+    Firmware,
     Nic,
     PxeVm,
+    TapNetwork,
+    UserNetwork,
     VmConfig,
     boot_script,
     cpu_models,
@@ -32,11 +40,12 @@ from plasmaboot.boot.qemu import (
     probe_accelerator,
     qemu_command,
     require_cpu_model,
+    require_ovmf,
     require_rom,
     start_qemu,
     wait_for_file_text,
 )
-from plasmaboot.errors import UserError
+from plasmaboot.errors import UserError, WorkError
 from plasmaboot.formats.cpio import Compression, Entry, write_segment
 from plasmaboot.formats.ipxe import render_netboot_script
 from plasmaboot.serve.app import ServerThread
@@ -62,12 +71,13 @@ def qemu_processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-def config(tmp_path: Path, **changes: object) -> VmConfig:
+def config(
+    tmp_path: Path, http_port: int = 8123, ssh_port: int | None = None, **changes: object
+) -> VmConfig:
     values: dict[str, object] = {
         "workdir": tmp_path / "vm",
         "label": "worker",
-        "http_port": 8123,
-        "ssh_port": free_port(),
+        "network": UserNetwork(http_port, ssh_port or free_port()),
         "accelerator": Accelerator.TCG,
     }
     values.update(changes)
@@ -314,3 +324,63 @@ def test_pxe_boot_reaches_the_initrd_over_tftp_ipxe_and_http(
         vm.watch.events
     )
     assert (cfg.tftp_dir / BOOTFILE).read_text().endswith(f":{server.port}/marker/netboot.ipxe\n")
+
+
+# --------------------------------------------------------------------------------------
+# the pxe-server path: a tap in boot-test's namespace, SeaBIOS or OVMF
+
+
+def test_a_tap_nic_has_the_inventorys_mac_and_no_user_network(tmp_path: Path) -> None:
+    cfg = config(tmp_path, network=TapNetwork("tap0", "52:54:00:77:00:02"))
+    argv = qemu_command(cfg)
+    assert argv[argv.index("-netdev") + 1] == (
+        "tap,id=n0,ifname=tap0,script=no,downscript=no,vnet_hdr=off"
+    )
+    assert argv[argv.index("-device", argv.index("-netdev")) + 1] == (
+        "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:02"
+    )
+    assert not any("hostfwd" in a or "tftp=" in a for a in argv)
+    assert argv[argv.index("-machine") + 1] == "pc"
+    assert argv[argv.index("-boot") + 1] == "order=n"  # SeaBIOS: the NIC's iPXE ROM first
+    assert f"filter-dump,id=dump0,netdev=n0,file={cfg.packet_log},maxlen=320" in argv
+
+
+def test_uefi_boots_ovmf_on_q35_with_its_own_pxe(tmp_path: Path) -> None:
+    cfg = config(tmp_path, network=TapNetwork("tap0", "52:54:00:77:00:02"), firmware=Firmware.UEFI)
+    argv = qemu_command(cfg)
+    assert argv[argv.index("-machine") + 1] == "q35"
+    drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
+    assert drives == [
+        f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+        f"if=pflash,format=raw,file={cfg.ovmf_vars}",  # this boot's own copy
+    ]
+    assert cfg.ovmf_vars.parent == cfg.workdir
+    # no iPXE ROM: OVMF's PXE asks DHCP and fetches snponly.efi over TFTP
+    assert "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:02,romfile=" in argv
+    assert "-boot" not in argv
+
+
+def test_ovmf_is_installed_or_named() -> None:
+    require_ovmf()
+    assert OVMF_CODE.is_file() and OVMF_VARS.is_file()
+
+
+def test_missing_ovmf_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(qemu_module, "OVMF_VARS", tmp_path / "OVMF_VARS_4M.fd")
+    with pytest.raises(UserError, match="--firmware uefi: OVMF is not installed") as refused:
+        require_ovmf()
+    assert refused.value.hint == "install it: apt-get install ovmf (or run `make setup`)"
+
+
+def test_a_vm_in_a_namespace_runs_qemu_there_with_a_fresh_variable_store(tmp_path: Path) -> None:
+    cfg = config(tmp_path, network=TapNetwork("tap0", "52:54:00:77:00:02"), firmware=Firmware.UEFI)
+    vm = PxeVm(cfg, netns=Netns("pbtest-vm"))
+    assert vm.argv[:4] == ["ip", "netns", "exec", "pbtest-vm"]
+    assert vm.argv[4:] == qemu_command(cfg)
+    cfg.workdir.mkdir(parents=True)
+    cfg.ovmf_vars.write_bytes(b"written by an earlier boot")
+    # no such namespace: `ip netns exec` fails, QEMU never runs
+    with pytest.raises(WorkError), vm:
+        assert cfg.ovmf_vars.read_bytes() == OVMF_VARS.read_bytes()
+        vm.wait_until(lambda: False, 10, "nothing")
+    assert not (cfg.tftp_dir / BOOTFILE).exists()  # the tap network has no TFTP of QEMU's

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,24 +15,30 @@ from click.testing import CliRunner
 
 from plasmaboot import cli
 from plasmaboot.artifacts.manifest import Manifest
+from plasmaboot.boot import netns as netns_module
 from plasmaboot.boot import test as boottest
-from plasmaboot.boot.qemu import Accelerator, ProbeResult, kvm_usable
+from plasmaboot.boot.netns import namespace_name
+from plasmaboot.boot.qemu import Accelerator, ProbeResult, PxeVm, kvm_usable
 from plasmaboot.boot.report import BootRecord
 from plasmaboot.boot.test import (
     BootTestOptions,
+    Network,
     kvm_gave_out,
     private_copy,
     rebuilt_note,
     require_same_profile,
+    run_boot_test,
     validate,
 )
 from plasmaboot.checks import failed, passed
 from plasmaboot.cli import main
 from plasmaboot.errors import UserError, WorkError
+from plasmaboot.formats.ipxe import render_netboot_script
 from plasmaboot.paths import builtin_profiles_dir
 from plasmaboot.profiles.store import ProfileStore
 
 WORKER = ProfileStore().resolve("worker")
+TCG = ProbeResult(Accelerator.TCG, "the test asked for TCG")
 MANIFEST = {
     "profile": "worker",
     "variant": None,
@@ -330,3 +337,146 @@ def test_a_profile_that_is_not_the_sets_is_bad_input(
     assert message in output
     assert "Traceback" not in output
     assert not list(artifacts.glob("boot-test-*"))
+
+
+# --------------------------------------------------------------------------------------
+# --network netns: options, and a boot through pxe-server in boot-test's own namespace
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--firmware", "uefi"], "--firmware uefi: boots through --network netns only"),
+        (["--hostname", "n1"], "--hostname n1: only means something with --network netns"),
+        (
+            ["--netns-subnet", "10.9.0.0/24"],
+            "--netns-subnet 10.9.0.0/24: only means something with --network netns",
+        ),
+        (
+            ["--network", "netns", "--firmware", "uefi", "--nic", "e1000"],
+            "--nic e1000 --firmware uefi: OVMF has no driver of its own for this NIC",
+        ),
+        (["--network", "netns", "--hostname", "N_1"], "--hostname 'N_1': expected a lowercase"),
+        (["--network", "netns", "--netns-subnet", "10.9.0.1/24"], "--netns-subnet '10.9.0.1/24'"),
+    ],
+)
+def test_netns_options_that_do_not_fit_are_bad_input(
+    artifacts: Path, identity: Path, extra: list[str], message: str
+) -> None:
+    code, output = invoke(
+        "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(identity), *extra
+    )
+    assert code == 2, output
+    assert message in output
+    assert "Traceback" not in output
+    assert not list(artifacts.glob("boot-test-*"))
+
+
+def test_netns_needs_root(artifacts: Path, identity: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netns_module.os, "geteuid", lambda: 1000)
+    code, output = invoke(
+        "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(identity),
+        "--network", "netns",
+    )  # fmt: skip
+    assert code == 2
+    assert "--network netns: needs root" in output
+    assert not list(artifacts.glob("boot-test-*"))
+
+
+def test_netns_without_dnsmasq_names_the_debian_package(
+    artifacts: Path, identity: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("qemu-system-x86_64", "ssh", "ip"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    code, output = invoke(
+        "boot-test", "worker", "--artifacts", str(artifacts), "--identity", str(identity),
+        "--network", "netns",
+    )  # fmt: skip
+    assert code == 2
+    assert "required tool 'dnsmasq' was not found" in output
+    assert "apt-get install dnsmasq-base" in output
+
+
+def test_netns_with_a_profile_pxe_server_cannot_find_is_bad_input(
+    artifacts: Path, identity: Path
+) -> None:
+    shutil.copytree(artifacts / "worker", artifacts / "edge")
+    (artifacts / "edge" / "manifest.json").write_text(
+        json.dumps({**MANIFEST, "profile": "edge", "label": "edge"})
+    )
+    code, output = invoke(
+        "boot-test", "edge", "--artifacts", str(artifacts), "--identity", str(identity),
+        "--network", "netns",
+    )  # fmt: skip
+    assert code == 2
+    assert "pxe-server's inventory names the set's profile 'edge'" in output
+    assert "--profiles-dir DIR" in output
+
+
+def left_running(*texts: str) -> list[str]:
+    """Command lines of live processes mentioning every one of `texts`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if all(text in cmdline for text in texts) and state != "Z":
+            found.append(cmdline)
+    return found
+
+
+def until_the_script_then(ending: BaseException) -> object:
+    """A wait_for_ssh that lets the real chain run until the guest fetched its script from
+    pxe-server (dnsmasq's DHCP, HTTP), then ends the boot as `ending` does."""
+
+    def wait(vm: PxeVm, ssh: object, timeout: float) -> None:
+        vm.wait_until(lambda: "script_fetched" in vm.watch.events, 120, "the script")
+        raise ending
+
+    return wait
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [WorkError("timed out after 1s waiting for the SSH server"), KeyboardInterrupt()],
+    ids=["boot-fails", "ctrl-c"],
+)
+def test_a_netns_boot_goes_through_pxe_server_and_leaves_nothing_behind(
+    artifacts: Path, identity: Path, monkeypatch: pytest.MonkeyPatch, ending: BaseException
+) -> None:
+    monkeypatch.setattr(boottest, "probe_accelerator", lambda *a, **k: TCG)
+    monkeypatch.setattr(boottest, "wait_for_ssh", until_the_script_then(ending))
+    # a script serve accepts, so the machine is named in its "boot:" line
+    script = render_netboot_script("worker", MANIFEST["kernel_params"])  # type: ignore[arg-type]
+    (artifacts / "worker" / "netboot.ipxe").write_text(script)
+    options = BootTestOptions(
+        "worker", artifacts, identity, memory_mib=256, network=Network.NETNS, hostname="w1"
+    )
+    if isinstance(ending, KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            run_boot_test(options)
+        assert not options.report_path.exists()
+    else:
+        report = run_boot_test(options)
+        assert not report.ok and report.network == "netns" and report.firmware == "bios"
+        assert report.checks[0].name == "boot 1: PXE to SSH" and report.checks[0].failed
+        boot = report.boots[0]
+        assert boot.ssh_host == "10.77.0.2" and boot.ssh_port == 22
+        assert {"firmware_lease", "script_fetched"} <= set(boot.events)  # dnsmasq's ack
+        assert boot.logs["pxe-server"] == str(options.workdir / "pxe-server.log")
+        assert report.qemu_command[:4] == ["ip", "netns", "exec", namespace_name()]
+    server_log = (options.workdir / "pxe-server.log").read_text()
+    assert "DHCPACK(br0) 10.77.0.2 52:54:00:77:00:02 w1" in server_log
+    assert "boot: machine w1 (MAC 52:54:00:77:00:02) from 10.77.0.2" in server_log
+    assert (options.workdir / "machines.toml").is_file()
+    # nothing is left: no QEMU, no pxe-server, no dnsmasq, no namespace
+    assert not left_running(str(options.workdir))
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert namespace_name() not in names

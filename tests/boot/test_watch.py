@@ -145,3 +145,56 @@ def test_watch_marks_the_network_up_at_the_first_lease_after_the_initrd(
     assert watch.events["network_up"] >= watch.events["initrd_fetched"]
     watch.mark("ssh_reachable")
     assert watch.phases()["network_to_ssh"] >= 0
+
+
+# --------------------------------------------------------------------------------------
+# under pxe-server: its output is the access log, with dnsmasq's lines among serve's
+
+
+PXE_SERVER_OUTPUT = """\
+dnsmasq-dhcp[812]: 3418 DHCPACK(br0) 10.77.0.2 52:54:00:77:00:02 node1
+dnsmasq-tftp[812]: sent /tmp/plasmaboot-pxe-ab12/tftp/snponly.efi to 10.77.0.2
+2026-01-01T00:00:03Z 10.77.0.2 GET /boot.ipxe 200 62 0.002s
+2026-01-01T00:00:03Z boot: machine node1 (MAC 52:54:00:77:00:02) from 10.77.0.2 gets node1-1a2b
+2026-01-01T00:00:03Z 10.77.0.2 GET /boot.ipxe?mac=52:54:00:77:00:02 200 410 0.004s
+2026-01-01T00:00:04Z 10.77.0.2 GET /sets/node1-1a2b/bzImage 200 8000000 0.8s
+2026-01-01T00:00:05Z 10.77.0.2 GET /sets/node1-1a2b/initrd 200 90000000 1.9s
+"""
+
+
+def test_watch_reads_pxe_servers_output_and_the_firmwares_lease(tmp_path: Path) -> None:
+    output = tmp_path / "pxe-server.log"
+    output.write_text("dnsmasq-tftp[812]: sent /tmp/x/tftp/undionly.kpxe to 10.77.0.9\n")
+    capture = tmp_path / "network.pcap"
+    capture.write_bytes(PCAP_HEADER)
+    watch = BootWatch(tmp_path / "serial.log", output, capture)  # an earlier boot's line
+    watch.poll()
+    assert watch.events == {}
+    with capture.open("ab") as handle:
+        handle.write(pcap_record(dhcp_frame(5)))  # OVMF's PXE got its lease
+    watch.poll()
+    assert set(watch.events) == {"firmware_lease"}
+    with output.open("a") as handle:
+        handle.write(PXE_SERVER_OUTPUT)
+    watch.poll()
+    assert set(watch.events) == {
+        "firmware_lease", "loader_fetched", "script_fetched", "kernel_fetched", "initrd_fetched"
+    }  # fmt: skip
+    assert "network_up" not in watch.events  # the firmware's lease came before the initrd
+    phases = watch.phases()
+    assert {"power_on_to_lease", "lease_to_script", "pxe_to_kernel", "initrd_download"} <= set(
+        phases
+    )
+
+
+def test_a_lease_read_with_the_script_came_before_it(tmp_path: Path) -> None:
+    output = tmp_path / "pxe-server.log"
+    output.touch()
+    capture = tmp_path / "network.pcap"
+    capture.write_bytes(PCAP_HEADER)
+    watch = BootWatch(tmp_path / "serial.log", output, capture)
+    with capture.open("ab") as handle:
+        handle.write(pcap_record(dhcp_frame(5)))
+    output.write_text("2026-01-01T00:00:03Z 10.77.0.2 GET /boot.ipxe 200 62 0.002s\n")
+    watch.poll()  # both in one poll: iPXE asked DHCP, then fetched at once
+    assert 0 <= watch.phases()["lease_to_script"] < 0.1

@@ -1,102 +1,129 @@
 """Real PXE through `plasmaboot pxe-server` (dnsmasq's DHCP and TFTP, serve's HTTP) in a
-network namespace the test makes: BIOS and UEFI machines of the inventory boot the CI image
-and answer SSH under their inventory host name; an unknown machine gets nothing."""
+network namespace: `boot-test --network netns` boots the CI image as a BIOS machine (QEMU's
+iPXE ROM) and as a UEFI machine (OVMF's own PXE, snponly.efi over TFTP), each answering SSH
+under its inventory host name with every check passing; an unknown machine gets nothing."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from netns import (
-    PXE_FILES,
-    PXE_TOOLS,
-    Netns,
-    boot_to_ssh,
-    netns,
-    qemu_argv,
-    require,
-    wait_for_text,
+from netns import PXE_FILES, PXE_TOOLS, require
+from plasmaboot.boot.provisioning import (
+    SERVER_LOG,
+    plan_provisioning,
+    provisioning_network,
 )
+from plasmaboot.boot.qemu import Accelerator, PxeVm, TapNetwork, VmConfig
+from plasmaboot.log import Log
 
 from conftest import CiImage
 
 pytestmark = pytest.mark.slow
 
-BIOS_MAC, UEFI_MAC, UNKNOWN_MAC = "52:54:00:77:00:01", "52:54:00:77:00:02", "52:54:00:77:00:99"
+BOOT_TIMEOUT = 420  # power-on to SSH under TCG on a busy 2-core machine
+RUN_TIMEOUT = BOOT_TIMEOUT + 600  # and the checks after it (systemd may take minutes)
+MACHINE_MAC = "52:54:00:77:00:02"  # boot-test's machine (boot.provisioning)
+UNKNOWN_MAC = "52:54:00:77:00:99"
+ADDRESS = "10.77.0.2"
 
 
-@dataclass
-class PxeServer:
-    space: Netns
-    log: Path
-    identity: Path
+@pytest.fixture(autouse=True)
+def pxe_tools() -> None:
+    require(*PXE_TOOLS, files=PXE_FILES)  # in CI a missing tool fails the test
 
 
-@pytest.fixture(scope="module")
-def pxe(ci_image: CiImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PxeServer]:
-    require(*PXE_TOOLS, files=PXE_FILES)
-    base = tmp_path_factory.mktemp("pxe-boot")
-    inventory = base / "machines.toml"
-    inventory.write_text(
-        f'[defaults]\nprofile = "{ci_image.label}"\n\n'
-        f'[machines.bios1]\nmac = "{BIOS_MAC}"\nipv4 = "10.77.0.21/24"\n\n'
-        f'[machines.uefi1]\nmac = "{UEFI_MAC}"\nipv4 = "10.77.0.22/24"\n'
+def boot_test(ci_image: CiImage, tmp_path: Path, firmware: str, hostname: str) -> dict[str, Any]:
+    """`plasmaboot boot-test --network netns` as a user runs it; its JSON report."""
+    report = tmp_path / "report.json"
+    argv = [
+        sys.executable, "-m", "plasmaboot", "--profiles-dir", str(ci_image.profiles_dir),
+        "boot-test", ci_image.label, "--artifacts", str(ci_image.artifacts),
+        "--identity", str(ci_image.identity), "--network", "netns", "--firmware", firmware,
+        "--hostname", hostname, "--memory", "1024", "--timeout", str(BOOT_TIMEOUT),
+        "--report", str(report),
+    ]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+    assert report.is_file(), proc.stderr[-3000:]
+    data: dict[str, Any] = json.loads(report.read_text())
+    failed = [c for c in data["checks"] if c["result"] != "pass"]
+    assert proc.returncode == 0, f"{failed}\n{proc.stderr[-3000:]}"
+    return data
+
+
+def check(report: dict[str, Any], name: str) -> str:
+    found = [c for c in report["checks"] if c["name"] == name]
+    assert found and found[0]["result"] == "pass", report["checks"]
+    detail: str = found[0]["detail"]
+    return detail
+
+
+def server_output(report: dict[str, Any]) -> str:
+    return Path(report["boots"][0]["logs"]["pxe-server"]).read_text()
+
+
+def test_a_bios_machine_boots_its_profile(ci_image: CiImage, tmp_path: Path) -> None:
+    report = boot_test(ci_image, tmp_path, "bios", "bios1")
+    assert (report["network"], report["firmware"]) == ("netns", "bios")
+    assert check(report, "hostname") == "bios1 (the inventory's: bios1)"
+    assert check(report, "firmware") == "booted under bios (want bios)"
+    log = server_output(report)
+    assert f"DHCPACK(br0) {ADDRESS} {MACHINE_MAC} bios1" in log
+    assert f"boot: machine bios1 (MAC {MACHINE_MAC}) from {ADDRESS}" in log
+    assert "loader_fetched" not in report["boots"][0]["events"]  # iPXE ROM: no TFTP hop
+    print(f"BIOS power-on to SSH: {report['boots'][0]['phases']['total_to_ssh']:.1f}s")
+
+
+def test_a_uefi_machine_boots_through_tftp(ci_image: CiImage, tmp_path: Path) -> None:
+    report = boot_test(ci_image, tmp_path, "uefi", "uefi1")
+    assert check(report, "hostname") == "uefi1 (the inventory's: uefi1)"
+    assert check(report, "firmware") == "booted under uefi (want uefi)"
+    log = server_output(report)
+    assert f"snponly.efi to {ADDRESS}" in log  # the firmware's PXE fetched iPXE over TFTP
+    assert f"boot: machine uefi1 (MAC {MACHINE_MAC}) from {ADDRESS}" in log
+    assert "loader_fetched" in report["boots"][0]["events"]
+    print(f"UEFI power-on to SSH: {report['boots'][0]['phases']['total_to_ssh']:.1f}s")
+
+
+def wait_for_line(path: Path, needle: str, timeout: float, vm: PxeVm) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and vm.running():
+        if needle in path.read_text(errors="replace"):
+            return True
+        time.sleep(0.5)
+    return needle in path.read_text(errors="replace")
+
+
+def test_an_unknown_machine_gets_no_offer(ci_image: CiImage, tmp_path: Path) -> None:
+    """boot-test's own namespace and pxe-server, with a machine whose MAC the inventory does
+    not have: no offer within 60 s, and dnsmasq's output names the MAC as ignored."""
+    plan = plan_provisioning(
+        ci_image.label, ci_image.label, None, "known1", "10.77.0.0/24", (ci_image.profiles_dir,)
     )
-    log = base / "pxe.log"
-    with netns("boot") as space:
-        server = space.popen(
-            sys.executable, "-m", "plasmaboot", "--profiles-dir", str(ci_image.profiles_dir),
-            "pxe-server", "--interface", "br0", "--root", str(ci_image.artifacts),
-            "--inventory", str(inventory), "--dhcp-range", "10.77.0.100,10.77.0.150",
-            log=log,
-        )  # fmt: skip
-        assert wait_for_text(log, "pxe-server on br0", 60, server), log.read_text()
-        try:
-            yield PxeServer(space, log, ci_image.identity)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-
-
-def test_a_bios_machine_boots_its_profile(pxe: PxeServer, tmp_path: Path) -> None:
-    hostname, seconds = boot_to_ssh(
-        pxe.space, pxe.identity, tmp_path, "tapbios", BIOS_MAC, "10.77.0.21", uefi=False
-    )
-    assert hostname == "bios1 bios"
-    log = pxe.log.read_text()
-    assert f"DHCPACK(br0) 10.77.0.21 {BIOS_MAC} bios1" in log
-    assert f"boot: machine bios1 (MAC {BIOS_MAC}) from 10.77.0.21" in log
-    print(f"BIOS power-on to SSH: {seconds:.1f}s")
-
-
-def test_a_uefi_machine_boots_through_tftp(pxe: PxeServer, tmp_path: Path) -> None:
-    hostname, seconds = boot_to_ssh(
-        pxe.space, pxe.identity, tmp_path, "tapuefi", UEFI_MAC, "10.77.0.22", uefi=True
-    )
-    assert hostname == "uefi1 uefi"
-    log = pxe.log.read_text()
-    assert "snponly.efi to 10.77.0.22" in log  # the firmware's PXE fetched iPXE over TFTP
-    assert f"boot: machine uefi1 (MAC {UEFI_MAC}) from 10.77.0.22" in log
-    print(f"UEFI power-on to SSH: {seconds:.1f}s")
-
-
-def test_an_unknown_machine_gets_no_offer(pxe: PxeServer, tmp_path: Path) -> None:
-    pxe.space.add_tap("tapnone")
-    argv = qemu_argv("tapnone", UNKNOWN_MAC, tmp_path, uefi=False)
-    qemu = pxe.space.popen(*argv, log=tmp_path / "qemu.log")
-    try:
-        named = f"DHCPDISCOVER(br0) {UNKNOWN_MAC} ignored"
-        assert wait_for_text(pxe.log, named, 120, qemu), pxe.log.read_text()[-3000:]
-        time.sleep(60)  # and it stays without an address, a script or a kernel
-    finally:
-        qemu.kill()
-        qemu.wait()
-    about = [line for line in pxe.log.read_text().splitlines() if UNKNOWN_MAC in line]
+    with (
+        Log(tmp_path / "boot-test.log", subject="unknown") as log,
+        provisioning_network(plan, ci_image.artifacts, tmp_path, log) as provisioned,
+    ):
+        config = VmConfig(
+            workdir=tmp_path / "vm",
+            label=ci_image.label,
+            network=TapNetwork(provisioned.guest.tap, UNKNOWN_MAC),
+            accelerator=Accelerator.TCG,
+            memory_mib=512,
+        )
+        server_log = tmp_path / SERVER_LOG
+        with PxeVm(config, access_log=server_log, log=log, netns=provisioned.netns) as vm:
+            named = f"DHCPDISCOVER(br0) {UNKNOWN_MAC} ignored"
+            assert wait_for_line(server_log, named, 120, vm), server_log.read_text()[-3000:]
+            time.sleep(60)  # and it stays without an address, a script or a kernel
+            assert vm.running()
+    about = [line for line in server_log.read_text().splitlines() if UNKNOWN_MAC in line]
     assert about and all("ignored" in line or "RTR-SOLICIT" in line for line in about), about
-    serial = tmp_path / "serial.log"
-    assert "Linux version" not in (serial.read_text(errors="replace") if serial.exists() else "")
+    assert not {"firmware_lease", "script_fetched", "kernel_fetched"} & set(vm.watch.events)
+    assert "Linux version" not in vm.serial_text()

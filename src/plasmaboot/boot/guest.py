@@ -1,7 +1,8 @@
 """The checks of a booted node over SSH, against what it was built from (manifest.json and
 its resolved profile): kernel command line, tools, key-only SSH, systemd, services and
 their limits, sysctls, modules, nixos-anywhere prerequisites, device nodes, free memory
-and per-boot host keys. Each check's detail says what was seen."""
+and per-boot host keys; booted through pxe-server, also the host name the inventory gave
+it and the firmware it booted under. Each check's detail says what was seen."""
 
 from __future__ import annotations
 
@@ -313,6 +314,21 @@ def check_memory(memory: Mapping[str, int]) -> Check:
     )
 
 
+def check_hostname(ssh: Ssh, expected: str) -> Check:
+    """The host name the inventory gave the machine (systemd.hostname= on its kernel line)."""
+    seen = ssh.output("hostname").strip()
+    return judged("hostname", seen == expected, f"{seen} (the inventory's: {expected})")
+
+
+# /sys/firmware/efi exists only when the kernel was started by UEFI firmware
+FIRMWARE_SCRIPT = "test -d /sys/firmware/efi && echo uefi || echo bios"
+
+
+def check_firmware(ssh: Ssh, expected: str) -> Check:
+    seen = ssh.output(FIRMWARE_SCRIPT).strip()
+    return judged("firmware", seen == expected, f"booted under {seen} (want {expected})")
+
+
 def check_host_keys(keys: list[str | None]) -> Check:
     name = f"host keys differ across {len(keys)} boots"
     if any(key is None for key in keys):
@@ -326,10 +342,16 @@ def read_host_key(ssh: Ssh) -> str | None:
     return out.strip() if code == 0 and out.strip() else None
 
 
-def guest_checks(ssh: Ssh, manifest: Manifest) -> tuple[list[Check], dict[str, int]]:
-    """Everything checked on the first boot, against the profile the image was built from,
-    in the order a reader expects. A check whose SSH command fails becomes a failed row of
-    its own; the others still run."""
+def guest_checks(
+    ssh: Ssh,
+    manifest: Manifest,
+    hostname: str | None = None,
+    firmware: str | None = None,
+) -> tuple[list[Check], dict[str, int]]:
+    """Everything checked on the first boot, against the profile the image was built from
+    (and, when given, the inventory's host name and the firmware chosen), in the order a
+    reader expects. A check whose SSH command fails becomes a failed row of its own; the
+    others still run."""
     profile = manifest.resolved_profile
     memory: dict[str, int] = {}
 
@@ -350,6 +372,10 @@ def guest_checks(ssh: Ssh, manifest: Manifest) -> tuple[list[Check], dict[str, i
         ("device nodes", lambda: check_device_nodes(ssh)),
         ("free memory", memory_check),
     ]
+    if hostname is not None:
+        groups.append(("hostname", lambda: check_hostname(ssh, hostname)))
+    if firmware is not None:
+        groups.append(("firmware", lambda: check_firmware(ssh, firmware)))
     checks: list[Check] = []
     for name, run_check in groups:
         try:

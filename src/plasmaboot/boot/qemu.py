@@ -1,12 +1,14 @@
-"""QEMU for boot-test: probe the accelerator, PXE-boot a guest over user-mode networking
-(firmware PXE -> DHCP -> TFTP boot.ipxe -> HTTP netboot.ipxe -> HTTP kernel and initrd),
-capture its serial console, watch its boot (boot.watch), and never leave a QEMU process
-behind.
+"""QEMU for boot-test: probe the accelerator, PXE-boot a guest (SeaBIOS or OVMF) over
+QEMU's user-mode network (its DHCP, TFTP boot.ipxe -> HTTP netboot.ipxe -> HTTP kernel and
+initrd) or over a tap in a namespace where pxe-server answers (dnsmasq's DHCP and TFTP ->
+HTTP), capture its serial console, watch its boot (boot.watch), and never leave a QEMU
+process behind.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 import time
@@ -17,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from plasmaboot.artifacts.layout import IPXE
+from plasmaboot.boot.netns import Netns
 from plasmaboot.boot.watch import PCAP_SNAPLEN, BootWatch
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.formats.ipxe import BOOT_SCRIPT as BOOTFILE
@@ -34,6 +37,10 @@ FIRMWARE_DEBUG_PORT = "0x402"
 FIRMWARE_BOOT_PHASE = b"enter handle_19"
 # The guest's memory unless --memory says otherwise: room for the root squashfs in RAM.
 DEFAULT_MEMORY_MIB = 2048
+# Debian's ovmf: the firmware (read-only) and the template of its variable store (each boot
+# writes a copy of its own).
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 PROBE_TIMEOUT = 4.0
 WATCH_INTERVAL = 0.2
 SERIAL_TAIL_LINES = 30
@@ -66,6 +73,46 @@ class Nic(StrEnum):
         virtio-net ROM is not run by SeaBIOS (QEMU 7.2, ipxe-qemu 2019).
         """
         return {Nic.VIRTIO: "efi-virtio.rom", Nic.E1000: "efi-e1000.rom"}[self]
+
+
+class Firmware(StrEnum):
+    BIOS = "bios"
+    UEFI = "uefi"
+
+    def machine(self) -> str:
+        """SeaBIOS on the i440FX machine like a plain server; OVMF on q35 (its own machine)."""
+        return {Firmware.BIOS: "pc", Firmware.UEFI: "q35"}[self]
+
+
+def require_ovmf() -> None:
+    """UserError naming the package unless OVMF's firmware and variable store are here."""
+    missing = [str(path) for path in (OVMF_CODE, OVMF_VARS) if not path.is_file()]
+    if missing:
+        raise UserError(
+            f"--firmware uefi: OVMF is not installed ({', '.join(missing)} missing)",
+            hint="install it: apt-get install ovmf (or run `make setup`)",
+        )
+
+
+@dataclass(frozen=True)
+class UserNetwork:
+    """QEMU's user-mode network: its own DHCP and TFTP (boot.ipxe), boot-test's HTTP server
+    on the host's loopback, the guest's SSH forwarded to a loopback port."""
+
+    http_port: int
+    ssh_port: int
+
+
+@dataclass(frozen=True)
+class TapNetwork:
+    """A tap on the bridge of a namespace (boot.netns), where pxe-server's dnsmasq answers
+    the NIC's MAC; QEMU runs inside that namespace."""
+
+    tap: str
+    mac: str
+
+
+GuestNetwork = UserNetwork | TapNetwork
 
 
 @dataclass(frozen=True)
@@ -210,15 +257,15 @@ def boot_script(http_port: int, label: str) -> str:
 class VmConfig:
     """One PXE boot: where its files go, what it boots, and the machine it runs on."""
 
-    workdir: Path  # tftp/, serial.log, firmware.log, qemu.log
+    workdir: Path  # tftp/, serial.log, firmware.log, qemu.log, OVMF_VARS.fd
     label: str
-    http_port: int
-    ssh_port: int
+    network: GuestNetwork
     accelerator: Accelerator
     memory_mib: int = DEFAULT_MEMORY_MIB
     nic: Nic = Nic.VIRTIO
     cpus: int = 2
     cpu: str | None = None  # QEMU -cpu; None: the accelerator's default
+    firmware: Firmware = Firmware.BIOS
 
     @property
     def cpu_model(self) -> str:
@@ -244,22 +291,61 @@ class VmConfig:
     def packet_log(self) -> Path:
         return self.workdir / "network.pcap"
 
+    @property
+    def ovmf_vars(self) -> Path:
+        """This boot's own copy of OVMF's variable store (the firmware writes to it)."""
+        return self.workdir / "OVMF_VARS.fd"
+
+
+def netdev_arg(config: VmConfig) -> str:
+    """-netdev: QEMU's user network (DHCP, TFTP boot.ipxe, SSH forwarded to 127.0.0.1), or
+    an existing tap."""
+    match config.network:
+        case UserNetwork(ssh_port=ssh_port):
+            return ",".join(
+                [
+                    "user",
+                    "id=n0",
+                    f"tftp={config.tftp_dir}",
+                    f"bootfile={BOOTFILE}",
+                    f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+                ]
+            )
+        case TapNetwork(tap=tap):
+            # vnet_hdr=off: with the offload header on, QEMU 7.2's filter-dump writes it
+            # before each frame, and the capture no longer reads as Ethernet
+            return f"tap,id=n0,ifname={tap},script=no,downscript=no,vnet_hdr=off"
+
+
+def nic_arg(config: VmConfig) -> str:
+    """-device of the NIC: a tap network's NIC has the MAC the inventory knows. Under OVMF
+    its ROM is left out (`romfile=`), so the firmware's own PXE boots and fetches iPXE over
+    TFTP, as on a UEFI server without an iPXE ROM."""
+    parts = [config.nic.device(), "netdev=n0"]
+    if isinstance(config.network, TapNetwork):
+        parts.append(f"mac={config.network.mac}")
+    if config.firmware is Firmware.UEFI:
+        parts.append("romfile=")
+    return ",".join(parts)
+
+
+def firmware_args(config: VmConfig) -> list[str]:
+    """SeaBIOS boots the network first (-boot order=n); OVMF, with no disk, PXE-boots
+    from its variable store's defaults."""
+    if config.firmware is Firmware.BIOS:
+        return ["-boot", "order=n"]
+    return [
+        "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+        "-drive", f"if=pflash,format=raw,file={config.ovmf_vars}",
+    ]  # fmt: skip
+
 
 def qemu_command(config: VmConfig, qemu: str = QEMU) -> list[str]:
-    """The QEMU command line of a headless PXE boot with SSH forwarded to 127.0.0.1."""
-    netdev = ",".join(
-        [
-            "user",
-            "id=n0",
-            f"tftp={config.tftp_dir}",
-            f"bootfile={BOOTFILE}",
-            f"hostfwd=tcp:127.0.0.1:{config.ssh_port}-:22",
-        ]
-    )
+    """The QEMU command line of a headless PXE boot."""
     return [
         qemu,
         "-accel", str(config.accelerator),
-        "-machine", "pc",
+        "-machine", config.firmware.machine(),
         "-cpu", config.cpu_model,
         "-smp", str(config.cpus),
         "-m", str(config.memory_mib),
@@ -272,12 +358,12 @@ def qemu_command(config: VmConfig, qemu: str = QEMU) -> list[str]:
         "-device", f"isa-debugcon,iobase={FIRMWARE_DEBUG_PORT},chardev=firmware",
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-pci,rng=rng0",
-        "-netdev", netdev,
-        "-device", f"{config.nic.device()},netdev=n0",
-        # The guest's traffic, headers only: its DHCP lease says when the booted system
-        # is on the network (see PacketWatch).
+        "-netdev", netdev_arg(config),
+        "-device", nic_arg(config),
+        # The guest's traffic, headers only: its DHCP leases say when the firmware and the
+        # booted system are on the network (see PacketWatch).
         "-object", f"filter-dump,id=dump0,netdev=n0,file={config.packet_log},maxlen={PCAP_SNAPLEN}",
-        "-boot", "order=n",
+        *firmware_args(config),
     ]  # fmt: skip
 
 
@@ -290,7 +376,8 @@ def tail(path: Path, lines: int = SERIAL_TAIL_LINES) -> str:
 
 
 class PxeVm:
-    """A running PXE-booted guest; a context manager that always stops QEMU on exit."""
+    """A running PXE-booted guest; a context manager that always stops QEMU on exit. With
+    `netns`, QEMU runs inside that namespace (where its tap is)."""
 
     def __init__(
         self,
@@ -298,10 +385,12 @@ class PxeVm:
         access_log: Path | None = None,
         log: Log | None = None,
         qemu: str = QEMU,
+        netns: Netns | None = None,
     ) -> None:
         self.config = config
         self.log = log
-        self.argv = qemu_command(config, qemu)
+        argv = qemu_command(config, qemu)
+        self.argv = netns.argv(argv) if netns is not None else argv
         self.access_log = access_log
         self.proc: Background | None = None
         self.watch = self.new_watch()
@@ -321,9 +410,13 @@ class PxeVm:
         self.stop()
 
     def start(self) -> None:
-        self.config.tftp_dir.mkdir(parents=True, exist_ok=True)
-        script = boot_script(self.config.http_port, self.config.label)
-        (self.config.tftp_dir / BOOTFILE).write_text(script, encoding="utf-8")
+        self.config.workdir.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.config.network, UserNetwork):
+            self.config.tftp_dir.mkdir(exist_ok=True)
+            script = boot_script(self.config.network.http_port, self.config.label)
+            (self.config.tftp_dir / BOOTFILE).write_text(script, encoding="utf-8")
+        if self.config.firmware is Firmware.UEFI:
+            shutil.copyfile(OVMF_VARS, self.config.ovmf_vars)  # a fresh store per boot
         for stale in (self.config.serial_log, self.config.firmware_log, self.config.packet_log):
             stale.unlink(missing_ok=True)
         self.watch = self.new_watch()

@@ -1,6 +1,7 @@
 """boot-test's report: the checks (the model `verify` shares, plasmaboot.checks) and what a
 reader needs to judge them: each boot's events and phases, the accelerator and CPU model,
-the guest's memory and the exact QEMU command. Written as JSON beside the set."""
+the network and firmware, the guest's memory and the exact QEMU command. Written as JSON
+beside the set."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class BootRecord(BaseModel):
     phases: dict[str, float]
     host_key: str | None
     logs: dict[str, str]
+    ssh_host: str = "127.0.0.1"  # the guest's address inside the namespace with --network netns
 
 
 class BootReport(Report):
@@ -30,6 +32,8 @@ class BootReport(Report):
     accelerator_reason: str
     cpu: str
     nic: str
+    network: str = "user"  # or netns: pxe-server in a namespace
+    firmware: str = "bios"  # or uefi (OVMF)
     memory_mib: int
     qemu_command: list[str]
     boots: list[BootRecord]

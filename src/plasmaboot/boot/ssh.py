@@ -1,6 +1,7 @@
-"""SSH to the guest through QEMU's forwarded port: run a command as root with the
-operator's key, tell a server's banner from a reset or silence, try a password-only login,
-and wait until the guest's sshd answers."""
+"""SSH to the guest, through QEMU's forwarded port on the user network or straight to its
+address inside boot-test's namespace: run a command as root with the operator's key, tell a
+server's banner from a reset or silence, try a password-only login, and wait until the
+guest's sshd answers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from plasmaboot.boot.netns import Netns
 from plasmaboot.boot.qemu import PxeVm
 from plasmaboot.errors import WorkError
 from plasmaboot.log import Log
@@ -31,6 +33,10 @@ SSH_BLIND_PROBE_WAIT = 3.0
 # connection, slowly under TCG): wait for it rather than start another sshd.
 SSH_FIRST_GREETING_WAIT = 1.0
 SSH_GREETING_TIMEOUT = 15.0
+# On a tap the guest's own TCP stack answers: a connection is refused at once while sshd
+# is not listening, and unanswered (no ARP reply, a dropped SYN) while the system has no
+# address yet; give up on those quickly, the next probe follows SSH_POLL_INTERVAL later.
+SSH_CONNECT_TIMEOUT = 1.0
 GREETING_SLICE = 0.2
 SSH_COMMAND_TIMEOUT = 120.0
 
@@ -45,9 +51,26 @@ class Greeting(StrEnum):
 
 @dataclass(frozen=True)
 class Ssh:
+    """The guest's sshd at `host`:`port`; with `netns`, reached from inside that namespace
+    (ssh runs through `ip netns exec`, probes use a socket made there)."""
+
     port: int
     identity: Path
     log: Log | None = None
+    host: str = "127.0.0.1"
+    netns: Netns | None = None
+
+    @property
+    def direct(self) -> bool:
+        """True when the guest's own TCP stack answers (a tap), not QEMU's port forward."""
+        return self.netns is not None
+
+    @property
+    def target(self) -> str:
+        return f"root@{self.host}"
+
+    def inside(self, argv: list[str]) -> list[str]:
+        return self.netns.argv(argv) if self.netns is not None else argv
 
     def base(self) -> list[str]:
         return [
@@ -59,15 +82,15 @@ class Ssh:
         ]  # fmt: skip
 
     def argv(self, command: str) -> list[str]:
-        return [
+        return self.inside([
             *self.base(),
             "-i", str(self.identity),
             "-o", "BatchMode=yes",
             "-o", "IdentitiesOnly=yes",
             "-o", "LogLevel=ERROR",
-            "root@127.0.0.1",
+            self.target,
             command,
-        ]  # fmt: skip
+        ])  # fmt: skip
 
     def run(self, command: str, timeout: float = SSH_COMMAND_TIMEOUT) -> tuple[int, str]:
         try:
@@ -82,14 +105,31 @@ class Ssh:
             raise WorkError(f"over SSH, `{command}` failed with exit code {code}: {out.strip()}")
         return out
 
-    def greeting(self, timeout: float, give_up: Callable[[], bool] | None = None) -> Greeting:
+    def connect(self, timeout: float) -> socket.socket:
+        if self.netns is not None:
+            return self.netns.connect((self.host, self.port), timeout)
+        return socket.create_connection((self.host, self.port), timeout=timeout)
+
+    def greeting(
+        self,
+        timeout: float,
+        give_up: Callable[[], bool] | None = None,
+        connect_timeout: float | None = None,
+    ) -> Greeting:
         """What the SSH port says within `timeout` s: the server's banner; a closed
-        connection (the guest's TCP stack reset it: nothing listens yet); or silence. QEMU
-        accepts the connection itself whatever the guest does, so only what comes back
+        connection (the guest's TCP stack reset it: nothing listens yet); or silence (also
+        a connection nobody answered within `connect_timeout`). Through QEMU's port forward
+        QEMU accepts the connection itself whatever the guest does, so only what comes back
         tells. `give_up` is asked every GREETING_SLICE s while the port is silent."""
         deadline = time.monotonic() + timeout
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock = self.connect(connect_timeout or timeout)
+        except ConnectionRefusedError:
+            return Greeting.CLOSED
+        except OSError:  # no route, no ARP reply, a timeout: nobody there yet
+            return Greeting.SILENT
+        try:
+            with sock:
                 sock.settimeout(GREETING_SLICE)
                 while True:
                     try:
@@ -114,11 +154,11 @@ class Ssh:
             "-o", "BatchMode=yes",
             "-o", "PreferredAuthentications=password,keyboard-interactive",
             "-o", "PubkeyAuthentication=no",
-            "root@127.0.0.1",
+            self.target,
             "true",
         ]  # fmt: skip
         try:
-            proc = run(argv, log=self.log, check=False, timeout=60)
+            proc = run(self.inside(argv), log=self.log, check=False, timeout=60)
         except WorkError as exc:
             return 255, exc.message
         return proc.returncode, proc.stdout.decode("utf-8", "replace")
@@ -127,6 +167,9 @@ class Ssh:
 def wait_for_ssh(vm: PxeVm, ssh: Ssh, timeout: float) -> None:
     """Until the SSH server greets: probed often once the guest has its address, and only
     now and then before (see SSH_BLIND_PROBE_INTERVAL)."""
+    if ssh.direct:
+        wait_for_ssh_direct(vm, ssh, timeout)
+        return
     next_blind_probe = 0.0
     wait = SSH_FIRST_GREETING_WAIT
 
@@ -145,6 +188,31 @@ def wait_for_ssh(vm: PxeVm, ssh: Ssh, timeout: float) -> None:
             wait = SSH_GREETING_TIMEOUT
         elif answer is Greeting.SILENT:
             wait = min(2 * wait, SSH_GREETING_TIMEOUT)
+        return answer is Greeting.BANNER
+
+    vm.wait_until(greeted, timeout, "the SSH server to answer", SSH_POLL_INTERVAL)
+
+
+def wait_for_ssh_direct(vm: PxeVm, ssh: Ssh, timeout: float) -> None:
+    """Until the SSH server greets, on a network where the guest's own TCP stack answers:
+    probed every SSH_POLL_INTERVAL once the initrd is fetched (before, only the firmware or
+    iPXE could answer). The first answer after a silent probe (the kernel booting) marks
+    `network_up`: the system has its address. A reset before any silence is iPXE's, which
+    still holds the address between the initrd and the kernel."""
+    silent_seen = False
+
+    def kernel_there() -> bool:
+        return bool({"initrd_fetched", "kernel_started"} & vm.watch.events.keys())
+
+    def greeted() -> bool:
+        nonlocal silent_seen
+        if not kernel_there():
+            return False
+        answer = ssh.greeting(SSH_GREETING_TIMEOUT, connect_timeout=SSH_CONNECT_TIMEOUT)
+        if answer is Greeting.SILENT:
+            silent_seen = True
+        elif silent_seen or answer is Greeting.BANNER:
+            vm.watch.mark("network_up")
         return answer is Greeting.BANNER
 
     vm.wait_until(greeted, timeout, "the SSH server to answer", SSH_POLL_INTERVAL)

@@ -1,13 +1,17 @@
 """boot-test: PXE-boot a built image in QEMU, log in over SSH and check that the running
 node is what it was built from (manifest.json and its resolved profile; boot.guest). Reads
-only the artifact set: the input checks, the boots, and the report (boot.report).
+only the artifact set: the input checks, the network the boots go through (QEMU's user
+network and an HTTP server on loopback, or pxe-server in a namespace: boot.provisioning),
+the boots, and the report (boot.report).
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -15,13 +19,24 @@ from pydantic import ValidationError
 from plasmaboot.artifacts.layout import BOOT_FILES, MANIFEST
 from plasmaboot.artifacts.manifest import Manifest, read_manifest
 from plasmaboot.boot.guest import check_host_keys, guest_checks, read_host_key
+from plasmaboot.boot.netns import Netns
+from plasmaboot.boot.provisioning import (
+    DEFAULT_SUBNET,
+    Provisioned,
+    ProvisioningPlan,
+    plan_provisioning,
+    provisioning_network,
+)
 from plasmaboot.boot.qemu import (
     DEFAULT_MEMORY_MIB,
     QEMU,
     Accelerator,
+    Firmware,
+    GuestNetwork,
     Nic,
     ProbeResult,
     PxeVm,
+    UserNetwork,
     VmConfig,
     cpu_model,
     cpu_needs_kvm,
@@ -29,6 +44,7 @@ from plasmaboot.boot.qemu import (
     kvm_usable,
     probe_accelerator,
     require_cpu_model,
+    require_ovmf,
     require_rom,
 )
 from plasmaboot.boot.report import BootRecord, BootReport, write_report
@@ -42,9 +58,18 @@ from plasmaboot.serve.app import ServerThread
 
 BOOT_TIMEOUT = {Accelerator.TCG: 300.0, Accelerator.KVM: 120.0}
 SHOWN_HASH = 12  # hex digits of a content hash in a note
+SSH_PORT = 22
 
 # --------------------------------------------------------------------------------------
 # Input
+
+
+class Network(StrEnum):
+    """How the guest PXE-boots: QEMU's user-mode network (its DHCP and TFTP, serve on
+    loopback), or pxe-server (dnsmasq's DHCP and TFTP, serve) in a namespace of its own."""
+
+    USER = "user"
+    NETNS = "netns"
 
 
 @dataclass(frozen=True)
@@ -60,6 +85,11 @@ class BootTestOptions:
     timeout: float | None = None
     # --profile (and --variant) as its files resolve now: only compared with what was built
     current_profile: Profile | None = None
+    network: Network = Network.USER
+    firmware: Firmware = Firmware.BIOS
+    hostname: str | None = None  # --network netns: the machine's; None: the label
+    netns_subnet: str = DEFAULT_SUBNET
+    profiles_dirs: tuple[Path, ...] = ()  # the global --profiles-dir, passed to pxe-server
 
     @property
     def set_dir(self) -> Path:
@@ -115,7 +145,7 @@ def validate(options: BootTestOptions) -> Manifest:
         raise UserError(f"--boots {options.boots}: expected 1 or more")
     require_tool(QEMU)
     require_tool("ssh")
-    require_rom(options.nic)
+    require_firmware(options)
     if options.cpu is not None:
         require_cpu_model(options.cpu)
     if cpu_needs_kvm(options.cpu) and (no_kvm := kvm_usable()) is not None:
@@ -124,6 +154,55 @@ def validate(options: BootTestOptions) -> Manifest:
             hint="leave --cpu out (qemu64 under TCG) or pick a model such as max",
         )
     return manifest
+
+
+def require_firmware(options: BootTestOptions) -> None:
+    """SeaBIOS boots from the NIC's iPXE ROM; OVMF from its own PXE, on the pxe-server path."""
+    if options.firmware is Firmware.BIOS:
+        require_rom(options.nic)
+        return
+    if options.network is not Network.NETNS:
+        raise UserError(
+            "--firmware uefi: boots through --network netns only (OVMF's PXE fetches iPXE "
+            "over TFTP from pxe-server's dnsmasq)",
+            hint="add --network netns (as root), or leave --firmware out",
+        )
+    if options.nic is not Nic.VIRTIO:
+        raise UserError(
+            f"--nic {options.nic} --firmware uefi: OVMF has no driver of its own for this "
+            "NIC, and the NIC's iPXE ROM is left out so that the firmware's PXE boots",
+            hint="leave --nic out (virtio)",
+        )
+    require_ovmf()
+
+
+def plan_network(options: BootTestOptions, manifest: Manifest) -> ProvisioningPlan | None:
+    """--network netns: the namespace, its addresses and the inventory's machine, checked
+    (root, dnsmasq, the iPXE loaders, the profile pxe-server will look up); None for the
+    user network."""
+    if options.network is Network.USER:
+        given = [
+            f"{name} {value}"
+            for name, value, default in (
+                ("--hostname", options.hostname, None),
+                ("--netns-subnet", options.netns_subnet, DEFAULT_SUBNET),
+            )
+            if value != default
+        ]
+        if given:
+            raise UserError(
+                f"{given[0]}: only means something with --network netns",
+                hint="add --network netns, or leave it out",
+            )
+        return None
+    return plan_provisioning(
+        options.label,
+        manifest.profile,
+        manifest.variant,
+        options.hostname,
+        options.netns_subnet,
+        options.profiles_dirs,
+    )
 
 
 def profile_words(name: str, variant: str | None) -> str:
@@ -155,6 +234,53 @@ def rebuilt_note(manifest: Manifest, current: Profile) -> str | None:
 
 
 # --------------------------------------------------------------------------------------
+# The network the boots go through
+
+
+@dataclass(frozen=True)
+class Lab:
+    """Where the boots happen: the HTTP server's log (the watcher reads it), how a guest is
+    plugged in, and how its sshd is reached."""
+
+    access_log: Path
+    identity: Path
+    http_port: int = 0  # the user network's HTTP server on loopback
+    provisioned: Provisioned | None = None  # the namespace with pxe-server
+
+    @property
+    def netns(self) -> Netns | None:
+        return self.provisioned.netns if self.provisioned is not None else None
+
+    def attach(self) -> GuestNetwork:
+        """A network for one boot (the user network forwards a fresh port to its SSH)."""
+        if self.provisioned is not None:
+            return self.provisioned.guest
+        return UserNetwork(self.http_port, free_port())
+
+    def ssh(self, network: GuestNetwork, log: Log) -> Ssh:
+        if self.provisioned is not None:
+            address, space = self.provisioned.address, self.provisioned.netns
+            return Ssh(SSH_PORT, self.identity, log, host=address, netns=space)
+        assert isinstance(network, UserNetwork)
+        return Ssh(network.ssh_port, self.identity, log)
+
+
+@contextmanager
+def open_lab(
+    options: BootTestOptions, plan: ProvisioningPlan | None, identity: Path, log: Log
+) -> Iterator[Lab]:
+    """The HTTP server on loopback for QEMU's user network; or the namespace, its tap and
+    pxe-server. Everything is stopped on exit, whatever ended the run."""
+    if plan is None:
+        access_log = options.workdir / "access.log"
+        with ServerThread(options.artifacts, access_log=access_log) as server:
+            yield Lab(access_log, identity, http_port=server.port)
+        return
+    with provisioning_network(plan, options.artifacts, options.workdir, log) as provisioned:
+        yield Lab(provisioned.server_log, identity, provisioned=provisioned)
+
+
+# --------------------------------------------------------------------------------------
 # The boots
 
 
@@ -166,28 +292,27 @@ def boot_once(
     index: int,
     options: BootTestOptions,
     probe: ProbeResult,
-    http_port: int,
-    access_log: Path,
+    lab: Lab,
     log: Log,
-    identity: Path,
     on_ssh: Callable[[Ssh], None],
 ) -> tuple[BootRecord, Check, list[str]]:
     """One PXE boot until SSH answers; `on_ssh` runs while the guest is up."""
+    network = lab.attach()
     config = VmConfig(
         workdir=options.workdir / f"boot{index}",
         label=options.label,
-        http_port=http_port,
-        ssh_port=free_port(),
+        network=network,
         accelerator=probe.accelerator,
         memory_mib=options.memory_mib,
         nic=options.nic,
         cpu=options.cpu,
+        firmware=options.firmware,
     )
-    ssh = Ssh(config.ssh_port, identity, log)
+    ssh = lab.ssh(network, log)
     timeout = options.timeout or BOOT_TIMEOUT[probe.accelerator]
     host_key: str | None = None
     name = boot_check_name(index)
-    with PxeVm(config, access_log=access_log, log=log) as vm:
+    with PxeVm(config, access_log=lab.access_log, log=log, netns=lab.netns) as vm:
         try:
             wait_for_ssh(vm, ssh, timeout)
         except WorkError as exc:
@@ -211,13 +336,16 @@ def boot_once(
             "firmware": str(config.firmware_log),
             "qemu": str(config.qemu_log),
         }
+        if lab.provisioned is not None:
+            logs["pxe-server"] = str(lab.provisioned.server_log)
         # The packet capture (~30 MB: every packet's headers, the initrd's included) has
         # done its job once SSH answered; a failed boot keeps it, to show what the guest sent.
         if not check.passed:
             logs["network"] = str(config.packet_log)
         record = BootRecord(
             index=index,
-            ssh_port=config.ssh_port,
+            ssh_host=ssh.host,
+            ssh_port=ssh.port,
             events=vm.watch.events,
             phases=vm.watch.phases(),
             host_key=host_key,
@@ -249,6 +377,16 @@ def private_copy(identity: Path, workdir: Path) -> Path:
     return copy
 
 
+def through(options: BootTestOptions, plan: ProvisioningPlan | None) -> str:
+    """The announce line's words for the network and firmware."""
+    if plan is None:
+        return ""
+    return (
+        f" ({options.firmware}) through pxe-server in the network namespace {plan.netns}, "
+        f"as {plan.machine.hostname} at {plan.address}"
+    )
+
+
 def run_boot_test(
     options: BootTestOptions,
     announce: Callable[[str], None] | None = None,
@@ -258,16 +396,17 @@ def run_boot_test(
     `announce` hears one line once the input is valid and the boot starts; `notice` hears
     the one-line note when --profile's files no longer resolve to what was built."""
     manifest = validate(options)
+    plan = plan_network(options, manifest)
     note = rebuilt_note(manifest, options.current_profile) if options.current_profile else None
     if note is not None and notice is not None:
         notice(note)
     if announce is not None:
-        announce(f"booting {options.label} in QEMU (logs: {options.workdir}) ...")
+        how = through(options, plan)
+        announce(f"booting {options.label} in QEMU{how} (logs: {options.workdir}) ...")
     if options.workdir.exists():
         shutil.rmtree(options.workdir)
     options.workdir.mkdir(parents=True)
     identity = private_copy(options.identity, options.workdir)
-    access_log = options.workdir / "access.log"
     checks: list[Check] = []
     boots: list[BootRecord] = []
     memory: dict[str, int] = {}
@@ -277,7 +416,11 @@ def run_boot_test(
         log.info(f"accelerator: {probe.accelerator} ({probe.reason})")
 
         def first_boot_checks(ssh: Ssh) -> None:
-            found, seen = guest_checks(ssh, manifest)
+            if plan is None:
+                found, seen = guest_checks(ssh, manifest)
+            else:  # the inventory named it, and the firmware was chosen
+                hostname, firmware = plan.machine.hostname, str(options.firmware)
+                found, seen = guest_checks(ssh, manifest, hostname=hostname, firmware=firmware)
             checks.extend(found)
             memory.update(seen)
 
@@ -286,10 +429,10 @@ def run_boot_test(
         if blocked:
             detail = f"--cpu {options.cpu} needs KVM, and KVM failed: {probe.reason}"
             checks.append(failed(boot_check_name(1), detail))
-        with ServerThread(options.artifacts, access_log=access_log) as server:
+        with open_lab(options, None if blocked else plan, identity, log) as lab:
             for index in range(1, (0 if blocked else options.boots) + 1):
                 on_ssh = first_boot_checks if index == 1 else lambda ssh: None
-                boot_args = (server.port, access_log, log, identity, on_ssh)
+                boot_args = (lab, log, on_ssh)
                 record, reached, argv = boot_once(index, options, probe, *boot_args)
                 if kvm_gave_out(probe, record, reached) and not cpu_needs_kvm(options.cpu):
                     # KVM passed the probe but the guest died before its kernel arrived:
@@ -316,6 +459,8 @@ def run_boot_test(
         accelerator_reason=probe.reason,
         cpu=cpu_model(options.cpu, probe.accelerator),
         nic=str(options.nic),
+        network=str(options.network),
+        firmware=str(options.firmware),
         memory_mib=options.memory_mib,
         qemu_command=argv,
         boots=boots,

@@ -1,7 +1,8 @@
 """Watching a PXE boot as it happens: the HTTP server's access log (which file was fetched
-when), the serial console (the kernel started) and QEMU's capture of the guest's packets
-(the booted system's DHCP lease), each read as it grows. Events are seconds since QEMU
-started; the phases of the report are the spans between them."""
+when; under pxe-server, its output, where dnsmasq's lines say when a loader went out over
+TFTP), the serial console (the kernel started) and QEMU's capture of the guest's packets
+(the firmware's and the booted system's DHCP leases), each read as it grows. Events are
+seconds since QEMU started; the phases of the report are the spans between them."""
 
 from __future__ import annotations
 
@@ -12,13 +13,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL
+from plasmaboot.formats.ipxe import BOOT_SCRIPT
 
 # serve.py's access log, one line per finished request:
 # "<time> <client> <method> <path> <status> <bytes> <seconds>s"
 ACCESS_LINE = re.compile(r"^\S+ \S+ (?P<method>\S+) (?P<path>\S+) (?P<status>\d+) \d+ [\d.]+s$")
+# dnsmasq's line when its TFTP server has sent a file (pxe-server's output):
+# "dnsmasq-tftp[1234]: sent /tmp/plasmaboot-pxe-x/tftp/snponly.efi to 10.77.0.10"
+TFTP_SENT = re.compile(r"dnsmasq-tftp\[\d+\]: sent \S+ to \S+")
 KERNEL_BANNER = b"Linux version "
-# What an access-log request for each file marks: event name by the path's last segment.
-FETCH_EVENTS = {IPXE: "script_fetched", KERNEL: "kernel_fetched", INITRD: "initrd_fetched"}
+# What an access-log request for each file marks: event name by the path's last segment,
+# without its query. The first script over HTTP is netboot.ipxe on QEMU's user network
+# (boot.ipxe came over TFTP), boot.ipxe?mac= under pxe-server.
+FETCH_EVENTS = {
+    IPXE: "script_fetched",
+    BOOT_SCRIPT: "script_fetched",
+    KERNEL: "kernel_fetched",
+    INITRD: "initrd_fetched",
+}
 
 
 @dataclass
@@ -46,8 +58,9 @@ class BootWatch:
         self.events.setdefault(event, self.elapsed() if at is None else round(at, 3))
 
     def poll(self) -> None:
-        self._poll_access()
+        # the capture first: a lease read in the same poll as a request came before it
         self._poll_packets()
+        self._poll_access()
         if "kernel_started" in self.events or not self.serial_log.exists():
             return
         if KERNEL_BANNER in self.serial_log.read_bytes():
@@ -62,21 +75,28 @@ class BootWatch:
         complete = chunk[: chunk.rfind(b"\n") + 1]
         self.access_offset += len(complete)
         for line in complete.decode("utf-8", "replace").splitlines():
+            if TFTP_SENT.search(line):
+                self.mark("loader_fetched")
+                continue
             match = ACCESS_LINE.match(line)
             if not match or match["method"] != "GET" or match["status"] != "200":
                 continue
-            event = FETCH_EVENTS.get(match["path"].rsplit("/", 1)[-1])
+            name = match["path"].split("?", 1)[0].rsplit("/", 1)[-1]
+            event = FETCH_EVENTS.get(name)
             if event is not None:
                 self.mark(event)
 
     def _poll_packets(self) -> None:
         if self.packets is None:
             return
-        # Acks before the initrd arrived were the firmware's (iPXE); one after it is the
-        # booted system's lease: from then on it has an address, so an SSH probe is
-        # answered at once (a banner, or a reset while sshd is not up yet). A probe sent
-        # before that waits in slirp for seconds, and still reaches sshd later.
+        # The first ack is the firmware's lease (iPXE's, or OVMF's PXE). Acks before the
+        # initrd arrived were the firmware's; one after it is the booted system's lease:
+        # from then on it has an address, so an SSH probe is answered at once (a banner, or
+        # a reset while sshd is not up yet). A probe sent before that waits in slirp for
+        # seconds, and still reaches sshd later.
         acks = self.packets.new_acks()
+        if acks:
+            self.mark("firmware_lease")
         if "initrd_fetched" not in self.events:
             return
         if acks:
@@ -85,6 +105,8 @@ class BootWatch:
     def phases(self) -> dict[str, float]:
         """Durations between events that both happened."""
         spans = {
+            "power_on_to_lease": ("start", "firmware_lease"),
+            "lease_to_script": ("firmware_lease", "script_fetched"),
             "pxe_to_kernel": ("start", "kernel_fetched"),
             "initrd_download": ("kernel_fetched", "initrd_fetched"),
             "kernel_to_network": ("kernel_fetched", "network_up"),

@@ -1,4 +1,5 @@
-"""`plasmaboot boot-test`: a real PXE boot in QEMU, then checks over SSH."""
+"""`plasmaboot boot-test`: a real PXE boot in QEMU (QEMU's user network, or pxe-server in a
+namespace of its own), then checks over SSH."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from plasmaboot.boot.qemu import DEFAULT_MEMORY_MIB, Nic
-from plasmaboot.boot.test import BootTestOptions, run_boot_test
+from plasmaboot.boot.provisioning import DEFAULT_SUBNET
+from plasmaboot.boot.qemu import DEFAULT_MEMORY_MIB, Firmware, Nic
+from plasmaboot.boot.test import BootTestOptions, Network, run_boot_test
 from plasmaboot.checks import render_checks
 from plasmaboot.cli.context import Context, console, err_console, pass_context
 from plasmaboot.errors import UserError
@@ -52,6 +54,35 @@ from plasmaboot.errors import UserError
     "[default: host under KVM, qemu64 under TCG, whose emulation is fastest].",
 )
 @click.option(
+    "--network",
+    type=click.Choice([n.value for n in Network]),
+    default="user",
+    show_default=True,
+    help="user: QEMU's own DHCP and TFTP, the HTTP server on loopback. netns (as root): "
+    "plasmaboot pxe-server (dnsmasq's DHCP and TFTP, HTTP) in a network namespace of its "
+    "own, with a one-machine inventory; also checks the node's hostname.",
+)
+@click.option(
+    "--firmware",
+    type=click.Choice([f.value for f in Firmware]),
+    default="bios",
+    show_default=True,
+    help="bios: SeaBIOS and the NIC's iPXE ROM. uefi (with --network netns): OVMF, whose "
+    "own PXE fetches snponly.efi over TFTP.",
+)
+@click.option(
+    "--hostname",
+    default=None,
+    help="--network netns: the machine's host name in the inventory [default: LABEL].",
+)
+@click.option(
+    "--netns-subnet",
+    metavar="NETWORK",
+    default=DEFAULT_SUBNET,
+    show_default=True,
+    help="--network netns: the namespace's network (server .1, machine .2, then a DHCP range).",
+)
+@click.option(
     "--boots",
     type=click.IntRange(1),
     default=1,
@@ -89,6 +120,10 @@ def boot_test(
     memory_mib: int,
     nic: str,
     cpu: str | None,
+    network: str,
+    firmware: str,
+    hostname: str | None,
+    netns_subnet: str,
     boots: int,
     timeout: float | None,
     report: Path | None,
@@ -96,10 +131,12 @@ def boot_test(
     variant: str | None,
     as_json: bool,
 ) -> None:
-    """PXE-boot the image LABEL in QEMU (TFTP -> iPXE -> HTTP) and check it over SSH.
+    """PXE-boot the image LABEL in QEMU (DHCP -> TFTP -> iPXE -> HTTP) and check it over SSH.
 
     The node is checked against the profile the image was built from (its manifest.json).
-    Exit 0 when every check passes, 1 when one fails, 2 on bad input.
+    With --network netns it boots through plasmaboot pxe-server, as a machine of the
+    inventory boots on a provisioning network. Exit 0 when every check passes, 1 when one
+    fails, 2 on bad input.
     """
     if variant is not None and profile_name is None:
         raise UserError(
@@ -118,6 +155,11 @@ def boot_test(
         report=report,
         timeout=timeout,
         current_profile=current,
+        network=Network(network),
+        firmware=Firmware(firmware),
+        hostname=hostname,
+        netns_subnet=netns_subnet,
+        profiles_dirs=obj.profiles_dirs,
     )
     result = run_boot_test(
         options,
@@ -127,7 +169,10 @@ def boot_test(
     if as_json:
         click.echo(result.to_json())
     else:
-        title = f"boot-test {result.label} ({result.accelerator})"
+        how = result.accelerator
+        if result.network == Network.NETNS:
+            how += f", {result.firmware} through pxe-server"
+        title = f"boot-test {result.label} ({how})"
         console.print(render_checks(title, result.checks))
         for boot in result.boots:
             phases = ", ".join(f"{k} {v:.1f}s" for k, v in boot.phases.items())
