@@ -39,8 +39,11 @@ def pxe_tools() -> None:
     require(*PXE_TOOLS, files=PXE_FILES)  # in CI a missing tool fails the test
 
 
-def boot_test(ci_image: CiImage, tmp_path: Path, firmware: str, hostname: str) -> dict[str, Any]:
+def boot_test(
+    ci_image: CiImage, tmp_path: Path, firmware: str, hostname: str, retry_handover: bool = False
+) -> dict[str, Any]:
     """`plasmaboot boot-test --network netns` as a user runs it; its JSON report."""
+    tmp_path.mkdir(exist_ok=True)
     report = tmp_path / "report.json"
     argv = [
         sys.executable, "-m", "plasmaboot", "--profiles-dir", str(ci_image.profiles_dir),
@@ -53,8 +56,20 @@ def boot_test(ci_image: CiImage, tmp_path: Path, firmware: str, hostname: str) -
     assert report.is_file(), proc.stderr[-3000:]
     data: dict[str, Any] = json.loads(report.read_text())
     failed = [c for c in data["checks"] if c["result"] != "pass"]
+    if proc.returncode != 0 and retry_handover and handover_hang(data):
+        # Known and open: under OVMF+TCG on a loaded machine, about one boot in ten stops
+        # after the kernel and initrd were fetched (the PXE chain itself completed). Say so
+        # and boot once more; a second failure, or any other failure, fails the test.
+        print(f"UEFI boot stopped after the kernel handover; booting once more: {failed}")
+        return boot_test(ci_image, tmp_path / "again", firmware, hostname, retry_handover=False)
     assert proc.returncode == 0, f"{failed}\n{proc.stderr[-3000:]}"
     return data
+
+
+def handover_hang(report: dict[str, Any]) -> bool:
+    """The boot fetched its kernel and initrd, and then the booted system never showed up."""
+    events = report["boots"][0]["events"] if report.get("boots") else {}
+    return "initrd_fetched" in events and "network_up" not in events
 
 
 def check(report: dict[str, Any], name: str) -> str:
@@ -81,7 +96,7 @@ def test_a_bios_machine_boots_its_profile(ci_image: CiImage, tmp_path: Path) -> 
 
 
 def test_a_uefi_machine_boots_through_tftp(ci_image: CiImage, tmp_path: Path) -> None:
-    report = boot_test(ci_image, tmp_path, "uefi", "uefi1")
+    report = boot_test(ci_image, tmp_path, "uefi", "uefi1", retry_handover=True)
     assert check(report, "hostname") == "uefi1 (the inventory's: uefi1)"
     assert check(report, "firmware") == "booted under uefi (want uefi)"
     log = server_output(report)
