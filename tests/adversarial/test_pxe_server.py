@@ -304,3 +304,24 @@ def test_a_state_directory_dnsmasq_cannot_enter_is_refused_before_starting(
     assert "TMPDIR: " in one_line_refusal(proc) and "is not searchable" in proc.stderr
     assert leftovers(space, inventory) == ([], [])
     assert list(private.iterdir()) == []
+
+
+def test_tftp_serves_the_loaders_and_nothing_above_them(
+    space: Netns, inventory: Path, tmp_path: Path
+) -> None:
+    server = start(space, inventory, tmp_path / "pxe.log", "--http-port", "8190")
+    try:
+        got = tmp_path / "got"
+        for name in ("../dnsmasq.conf", "../hosts", "/etc/passwd", "..%2fhosts", "tftp/../../hosts",
+                     "undionly.kpxe/../../hosts", "../../../../../etc/shadow"):  # fmt: skip
+            got.unlink(missing_ok=True)
+            proc = space.run("curl", "-sS", "--path-as-is", "-o", str(got),
+                             f"tftp://10.77.0.1/{name}", timeout=30)  # fmt: skip
+            assert proc.returncode != 0 and not (got.exists() and got.stat().st_size), name
+        proc = space.run("curl", "-sS", "-o", str(got), "tftp://10.77.0.1/undionly.kpxe")
+        assert (
+            proc.returncode == 0
+            and got.read_bytes() == Path("/usr/lib/ipxe/undionly.kpxe").read_bytes()
+        )
+    finally:
+        assert stop(server) == 0
