@@ -1,8 +1,10 @@
-"""Where plasmaboot finds its data (profiles, catalog) and keeps its cache."""
+"""Where plasmaboot finds its data (profiles, catalog) and keeps its cache, and how it reads a
+file a user names (regular files only, never more than it needs)."""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -31,3 +33,16 @@ def cache_dir() -> Path:
         return Path(explicit)
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg) / "plasmaboot"
+
+
+def read_regular_file(path: Path, limit: int) -> bytes | None:
+    """At most `limit` bytes of `path`, or None if it is not a regular file. A device is
+    never opened (opening some has effects: /dev/watchdog arms a reboot) and the file is
+    opened without blocking, so a FIFO put there meanwhile is refused, never waited on."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return None
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return None
+        return handle.read(limit)

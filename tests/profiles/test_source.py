@@ -345,14 +345,15 @@ CORPUS = [
     Case(
         "kernel-module-path",
         {"edge.toml": '[kernel]\nmodules = ["../../etc/x"]\n'},
-        "profiles/edge.toml: kernel.modules[0]: expected a kernel module name of letters, "
-        "digits, '_' and '-' (optionally prefixed with '!'), got \"../../etc/x\"",
+        "profiles/edge.toml: kernel.modules[0]: expected a kernel module name of at most 55 "
+        "letters, digits, '_' and '-' (optionally prefixed with '!'), got \"../../etc/x\"",
     ),
     Case(
         "sysctl-value-newline",
         {"edge.toml": '[sysctl]\n"net.core.somaxconn" = "1\\nkernel.x = 1"\n'},
         'profiles/edge.toml: sysctl."net.core.somaxconn": expected a sysctl value on one '
-        'line (no control characters), got "1\\nkernel.x = 1"',
+        "line of at most 4096 characters (no control or bidirectional formatting characters), "
+        'got "1\\nkernel.x = 1"',
     ),
 ]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from plasmaboot.cli.context import Context, console, pass_context
@@ -62,19 +63,14 @@ def machines_list(obj: Context, inventory: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([machine_json(m) for m in found.machines.values()], indent=2))
         return
-    table = Table(title=f"machines ({found.path})")
+    # escape: a label like "[/]" is text, not rich markup
+    table = Table(title=escape(f"machines ({found.path})"))
     for column in ("machine", "mac", "boots", "hostname", "ipv4", "labels"):
         table.add_column(column, overflow="fold")
     for machine in found.machines.values():
         labels = ", ".join(f"{k}={v}" for k, v in machine.labels.items()) or "-"
-        table.add_row(
-            machine.name,
-            "\n".join(machine.macs),
-            machine.label,
-            machine.hostname,
-            machine.ipv4 or "dhcp",
-            labels,
-        )
+        cells = (machine.name, "\n".join(machine.macs), machine.label, machine.hostname)
+        table.add_row(*map(escape, (*cells, machine.ipv4 or "dhcp", labels)))
     console.print(table)
 
 
@@ -98,7 +94,7 @@ def machines_show(obj: Context, name: str, inventory: Path | None, as_json: bool
     if as_json:
         click.echo(json.dumps(machine_json(machine), indent=2))
         return
-    console.print(f"[bold]{machine.name}[/]: boots {machine.label}", highlight=False)
+    console.print(f"[bold]{machine.name}[/]: boots {escape(machine.label)}", highlight=False)
     rows = {
         "macs": ", ".join(machine.macs),
         "hostname": machine.hostname,
@@ -108,7 +104,7 @@ def machines_show(obj: Context, name: str, inventory: Path | None, as_json: bool
         "labels": ", ".join(f"{k}={v}" for k, v in machine.labels.items()) or "-",
     }
     for key, value in rows.items():
-        console.print(f"  {key + ':':<15}{value}", highlight=False)
+        console.print(f"  {key + ':':<15}{escape(value)}", highlight=False)
 
 
 @machines.command("check")
@@ -122,7 +118,8 @@ def machines_check(obj: Context, inventory: Path | None, as_json: bool) -> None:
         click.echo(json.dumps({"ok": True, "machines": len(found.machines)}))
         return
     macs = sum(len(m.macs) for m in found.machines.values())
-    console.print(f"{found.path}: {len(found.machines)} machines, {macs} MACs: valid")
+    summary = f"{found.path}: {len(found.machines)} machines, {macs} MACs: valid"
+    console.print(escape(summary), highlight=False)
 
 
 @machines.command("schema")

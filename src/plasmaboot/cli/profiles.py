@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from plasmaboot.cli.context import Context, console, pass_context
@@ -40,7 +41,8 @@ def profiles_list(obj: Context, as_json: bool) -> None:
         table.add_column(column)
     for p in resolved:
         services = ", ".join(p.services) if p.services else "-"
-        table.add_row(p.name, ", ".join(p.extends) or "-", p.description, services)
+        # escape: a description or value like "[/]" is text, not rich markup
+        table.add_row(*map(escape, (p.name, ", ".join(p.extends) or "-", p.description, services)))
     console.print(table)
     console.print(f"variants (--variant): {', '.join(store.variant_names())}")
 
@@ -62,27 +64,24 @@ def profiles_show(obj: Context, name: str, variant: str | None, as_json: bool) -
 
 
 def print_profile(profile: Profile) -> None:
-    console.print(f"[bold]{profile.label}[/]: {profile.description}")
-    console.print(f"  sources:  {', '.join(profile.sources)}")
-    console.print(f"  packages: {', '.join(profile.packages)}")
-    console.print(f"  kernel:   {' '.join(profile.kernel.params)}")
+    console.print(f"[bold]{profile.label}[/]: {escape(profile.description)}")
+    console.print(f"  sources:  {escape(', '.join(profile.sources))}")
+    console.print(f"  packages: {escape(', '.join(profile.packages))}")
+    console.print(f"  kernel:   {escape(' '.join(profile.kernel.params))}")
     if profile.kernel.modules:
-        console.print(f"  modules:  {', '.join(profile.kernel.modules)}")
+        console.print(f"  modules:  {escape(', '.join(profile.kernel.modules))}")
     for key, value in profile.sysctl.items():
-        console.print(f"  sysctl:   {key} = {value}")
+        console.print(f"  sysctl:   {escape(f'{key} = {value}')}")
     if profile.services:
         table = Table(title="services")
         for column in ("service", "enabled", "ports", "MemoryMax", "CPUQuota", "package"):
             table.add_column(column)
         for svc in profile.services.values():
             ports = ", ".join(f"{k}={v}" for k, v in svc.ports.items())
+            package = svc.package_file or f"({svc.package_name}: not given)"
+            cells = (svc.name, "yes" if svc.enable else "no", ports)
             table.add_row(
-                svc.name,
-                "yes" if svc.enable else "no",
-                ports,
-                svc.memory_max or "-",
-                svc.cpu_quota or "-",
-                svc.package_file or f"({svc.package_name}: not given)",
+                *map(escape, (*cells, svc.memory_max or "-", svc.cpu_quota or "-", package))
             )
         console.print(table)
 

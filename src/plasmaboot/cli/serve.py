@@ -37,6 +37,14 @@ root_option = click.option(
     type=click.Path(path_type=Path, dir_okay=False),
     help="Append access log lines (and refusals, inventory reloads) to this file, not stderr.",
 )
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=1),
+    default=30,
+    show_default=True,
+    metavar="SECONDS",
+    help="Close a connection that sent no complete request within SECONDS (or idles as long).",
+)
 @inventory_option
 @pass_context
 def serve(
@@ -46,6 +54,7 @@ def serve(
     allow_remote: bool,
     public_url: str | None,
     access_log: Path | None,
+    request_timeout: float,
     inventory: Path | None,
 ) -> None:
     """Serve artifact sets and iPXE boot scripts over HTTP until Ctrl-C.
@@ -75,5 +84,6 @@ def serve(
         public_url=public_url,
         access_log=access_log,
         inventory=watch,
+        request_timeout=request_timeout,
         announce=lambda line: click.echo(line, err=True),
     )

@@ -25,10 +25,11 @@ from plasmaboot.inventory.model import (
     MachineTable,
     SharedSettings,
 )
+from plasmaboot.paths import read_regular_file
 from plasmaboot.profiles.located_errors import (
     describe_validation_error,
     display_path,
-    read_toml,
+    parse_toml,
     render_value,
     suggestion,
 )
@@ -69,21 +70,38 @@ def normalize_mac(mac: str) -> str | None:
 
 def load_inventory(path: Path, store: ProfileStore) -> Inventory:
     """Read, validate and resolve an inventory file; UserError (exit 2) on any problem."""
+    return parse_inventory(read_inventory(path), path, store)
+
+
+def read_inventory(path: Path) -> bytes:
+    """The bytes of an inventory file: a regular file of at most MAX_INVENTORY_SIZE, read
+    once (what is checked is what was read), never a FIFO or a device that would block or
+    never end."""
     display = display_path(path)
     try:
-        size = path.stat().st_size
+        raw = read_regular_file(path, MAX_INVENTORY_SIZE + 1)
     except OSError as exc:
         raise UserError(
             f"--inventory {display}: cannot read ({exc.strerror})",
             hint="pass a machines.toml (see docs/pxe-server.md for its format)",
         ) from exc
-    if size > MAX_INVENTORY_SIZE:
+    if raw is None:
         raise UserError(
-            f"{display}: {size} bytes, larger than {MAX_INVENTORY_SIZE >> 20} MiB",
+            f"--inventory {display}: not a regular file",
+            hint="pass a machines.toml (a FIFO, device or directory is never one)",
+        )
+    if len(raw) > MAX_INVENTORY_SIZE:
+        raise UserError(
+            f"{display}: larger than {MAX_INVENTORY_SIZE >> 20} MiB",
             hint="an inventory of that size is not a machines.toml; check the file",
         )
-    raw = path.read_bytes()
-    data = read_toml(path)
+    return raw
+
+
+def parse_inventory(raw: bytes, path: Path, store: ProfileStore) -> Inventory:
+    """Validate and resolve the bytes of the inventory file `path`."""
+    display = display_path(path)
+    data = parse_toml(raw, path)
     try:
         parsed = InventoryFile.model_validate(data)
     except ValidationError as exc:
@@ -136,16 +154,21 @@ def resolve_machine(
     if not macs:
         raise UserError(f"{where}.mac: expected at least one MAC address, got []")
     normal = [check_mac(mac, f"{where}.mac") for mac in macs]
+    hostname = table.hostname or name
+    check_hostname(hostname, f"{where}.hostname", given=table.hostname is not None)
+    labels = {**(shared.labels or {}), **(table.labels or {})}
+    for key, value in labels.items():
+        check_label(value, f"{where}.labels.{key}")
     return Machine(
         name=name,
         macs=tuple(dict.fromkeys(normal)),
         profile=profile,
         variant=variant,
-        hostname=table.hostname or name,
+        hostname=hostname,
         ipv4=check_ipv4(table.ipv4, f"{where}.ipv4") if table.ipv4 is not None else None,
         kernel_params=tuple(kernel_params),
         ssh_keys=tuple(dict.fromkeys(ssh_keys)),
-        labels={**(shared.labels or {}), **(table.labels or {})},
+        labels=labels,
     )
 
 
@@ -201,7 +224,8 @@ def check_ipv4(value: str, where: str) -> str:
             hint="add the prefix length of the provisioning network",
         )
     address, network = interface.ip, interface.network
-    special = (address.is_loopback, address.is_multicast, address.is_unspecified)
+    broadcast = address == ipaddress.IPv4Address("255.255.255.255")  # limited broadcast
+    special = (address.is_loopback, address.is_multicast, address.is_unspecified, broadcast)
     if any(special) or address.is_link_local:
         raise UserError(f"{where}: expected a host address, got {render_value(value)}")
     if network.prefixlen < 31 and address in (network.network_address, network.broadcast_address):
@@ -210,6 +234,36 @@ def check_ipv4(value: str, where: str) -> str:
             f"(the {'network' if address == network.network_address else 'broadcast'} address)"
         )
     return str(interface)
+
+
+# What dnsmasq's dhcp-host line reads as something other than a name: a lease time
+# (`600`, `1h`, `infinite`), `ignore` (never answer that machine) or an address.
+DNSMASQ_WORD = re.compile(r"[0-9]+[smhdw]?|infinite|ignore")
+
+
+def check_hostname(hostname: str, where: str, given: bool) -> None:
+    """A host name that reaches dnsmasq's hosts file as a name: dnsmasq takes `ignore` for
+    "never answer", `600` or `1h` for a lease time and `10.0.0.5` for an address, and has no
+    quoting. RFC 1123 rules out an all-numeric last label anyway."""
+    last = hostname.rsplit(".", 1)[-1]
+    if DNSMASQ_WORD.fullmatch(hostname) or last.isdigit():
+        raise UserError(
+            f"{where}: {render_value(hostname)} is not usable as a host name (DHCP would read "
+            "it as a lease time, an address or `ignore`)",
+            hint="set hostname to a name with a letter in its last label"
+            if given
+            else "the machine's name is its host name: set hostname in its table",
+        )
+
+
+def check_label(value: str, where: str) -> None:
+    """Labels are printed (machines list/show): no control, line-breaking or bidirectional
+    formatting character can rewrite what the operator sees."""
+    if not value.isprintable():
+        raise UserError(
+            f"{where}: expected printable text (no control or formatting characters), "
+            f"got {render_value(value)}"
+        )
 
 
 def check_kernel_param(param: str, where: str) -> None:
@@ -226,12 +280,23 @@ def check_kernel_param(param: str, where: str) -> None:
 
 
 def check_key_file(ref: str, inventory: Path, where: str) -> str:
-    """A public key file named relative to the inventory file, valid by the one key rule."""
-    if not ref or "\0" in ref or Path(ref).is_absolute():
+    """A public key file inside the inventory's directory (as profiles name their files),
+    valid by the one key rule."""
+    directory = inventory.parent.resolve()
+    if not ref or not ref.isprintable() or Path(ref).is_absolute():
         raise UserError(
             f"{where}: expected a path relative to the inventory file, got {render_value(ref)}"
         )
-    path = (inventory.parent / ref).resolve()
+    try:
+        path = (directory / ref).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise UserError(f"{where}: cannot resolve {render_value(ref)} ({exc})") from exc
+    if not path.is_relative_to(directory):
+        raise UserError(
+            f"{where}: expected a path inside {display_path(directory)}, got "
+            f"{render_value(ref)} (it is {display_path(path)})",
+            hint="copy the key file beside the inventory and name it relatively",
+        )
     try:
         read_public_keys(path)
     except OSError as exc:

@@ -44,9 +44,14 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
+MAX_SHOWN = 200  # characters of a value an error line shows
+
+
 def render_value(value: object) -> str:
-    """A value as it would be written in a file: `"abc"`, `5`, `true`, `["a"]`."""
-    return json.dumps(value, default=str)
+    """A value as it would be written in a file: `"abc"`, `5`, `true`, `["a"]`; a long one
+    cut at MAX_SHOWN characters, so an error stays one readable line."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}... ({len(text)} characters)"
 
 
 def suggestion(word: str, choices: Iterable[str]) -> str:
@@ -74,6 +79,11 @@ def read_toml(path: Path) -> dict[str, Any]:
         raw = path.read_bytes()
     except OSError as exc:
         raise UserError(f"{display_path(path)}: cannot read: {exc.strerror}") from exc
+    return parse_toml(raw, path)
+
+
+def parse_toml(raw: bytes, path: Path) -> dict[str, Any]:
+    """The data of a TOML file's bytes (already read from `path`, which errors name)."""
     try:
         text = raw.decode()
     except UnicodeDecodeError as exc:
@@ -84,6 +94,11 @@ def read_toml(path: Path) -> dict[str, Any]:
         ) from exc
     try:
         return tomllib.loads(text)
+    except RecursionError as exc:  # tomllib recurses into nested arrays and inline tables
+        raise UserError(
+            f"{display_path(path)}: invalid TOML: arrays or inline tables nested too deeply",
+            hint="a plasmaboot file nests a few levels at most; check the file",
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         at = re.search(r" \(at line (\d+), column (\d+)\)$", message)

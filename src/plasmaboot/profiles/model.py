@@ -29,9 +29,14 @@ SERIAL_PATTERN = r"^tty[A-Za-z]+\d+$"
 # A kernel parameter is one word of formats.cmdline's safe alphabet ("!" removes an inherited
 # one): nothing in it can end the iPXE kernel line or add a command to the script.
 KERNEL_PARAM_PATTERN = rf"^!?[{PARAM_CHARS}]{{1,{MAX_PARAM_LENGTH}}}$"
-MODULE_PATTERN = r"^!?[A-Za-z0-9_-]+$"
-# A sysctl value is one line of sysctl.d: no newline can add a second, unchecked setting.
-SYSCTL_TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+# The kernel's MODULE_NAME_LEN (56 on 64-bit) counts the final NUL.
+MODULE_PATTERN = r"^!?[A-Za-z0-9_-]{1,55}$"
+# A sysctl value is one line of sysctl.d: no newline can add a second, unchecked setting, and
+# no C1 control, line separator or bidirectional override can rewrite how `profiles show`
+# displays it. The kernel takes at most a page.
+SYSCTL_TEXT_PATTERN = (
+    r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]{0,4096}$"
+)
 
 # What each pattern means, for error messages ("expected <this>, got ...").
 PATTERN_EXPECTATIONS: dict[str, str] = {
@@ -43,9 +48,10 @@ PATTERN_EXPECTATIONS: dict[str, str] = {
     "(optionally prefixed with '!')",
     SERIAL_PATTERN: "a tty name like ttyS0",
     KERNEL_PARAM_PATTERN: f"{PARAM_EXPECTATION} (optionally prefixed with '!')",
-    MODULE_PATTERN: "a kernel module name of letters, digits, '_' and '-' "
+    MODULE_PATTERN: "a kernel module name of at most 55 letters, digits, '_' and '-' "
     "(optionally prefixed with '!')",
-    SYSCTL_TEXT_PATTERN: "a sysctl value on one line (no control characters)",
+    SYSCTL_TEXT_PATTERN: "a sysctl value on one line of at most 4096 characters "
+    "(no control or bidirectional formatting characters)",
 }
 
 ProfileName = Annotated[str, Field(pattern=NAME_PATTERN)]

@@ -46,8 +46,11 @@ class ProfileStore:
         """(file, profile directory) of the first `name` in the search path, if any."""
         for directory in self.dirs:
             path = directory / ("variants" if kind == "variant" else "") / f"{name}.toml"
-            if path.is_file():
-                return path, directory
+            try:
+                if path.is_file():
+                    return path, directory
+            except OSError:  # a name too long for a file name is no profile either
+                continue
         return None
 
     def find(self, name: str, kind: str = "profile") -> ProfileSource:

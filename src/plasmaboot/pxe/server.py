@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -163,13 +164,23 @@ def find_loaders() -> dict[str, Path]:
 
 
 def check_ports_free(address: ipaddress.IPv4Interface, options: PxeOptions) -> None:
-    """Fail before starting anything when a port this server needs is taken."""
+    """Fail before starting anything when a port this server needs is taken.
+
+    The UDP probes bind as dnsmasq will (on the interface) but without SO_REUSEADDR: dnsmasq
+    sets it on its own sockets, so a probe with it would bind beside another dnsmasq (a
+    second pxe-server, the site's DHCP server on this host) and two DHCP servers would
+    answer on one wire. The TCP probe keeps SO_REUSEADDR, as the HTTP server does, so a
+    connection in TIME_WAIT from a previous run does not count as taken."""
     udp = [TFTP_PORT, DHCP_PORT] + ([PROXY_PORT] if options.proxy else [])
     wanted = [(socket.SOCK_STREAM, options.http_port, "--http-port")]
-    wanted += [(socket.SOCK_DGRAM, port, f"UDP port {port}") for port in udp]
+    wanted += [(socket.SOCK_DGRAM, port, "UDP port") for port in udp]
     for kind, port, what in wanted:
         with socket.socket(socket.AF_INET, kind) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if kind == socket.SOCK_STREAM:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            else:
+                device = options.interface.encode()
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device)
             try:
                 probe.bind((str(address.ip), port))
             except OSError as exc:
@@ -233,9 +244,22 @@ def state_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="plasmaboot-pxe-"))
     os.chmod(path, 0o755)  # dnsmasq's own user reads the TFTP root below it
     try:
+        check_enterable(path)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def check_enterable(path: Path) -> None:
+    """dnsmasq drops root before serving TFTP: every directory above its TFTP root must let
+    others through, or dnsmasq fails after the server has started."""
+    for directory in (path, *path.parents):
+        if not directory.stat().st_mode & stat.S_IXOTH:
+            raise UserError(
+                f"TMPDIR: {directory} is not searchable by other users, so dnsmasq (which "
+                "drops root) cannot read the TFTP root below it",
+                hint="run with TMPDIR=/tmp (or another directory every user may enter)",
+            )
 
 
 def run_pxe_server(
@@ -281,10 +305,7 @@ def supervise(
     digest = watch.current().digest
     while not stop.wait(WATCH_INTERVAL):
         if not dnsmasq.running():
-            raise WorkError(
-                f"dnsmasq exited with code {dnsmasq.returncode}",
-                hint="its last lines above say why",
-            )
+            raise dnsmasq_stopped(dnsmasq.returncode)
         inventory = watch.current()
         if inventory.digest != digest:
             digest = inventory.digest
@@ -295,6 +316,15 @@ def supervise(
                 continue
             write_hosts(hosts, inventory, proxy)
             os.kill(dnsmasq.pid, signal.SIGHUP)  # dnsmasq re-reads dhcp-hostsfile
+
+
+def dnsmasq_stopped(code: int | None) -> WorkError:
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        return WorkError(
+            f"dnsmasq was killed by {name}", hint="something outside plasmaboot stopped it"
+        )
+    return WorkError(f"dnsmasq exited with code {code}", hint="its last lines above say why")
 
 
 def install_stop_signals() -> threading.Event:

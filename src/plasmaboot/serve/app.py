@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from asyncio import to_thread
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,11 +29,14 @@ from typing import TextIO
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from plasmaboot.artifacts.layout import BUILD_LOG, INITRD, IPXE, KERNEL, MANIFEST
 from plasmaboot.errors import UserError
 from plasmaboot.formats import FormatError
 from plasmaboot.formats.ipxe import BOOT_SCRIPT
+from plasmaboot.inventory.load import Inventory
+from plasmaboot.paths import read_regular_file
 from plasmaboot.serve.machines import (
     InventoryWatch,
     ask_with_mac_script,
@@ -56,10 +60,16 @@ ASSET_FILES = frozenset({KERNEL, INITRD, MANIFEST, BUILD_LOG})
 HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 SCRIPT_TYPE = "text/plain"
 SHUTDOWN_TIMEOUT = 2.0
+# A connection that has not sent a complete request by then is closed (a client that never
+# finishes its request line or headers must not hold a connection, and a file descriptor,
+# for ever); also how long an idle keep-alive connection stays open.
+REQUEST_TIMEOUT = 30.0
+MAX_SCRIPT_SIZE = 64 << 10  # a set's netboot.ipxe is a few hundred bytes
 ROOT_KEY = web.AppKey("root", Path)
 PUBLIC_URL_KEY = web.AppKey("public_url", str)
 INVENTORY_KEY = web.AppKey("inventory", InventoryWatch)
 EVENTS_KEY = web.AppKey("events", logging.Logger)
+UTC_STAMP = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def base_url_of(request: web.Request) -> str:
@@ -104,7 +114,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
     root: Path = request.app[ROOT_KEY]
     match segments:
         case (str(name),) if name == BOOT_SCRIPT and INVENTORY_KEY in request.app:
-            return machine_script(request, request.app[INVENTORY_KEY])
+            watch = request.app[INVENTORY_KEY]
+            # a reload reads and checks the whole file: off the event loop, so downloads and
+            # other requests go on meanwhile
+            current = watch.current() if watch.unchanged() else await to_thread(watch.current)
+            return machine_script(request, current)
         case (str(name),) if name == BOOT_SCRIPT:
             profile = request.query.get("profile")
             if profile is None:
@@ -119,7 +133,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound()
 
 
-def machine_script(request: web.Request, watch: InventoryWatch) -> web.Response:
+def machine_script(request: web.Request, inventory: Inventory) -> web.Response:
     """`/boot.ipxe?mac=...` with an inventory: the machine's own script, or a refusal."""
     base = base_url_of(request)
     raw_mac = request.query.get("mac")
@@ -127,7 +141,7 @@ def machine_script(request: web.Request, watch: InventoryWatch) -> web.Response:
         return script_response(ask_with_mac_script(base))
     events = request.app[EVENTS_KEY]
     client = request.remote or "-"
-    found = look_up(watch.current(), raw_mac)
+    found = look_up(inventory, raw_mac)
     if found.machine is None:
         shown = found.mac or f"{printable(raw_mac[:40])} (not a MAC address)"
         events.warning("refused: MAC %s from %s is not in the inventory", shown, client)
@@ -157,11 +171,15 @@ def machine_script(request: web.Request, watch: InventoryWatch) -> web.Response:
 
 
 def read_script(found: BootSet | None) -> str | None:
-    """A set's netboot.ipxe, if it is there and readable."""
+    """A set's netboot.ipxe, if it is there, a regular file of script size, and readable (a
+    FIFO or a huge file put there never blocks or floods the server)."""
     if found is None or resolve_within(found.directory, IPXE) is None:
         return None
     try:
-        return (found.directory / IPXE).read_text(encoding="utf-8")
+        raw = read_regular_file(found.directory / IPXE, MAX_SCRIPT_SIZE + 1)
+        if raw is None or len(raw) > MAX_SCRIPT_SIZE:
+            return None
+        return raw.decode().replace("\r\n", "\n").replace("\r", "\n")  # as read_text() did
     except (OSError, UnicodeDecodeError):
         return None
 
@@ -239,6 +257,32 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
+class RequestErrorFormatter(logging.Formatter):
+    """aiohttp's complaint about a malformed request (a line too long, a bad character, no
+    HTTP at all) as one line naming the client and the problem: a client cannot fill the log
+    with tracebacks. Any other error keeps its traceback (it is a bug of the server)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return super().format(record)
+        problem = (error.message or type(error).__name__).strip().splitlines()[0]
+        line = f"refused: {record.getMessage().lower()}: {problem}"
+        shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in line)
+        return f"{self.formatTime(record, self.datefmt)} {shown}"
+
+
+def errors_logger(stream: TextIO) -> logging.Logger:
+    """Where aiohttp reports requests it could not handle: the server's own log stream."""
+    logger = logging.Logger("plasmaboot.serve.errors", logging.INFO)
+    logger.propagate = False
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(RequestErrorFormatter("%(asctime)s %(message)s", UTC_STAMP))
+    handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
+    logger.addHandler(handler)
+    return logger
+
+
 def events_logger() -> logging.Logger:
     """What the server has to say besides requests (refused machines, inventory reloads);
     `start_site` points it at the access log's stream."""
@@ -249,7 +293,7 @@ def events_logger() -> logging.Logger:
 
 def log_events_to(logger: logging.Logger, stream: TextIO) -> None:
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt=UTC_STAMP))
     handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
     logger.handlers = [handler]
 
@@ -265,15 +309,23 @@ def access_logger(stream: TextIO) -> logging.Logger:
 
 
 async def start_site(
-    app: web.Application, host: str, port: int, log_stream: TextIO
+    app: web.Application,
+    host: str,
+    port: int,
+    log_stream: TextIO,
+    request_timeout: float = REQUEST_TIMEOUT,
 ) -> tuple[web.AppRunner, int]:
     """Start serving `app`; returns the runner and the port actually bound."""
     runner = web.AppRunner(
         app,
         access_log_class=AccessLogger,
         access_log=access_logger(log_stream),
+        logger=errors_logger(log_stream),
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
+        # aiohttp closes a connection still waiting for a request after keepalive_timeout,
+        # counted from its start (or from the last response)
+        keepalive_timeout=request_timeout,
     )
     log_events_to(app[EVENTS_KEY], log_stream)
     await runner.setup()
@@ -308,8 +360,10 @@ class ServerThread:
         port: int = 0,
         access_log: Path | None = None,
         inventory: InventoryWatch | None = None,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         self.root = root
+        self.request_timeout = request_timeout
         self.host = host
         self.port = port
         self.access_log = access_log
@@ -358,7 +412,9 @@ class ServerThread:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         stream = self._log_file if self._log_file is not None else sys.stderr
-        runner, self.port = await start_site(self._app, self.host, self.port, stream)
+        runner, self.port = await start_site(
+            self._app, self.host, self.port, stream, self.request_timeout
+        )
         self._ready.set()
         try:
             await self._stop.wait()
@@ -410,6 +466,7 @@ def serve_forever(
     public_url: str | None = None,
     access_log: Path | None = None,
     inventory: InventoryWatch | None = None,
+    request_timeout: float = REQUEST_TIMEOUT,
     announce: Callable[[str], None] = print,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then stop cleanly (the `plasmaboot serve` command)."""
@@ -420,7 +477,7 @@ def serve_forever(
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        runner, bound = await start_site(app, host, port, log_stream)
+        runner, bound = await start_site(app, host, port, log_stream, request_timeout)
         base = f"http://{url_host(host)}:{bound}"
         labels = published_labels(app[ROOT_KEY])
         announce(f"serving {app[ROOT_KEY]} at {base}/ (labels: {', '.join(labels) or 'none'})")

@@ -4,16 +4,29 @@ boot script, or the refusal an unknown machine gets (logged with its MAC and add
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from plasmaboot.errors import PlasmabootError
-from plasmaboot.inventory.load import Inventory, load_inventory, normalize_mac
+from plasmaboot.inventory.load import (
+    Inventory,
+    load_inventory,
+    normalize_mac,
+    parse_inventory,
+    read_inventory,
+)
 from plasmaboot.inventory.model import Machine
 from plasmaboot.profiles.store import ProfileStore
+
+# A stamp this recent may not change with the next edit: timestamps are only as fine as the
+# file system's (a kernel tick, or 1-2 s on some), so an edit of the same size within that
+# time keeps inode, size and mtime. Until its mtime is older, the content itself is compared.
+RACY_WINDOW_NS = 2_000_000_000
 
 
 def file_stamp(path: Path) -> tuple[int, int, int] | None:
@@ -25,8 +38,13 @@ def file_stamp(path: Path) -> tuple[int, int, int] | None:
     return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
+def is_racy(stamp: tuple[int, int, int] | None) -> bool:
+    return stamp is not None and time.time_ns() - stamp[2] < RACY_WINDOW_NS
+
+
 class InventoryWatch:
-    """The current inventory; `current()` reloads it first if the file changed since."""
+    """The current inventory; `current()` reloads it first if the file changed since. A
+    reload that fails, whatever the reason, keeps the previous inventory and logs why once."""
 
     def __init__(self, path: Path, store: ProfileStore) -> None:
         self.path = path
@@ -35,29 +53,48 @@ class InventoryWatch:
         self._lock = threading.Lock()
         self._stamp = file_stamp(path)
         self._inventory = load_inventory(path, store)  # a bad file at start: exit 2
+        self._seen = self._inventory.digest  # the last content tried, loaded or not
         self.last_error: str | None = None
 
-    def current(self) -> Inventory:
+    def unchanged(self) -> bool:
+        """True when the file's stamp says `current()` has nothing to read (cheap)."""
         stamp = file_stamp(self.path)
-        if stamp == self._stamp:
+        return stamp == self._stamp and not is_racy(stamp)
+
+    def current(self) -> Inventory:
+        if self.unchanged():
             return self._inventory
         with self._lock:
-            if stamp != self._stamp:
+            stamp = file_stamp(self.path)
+            if stamp != self._stamp or is_racy(stamp):
                 self._stamp = stamp
                 self._reload()
         return self._inventory
 
     def _reload(self) -> None:
         try:
-            fresh = load_inventory(self.path, self.store)
+            raw = read_inventory(self.path)
+            digest = hashlib.sha256(raw).hexdigest()
+            if digest == self._seen:  # nothing new: loaded (or refused) before
+                if digest == self._inventory.digest:
+                    self.last_error = None
+                return
+            self._seen = digest
+            fresh = parse_inventory(raw, self.path, self.store)
         except PlasmabootError as exc:
-            self.last_error = exc.message
-            self.log.warning("inventory not reloaded, keeping the previous one: %s", exc.message)
+            self.refuse(exc.message)
             return
-        if fresh.digest != self._inventory.digest:
-            self.log.info("inventory reloaded: %s (%d machines)", self.path, len(fresh.machines))
+        except Exception as exc:  # a server keeps serving: a bug here must not stop it
+            self.refuse(f"unexpected {type(exc).__name__}: {exc}")
+            return
+        self.log.info("inventory reloaded: %s (%d machines)", self.path, len(fresh.machines))
         self._inventory = fresh
         self.last_error = None
+
+    def refuse(self, message: str) -> None:
+        if message != self.last_error:
+            self.log.warning("inventory not reloaded, keeping the previous one: %s", message)
+        self.last_error = message
 
 
 @dataclass(frozen=True)
