@@ -189,3 +189,20 @@ def offline_nix(monkeypatch: pytest.MonkeyPatch) -> None:
     if busybox is None:
         pytest.skip("busybox-static is not installed (the fixture builds need a static /bin/sh)")
     monkeypatch.setenv("NIX_CONFIG", f"substituters =\nsandbox-paths = /bin/sh={busybox}")
+
+
+def live_processes(*texts: str) -> dict[int, str]:
+    """Live (not zombie) processes whose command line contains every one of `texts`:
+    pid -> command line. What "nothing was left running" tests look for."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if all(text in cmdline for text in texts) and state != "Z":
+            found[int(entry.name)] = cmdline
+    return found

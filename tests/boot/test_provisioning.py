@@ -35,6 +35,8 @@ from plasmaboot.inventory.load import load_inventory
 from plasmaboot.log import Log
 from plasmaboot.profiles.store import ProfileStore
 
+from conftest import live_processes
+
 
 def test_the_default_network_puts_server_machine_and_range_apart() -> None:
     addresses = plan_addresses(parse_subnet("10.77.0.0/24"))
@@ -132,21 +134,6 @@ def test_pxe_servers_own_refusal_stays_a_refusal() -> None:
     assert "dnsmasq exited with code 2" in crashed.message
 
 
-def processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if text in cmdline and state != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
 def fake_set(root: Path, label: str) -> None:
     (root / label).mkdir(parents=True)
     for name in ("bzImage", "initrd", "manifest.json"):
@@ -167,7 +154,7 @@ def test_pxe_server_runs_in_the_namespace_and_everything_goes_after(tmp_path: Pa
         assert SERVER_READY in (work / SERVER_LOG).read_text()
         assert provisioned.address == "10.77.0.2" and provisioned.hostname == "w1"
         assert provisioned.guest.mac == MACHINE_MAC
-        running = processes_mentioning(str(work / INVENTORY))  # pxe-server
+        running = live_processes(str(work / INVENTORY))  # pxe-server
         assert running
         inside = provisioned.netns.pids()
         assert len(inside) == 2  # pxe-server and its dnsmasq
@@ -180,7 +167,7 @@ def test_pxe_server_runs_in_the_namespace_and_everything_goes_after(tmp_path: Pa
         )  # fmt: skip
         assert "systemd.hostname=w1" in fetched.stdout, fetched.stderr
         raise KeyboardInterrupt
-    assert not processes_mentioning(str(work / INVENTORY))
+    assert not live_processes(str(work / INVENTORY))
     assert all(not Path(f"/proc/{pid}").exists() for pid in inside)
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert plan.netns not in names

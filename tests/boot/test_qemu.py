@@ -50,25 +50,9 @@ from plasmaboot.formats.cpio import Compression, Entry, write_segment
 from plasmaboot.formats.ipxe import render_netboot_script
 from plasmaboot.serve.app import ServerThread
 
-from conftest import CiImage
+from conftest import CiImage, live_processes
 
 MARKER = "PLASMABOOT-TEST-MARKER: stage-1 reached"
-
-
-def qemu_processes_mentioning(text: str) -> list[int]:
-    """PIDs of live QEMU processes whose command line contains `text`."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if QEMU in cmdline and text in cmdline and state != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 def config(
@@ -115,7 +99,7 @@ def test_firmware_marker_is_not_seen_when_the_guest_never_runs(tmp_path: Path) -
         assert proc.poll() is None
     finally:
         proc.stop()
-    assert not qemu_processes_mentioning(str(log))
+    assert not live_processes(QEMU, str(log))
 
 
 def test_probe_picks_an_accelerator_that_runs_and_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -128,7 +112,7 @@ def test_probe_picks_an_accelerator_that_runs_and_leaves_nothing_behind(tmp_path
         assert result.reason.startswith("KVM failed")
     else:
         assert (tmp_path / "kvm-probe-firmware.log").read_bytes().count(FIRMWARE_BOOT_PHASE)
-    assert not qemu_processes_mentioning(str(tmp_path))
+    assert not live_processes(QEMU, str(tmp_path))
 
 
 # --------------------------------------------------------------------------------------
@@ -213,7 +197,7 @@ def test_vm_is_stopped_when_the_block_raises(tmp_path: Path) -> None:
         assert (cfg.tftp_dir / BOOTFILE).read_text() == boot_script(8123, "worker")
         raise RuntimeError("boom")
     assert vm.proc is not None and vm.proc.returncode is not None
-    assert not qemu_processes_mentioning(str(cfg.workdir))
+    assert not live_processes(QEMU, str(cfg.workdir))
 
 
 def test_vm_dies_with_a_killed_parent(tmp_path: Path) -> None:
@@ -233,13 +217,13 @@ def test_vm_dies_with_a_killed_parent(tmp_path: Path) -> None:
     parent.stdin.write(pickle.dumps(cfg))
     parent.stdin.close()
     qemu_pid = int(parent.stdout.readline())
-    assert qemu_processes_mentioning(str(cfg.workdir)) == [qemu_pid]
+    assert list(live_processes(QEMU, str(cfg.workdir))) == [qemu_pid]
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 10
-    while qemu_processes_mentioning(str(cfg.workdir)) and time.monotonic() < deadline:
+    while live_processes(QEMU, str(cfg.workdir)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not qemu_processes_mentioning(str(cfg.workdir))
+    assert not live_processes(QEMU, str(cfg.workdir))
 
 
 def test_wait_until_fails_with_the_serial_tail_when_the_guest_stops(tmp_path: Path) -> None:

@@ -37,6 +37,8 @@ from plasmaboot.formats.ipxe import render_netboot_script
 from plasmaboot.paths import builtin_profiles_dir
 from plasmaboot.profiles.store import ProfileStore
 
+from conftest import live_processes
+
 WORKER = ProfileStore().resolve("worker")
 TCG = ProbeResult(Accelerator.TCG, "the test asked for TCG")
 MANIFEST = {
@@ -416,22 +418,6 @@ def test_netns_with_a_profile_pxe_server_cannot_find_is_bad_input(
     assert "--profiles-dir DIR" in output
 
 
-def left_running(*texts: str) -> list[str]:
-    """Command lines of live processes mentioning every one of `texts`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if all(text in cmdline for text in texts) and state != "Z":
-            found.append(cmdline)
-    return found
-
-
 def until_the_script_then(ending: BaseException) -> object:
     """A wait_for_ssh that lets the real chain run until the guest fetched its script from
     pxe-server (dnsmasq's DHCP, HTTP), then ends the boot as `ending` does."""
@@ -477,6 +463,6 @@ def test_a_netns_boot_goes_through_pxe_server_and_leaves_nothing_behind(
     assert "boot: machine w1 (MAC 52:54:00:77:00:02) from 10.77.0.2" in server_log
     assert (options.workdir / "machines.toml").is_file()
     # nothing is left: no QEMU, no pxe-server, no dnsmasq, no namespace
-    assert not left_running(str(options.workdir))
+    assert not live_processes(str(options.workdir))
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert namespace_name() not in names
