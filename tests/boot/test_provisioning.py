@@ -78,6 +78,14 @@ def test_the_machine_is_named_after_the_label_unless_told() -> None:
     assert refused.value.hint == "give the machine a name: --hostname node1"
 
 
+@pytest.mark.parametrize("name", ["600", "ignore", "infinite", "node.10"])
+def test_a_host_name_dnsmasq_would_misread_is_refused_as_the_inventory_refuses_it(
+    name: str,
+) -> None:
+    with pytest.raises(UserError, match=r"--hostname .*is not usable as a host name"):
+        machine_hostname("control-plane", name)
+
+
 def test_the_inventory_written_is_the_machine_pxe_server_reads(tmp_path: Path) -> None:
     machine = make_machine("control-plane", "debug", "cp1.lab", "10.77.0.2/24")
     path = tmp_path / INVENTORY

@@ -21,6 +21,7 @@ from pathlib import Path
 from plasmaboot.boot.netns import Netns, namespace, namespace_name, require_netns
 from plasmaboot.boot.qemu import TapNetwork
 from plasmaboot.errors import UserError, WorkError
+from plasmaboot.inventory.load import check_hostname
 from plasmaboot.inventory.model import HOSTNAME_PATTERN, Machine
 from plasmaboot.log import Log
 from plasmaboot.profiles.store import ProfileStore
@@ -102,6 +103,9 @@ def machine_hostname(label: str, hostname: str | None) -> str:
     """--hostname, else the set's label; either must be a host name."""
     value = hostname if hostname is not None else label
     if len(value) <= 253 and re.fullmatch(HOSTNAME_PATTERN, value):
+        # the inventory's own rule for what dnsmasq would misread (600, ignore, 10.0.0.5)
+        where = f"--hostname {hostname!r}" if hostname is not None else f"{label} (the label)"
+        check_hostname(value, where, given=hostname is not None)
         return value
     if hostname is not None:
         raise UserError(
