@@ -103,11 +103,6 @@ def test_what_is_let_in_renders_as_one_word_or_one_line(tmp_path: Path) -> None:
     assert modules[1:-1] == list(profile.kernel.modules)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: formats.cmdline.check_cmdline (the 2048-character limit) is called nowhere; "
-    "a longer line is built and the kernel silently cuts it, dropping the last parameters",
-)
 def test_parameters_longer_than_the_kernel_command_line_are_refused(tmp_path: Path) -> None:
     params = ", ".join(f'"p{i}={"x" * 500}"' for i in range(5))  # about 2.5 KB
     message = refused(tmp_path, f"[kernel]\nparams = [{params}]\n")

@@ -192,3 +192,10 @@ def test_a_served_script_names_one_exact_set() -> None:
 def test_a_set_url_the_script_cannot_carry_is_refused(set_url: str) -> None:
     with pytest.raises(FormatError, match="set URL"):
         render_netboot_script("worker", [], set_url=set_url)
+
+
+def test_a_kernel_line_past_the_kernels_limit_is_refused_not_cut() -> None:
+    fits = [f"p{i}={'x' * 400}" for i in range(4)]
+    render_netboot_script("worker", fits)
+    with pytest.raises(FormatError, match="the kernel takes 2048"):
+        render_netboot_script("worker", [*fits, "q=" + "y" * 450])

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from plasmaboot.artifacts.layout import INITRD, KERNEL
 from plasmaboot.formats import FormatError
-from plasmaboot.formats.cmdline import check_param
+from plasmaboot.formats.cmdline import check_cmdline, check_param
 
 # The base URL the PXE server (or `plasmaboot serve`) provides to scripts.
 BOOT_SERVER = "${boot-server}"
@@ -45,6 +45,7 @@ def render_netboot_script(
     for param in kernel_params:
         check_kernel_param(param)
     words = ["initrd=initrd", *kernel_params]
+    check_cmdline(words)  # past the kernel's limit the last parameters would be cut
     return "".join(f"{line}\n" for line in script_lines(label, words, set_url))
 
 

@@ -38,6 +38,7 @@ from plasmaboot.artifacts.layout import (
 from plasmaboot.artifacts.manifest import Manifest, file_records, read_manifest, write_manifest
 from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.errors import PlasmabootError, WorkError
+from plasmaboot.formats import FormatError
 from plasmaboot.formats.ipxe import render_netboot_script
 from plasmaboot.image.backend import Backend, BackendOptions, BuildRequest, BuildResult
 from plasmaboot.image.backends import AUTO, select_backend
@@ -227,7 +228,11 @@ def finish_set(backend: Backend, request: BuildRequest, result: BuildResult, key
     params = [*profile.kernel.params, *result.extra_kernel_params]
     if not profile.network.predictable_names:
         params.append("net.ifnames=0")
-    (staged / IPXE).write_text(render_netboot_script(profile.label, params))
+    try:
+        script = render_netboot_script(profile.label, params)
+    except FormatError as exc:  # the backend's own parameters pushed the line too far
+        raise WorkError(f"{IPXE}: {exc}") from exc
+    (staged / IPXE).write_text(script)
     with log.step("check outputs"):
         check_outputs(staged)
     manifest = Manifest(

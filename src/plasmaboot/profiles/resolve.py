@@ -9,6 +9,8 @@ from typing import Any
 
 from plasmaboot.catalog import load_catalog
 from plasmaboot.errors import UserError
+from plasmaboot.formats import FormatError
+from plasmaboot.formats.cmdline import check_cmdline
 from plasmaboot.profiles.located_errors import validate_data
 from plasmaboot.profiles.merge import merge_file
 from plasmaboot.profiles.model import (
@@ -40,7 +42,23 @@ def resolve_profile(name: str, variant: str | None, chain: list[ProfileSource]) 
         "services": services,
         "sources": [source.display for source in chain],
     }
-    return validate_data(Profile, body, chain[-1].display, PATTERN_EXPECTATIONS)
+    profile = validate_data(Profile, body, chain[-1].display, PATTERN_EXPECTATIONS)
+    check_command_line(profile, chain)
+    return profile
+
+
+def check_command_line(profile: Profile, chain: list[ProfileSource]) -> None:
+    """The merged kernel parameters fit the kernel's command line (with the `initrd=initrd`
+    the script adds): past its limit the kernel silently cuts the last ones."""
+    try:
+        check_cmdline(["initrd=initrd", *profile.kernel.params])
+    except FormatError as exc:
+        setters = [s for s in chain if "params" in (s.data.get("kernel") or {})]
+        blamed = (setters or chain)[-1]
+        raise UserError(
+            f"{blamed.display}: kernel.params: {exc}",
+            hint="drop parameters, or move machine-specific ones to the inventory",
+        ) from exc
 
 
 def describe(profile_chain: list[ProfileSource], variant: str | None, last: ProfileSource) -> str:

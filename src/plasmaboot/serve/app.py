@@ -157,12 +157,17 @@ def machine_script(request: web.Request, inventory: Inventory) -> web.Response:
         )  # fmt: skip
         return script_response(refusal_script(f"no image is published for {machine.label}"))
     try:
-        script = render_script(text, base, boot_set.url_prefix, machine_params(machine))
+        render_script(text, base, boot_set.url_prefix)
     except FormatError as exc:
         events.warning(
             "refused: %s: its %s is not plasmaboot's: %s", boot_set.directory.name, IPXE, exc
         )
         return script_response(refusal_script(f"the image for {machine.label} is damaged"))
+    try:
+        script = render_script(text, base, boot_set.url_prefix, machine_params(machine))
+    except FormatError as exc:  # the machine's own parameters push the kernel line too far
+        events.warning("refused: machine %s (MAC %s): %s", machine.name, found.mac, exc)
+        return script_response(refusal_script(f"the kernel line of {machine.name} is too long"))
     events.info(
         "boot: machine %s (MAC %s) from %s gets %s",
         machine.name, found.mac, client, boot_set.directory.name,
