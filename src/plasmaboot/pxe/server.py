@@ -279,7 +279,13 @@ def run_pxe_server(
         write_hosts(Path(config.hosts_file), watch.current(), options.proxy)
         (state / "dnsmasq.conf").write_text(render(config))
         address = str(checked.address.ip)
-        server = ServerThread(options.root, host=address, port=options.http_port, inventory=watch)
+        server = ServerThread(
+            options.root,
+            host=address,
+            port=options.http_port,
+            inventory=watch,
+            leases=Path(config.lease_file),  # a machine's lease binds its host-key token
+        )
         with server, start_dnsmasq(state / "dnsmasq.conf") as dnsmasq:
             mode = "proxyDHCP" if options.proxy else f"DHCP {options.dhcp_range}"
             announce(
