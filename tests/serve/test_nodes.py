@@ -26,7 +26,15 @@ from plasmaboot.inventory.state import known_hosts_lines, read_host_keys
 from plasmaboot.profiles.store import ProfileStore
 from plasmaboot.serve.app import ServerThread
 from plasmaboot.serve.machines import InventoryWatch
-from plasmaboot.serve.nodelayer import LAYER, PRIVATE_MARKERS, REPORTER, TOKEN_FILE
+from plasmaboot.serve.nodelayer import (
+    LAYER,
+    PRIVATE_MARKERS,
+    REPORTER,
+    TOKEN_FILE,
+    segment,
+    token_files,
+)
+from plasmaboot.serve.nodes import token_segment
 
 from conftest import make_keypair
 
@@ -348,3 +356,8 @@ def test_the_reporter_gives_up_quietly_when_the_server_is_gone(
     proc, said = run_reporter(layer, ssh_dir, tmp_path, PLASMABOOT_REPORT_ATTEMPTS="3")
     assert proc.returncode == 0
     assert re.fullmatch(r"plasmaboot: host keys not reported: no answer after 3 attempts\n", said)
+
+
+def test_the_token_archive_from_its_template_is_the_archive_of_the_token() -> None:
+    for value in ("x" * 32, "AAAA" + "b" * 28, "A" * 16 + "_-" * 8):
+        assert token_segment(value) == segment(token_files(value))

@@ -18,6 +18,7 @@ provisioning network can fetch its script and report keys of its own.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -135,6 +136,23 @@ def add_initrd(script: str, url: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@functools.cache
+def token_template(length: int) -> bytes:
+    """The token's archive with a placeholder token of `length` characters: the archive of
+    any token of that length differs from it only there (its size is in the header)."""
+    return segment(token_files("A" * length))
+
+
+def token_segment(value: str) -> bytes:
+    """The token's own archive (0600), made per request from the template."""
+    placeholder = f"{'A' * len(value)}\n".encode()
+    template = token_template(len(value))
+    if template.count(placeholder) != 1:
+        return segment(token_files(value))
+    token_files(value)  # the token's shape, checked as for any file
+    return template.replace(placeholder, f"{value}\n".encode())
+
+
 def files_digest(files: dict[str, tuple[bytes, int]]) -> str:
     digest = hashlib.sha256()
     for path, (data, mode) in sorted(files.items()):
@@ -189,7 +207,7 @@ async def handle_segment(request: web.Request) -> web.Response:
             files.update(reporter_files(machine, server_address(service.base_url(request))))
     data = service.segment_bytes(files)
     if isinstance(token, Token):
-        data += segment(token_files(token.value))
+        data += token_segment(token.value)
     return web.Response(body=data, content_type=SEGMENT_TYPE, headers={"Cache-Control": "no-store"})
 
 
