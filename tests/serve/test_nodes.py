@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -361,3 +362,22 @@ def test_the_reporter_gives_up_quietly_when_the_server_is_gone(
 def test_the_token_archive_from_its_template_is_the_archive_of_the_token() -> None:
     for value in ("x" * 32, "AAAA" + "b" * 28, "A" * 16 + "_-" * 8):
         assert token_segment(value) == segment(token_files(value))
+
+
+def test_a_report_that_arrives_in_pieces_is_read_whole(
+    server: ServerThread, inventory: Path, tmp_path: Path
+) -> None:
+    token = token_of(node_url(server, "52:54:00:12:34:01"))
+    body = report_body(host_keys(tmp_path))
+    head = (
+        f"POST /node/w1/hostkeys?token={token} HTTP/1.0\r\nHost: x\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + body[:40])
+        time.sleep(0.3)
+        sock.sendall(body[40:])
+        answer = sock.makefile("rb").readline()
+    assert answer.split()[1] == b"200", answer
+    record = read_host_keys(inventory, "w1")
+    assert record is not None and len(record.keys) == 2

@@ -1,4 +1,5 @@
-"""`plasmaboot machines list|show|check|schema`: the machine inventory (machines.toml)."""
+"""`plasmaboot machines list|show|check|known-hosts|schema`: the machine inventory
+(machines.toml) and what its machines reported (known-hosts)."""
 
 from __future__ import annotations
 

@@ -204,7 +204,13 @@ async def handle_segment(request: web.Request) -> web.Response:
                 "per-node layer of %s to %s without the reporter: %s", name, client, token
             )
         else:
-            files.update(reporter_files(machine, server_address(service.base_url(request))))
+            try:
+                server = server_address(service.base_url(request))
+            except NodeLayerError as exc:  # a --public-url the reporter cannot use
+                service.events.warning("per-node layer of %s without the reporter: %s", name, exc)
+                token = None
+            else:
+                files.update(reporter_files(machine, server))
     data = service.segment_bytes(files)
     if isinstance(token, Token):
         data += token_segment(token.value)
@@ -237,7 +243,7 @@ async def handle_report(request: web.Request) -> web.Response:
     length = request.content_length
     if length is not None and length > MAX_REPORT_SIZE:
         return refuse(413, "report too large")
-    body = await request.content.read(MAX_REPORT_SIZE + 1)
+    body = await read_limited(request, MAX_REPORT_SIZE)
     if len(body) > MAX_REPORT_SIZE:
         return refuse(413, "report too large")
     found = service.tokens.check(request.query.get("token", ""), name, client)
@@ -259,6 +265,20 @@ async def handle_report(request: web.Request) -> web.Response:
         found.boot,
     )
     return web.Response(text="recorded\n", headers={"Cache-Control": "no-store"})
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The request's body, or its first `limit` + 1 bytes when it is longer (a read returns
+    what has arrived, so it is read until the end or past the limit)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def parse_report(body: bytes) -> list[str] | None:
