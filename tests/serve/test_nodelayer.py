@@ -179,3 +179,11 @@ def test_server_address_for_bash() -> None:
     assert server_address("http://[fd77::1]:8080/pb").host == "fd77::1"
     assert server_address("http://boot.lab").port == 80
     assert server_address("https://boot.lab/x/").path == "/x"
+
+
+def test_a_static_address_keeps_the_profiles_mtu(machine: Machine) -> None:
+    network = node_files(machine, SET_ID, mtu=9000)[STATIC_NETWORK][0].decode()
+    assert "[Link]\nMTUBytes=9000\n" in network
+    assert "MTUBytes" not in node_files(machine, SET_ID)[STATIC_NETWORK][0].decode()
+    with pytest.raises(NodeLayerError):
+        node_files(machine, SET_ID, mtu=10**6)

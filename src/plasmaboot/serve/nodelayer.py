@@ -84,9 +84,12 @@ def server_address(base_url: str) -> ServerAddress:
 # the files
 
 
-def node_files(machine: Machine, set_id: str) -> dict[str, tuple[bytes, int]]:
+def node_files(
+    machine: Machine, set_id: str, mtu: int | None = None
+) -> dict[str, tuple[bytes, int]]:
     """The machine's own files (path under the layer -> (contents, mode)), without the
-    reporter. FormatError/OSError when a key file no longer holds public keys only."""
+    reporter; `mtu` is the set's profile's network.mtu (kept on a static address).
+    FormatError/OSError when a key file no longer holds public keys only."""
     check_names(machine)
     files = {
         "etc/hostname": (f"{machine.hostname}\n".encode(), 0o644),
@@ -96,7 +99,7 @@ def node_files(machine: Machine, set_id: str) -> dict[str, tuple[bytes, int]]:
     if keys:
         files[f"{NODE_DIR}/authorized_keys"] = (keys, 0o644)
     if machine.ipv4 is not None:
-        files[STATIC_NETWORK] = (static_network(machine), 0o644)
+        files[STATIC_NETWORK] = (static_network(machine, mtu), 0o644)
     return files
 
 
@@ -133,17 +136,21 @@ def authorized_keys(machine: Machine) -> bytes:
     return "".join(f"{line}\n" for line in unique).encode()
 
 
-def static_network(machine: Machine) -> bytes:
+def static_network(machine: Machine, mtu: int | None = None) -> bytes:
     """systemd-networkd's file for the machine's static address on its own NICs (matched
-    on the inventory's MACs; `05-` sorts before the image's DHCP file, so it wins)."""
+    on the inventory's MACs; `05-` sorts before the image's DHCP file, so it wins), with
+    the profile's MTU when it sets one (as the image's DHCP file does)."""
     assert machine.ipv4 is not None
     interface = ipaddress.IPv4Interface(machine.ipv4)  # checked by the inventory
     macs = " ".join(machine.macs)
     if not re.fullmatch(r"[0-9a-f:]+( [0-9a-f:]+)*", macs):
         raise NodeLayerError(f"MAC addresses {macs!r}")
+    if mtu is not None and not 68 <= mtu <= 65535:
+        raise NodeLayerError(f"MTU {mtu!r}")
+    link = f"[Link]\nMTUBytes={mtu}\n\n" if mtu is not None else ""
     return (
         "# plasmaboot: this machine's static address from the inventory\n"
-        f"[Match]\nMACAddress={macs}\n\n"
+        f"[Match]\nMACAddress={macs}\n\n{link}"
         f"[Network]\nAddress={interface}\nDHCP=no\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
     ).encode()
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from plasmaboot.artifacts.manifest import read_manifest
 from plasmaboot.formats import FormatError
 from plasmaboot.inventory.load import Inventory, normalize_mac
 from plasmaboot.inventory.model import Machine
@@ -124,6 +125,16 @@ class NodeService:
         return data
 
 
+@functools.lru_cache(maxsize=256)
+def set_mtu(set_dir: Path) -> int | None:
+    """The network.mtu of the profile a set was built from (a set never changes once
+    published); None when it sets none or its manifest cannot be read."""
+    try:
+        return read_manifest(set_dir).resolved_profile.network.mtu
+    except (OSError, ValueError):
+        return None
+
+
 def add_initrd(script: str, url: str) -> str:
     """`initrd --name node URL` before the script's last line (`boot`), and `initrd=node`
     on its kernel line for the EFI stub (it loads the initrds named there)."""
@@ -194,7 +205,7 @@ async def handle_segment(request: web.Request) -> web.Response:
     boot_set = find_set(service.root, machine.label) if machine is not None else None
     if machine is None or boot_set is None:
         raise web.HTTPNotFound(text=f"no per-node layer for {printable(name)}\n")
-    files = node_files_or_none(service, machine, boot_set.directory.name)
+    files = node_files_or_none(service, machine, boot_set.directory)
     value = request.query.get("token")
     token: Token | Refusal | None = None
     if value is not None:
@@ -218,10 +229,10 @@ async def handle_segment(request: web.Request) -> web.Response:
 
 
 def node_files_or_none(
-    service: NodeService, machine: Machine, set_id: str
+    service: NodeService, machine: Machine, set_dir: Path
 ) -> dict[str, tuple[bytes, int]]:
     try:
-        return node_files(machine, set_id)
+        return node_files(machine, set_dir.name, set_mtu(set_dir))
     except (OSError, FormatError, NodeLayerError) as exc:
         service.events.warning("refused: per-node layer of %s: %s", machine.name, exc)
         raise web.HTTPInternalServerError(
