@@ -21,6 +21,7 @@ import pytest
 from node_layers import members, write_node
 from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL, MANIFEST
 from plasmaboot.artifacts.publish import publish_atomically
+from plasmaboot.formats import FormatError
 from plasmaboot.formats.ipxe import render_netboot_script
 from plasmaboot.inventory.load import load_inventory
 from plasmaboot.inventory.state import known_hosts_lines, read_host_keys
@@ -35,7 +36,7 @@ from plasmaboot.serve.nodelayer import (
     segment,
     token_files,
 )
-from plasmaboot.serve.nodes import token_segment
+from plasmaboot.serve.nodes import add_initrd, token_segment
 
 from conftest import make_keypair
 
@@ -381,3 +382,16 @@ def test_a_report_that_arrives_in_pieces_is_read_whole(
     assert answer.split()[1] == b"200", answer
     record = read_host_keys(inventory, "w1")
     assert record is not None and len(record.keys) == 2
+
+
+def test_the_node_initrd_is_added_only_where_the_kernel_line_has_room() -> None:
+    script = "#!ipxe\n# plasmaboot: w\nkernel http://s/k initrd=initrd a=1\ninitrd --name initrd http://s/i\nboot\n"
+    assert add_initrd(script, "http://s/node/w.cpio") == (
+        "#!ipxe\n# plasmaboot: w\nkernel http://s/k initrd=initrd a=1 initrd=node\n"
+        "initrd --name initrd http://s/i\ninitrd --name node http://s/node/w.cpio\nboot\n"
+    )
+    # 2045 characters: room for the set's line, not for " initrd=node" as well
+    full = script.replace("a=1", "p0=" + "x" * 1000 + " p1=" + "x" * 1021)
+    render_netboot_script("w", ["p0=" + "x" * 1000, "p1=" + "x" * 1021])  # fits without
+    with pytest.raises(FormatError, match="command line"):
+        add_initrd(full, "http://s/node/w.cpio")

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from plasmaboot.artifacts.manifest import read_manifest
 from plasmaboot.formats import FormatError
+from plasmaboot.formats.cmdline import check_cmdline
 from plasmaboot.inventory.load import Inventory, normalize_mac
 from plasmaboot.inventory.model import Machine
 from plasmaboot.inventory.state import is_bare_key, record_host_keys
@@ -107,7 +108,13 @@ class NodeService:
         url = f"{self.base_url(request)}/node/{machine.name}.cpio"
         if token is not None:
             url += f"?token={token.value}"
-        return add_initrd(script, url)
+        try:
+            return add_initrd(script, url)
+        except FormatError as exc:  # `initrd=node` would push the kernel line too far
+            self.events.warning(
+                "machine %s boots without its per-node layer: %s", machine.name, exc
+            )
+            return script
 
     # the segment -----------------------------------------------------------------------
 
@@ -143,6 +150,7 @@ def add_initrd(script: str, url: str) -> str:
         raise FormatError("the script does not end with `boot`")
     kernel = next(i for i, line in enumerate(lines) if line.startswith("kernel "))
     lines[kernel] += f" initrd={NODE_INITRD}"
+    check_cmdline(lines[kernel].split(" ")[2:])  # the words after the kernel's URL
     lines.insert(len(lines) - 1, f"initrd --name {NODE_INITRD} {url}")
     return "\n".join(lines) + "\n"
 
