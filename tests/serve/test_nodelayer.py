@@ -187,3 +187,10 @@ def test_a_static_address_keeps_the_profiles_mtu(machine: Machine) -> None:
     assert "MTUBytes" not in node_files(machine, SET_ID)[STATIC_NETWORK][0].decode()
     with pytest.raises(NodeLayerError):
         node_files(machine, SET_ID, mtu=10**6)
+
+
+@pytest.mark.parametrize("name", ['"a;reboot"', '"A1"', '"x/../y"', '"n\\nx"'])
+def test_a_hostile_machine_name_never_loads(tmp_path: Path, name: str) -> None:
+    """The machine's name reaches node.json and the reporter's URL path."""
+    with pytest.raises(UserError):
+        load_machine(tmp_path, f'[machines.{name}]\nmac = "52:54:00:12:34:01"\nprofile = "worker"')
