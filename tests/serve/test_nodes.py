@@ -15,8 +15,11 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
+from aiohttp import web
 
 from node_layers import members, write_node
 from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL, MANIFEST
@@ -36,7 +39,7 @@ from plasmaboot.serve.nodelayer import (
     segment,
     token_files,
 )
-from plasmaboot.serve.nodes import add_initrd, token_segment
+from plasmaboot.serve.nodes import add_initrd, client_address, token_segment
 
 from conftest import make_keypair
 
@@ -395,3 +398,19 @@ def test_the_node_initrd_is_added_only_where_the_kernel_line_has_room() -> None:
     render_netboot_script("w", ["p0=" + "x" * 1000, "p1=" + "x" * 1021])  # fits without
     with pytest.raises(FormatError, match="command line"):
         add_initrd(full, "http://s/node/w.cpio")
+
+
+@pytest.mark.parametrize(
+    ("remote", "address"),
+    [
+        ("::ffff:10.0.0.5", "10.0.0.5"),
+        ("10.0.0.5", "10.0.0.5"),
+        ("fd77::2", "fd77::2"),
+        (None, "-"),
+    ],
+)
+def test_a_client_is_named_as_the_inventory_writes_addresses(
+    remote: str | None, address: str
+) -> None:
+    request = cast(web.Request, SimpleNamespace(remote=remote))
+    assert client_address(request) == address

@@ -104,7 +104,7 @@ class NodeService:
     def add_to_script(self, request: web.Request, machine: Machine, script: str) -> str:
         """The machine's script with its per-node segment as a second initrd (before
         `boot`), and a token in that segment's URL when one is issued."""
-        token = self.issue(machine, request.remote or "-")
+        token = self.issue(machine, client_address(request))
         url = f"{self.base_url(request)}/node/{machine.name}.cpio"
         if token is not None:
             url += f"?token={token.value}"
@@ -201,6 +201,18 @@ def lease_address(leases: Path, macs: tuple[str, ...]) -> str | None:
 NODES_KEY = web.AppKey("nodes", NodeService)
 
 
+def client_address(request: web.Request) -> str:
+    """The client's address as the inventory and the leases write it (an IPv4 client of a
+    dual-stack listener comes as ::ffff:10.0.0.5)."""
+    remote = request.remote or "-"
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return str(mapped or address)
+
+
 def printable(text: str) -> str:
     return "".join(c if 0x20 < ord(c) < 0x7F else f"\\x{ord(c):02x}" for c in text)[:80]
 
@@ -208,7 +220,7 @@ def printable(text: str) -> str:
 async def handle_segment(request: web.Request) -> web.Response:
     service = request.app[NODES_KEY]
     name = request.match_info["machine"]
-    client = request.remote or "-"
+    client = client_address(request)
     machine = (await service.current()).machines.get(name)
     boot_set = find_set(service.root, machine.label) if machine is not None else None
     if machine is None or boot_set is None:
@@ -251,7 +263,7 @@ def node_files_or_none(
 async def handle_report(request: web.Request) -> web.Response:
     service = request.app[NODES_KEY]
     name = request.match_info["machine"]
-    client = request.remote or "-"
+    client = client_address(request)
 
     def refuse(status: int, why: str) -> web.Response:
         service.events.warning(
