@@ -19,6 +19,7 @@ from plasmaboot.boot.provisioning import (
     SERVER_LOG,
     SERVER_READY,
     Addresses,
+    Provisioned,
     inventory_text,
     machine_hostname,
     make_machine,
@@ -28,14 +29,18 @@ from plasmaboot.boot.provisioning import (
     provisioning_network,
     pxe_server_argv,
     server_failure,
+    wait_for_report,
+    write_known_hosts,
 )
+from plasmaboot.boot.qemu import TapNetwork
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.formats.ipxe import render_netboot_script
 from plasmaboot.inventory.load import load_inventory
+from plasmaboot.inventory.state import record_host_keys
 from plasmaboot.log import Log
 from plasmaboot.profiles.store import ProfileStore
 
-from conftest import live_processes
+from conftest import live_processes, make_keypair
 
 
 def test_the_default_network_puts_server_machine_and_range_apart() -> None:
@@ -184,3 +189,19 @@ def test_pxe_server_runs_in_the_namespace_and_everything_goes_after(tmp_path: Pa
 
 
 PRINT_URL = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())"
+
+
+def test_boot_test_waits_for_this_boots_report_and_writes_known_hosts(tmp_path: Path) -> None:
+    inventory = tmp_path / "machines.toml"
+    provisioned = Provisioned(
+        netns=Netns("pb-x"), server_log=tmp_path / "log", guest=TapNetwork("tap0", MACHINE_MAC),
+        address="10.77.0.2", hostname="node1.lab", inventory=inventory, machine="node1",
+    )  # fmt: skip
+    key = " ".join(make_keypair(tmp_path, "host").with_suffix(".pub").read_text().split()[:2])
+    assert wait_for_report(provisioned, after=None, timeout=0) is None  # nothing reported
+    record_host_keys(inventory, "node1", "10.77.0.2", "boot1", [key])
+    record = wait_for_report(provisioned, after=None, timeout=0)
+    assert record is not None and record.keys == (key,)
+    assert wait_for_report(provisioned, after="boot1", timeout=0) is None  # the last boot's
+    known = write_known_hosts(tmp_path / "known_hosts", provisioned, record)
+    assert known.read_text() == f"node1.lab,10.77.0.2 {key}\n"

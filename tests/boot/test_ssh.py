@@ -152,3 +152,10 @@ def test_a_reset_from_ipxe_before_the_kernel_is_not_the_network(tmp_path: Path) 
     wait_for_ssh(Vm(watch), ssh, timeout=10)  # type: ignore[arg-type]
     assert seen == [False, False, False, True]  # marked by the reset after the silence
     assert not ssh.answers
+
+
+def test_with_the_nodes_reported_keys_ssh_checks_the_host_key(tmp_path: Path) -> None:
+    strict = Ssh(22, tmp_path / "id", known_hosts=tmp_path / "known_hosts").argv("true")
+    assert "StrictHostKeyChecking=yes" in strict
+    assert f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in strict
+    assert "StrictHostKeyChecking=no" in Ssh(22, tmp_path / "id").argv("true")

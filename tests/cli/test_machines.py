@@ -9,6 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from plasmaboot.cli import main
+from plasmaboot.inventory.state import record_host_keys
+
+from conftest import make_keypair
 
 INVENTORY = """\
 [defaults]
@@ -86,3 +89,17 @@ def test_no_inventory_given() -> None:
 def test_schema_is_json_schema() -> None:
     code, out, _ = invoke("machines", "schema")
     assert code == 0 and json.loads(out)["title"] == "plasmaboot machine inventory"
+
+
+def test_known_hosts_prints_the_reported_keys(inventory: Path, tmp_path: Path) -> None:
+    key = " ".join(make_keypair(tmp_path, "host").with_suffix(".pub").read_text().split()[:2])
+    record_host_keys(inventory, "w1", "10.20.0.50", "0123abcd", [key])
+    code, out, _ = invoke("machines", "known-hosts", "--inventory", str(inventory))
+    assert code == 0 and out == f"w1,10.20.0.50 {key}\n"
+    code, out, _ = invoke("machines", "known-hosts", "--inventory", str(inventory), "--json")
+    (record,) = json.loads(out)
+    assert record["hostname"] == "w1" and record["keys"] == [key] and record["boot"] == "0123abcd"
+
+
+def test_known_hosts_with_no_reports_prints_nothing(inventory: Path) -> None:
+    assert invoke("machines", "known-hosts", "--inventory", str(inventory)) == (0, "", "")

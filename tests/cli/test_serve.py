@@ -32,6 +32,8 @@ def published(tmp_path: Path) -> Published:
         (["--listen", "0.0.0.0:8080"], "--allow-remote"),
         (["--listen", "[::]:8080"], "--allow-remote"),
         (["--public-url", "ftp://x"], "--public-url"),
+        (["--token-ttl", "0"], "--token-ttl"),
+        (["--token-ttl", "forever"], "--token-ttl"),
     ],
 )
 def test_serve_bad_arguments_exit_2(published: Published, args: list[str], message: str) -> None:

@@ -85,10 +85,12 @@ def test_a_known_machine_gets_its_own_kernel_line(server: ServerThread) -> None:
     assert kernel.startswith(f"kernel {server.base_url}/sets/worker-")
     assert kernel.endswith(
         "initrd=initrd console=ttyS0,115200 systemd.hostname=w1 "
-        "ip=10.20.0.11:::255.255.255.0:w1::off loglevel=7"
+        "ip=10.20.0.11:::255.255.255.0:w1::off loglevel=7 initrd=node"
     )
-    (initrd,) = [line for line in lines if line.startswith("initrd ")]
-    assert f"{server.base_url}/sets/worker-" in initrd and lines[-1] == "boot"
+    set_initrd, node_initrd = [line for line in lines if line.startswith("initrd ")]
+    assert f"{server.base_url}/sets/worker-" in set_initrd and lines[-1] == "boot"
+    # its per-node layer; no token: w1's address is 10.20.0.11, this fetch came from 127.0.0.1
+    assert node_initrd == f"initrd --name node {server.base_url}/node/w1.cpio"
 
 
 def test_any_spelling_of_the_mac_finds_the_machine(server: ServerThread) -> None:

@@ -23,6 +23,7 @@ from plasmaboot.boot.qemu import TapNetwork
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.inventory.load import check_hostname
 from plasmaboot.inventory.model import HOSTNAME_PATTERN, Machine
+from plasmaboot.inventory.state import HostKeys, read_host_keys
 from plasmaboot.log import Log
 from plasmaboot.profiles.store import ProfileStore
 from plasmaboot.pxe.server import DNSMASQ, find_loaders
@@ -44,6 +45,10 @@ SERVER_LOG = "pxe-server.log"
 SERVER_READY = "pxe-server on "  # the line pxe-server prints once dnsmasq and HTTP run
 SERVER_START_TIMEOUT = 60.0
 POLL = 0.1
+# How long after SSH answers boot-test waits for the node's host-key report (the reporter
+# starts with sshd; a report takes a second). An image whose stage-1 stacks no per-node
+# layer never reports: then it connects as before, without StrictHostKeyChecking.
+REPORT_WAIT = 60.0
 
 
 @dataclass(frozen=True)
@@ -213,6 +218,8 @@ class Provisioned:
     guest: TapNetwork
     address: str  # the machine's static address
     hostname: str
+    inventory: Path  # its machines.toml: the node's host-key report is recorded beside it
+    machine: str = ""  # the machine's name in it
 
 
 @contextmanager
@@ -237,6 +244,8 @@ def provisioning_network(
                 guest=TapNetwork(TAP, plan.machine.macs[0]),
                 address=plan.address,
                 hostname=plan.machine.hostname,
+                inventory=inventory,
+                machine=plan.machine.name,
             )
 
 
@@ -273,3 +282,25 @@ def server_failure(code: int | None, text: str, output: Path) -> UserError | Wor
         f"pxe-server exited with code {code} before serving\n{tail}",
         hint=f"its output: {output}",
     )
+
+
+def wait_for_report(
+    provisioned: Provisioned, after: str | None, timeout: float = REPORT_WAIT
+) -> HostKeys | None:
+    """The host keys the node reported at this boot (a record whose boot is not `after`,
+    the previous boot's), or None if none came within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = read_host_keys(provisioned.inventory, provisioned.machine)
+        if record is not None and record.boot != after:
+            return record
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.5)
+
+
+def write_known_hosts(path: Path, provisioned: Provisioned, record: HostKeys) -> Path:
+    """known_hosts for the node: its reported keys under its host name and address."""
+    names = f"{provisioned.hostname},{provisioned.address}"
+    path.write_text("".join(f"{names} {key}\n" for key in record.keys), encoding="utf-8")
+    return path

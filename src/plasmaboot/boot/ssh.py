@@ -59,6 +59,8 @@ class Ssh:
     log: Log | None = None
     host: str = "127.0.0.1"
     netns: Netns | None = None
+    # the node's reported host keys: connect with StrictHostKeyChecking=yes against them
+    known_hosts: Path | None = None
 
     @property
     def direct(self) -> bool:
@@ -73,13 +75,12 @@ class Ssh:
         return self.netns.argv(argv) if self.netns is not None else argv
 
     def base(self) -> list[str]:
-        return [
-            "ssh",
-            "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "ConnectTimeout=5",
-            "-p", str(self.port),
-        ]  # fmt: skip
+        if self.known_hosts is not None:
+            checking = ["-o", "StrictHostKeyChecking=yes",
+                        "-o", f"UserKnownHostsFile={self.known_hosts}"]  # fmt: skip
+        else:
+            checking = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        return ["ssh", *checking, "-o", "ConnectTimeout=5", "-p", str(self.port)]
 
     def argv(self, command: str) -> list[str]:
         return self.inside([

@@ -1,4 +1,5 @@
-"""`plasmaboot machines list|show|check|schema`: the machine inventory (machines.toml)."""
+"""`plasmaboot machines list|show|check|known-hosts|schema`: the machine inventory
+(machines.toml) and what its machines reported (known-hosts)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from plasmaboot.cli.context import Context, console, pass_context
 from plasmaboot.errors import UserError
 from plasmaboot.inventory.load import Inventory, load_inventory
 from plasmaboot.inventory.model import Machine, inventory_json_schema
+from plasmaboot.inventory.state import known_hosts, known_hosts_lines
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -120,6 +122,28 @@ def machines_check(obj: Context, inventory: Path | None, as_json: bool) -> None:
     macs = sum(len(m.macs) for m in found.machines.values())
     summary = f"{found.path}: {len(found.machines)} machines, {macs} MACs: valid"
     console.print(escape(summary), highlight=False)
+
+
+@machines.command("known-hosts")
+@inventory_option
+@click.option("--json", "as_json", is_flag=True, help="Print each machine's record as JSON.")
+@pass_context
+def machines_known_hosts(obj: Context, inventory: Path | None, as_json: bool) -> None:
+    """Print known_hosts lines (`HOSTNAME,ADDRESS KEY`) of the host keys machines reported
+    at their last boot, for `ssh -o StrictHostKeyChecking=yes -o UserKnownHostsFile=FILE`.
+
+    A report came once per boot with a one-time token from the address the token was
+    bound to: MACs and addresses are hints, not proof of a machine's identity.
+    """
+    found = require_inventory(obj, inventory)
+    if as_json:
+        records = [
+            {"hostname": hostname, **record.as_json()} for hostname, record in known_hosts(found)
+        ]
+        click.echo(json.dumps(records, indent=2))
+        return
+    for line in known_hosts_lines(found):
+        click.echo(line)
 
 
 @machines.command("schema")

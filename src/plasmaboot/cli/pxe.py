@@ -8,7 +8,7 @@ import click
 
 from plasmaboot.cli.context import Context, err_console, pass_context
 from plasmaboot.cli.machines import inventory_option, inventory_path
-from plasmaboot.cli.serve import root_option
+from plasmaboot.cli.serve import root_option, token_ttl_option
 
 
 @click.command("pxe-server")
@@ -30,6 +30,7 @@ from plasmaboot.cli.serve import root_option
     show_default=True,
     help="Port of the HTTP server (scripts, kernels, initrds) on the interface's address.",
 )
+@token_ttl_option
 @click.option("--print-config", is_flag=True, help="Print the dnsmasq configuration and exit.")
 @pass_context
 def pxe_server(
@@ -40,6 +41,7 @@ def pxe_server(
     dhcp_range: str | None,
     proxy_dhcp: bool,
     http_port: int,
+    token_ttl: float,
     print_config: bool,
 ) -> None:
     """Answer the inventory's machines with DHCP (or proxyDHCP) and TFTP through dnsmasq,
@@ -63,6 +65,7 @@ def pxe_server(
         dhcp_range=dhcp_range,
         proxy=proxy_dhcp,
         http_port=http_port,
+        token_ttl=token_ttl * 60,
     )
     if print_config:
         click.echo(config_text(options, obj.store()), nl=False)

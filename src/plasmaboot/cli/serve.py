@@ -19,6 +19,17 @@ root_option = click.option(
 )
 
 
+token_ttl_option = click.option(
+    "--token-ttl",
+    type=click.FloatRange(min=0.1, max=24 * 60),
+    default=15,
+    show_default=True,
+    metavar="MINUTES",
+    help="With --inventory: how long a machine's host-key token (issued with its script) "
+    "may be used for its report.",
+)
+
+
 @click.command()
 @root_option
 @click.option(
@@ -46,6 +57,7 @@ root_option = click.option(
     help="Close a connection that sent no complete request within SECONDS (or idles as long).",
 )
 @inventory_option
+@token_ttl_option
 @pass_context
 def serve(
     obj: Context,
@@ -56,6 +68,7 @@ def serve(
     access_log: Path | None,
     request_timeout: float,
     inventory: Path | None,
+    token_ttl: float,
 ) -> None:
     """Serve artifact sets and iPXE boot scripts over HTTP until Ctrl-C.
 
@@ -86,4 +99,5 @@ def serve(
         inventory=watch,
         request_timeout=request_timeout,
         announce=lambda line: click.echo(line, err=True),
+        token_ttl=token_ttl * 60,
     )

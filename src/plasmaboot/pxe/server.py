@@ -38,6 +38,7 @@ from plasmaboot.pxe.dnsmasq import (
 from plasmaboot.run import Background, require_tool, run, start
 from plasmaboot.serve.app import ServerThread
 from plasmaboot.serve.machines import InventoryWatch
+from plasmaboot.serve.tokens import DEFAULT_TTL
 
 LOADER_DIR = Path("/usr/lib/ipxe")
 DNSMASQ = "dnsmasq"
@@ -54,6 +55,7 @@ class PxeOptions:
     dhcp_range: str | None = None  # "START,END"; None with proxy
     proxy: bool = False
     http_port: int = 8080
+    token_ttl: float = DEFAULT_TTL  # seconds a machine's host-key token stays valid
 
 
 @dataclass(frozen=True)
@@ -279,7 +281,14 @@ def run_pxe_server(
         write_hosts(Path(config.hosts_file), watch.current(), options.proxy)
         (state / "dnsmasq.conf").write_text(render(config))
         address = str(checked.address.ip)
-        server = ServerThread(options.root, host=address, port=options.http_port, inventory=watch)
+        server = ServerThread(
+            options.root,
+            host=address,
+            port=options.http_port,
+            inventory=watch,
+            leases=Path(config.lease_file),  # a machine's lease binds its host-key token
+            token_ttl=options.token_ttl,
+        )
         with server, start_dnsmasq(state / "dnsmasq.conf") as dnsmasq:
             mode = "proxyDHCP" if options.proxy else f"DHCP {options.dhcp_range}"
             announce(

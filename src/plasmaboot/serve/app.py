@@ -44,6 +44,7 @@ from plasmaboot.serve.machines import (
     machine_params,
     refusal_script,
 )
+from plasmaboot.serve.nodes import NODES_KEY, add_node_routes
 from plasmaboot.serve.paths import (
     SETS_PREFIX,
     BootSet,
@@ -55,6 +56,7 @@ from plasmaboot.serve.paths import (
     resolve_within,
 )
 from plasmaboot.serve.scripts import boot_menu, chain_script, render_script
+from plasmaboot.serve.tokens import DEFAULT_TTL
 
 ASSET_FILES = frozenset({KERNEL, INITRD, MANIFEST, BUILD_LOG})
 HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
@@ -70,6 +72,7 @@ PUBLIC_URL_KEY = web.AppKey("public_url", str)
 INVENTORY_KEY = web.AppKey("inventory", InventoryWatch)
 EVENTS_KEY = web.AppKey("events", logging.Logger)
 UTC_STAMP = "%Y-%m-%dT%H:%M:%SZ"
+TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&]*")  # never written to the access log
 
 
 def base_url_of(request: web.Request) -> str:
@@ -168,6 +171,8 @@ def machine_script(request: web.Request, inventory: Inventory) -> web.Response:
     except FormatError as exc:  # the machine's own parameters push the kernel line too far
         events.warning("refused: machine %s (MAC %s): %s", machine.name, found.mac, exc)
         return script_response(refusal_script(f"the kernel line of {machine.name} is too long"))
+    if NODES_KEY in request.app:  # its per-node layer, and a host-key token
+        script = request.app[NODES_KEY].add_to_script(request, machine, script)
     events.info(
         "boot: machine %s (MAC %s) from %s gets %s",
         machine.name, found.mac, client, boot_set.directory.name,
@@ -205,7 +210,11 @@ def respond_from_set(request: web.Request, found: BootSet | None, name: str) -> 
 
 
 def make_app(
-    root: Path, public_base_url: str | None = None, inventory: InventoryWatch | None = None
+    root: Path,
+    public_base_url: str | None = None,
+    inventory: InventoryWatch | None = None,
+    leases: Path | None = None,
+    token_ttl: float = DEFAULT_TTL,
 ) -> web.Application:
     """The aiohttp application serving the artifact sets under `root` (read-only); with an
     inventory, `/boot.ipxe` answers known machines only."""
@@ -221,6 +230,9 @@ def make_app(
     if inventory is not None:
         app[INVENTORY_KEY] = inventory
         inventory.log = app[EVENTS_KEY]
+        add_node_routes(
+            app, app[ROOT_KEY], inventory, base_url_of, app[EVENTS_KEY], leases, token_ttl
+        )
     app.router.add_get("/{path:.*}", handle)
     return app
 
@@ -255,7 +267,7 @@ class AccessLogger(AbstractAccessLogger):
             stamp,
             request.remote or "-",
             request.method,
-            printable(request.raw_path),
+            printable(TOKEN_IN_QUERY.sub(r"\1<token>", request.raw_path)),
             response.status,
             sent,
             time,
@@ -366,6 +378,8 @@ class ServerThread:
         access_log: Path | None = None,
         inventory: InventoryWatch | None = None,
         request_timeout: float = REQUEST_TIMEOUT,
+        leases: Path | None = None,
+        token_ttl: float = DEFAULT_TTL,
     ) -> None:
         self.root = root
         self.request_timeout = request_timeout
@@ -379,7 +393,7 @@ class ServerThread:
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="plasmaboot-serve", daemon=True)
         self._log_file: TextIO | None = None
-        self._app = make_app(root, inventory=inventory)
+        self._app = make_app(root, inventory=inventory, leases=leases, token_ttl=token_ttl)
 
     def __enter__(self) -> ServerThread:
         if self.access_log is not None:
@@ -473,9 +487,10 @@ def serve_forever(
     inventory: InventoryWatch | None = None,
     request_timeout: float = REQUEST_TIMEOUT,
     announce: Callable[[str], None] = print,
+    token_ttl: float = DEFAULT_TTL,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then stop cleanly (the `plasmaboot serve` command)."""
-    app = make_app(root, public_url, inventory)
+    app = make_app(root, public_url, inventory, token_ttl=token_ttl)
 
     async def main(log_stream: TextIO) -> None:
         loop = asyncio.get_running_loop()
