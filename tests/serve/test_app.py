@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL, MANIFEST
+from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL
 from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.serve.app import ServerThread, parse_listen
 from published_sets import SCRIPT, SERVED_NAMES, Published, publish
@@ -208,8 +208,9 @@ def test_a_script_of_another_shape_is_never_served(tmp_path: Path, forged: str) 
     source = tmp_path / "source"
     source.mkdir()
     for name in SERVED_NAMES:
-        (source / name).write_text(forged if name == IPXE else name)
+        (source / name).write_text(SCRIPT if name == IPXE else name)
     publish_atomically(source, tmp_path / "root", "cp", SERVED_NAMES)
+    (tmp_path / "root" / "cp" / IPXE).write_text(forged)  # changed on disk after publishing
     with ServerThread(tmp_path / "root", access_log=tmp_path / "access.log") as running:
         reply = request(running, f"/cp/{IPXE}")
     assert reply.status == 404 and b"damaged" in reply.body
