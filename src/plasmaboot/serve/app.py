@@ -38,6 +38,7 @@ from plasmaboot.formats import FormatError
 from plasmaboot.formats.ipxe import BOOT_SCRIPT
 from plasmaboot.inventory.load import Inventory
 from plasmaboot.serve.connections import (
+    BACKLOG,
     GUARD_KEY,
     IDLE_TIMEOUT,
     ConnectionGuard,
@@ -380,7 +381,7 @@ class GuardedSite(web.TCPSite):
         assert server is not None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self.guard.protocol_factory(server), self._host, self._port, backlog=self._backlog
+            self.guard.protocol_factory(server), self._host, self._port, backlog=BACKLOG
         )
 
 

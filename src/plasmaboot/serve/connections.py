@@ -35,15 +35,19 @@ BUSY_REPLY = (
 )
 MAX_CONNECTIONS = 256
 RESERVED_DESCRIPTORS = 64  # log files, sets' files being opened, the loop's own
+# The listen backlog, and so how many connections asyncio accepts in one go before any of
+# them reaches the guard: the cap must leave room for one such burst.
+BACKLOG = 128
 
 
 def default_connection_limit() -> int:
     """256, or fewer when the process may open fewer descriptors: each download holds two
-    (its socket and its file), and some are kept for everything else."""
+    (its socket and its file), a burst of accepts takes up to BACKLOG more before the cap
+    sees them, and some are kept for everything else."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
-    return max(1, min(MAX_CONNECTIONS, (soft - RESERVED_DESCRIPTORS) // 2))
+    return max(1, min(MAX_CONNECTIONS, (soft - RESERVED_DESCRIPTORS - BACKLOG) // 2))
 
 
 class RateLimitedLog:
