@@ -27,8 +27,17 @@ CHUNK = 1 << 20
 MAX_SCRIPT_SIZE = 64 << 10
 
 
+# `serve` answers /sets/... from .sets/: a set labelled so could never be reached.
+RESERVED_LABELS = frozenset({"sets"})
+
+
 def check_label(label: str, where: str = "label") -> None:
     """The one name rule for a label (a profile name, `-variant`): a single path segment."""
+    if label in RESERVED_LABELS:
+        raise UserError(
+            f"{where} {label!r}: a reserved name (serve answers /{label}/ itself)",
+            hint="rename the profile",
+        )
     if re.fullmatch(LABEL, label) is None:
         raise UserError(
             f"{where} {label!r}: not a set label (lowercase letters, digits and '-', "
@@ -94,15 +103,15 @@ def copy_file(directory: int, source: Path, name: str, target: Path) -> str:
             f"{source / name}: cannot read it ({exc.strerror})",
             hint="a set's files are regular files (not links); rebuild the set",
         ) from exc
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise UserError(f"{source / name}: not a regular file", hint="rebuild the set")
+    os.set_blocking(descriptor, True)
     digest = hashlib.sha256()
-    with os.fdopen(descriptor, "rb") as reader:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise UserError(f"{source / name}: not a regular file", hint="rebuild the set")
-        os.set_blocking(descriptor, True)
-        with target.open("xb") as writer:
-            while chunk := reader.read(CHUNK):
-                writer.write(chunk)
-                digest.update(chunk)
+    with os.fdopen(descriptor, "rb") as reader, target.open("xb") as writer:
+        while chunk := reader.read(CHUNK):
+            writer.write(chunk)
+            digest.update(chunk)
     return digest.hexdigest()
 
 
