@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -188,6 +189,28 @@ def test_no_answer_names_a_version(server: ServerThread, path: str) -> None:
     _, headers, body = get(server, path)
     assert headers.get("server") == "plasmaboot"
     assert b"aiohttp" not in body and b"Python" not in body
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /\x00 HTTP/1.1\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 40,  # TLS hello
+    ],
+    ids=["nul", "no-method", "long-header", "version", "tls"],
+)
+def test_requests_aiohttp_refuses_name_no_version_either(server: ServerThread, raw: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(raw)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head = reply.split(b"\r\n\r\n", 1)[0]
+    assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n")[0], reply[:200]
+    assert b"\r\nServer: plasmaboot" in head and b"aiohttp" not in reply, head
 
 
 # --------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -407,6 +407,9 @@ async def start_site(
         keepalive_timeout=request_timeout,
     )
     log_events_to(app[EVENTS_KEY], log_stream)
+    # aiohttp answers a request it cannot parse itself, outside the app (no
+    # on_response_prepare), naming its and Python's versions: its default is ours instead
+    web_response.SERVER_SOFTWARE = SERVER_NAME
     guard = app[GUARD_KEY]
     guard.limit = limits.max_connections
     guard.request_timeout = request_timeout
