@@ -409,7 +409,7 @@ async def start_site(
     log_events_to(app[EVENTS_KEY], log_stream)
     # aiohttp answers a request it cannot parse itself, outside the app (no
     # on_response_prepare), naming its and Python's versions: its default is ours instead
-    web_response.SERVER_SOFTWARE = SERVER_NAME
+    web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]
     guard = app[GUARD_KEY]
     guard.limit = limits.max_connections
     guard.request_timeout = request_timeout
