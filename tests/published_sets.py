@@ -10,16 +10,19 @@ from pathlib import Path
 
 from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL, MANIFEST
 from plasmaboot.artifacts.publish import publish_atomically
+from plasmaboot.formats.ipxe import render_netboot_script
 
 NAMES = ("bzImage", "initrd", "netboot.ipxe")
 SERVED_NAMES = (KERNEL, INITRD, IPXE, MANIFEST)
 
 
 def make_source(directory: Path, content: str) -> Path:
-    """A directory with the three boot files, each holding `<name>:<content>`."""
+    """A directory with the three boot files: kernel and initrd holding `<name>:<content>`,
+    a boot script whose kernel line carries `content=<content>`."""
     directory.mkdir(parents=True, exist_ok=True)
-    for name in NAMES:
+    for name in (KERNEL, INITRD):
         (directory / name).write_text(f"{name}:{content}")
+    (directory / IPXE).write_text(render_netboot_script("src", [f"content={content}"]))
     return directory
 
 

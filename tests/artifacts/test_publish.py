@@ -10,6 +10,7 @@ import pytest
 
 from plasmaboot.artifacts.layout import KEEP_GENERATIONS, sets_dir
 from plasmaboot.artifacts.publish import publish_atomically
+from plasmaboot.errors import UserError
 from published_sets import NAMES, make_source
 
 
@@ -65,7 +66,7 @@ def test_failed_copy_leaves_previous_set(tmp_path: Path) -> None:
     publish_atomically(make_source(tmp_path / "a", "one"), out, "w", NAMES)
     broken = make_source(tmp_path / "b", "two")
     (broken / "initrd").unlink()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="initrd: cannot read it"):
         publish_atomically(broken, out, "w", NAMES)
     assert (out / "w" / "initrd").read_text() == "initrd:one"
     assert not [p for p in sets_dir(out).iterdir() if p.name.startswith(".staging-")]

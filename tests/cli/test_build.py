@@ -21,6 +21,7 @@ from plasmaboot.artifacts.layout import sha256_file
 from plasmaboot.artifacts.manifest import Manifest, file_records, write_manifest
 from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.cli import main
+from plasmaboot.formats.ipxe import render_netboot_script
 from plasmaboot.profiles.store import ProfileStore
 from published_sets import NAMES, make_source
 
@@ -37,8 +38,9 @@ def previous(tmp_path: Path) -> Path:
     """An output directory that already holds a published set for `base`."""
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("bzImage", "initrd", "netboot.ipxe"):
+    for name in ("bzImage", "initrd"):
         (src / name).write_bytes(name.encode() * 100)
+    (src / "netboot.ipxe").write_text(render_netboot_script("base", ["console=ttyS0"]))
     out = tmp_path / "artifacts"
     publish_atomically(src, out, "base", ("bzImage", "initrd", "netboot.ipxe"))
     return out

@@ -80,3 +80,32 @@ def test_serve_command_serves_and_stops_on_ctrl_c(published: Published) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_command_takes_the_node_and_menu_options(published: Published) -> None:
+    """--operator-files serves manifest.json (404 without it); --menu-timeout reaches the
+    menu; --max-connections and --idle-timeout are accepted."""
+    for extra, manifest_status, timeout_ms in [
+        ([], 404, "10000"),
+        (["--operator-files", "--menu-timeout", "3", "--max-connections", "4",
+          "--idle-timeout", "2"], 200, "3000"),
+    ]:  # fmt: skip
+        argv = [sys.executable, "-m", "plasmaboot", "serve", "--root", str(published.root)]
+        proc = subprocess.Popen(
+            [*argv, "--listen", "127.0.0.1:0", *extra], stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stderr is not None
+            match = re.search(r":(\d+)/ \(labels", proc.stderr.readline())
+            assert match
+            conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=10)
+            conn.request("GET", "/cp/manifest.json")
+            assert conn.getresponse().status == manifest_status
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=10)
+            conn.request("GET", "/boot.ipxe")
+            assert f"choose --timeout {timeout_ms} " in conn.getresponse().read().decode()
+            conn.close()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=10)

@@ -257,6 +257,9 @@ def test_rebuild_is_a_cache_hit_and_publishes(ci_image: CiImage, tmp_path: Path)
     assert sorted(p.name for p in published.iterdir()) == ["bzImage", "initrd", "netboot.ipxe"]
     for name in ("bzImage", "initrd"):
         assert sha256_file(published / name) == sha256_file(ci_image.set_dir / name)
+    # the published script names its own set: a static server cannot mix two sets
+    own = os.readlink(published)  # .sets/<label>-<id>
+    assert f"kernel ${{boot-server}}/{own}/bzImage " in (published / "netboot.ipxe").read_text()
 
 
 def copy_artifacts(image: CiImage, dest: Path) -> Path:

@@ -22,6 +22,7 @@ from nix_flakes import (
 from plasmaboot.artifacts.layout import SET_FILES, sha256_file
 from plasmaboot.artifacts.manifest import read_manifest
 from plasmaboot.artifacts.publish import publish_atomically
+from plasmaboot.formats.ipxe import render_netboot_script
 from plasmaboot.image.backend import BuildRequest
 from plasmaboot.image.backends.nix import NixBackend, NixOptions
 from plasmaboot.log import Log
@@ -42,8 +43,9 @@ def publish_previous(out: Path, label: str) -> dict[str, str]:
     """A set already published for `label`; returns its link and files' hashes."""
     src = out.parent / f"previous-{label}"
     src.mkdir()
-    for name in ("bzImage", "initrd", "netboot.ipxe"):
+    for name in ("bzImage", "initrd"):
         (src / name).write_bytes(name.encode() * 100)
+    (src / "netboot.ipxe").write_text(render_netboot_script("base", ["console=ttyS0"]))
     publish_atomically(src, out, label, ("bzImage", "initrd", "netboot.ipxe"))
     return snapshot(out, label)
 

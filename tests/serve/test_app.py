@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL, MANIFEST
+from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL
 from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.serve.app import ServerThread, parse_listen
 from published_sets import SCRIPT, SERVED_NAMES, Published, publish
@@ -63,7 +63,7 @@ def raw_request(srv: ServerThread, target: bytes) -> int:
 # files
 
 
-@pytest.mark.parametrize("name", [KERNEL, INITRD, MANIFEST])
+@pytest.mark.parametrize("name", [KERNEL, INITRD])
 def test_get_serves_exact_bytes(server: ServerThread, published: Published, name: str) -> None:
     reply = request(server, f"/cp/{name}")
     assert reply.status == 200
@@ -166,6 +166,8 @@ def test_boot_menu_lists_labels(server: ServerThread, tmp_path: Path) -> None:
     plain = server.root / "plain"  # a plain copy with no manifest: listed by label alone
     plain.mkdir()
     (plain / IPXE).write_text(SCRIPT)
+    (plain / KERNEL).write_text("k")
+    (plain / INITRD).write_text("i")
     (server.root / "junk").mkdir()  # no boot script: not listed
     text = request(server, "/boot.ipxe", headers={"Host": "10.0.2.2:80"}).body.decode()
     assert text.startswith("#!ipxe\nmenu ")
@@ -173,7 +175,7 @@ def test_boot_menu_lists_labels(server: ServerThread, tmp_path: Path) -> None:
     assert "item worker worker (" in text
     assert "item plain plain\n" in text
     assert "junk" not in text
-    assert "choose --default cp target || exit 1\n" in text
+    assert "choose --timeout 10000 --default cp target || exit 1\n" in text
     assert "chain http://10.0.2.2:80/${target}/netboot.ipxe\n" in text
 
 
@@ -206,8 +208,9 @@ def test_a_script_of_another_shape_is_never_served(tmp_path: Path, forged: str) 
     source = tmp_path / "source"
     source.mkdir()
     for name in SERVED_NAMES:
-        (source / name).write_text(forged if name == IPXE else name)
+        (source / name).write_text(SCRIPT if name == IPXE else name)
     publish_atomically(source, tmp_path / "root", "cp", SERVED_NAMES)
+    (tmp_path / "root" / "cp" / IPXE).write_text(forged)  # changed on disk after publishing
     with ServerThread(tmp_path / "root", access_log=tmp_path / "access.log") as running:
         reply = request(running, f"/cp/{IPXE}")
     assert reply.status == 404 and b"damaged" in reply.body

@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from plasmaboot.errors import UserError
@@ -106,9 +107,14 @@ def staging_dir(parent: Path, label: str) -> Path:
 
 def set_id(directory: Path, names: tuple[str, ...]) -> str:
     """A short content id of a set: the same bytes give the same id."""
+    return content_id({name: sha256_file(directory / name) for name in names})
+
+
+def content_id(digests: Mapping[str, str]) -> str:
+    """The id of a set whose files have these sha256 digests (16 hex digits)."""
     digest = hashlib.sha256()
-    for name in sorted(names):
-        digest.update(name.encode() + b"\0" + sha256_file(directory / name).encode())
+    for name in sorted(digests):
+        digest.update(name.encode() + b"\0" + digests[name].encode())
     return digest.hexdigest()[:16]
 
 

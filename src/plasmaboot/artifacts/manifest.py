@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from plasmaboot.artifacts.layout import MANIFEST, sha256_file
-from plasmaboot.profiles.model import Profile
+from plasmaboot.profiles.model import NAME_PATTERN, Profile
 
 MANIFEST_VERSION = 2
 
@@ -31,7 +32,8 @@ class Manifest(BaseModel):
     version: int = MANIFEST_VERSION
     profile: str
     variant: str | None = None
-    label: str
+    # the one name rule (a profile name, or profile-variant): the label becomes a path
+    label: Annotated[str, Field(pattern=NAME_PATTERN)]
     content_hash: str
     # every setting the image was built from: later stages judge the image against this
     resolved_profile: Profile

@@ -15,8 +15,7 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 from rich.table import Table
 
 from plasmaboot.artifacts.layout import BOOT_FILES, MANIFEST, ensure_writable_dir
-from plasmaboot.artifacts.manifest import read_manifest
-from plasmaboot.artifacts.publish import publish_atomically
+from plasmaboot.artifacts.publish import check_not_own_directory, publish_atomically
 from plasmaboot.cli.context import Context, console, err_console, pass_context
 from plasmaboot.errors import UserError
 from plasmaboot.image.backend import OptionInfo
@@ -162,25 +161,32 @@ def publish(sets: tuple[Path, ...], pxe_dir: Path) -> None:
 
     Copies bzImage, initrd and netboot.ipxe to PXE_DIR/<label>/ atomically: the new set
     appears whole or not at all, and the previous one stays for nodes still downloading it.
-    Every file is checked against manifest.json first; a damaged set is refused.
+    Every file is checked against manifest.json first, and the bytes copied are checked
+    again: a damaged set, or one that changes while it is copied, is refused. The published
+    netboot.ipxe names its own set directory (PXE_DIR/.sets/<label>-<id>/).
     """
+    checked = []
     for directory in sets:
         if not (directory / MANIFEST).is_file():
             raise UserError(
                 f"{directory}: no {MANIFEST}, so this is not an artifact set",
                 hint="give a directory a build wrote, e.g. artifacts/<profile>",
             )
-        checks, _ = check_manifest(directory)  # the same byte check `verify` makes
+        checks, manifest = check_manifest(directory)  # the same byte check `verify` makes
         problems = [f"{c.name}: {c.detail}" for c in checks if c.failed]
-        if problems:
+        if problems or manifest is None:
             raise UserError(
                 f"{directory}: refusing to publish: {'; '.join(problems)}",
                 hint="rebuild it (plasmaboot build --no-cache)",
             )
+        check_not_own_directory(directory, pxe_dir)
+        checked.append((directory, manifest))
     ensure_writable_dir(pxe_dir, "--pxe-dir")
-    for directory in sets:
-        label = read_manifest(directory).label
-        published = publish_atomically(directory, pxe_dir.absolute(), label, BOOT_FILES)
+    for directory, manifest in checked:
+        label = manifest.label
+        published = publish_atomically(
+            directory, pxe_dir.absolute(), label, BOOT_FILES, expected=manifest.files
+        )
         console.print(f"{label}: published to {pxe_dir / label} ({published.name})")
 
 

@@ -54,7 +54,37 @@ token_ttl_option = click.option(
     default=30,
     show_default=True,
     metavar="SECONDS",
-    help="Close a connection that sent no complete request within SECONDS (or idles as long).",
+    help="Close a connection that sent no complete request within SECONDS of opening "
+    "(or of its previous response).",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0.1),
+    default=5,
+    show_default=True,
+    metavar="SECONDS",
+    help="Close a connection that sends nothing for SECONDS (idle keep-alive, half-open).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1, max=65536),
+    metavar="N",
+    help="Connections open at once (default: 256, fewer under a low descriptor limit); one "
+    "more closes the longest-idle connection, or gets 503 when all are busy.",
+)
+@click.option(
+    "--menu-timeout",
+    type=click.FloatRange(min=1, max=3600),
+    default=10,
+    show_default=True,
+    metavar="SECONDS",
+    help="The /boot.ipxe menu boots its first entry after SECONDS.",
+)
+@click.option(
+    "--operator-files",
+    is_flag=True,
+    help="Also serve each set's manifest.json and build.log (nodes need neither; they name "
+    "build-host paths and packages).",
 )
 @inventory_option
 @token_ttl_option
@@ -67,6 +97,10 @@ def serve(
     public_url: str | None,
     access_log: Path | None,
     request_timeout: float,
+    idle_timeout: float,
+    max_connections: int | None,
+    menu_timeout: float,
+    operator_files: bool,
     inventory: Path | None,
     token_ttl: float,
 ) -> None:
@@ -80,7 +114,7 @@ def serve(
                  http://HOST:PORT/boot.ipxe?mac=${net0/mac}  (its profile's set, its own
                  kernel parameters; unknown MACs get a script that says why and stops)
     """
-    from plasmaboot.serve.app import check_listen, parse_listen, serve_forever
+    from plasmaboot.serve.app import check_listen, limits_of, parse_listen, serve_forever
 
     host, port = parse_listen(listen)
     check_listen(host, allow_remote)
@@ -97,7 +131,9 @@ def serve(
         public_url=public_url,
         access_log=access_log,
         inventory=watch,
-        request_timeout=request_timeout,
+        limits=limits_of(request_timeout, idle_timeout, max_connections),
+        operator_files=operator_files,
+        menu_timeout=menu_timeout,
         announce=lambda line: click.echo(line, err=True),
         token_ttl=token_ttl * 60,
     )

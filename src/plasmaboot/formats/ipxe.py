@@ -54,6 +54,32 @@ HTTP_BASE = r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
 SET_URL = rf"{HTTP_BASE}(/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*"  # no "." or ".." segments
 
 
+# A published script (`plasmaboot publish`, `build --pxe-dir`) names its own set directory,
+# `${boot-server}/.sets/<label>-<16 hex digits>`, so a static server of the PXE directory
+# hands a node the kernel and initrd of the set whose script it fetched, even mid-publish.
+PUBLISHED_SET = re.compile(
+    r"\$\{boot-server\}/\.sets/(?P<name>(?P<label>" + LABEL + r")-[0-9a-f]{16})"
+)
+
+
+def published_base(set_name: str) -> str:
+    return f"{BOOT_SERVER}/.sets/{set_name}"
+
+
+def render_published_script(set_name: str, kernel_params: Sequence[str]) -> str:
+    """The script of set `<label>-<id>` as `publish` writes it: like the build's, with its
+    kernel and initrd URLs under `${boot-server}/.sets/<label>-<id>/`."""
+    match = re.fullmatch(rf"(?P<label>{LABEL})-[0-9a-f]{{16}}", set_name)
+    if match is None:
+        raise FormatError(f"set name {set_name!r} is not <label>-<16 hex digits>")
+    for param in kernel_params:
+        check_kernel_param(param)
+    words = ["initrd=initrd", *kernel_params]
+    check_cmdline(words)
+    lines = script_lines(match["label"], words, published_base(set_name))
+    return "".join(f"{line}\n" for line in lines)
+
+
 def script_lines(label: str, words: list[str], set_url: str | None = None) -> list[str]:
     base = set_url or f"{BOOT_SERVER}/{label}"
     return [
@@ -86,11 +112,19 @@ EXPECTED = (
 COMMENT_LINE = re.compile(rf"# plasmaboot: (?P<label>{LABEL})")
 
 
-def parse_netboot_script(text: str) -> NetbootScript:
+def parse_netboot_script(text: str, *, published: bool = False) -> NetbootScript:
     """The label and kernel parameters of a script of exactly the shape
     `render_netboot_script` writes: `#!ipxe` at byte 0, every line ending in a newline,
     nothing before, between or after its five lines. A FormatError names the first line
-    that differs and what was expected there."""
+    that differs and what was expected there. With `published`, the shape
+    `render_published_script` writes is read too (its URLs name one `.sets/` directory of
+    the same label)."""
+    base = None
+    if published:
+        lines = text.split("\n")
+        found = PUBLISHED_SET.search(lines[2]) if len(lines) > 2 else None
+        if found is not None and lines[2].startswith(f"kernel {found[0]}/"):
+            base = found[0]
     lines = text.split("\n")
     ended = lines[-1] == ""
     if ended:
@@ -106,9 +140,11 @@ def parse_netboot_script(text: str) -> NetbootScript:
             if comment is None:
                 raise unexpected(2, line, label)
             label = comment["label"]
+            if base is not None and not base.endswith(f"/.sets/{label}-{base[-16:]}"):
+                base = None  # another label's set: read as the plain shape, and refused
         if number == 3:
-            params = read_kernel_line(line, label)
-        if number in (4, 5) and line != script_lines(label, [])[number - 1]:
+            params = read_kernel_line(line, label, base)
+        if number in (4, 5) and line != script_lines(label, [], base)[number - 1]:
             raise unexpected(number, line, label)
         if number > len(EXPECTED):
             raise FormatError(
@@ -128,9 +164,9 @@ def check_printable(number: int, line: str) -> None:
             raise FormatError(f"line {number}: unprintable character {char!r} at column {column}")
 
 
-def read_kernel_line(line: str, label: str) -> tuple[str, ...]:
+def read_kernel_line(line: str, label: str, base: str | None = None) -> tuple[str, ...]:
     """The parameters after `initrd=initrd` on the kernel line of `label`'s script."""
-    start = script_lines(label, ["initrd=initrd"])[2]
+    start = script_lines(label, ["initrd=initrd"], base)[2]
     if line != start and not line.startswith(f"{start} "):
         raise unexpected(3, line, label)
     params = tuple(line[len(start) :].split(" ")[1:])

@@ -163,7 +163,9 @@ def build_one(
     (options.output_dir / f"{label}.failed.log").unlink(missing_ok=True)
     published = None
     if options.pxe_dir is not None:
-        published = publish_atomically(final, options.pxe_dir, label, BOOT_FILES)
+        published = publish_atomically(
+            final, options.pxe_dir, label, BOOT_FILES, expected=manifest.files
+        )
     return BuildOutcome(
         profile=profile,
         backend=manifest.backend,

@@ -23,11 +23,12 @@ import threading
 import time
 from asyncio import to_thread
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -36,7 +37,15 @@ from plasmaboot.errors import UserError
 from plasmaboot.formats import FormatError
 from plasmaboot.formats.ipxe import BOOT_SCRIPT
 from plasmaboot.inventory.load import Inventory
-from plasmaboot.paths import read_regular_file
+from plasmaboot.serve.connections import (
+    BACKLOG,
+    GUARD_KEY,
+    IDLE_TIMEOUT,
+    ConnectionGuard,
+    default_connection_limit,
+    track_requests,
+)
+from plasmaboot.serve.files import OpenFileResponse, open_within
 from plasmaboot.serve.machines import (
     InventoryWatch,
     ask_with_mac_script,
@@ -51,14 +60,25 @@ from plasmaboot.serve.paths import (
     UnsafePath,
     find_exact_set,
     find_set,
-    published_labels,
     request_segments,
-    resolve_within,
 )
-from plasmaboot.serve.scripts import boot_menu, chain_script, render_script
+from plasmaboot.serve.scripts import (
+    boot_menu,
+    bootable_labels,
+    chain_script,
+    is_bootable,
+    read_script,
+    render_script,
+)
 from plasmaboot.serve.tokens import DEFAULT_TTL
 
-ASSET_FILES = frozenset({KERNEL, INITRD, MANIFEST, BUILD_LOG})
+# What a node boots, and what only operators read (build-host paths, packages): those are
+# served only with `operator_files` (serve --operator-files).
+BOOT_FILES = frozenset({KERNEL, INITRD})
+OPERATOR_FILES = frozenset({MANIFEST, BUILD_LOG})
+# Sent instead of aiohttp's `Python/3.x aiohttp/3.y`: no versions for a client to look up.
+SERVER_NAME = "plasmaboot"
+MENU_TIMEOUT = 10.0
 HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 SCRIPT_TYPE = "text/plain"
 SHUTDOWN_TIMEOUT = 2.0
@@ -66,11 +86,12 @@ SHUTDOWN_TIMEOUT = 2.0
 # finishes its request line or headers must not hold a connection, and a file descriptor,
 # for ever); also how long an idle keep-alive connection stays open.
 REQUEST_TIMEOUT = 30.0
-MAX_SCRIPT_SIZE = 64 << 10  # a set's netboot.ipxe is a few hundred bytes
 ROOT_KEY = web.AppKey("root", Path)
 PUBLIC_URL_KEY = web.AppKey("public_url", str)
 INVENTORY_KEY = web.AppKey("inventory", InventoryWatch)
 EVENTS_KEY = web.AppKey("events", logging.Logger)
+OPERATOR_FILES_KEY = web.AppKey("operator_files", bool)
+MENU_TIMEOUT_KEY = web.AppKey("menu_timeout", float)
 UTC_STAMP = "%Y-%m-%dT%H:%M:%SZ"
 TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&]*")  # never written to the access log
 
@@ -100,13 +121,21 @@ def script_response(text: str) -> web.Response:
     )
 
 
-def file_response(found: BootSet | None, name: str) -> web.StreamResponse:
-    if found is None or name not in ASSET_FILES:
+async def file_response(
+    request: web.Request, found: BootSet | None, name: str
+) -> web.StreamResponse:
+    """A file of a set that nodes boot (kernel, initrd), or, when the server was told to
+    show them, what operators read (manifest, build log); opened without following a link
+    that appeared after the check (serve.files)."""
+    allowed = OPERATOR_FILES | BOOT_FILES if request.app[OPERATOR_FILES_KEY] else BOOT_FILES
+    if found is None or name not in allowed:
         raise web.HTTPNotFound()
-    path = found.directory / name
-    if resolve_within(found.directory, name) is None or not path.is_file():
+    root: Path = request.app[ROOT_KEY]
+    parts = found.directory.relative_to(root).parts
+    handle = await to_thread(open_within, root, *parts, name)
+    if handle is None:
         raise web.HTTPNotFound()
-    return web.FileResponse(path)
+    return OpenFileResponse(handle)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -125,14 +154,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
         case (str(name),) if name == BOOT_SCRIPT:
             profile = request.query.get("profile")
             if profile is None:
-                return script_response(boot_menu(root, base_url_of(request)))
-            if find_set(root, profile) is None:
-                raise web.HTTPNotFound(text=f"no published image {profile!r}\n")
+                menu = boot_menu(root, base_url_of(request), request.app[MENU_TIMEOUT_KEY])
+                return script_response(menu)
+            if not await to_thread(is_bootable, root, profile):
+                raise web.HTTPNotFound(text=f"no bootable image is published as {profile!r}\n")
             return script_response(chain_script(base_url_of(request), profile))
         case (str(prefix), str(name), str(file)) if prefix == SETS_PREFIX:
-            return respond_from_set(request, find_exact_set(root, name), file)
+            return await respond_from_set(request, find_exact_set(root, name), file)
         case (str(label), str(file)) if label != SETS_PREFIX:
-            return respond_from_set(request, find_set(root, label), file)
+            return await respond_from_set(request, find_set(root, label), file)
     raise web.HTTPNotFound()
 
 
@@ -152,7 +182,7 @@ def machine_script(request: web.Request, inventory: Inventory) -> web.Response:
         return script_response(refusal_script(reason))
     machine = found.machine
     boot_set = find_set(request.app[ROOT_KEY], machine.label)
-    text = read_script(boot_set)
+    text = read_script(request.app[ROOT_KEY], boot_set)
     if boot_set is None or text is None:
         events.warning(
             "refused: machine %s (MAC %s) from %s: no image published for %s",
@@ -180,24 +210,12 @@ def machine_script(request: web.Request, inventory: Inventory) -> web.Response:
     return script_response(script)
 
 
-def read_script(found: BootSet | None) -> str | None:
-    """A set's netboot.ipxe, if it is there, a regular file of script size, and readable (a
-    FIFO or a huge file put there never blocks or floods the server)."""
-    if found is None or resolve_within(found.directory, IPXE) is None:
-        return None
-    try:
-        raw = read_regular_file(found.directory / IPXE, MAX_SCRIPT_SIZE + 1)
-        if raw is None or len(raw) > MAX_SCRIPT_SIZE:
-            return None
-        return raw.decode().replace("\r\n", "\n").replace("\r", "\n")  # as read_text() did
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def respond_from_set(request: web.Request, found: BootSet | None, name: str) -> web.StreamResponse:
+async def respond_from_set(
+    request: web.Request, found: BootSet | None, name: str
+) -> web.StreamResponse:
     if name != IPXE:
-        return file_response(found, name)
-    text = read_script(found)
+        return await file_response(request, found, name)
+    text = read_script(request.app[ROOT_KEY], found)
     if found is None or text is None:
         raise web.HTTPNotFound()
     try:
@@ -215,9 +233,14 @@ def make_app(
     inventory: InventoryWatch | None = None,
     leases: Path | None = None,
     token_ttl: float = DEFAULT_TTL,
+    *,
+    operator_files: bool = False,
+    menu_timeout: float = MENU_TIMEOUT,
 ) -> web.Application:
     """The aiohttp application serving the artifact sets under `root` (read-only); with an
-    inventory, `/boot.ipxe` answers known machines only."""
+    inventory, `/boot.ipxe` answers known machines only. `operator_files` also serves each
+    set's manifest.json and build.log; the menu picks its first entry after `menu_timeout`
+    seconds."""
     if not root.is_dir():
         raise UserError(
             f"--root {root}: not a directory",
@@ -227,6 +250,12 @@ def make_app(
     app[ROOT_KEY] = root.resolve()
     app[PUBLIC_URL_KEY] = check_public_url(public_base_url) if public_base_url else ""
     app[EVENTS_KEY] = events_logger()
+    app[OPERATOR_FILES_KEY] = operator_files
+    app[MENU_TIMEOUT_KEY] = menu_timeout
+    app.on_response_prepare.append(name_server)
+    app[GUARD_KEY] = ConnectionGuard()
+    app.middlewares.append(track_requests)
+    app.on_cleanup.append(stop_guard)
     if inventory is not None:
         app[INVENTORY_KEY] = inventory
         inventory.log = app[EVENTS_KEY]
@@ -235,6 +264,14 @@ def make_app(
         )
     app.router.add_get("/{path:.*}", handle)
     return app
+
+
+async def stop_guard(app: web.Application) -> None:
+    await app[GUARD_KEY].stop()
+
+
+async def name_server(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_NAME
 
 
 def check_public_url(url: str) -> str:
@@ -325,14 +362,49 @@ def access_logger(stream: TextIO) -> logging.Logger:
     return logger
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How long a connection may take to ask, idle, and how many may be open at once
+    (serve.connections)."""
+
+    request_timeout: float = REQUEST_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+    max_connections: int = field(default_factory=default_connection_limit)
+
+
+def limits_of(request_timeout: float, idle_timeout: float, max_connections: int | None) -> Limits:
+    if max_connections is None:
+        return Limits(request_timeout, idle_timeout)
+    return Limits(request_timeout, idle_timeout, max_connections)
+
+
+class GuardedSite(web.TCPSite):
+    """aiohttp's TCP site with every connection passed through the app's ConnectionGuard."""
+
+    def __init__(self, runner: web.AppRunner, guard: ConnectionGuard, host: str, port: int):
+        super().__init__(runner, host, port)
+        self.guard = guard
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self.guard.protocol_factory(server), self._host, self._port, backlog=BACKLOG
+        )
+
+
 async def start_site(
     app: web.Application,
     host: str,
     port: int,
     log_stream: TextIO,
-    request_timeout: float = REQUEST_TIMEOUT,
+    limits: Limits | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Start serving `app`; returns the runner and the port actually bound."""
+    limits = limits or Limits()
+    request_timeout = limits.request_timeout
     runner = web.AppRunner(
         app,
         access_log_class=AccessLogger,
@@ -345,8 +417,16 @@ async def start_site(
         keepalive_timeout=request_timeout,
     )
     log_events_to(app[EVENTS_KEY], log_stream)
+    # aiohttp answers a request it cannot parse itself, outside the app (no
+    # on_response_prepare), naming its and Python's versions: its default is ours instead
+    web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]
+    guard = app[GUARD_KEY]
+    guard.limit = limits.max_connections
+    guard.request_timeout = request_timeout
+    guard.idle_timeout = min(limits.idle_timeout, request_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    guard.start(app[EVENTS_KEY])
+    site = GuardedSite(runner, guard, host, port)
     try:
         await site.start()
     except OSError as exc:
@@ -380,9 +460,14 @@ class ServerThread:
         request_timeout: float = REQUEST_TIMEOUT,
         leases: Path | None = None,
         token_ttl: float = DEFAULT_TTL,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int | None = None,
+        operator_files: bool = False,
+        menu_timeout: float = MENU_TIMEOUT,
     ) -> None:
         self.root = root
-        self.request_timeout = request_timeout
+        self.limits = limits_of(request_timeout, idle_timeout, max_connections)
         self.host = host
         self.port = port
         self.access_log = access_log
@@ -393,7 +478,14 @@ class ServerThread:
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="plasmaboot-serve", daemon=True)
         self._log_file: TextIO | None = None
-        self._app = make_app(root, inventory=inventory, leases=leases, token_ttl=token_ttl)
+        self._app = make_app(
+            root,
+            inventory=inventory,
+            leases=leases,
+            token_ttl=token_ttl,
+            operator_files=operator_files,
+            menu_timeout=menu_timeout,
+        )
 
     def __enter__(self) -> ServerThread:
         if self.access_log is not None:
@@ -431,9 +523,7 @@ class ServerThread:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         stream = self._log_file if self._log_file is not None else sys.stderr
-        runner, self.port = await start_site(
-            self._app, self.host, self.port, stream, self.request_timeout
-        )
+        runner, self.port = await start_site(self._app, self.host, self.port, stream, self.limits)
         self._ready.set()
         try:
             await self._stop.wait()
@@ -485,21 +575,30 @@ def serve_forever(
     public_url: str | None = None,
     access_log: Path | None = None,
     inventory: InventoryWatch | None = None,
-    request_timeout: float = REQUEST_TIMEOUT,
+    limits: Limits | None = None,
+    operator_files: bool = False,
+    menu_timeout: float = MENU_TIMEOUT,
     announce: Callable[[str], None] = print,
     token_ttl: float = DEFAULT_TTL,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then stop cleanly (the `plasmaboot serve` command)."""
-    app = make_app(root, public_url, inventory, token_ttl=token_ttl)
+    app = make_app(
+        root,
+        public_url,
+        inventory,
+        token_ttl=token_ttl,
+        operator_files=operator_files,
+        menu_timeout=menu_timeout,
+    )
 
     async def main(log_stream: TextIO) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        runner, bound = await start_site(app, host, port, log_stream, request_timeout)
+        runner, bound = await start_site(app, host, port, log_stream, limits)
         base = f"http://{url_host(host)}:{bound}"
-        labels = published_labels(app[ROOT_KEY])
+        labels = bootable_labels(app[ROOT_KEY])
         announce(f"serving {app[ROOT_KEY]} at {base}/ (labels: {', '.join(labels) or 'none'})")
         if inventory is None:
             announce(f"boot menu: {base}/{BOOT_SCRIPT}")
