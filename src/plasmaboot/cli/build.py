@@ -22,6 +22,7 @@ from plasmaboot.errors import UserError
 from plasmaboot.image.backend import OptionInfo
 from plasmaboot.image.backends import AUTO, backend_types, choices, options_from_values
 from plasmaboot.image.pipeline import BuildOptions, BuildOutcome, build_profiles
+from plasmaboot.report.metrics import build_metrics_text, check_metrics_file, write_metrics_file
 from plasmaboot.verify.manifest import check_manifest
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -95,6 +96,11 @@ def backend_options(command: F) -> F:
     type=click.Path(path_type=Path),
     help="Public key file for root's authorized_keys (repeat). Private keys are refused.",
 )
+@click.option(
+    "--metrics-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the build's figures in Prometheus text format (node_exporter textfile).",
+)
 @backend_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
 @pass_context
@@ -110,6 +116,7 @@ def build(
     jobs: int,
     no_cache: bool,
     ssh_keys: tuple[Path, ...],
+    metrics_file: Path | None,
     as_json: bool,
     **backend_values: Any,
 ) -> None:
@@ -129,6 +136,8 @@ def build(
     if not names:
         raise UserError("no profile given", hint="pass --profile NAME (repeatable) or --all")
     names = list(dict.fromkeys(names))  # a profile given twice is built once
+    if metrics_file is not None:
+        check_metrics_file(metrics_file)
     resolved = [store.resolve(name, variant) for name in names]
     options = BuildOptions(
         output_dir=output_dir.absolute(),
@@ -143,6 +152,8 @@ def build(
         outcomes = build_profiles(
             resolved, options, progress.update, on_backend=progress.announce_backend
         )
+    if metrics_file is not None:
+        write_metrics_file(metrics_file, build_metrics_text(o.record for o in outcomes))
     if as_json:
         click.echo(json.dumps([outcome_json(o) for o in outcomes], indent=2))
     else:
