@@ -44,6 +44,7 @@ from plasmaboot.serve.machines import (
     machine_params,
     refusal_script,
 )
+from plasmaboot.serve.metrics import add_metrics, count_boot, count_refused
 from plasmaboot.serve.paths import (
     SETS_PREFIX,
     BootSet,
@@ -55,6 +56,7 @@ from plasmaboot.serve.paths import (
     resolve_within,
 )
 from plasmaboot.serve.scripts import boot_menu, chain_script, render_script
+from plasmaboot.serve.status import add_status, record_boot, record_refusal
 
 ASSET_FILES = frozenset({KERNEL, INITRD, MANIFEST, BUILD_LOG})
 HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
@@ -145,6 +147,9 @@ def machine_script(request: web.Request, inventory: Inventory) -> web.Response:
     if found.machine is None:
         shown = found.mac or f"{printable(raw_mac[:40])} (not a MAC address)"
         events.warning("refused: MAC %s from %s is not in the inventory", shown, client)
+        refused(
+            request, found.mac or printable(raw_mac[:40]), "unknown MAC" if found.mac else "no MAC"
+        )
         reason = f"MAC {found.mac} is not in the inventory" if found.mac else "no valid MAC given"
         return script_response(refusal_script(reason))
     machine = found.machine
@@ -155,6 +160,7 @@ def machine_script(request: web.Request, inventory: Inventory) -> web.Response:
             "refused: machine %s (MAC %s) from %s: no image published for %s",
             machine.name, found.mac, client, machine.label,
         )  # fmt: skip
+        refused(request, found.mac or "", "no image")
         return script_response(refusal_script(f"no image is published for {machine.label}"))
     try:
         render_script(text, base, boot_set.url_prefix)
@@ -162,17 +168,27 @@ def machine_script(request: web.Request, inventory: Inventory) -> web.Response:
         events.warning(
             "refused: %s: its %s is not plasmaboot's: %s", boot_set.directory.name, IPXE, exc
         )
+        refused(request, found.mac or "", "damaged image")
         return script_response(refusal_script(f"the image for {machine.label} is damaged"))
     try:
         script = render_script(text, base, boot_set.url_prefix, machine_params(machine))
     except FormatError as exc:  # the machine's own parameters push the kernel line too far
         events.warning("refused: machine %s (MAC %s): %s", machine.name, found.mac, exc)
+        refused(request, found.mac or "", "kernel line too long")
         return script_response(refusal_script(f"the kernel line of {machine.name} is too long"))
     events.info(
         "boot: machine %s (MAC %s) from %s gets %s",
         machine.name, found.mac, client, boot_set.directory.name,
     )  # fmt: skip
+    count_boot(request.app, machine.label, machine.name)
+    record_boot(request.app, machine.name, boot_set.directory.name, client)
     return script_response(script)
+
+
+def refused(request: web.Request, mac: str, reason: str) -> None:
+    """Count a refused machine (metrics) and remember its MAC (status page)."""
+    count_refused(request.app, reason)
+    record_refusal(request.app, mac, request.remote or "-", reason)
 
 
 def read_script(found: BootSet | None) -> str | None:
@@ -196,12 +212,17 @@ def respond_from_set(request: web.Request, found: BootSet | None, name: str) -> 
     if found is None or text is None:
         raise web.HTTPNotFound()
     try:
-        return script_response(render_script(text, base_url_of(request), found.url_prefix))
+        script = script_response(render_script(text, base_url_of(request), found.url_prefix))
     except FormatError as exc:
         request.app[EVENTS_KEY].warning(
             "refused: %s: its %s is not plasmaboot's: %s", found.directory.name, IPXE, exc
         )
         raise web.HTTPNotFound(text=f"{IPXE} of this set is damaged; rebuild it\n") from exc
+    label = request_segments(request.raw_path)[0]  # the label, or "sets" for an exact set
+    label = found.directory.name if label == SETS_PREFIX else label
+    count_boot(request.app, label)
+    record_boot(request.app, label, found.directory.name, request.remote or "-")
+    return script
 
 
 def make_app(
@@ -221,6 +242,8 @@ def make_app(
     if inventory is not None:
         app[INVENTORY_KEY] = inventory
         inventory.log = app[EVENTS_KEY]
+    add_metrics(app)  # GET /metrics, and every request counted
+    add_status(app, app[ROOT_KEY], inventory)  # GET /: the status page
     app.router.add_get("/{path:.*}", handle)
     return app
 
