@@ -243,7 +243,10 @@ def print_summary(outcomes: list[BuildOutcome]) -> None:
 
 
 class BuildProgress:
-    """Live progress per profile on a terminal; plain timestamped lines otherwise."""
+    """Live progress per profile on a terminal. Otherwise (a CI log, `| tee`) one line per
+    step when it ends, with its duration: a step's end (`mmdebstrap done in 312.4s`), and
+    each phase a step reports while it runs (`mmdebstrap: downloading`), printed when the
+    next one begins."""
 
     def __init__(self, out: Console, quiet: bool = False) -> None:
         self.out = out
@@ -257,6 +260,8 @@ class BuildProgress:
             transient=False,
         )
         self.tasks: dict[str, TaskID] = {}
+        # per subject: the phase or step start not yet printed, and when it began
+        self.pending: dict[str, tuple[str, float]] = {}
 
     def __enter__(self) -> BuildProgress:
         if self.live:
@@ -266,17 +271,35 @@ class BuildProgress:
     def __exit__(self, *exc: object) -> None:
         if self.live:
             self.progress.stop()
+        for subject in list(self.pending):
+            self.flush(subject, final=True)
 
     def announce_backend(self, name: str) -> None:
         if not self.quiet:
             self.out.print(f"backend: {name}")
 
+    def line(self, subject: str, text: str) -> None:
+        self.out.print(f"{time.strftime('%H:%M:%S')} {subject}: {text}", highlight=False)
+
+    def flush(self, subject: str, final: bool = False) -> None:
+        """Print the pending phase with its duration. A step's start is not printed (its
+        end is, with the duration), unless nothing followed it (e.g. `cache hit`)."""
+        text, started = self.pending.pop(subject)
+        if ": " in text:
+            self.line(subject, f"{text} ({time.monotonic() - started:.1f}s)")
+        elif final:
+            self.line(subject, text)
+
     def update(self, subject: str, step: str, seconds: float | None) -> None:
         if self.quiet:
             return
         if not self.live:
-            done = f" done in {seconds:.1f}s" if seconds is not None else ""
-            self.out.print(f"{time.strftime('%H:%M:%S')} {subject}: {step}{done}", highlight=False)
+            if subject in self.pending:
+                self.flush(subject)
+            if seconds is None:
+                self.pending[subject] = (step, time.monotonic())
+            else:
+                self.line(subject, f"{step} done in {seconds:.1f}s")
             return
         if subject not in self.tasks:
             self.tasks[subject] = self.progress.add_task(subject, total=None)
