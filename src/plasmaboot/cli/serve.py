@@ -45,6 +45,11 @@ root_option = click.option(
     metavar="SECONDS",
     help="Close a connection that sent no complete request within SECONDS (or idles as long).",
 )
+@click.option(
+    "--admin-listen",
+    metavar="HOST:PORT",
+    help="Serve the status page (/) and /metrics here instead of on --listen.",
+)
 @inventory_option
 @pass_context
 def serve(
@@ -55,6 +60,7 @@ def serve(
     public_url: str | None,
     access_log: Path | None,
     request_timeout: float,
+    admin_listen: str | None,
     inventory: Path | None,
 ) -> None:
     """Serve artifact sets and iPXE boot scripts over HTTP until Ctrl-C.
@@ -66,11 +72,14 @@ def serve(
     With --inventory, only known machines boot:
                  http://HOST:PORT/boot.ipxe?mac=${net0/mac}  (its profile's set, its own
                  kernel parameters; unknown MACs get a script that says why and stops)
+    Status page  http://HOST:PORT/   Prometheus  http://HOST:PORT/metrics
+                 (on --admin-listen instead, when given)
     """
     from plasmaboot.serve.app import check_listen, parse_listen, serve_forever
 
     host, port = parse_listen(listen)
     check_listen(host, allow_remote)
+    admin = admin_address(admin_listen, allow_remote) if admin_listen is not None else None
     if not root.is_dir():
         raise UserError(
             f"--root {root}: no such directory",
@@ -86,4 +95,18 @@ def serve(
         inventory=watch,
         request_timeout=request_timeout,
         announce=lambda line: click.echo(line, err=True),
+        admin=admin,
     )
+
+
+def admin_address(value: str, allow_remote: bool) -> tuple[str, int]:
+    """--admin-listen, checked by --listen's rules, its errors naming --admin-listen."""
+    from plasmaboot.serve.app import check_listen, parse_listen
+
+    try:
+        host, port = parse_listen(value)
+        check_listen(host, allow_remote)
+    except UserError as exc:
+        message = exc.message.replace("--listen", "--admin-listen", 1)
+        raise UserError(message, hint=exc.hint) from exc
+    return host, port

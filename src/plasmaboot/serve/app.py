@@ -44,7 +44,13 @@ from plasmaboot.serve.machines import (
     machine_params,
     refusal_script,
 )
-from plasmaboot.serve.metrics import add_metrics, count_boot, count_refused
+from plasmaboot.serve.metrics import (
+    METRICS_KEY,
+    add_metrics,
+    count_boot,
+    count_refused,
+    metrics_handler,
+)
 from plasmaboot.serve.paths import (
     SETS_PREFIX,
     BootSet,
@@ -56,7 +62,13 @@ from plasmaboot.serve.paths import (
     resolve_within,
 )
 from plasmaboot.serve.scripts import boot_menu, chain_script, render_script
-from plasmaboot.serve.status import add_status, record_boot, record_refusal
+from plasmaboot.serve.status import (
+    STATUS_KEY,
+    add_status,
+    record_boot,
+    record_refusal,
+    status_handler,
+)
 
 ASSET_FILES = frozenset({KERNEL, INITRD, MANIFEST, BUILD_LOG})
 HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
@@ -226,10 +238,14 @@ def respond_from_set(request: web.Request, found: BootSet | None, name: str) -> 
 
 
 def make_app(
-    root: Path, public_base_url: str | None = None, inventory: InventoryWatch | None = None
+    root: Path,
+    public_base_url: str | None = None,
+    inventory: InventoryWatch | None = None,
+    admin_routes: bool = True,
 ) -> web.Application:
     """The aiohttp application serving the artifact sets under `root` (read-only); with an
-    inventory, `/boot.ipxe` answers known machines only."""
+    inventory, `/boot.ipxe` answers known machines only. `/` and `/metrics` are answered
+    here unless `admin_routes` is False (then `make_admin_app` answers them elsewhere)."""
     if not root.is_dir():
         raise UserError(
             f"--root {root}: not a directory",
@@ -242,10 +258,21 @@ def make_app(
     if inventory is not None:
         app[INVENTORY_KEY] = inventory
         inventory.log = app[EVENTS_KEY]
-    add_metrics(app)  # GET /metrics, and every request counted
-    add_status(app, app[ROOT_KEY], inventory)  # GET /: the status page
+    add_metrics(app, route=admin_routes)  # GET /metrics, and every request counted
+    add_status(app, app[ROOT_KEY], inventory, route=admin_routes)  # GET /: the status page
     app.router.add_get("/{path:.*}", handle)
     return app
+
+
+def make_admin_app(boot_app: web.Application) -> web.Application:
+    """`serve --admin-listen`: the status page and /metrics of `boot_app`, on their own."""
+    admin = web.Application()
+    admin[EVENTS_KEY] = boot_app[EVENTS_KEY]
+    admin[STATUS_KEY] = boot_app[STATUS_KEY]
+    admin[METRICS_KEY] = boot_app[METRICS_KEY]
+    admin.router.add_get("/", status_handler)
+    admin.router.add_get("/metrics", metrics_handler)
+    return admin
 
 
 def check_public_url(url: str) -> str:
@@ -342,6 +369,7 @@ async def start_site(
     port: int,
     log_stream: TextIO,
     request_timeout: float = REQUEST_TIMEOUT,
+    option: str = "--listen",
 ) -> tuple[web.AppRunner, int]:
     """Start serving `app`; returns the runner and the port actually bound."""
     runner = web.AppRunner(
@@ -363,7 +391,7 @@ async def start_site(
     except OSError as exc:
         await runner.cleanup()
         raise UserError(
-            f"--listen {host}:{port}: cannot bind ({exc.strerror})",
+            f"{option} {host}:{port}: cannot bind ({exc.strerror})",
             hint="choose another port, or stop what is using it",
         ) from exc
     bound = next(iter(runner.addresses))
@@ -496,9 +524,11 @@ def serve_forever(
     inventory: InventoryWatch | None = None,
     request_timeout: float = REQUEST_TIMEOUT,
     announce: Callable[[str], None] = print,
+    admin: tuple[str, int] | None = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM, then stop cleanly (the `plasmaboot serve` command)."""
-    app = make_app(root, public_url, inventory)
+    """Serve until SIGINT or SIGTERM, then stop cleanly (the `plasmaboot serve` command).
+    With `admin` (host, port), / and /metrics are served there instead."""
+    app = make_app(root, public_url, inventory, admin_routes=admin is None)
 
     async def main(log_stream: TextIO) -> None:
         loop = asyncio.get_running_loop()
@@ -506,6 +536,16 @@ def serve_forever(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         runner, bound = await start_site(app, host, port, log_stream, request_timeout)
+        runners = [runner]
+        if admin is not None:
+            try:
+                admin_runner, admin_port = await start_site(
+                    make_admin_app(app), *admin, log_stream, request_timeout, "--admin-listen"
+                )
+            except BaseException:
+                await runner.cleanup()
+                raise
+            runners.append(admin_runner)
         base = f"http://{url_host(host)}:{bound}"
         labels = published_labels(app[ROOT_KEY])
         announce(f"serving {app[ROOT_KEY]} at {base}/ (labels: {', '.join(labels) or 'none'})")
@@ -517,10 +557,13 @@ def serve_forever(
                 f"machines from {inventory.path} ({machines}): "
                 f"{base}/{BOOT_SCRIPT}?mac=${{net0/mac}}; unknown MACs are refused"
             )
+        admin_base = f"http://{url_host(admin[0])}:{admin_port}" if admin is not None else base
+        announce(f"status page: {admin_base}/ metrics: {admin_base}/metrics")
         try:
             await stop.wait()
         finally:
-            await runner.cleanup()
+            for each in reversed(runners):
+                await each.cleanup()
         announce("stopped")
 
     if access_log is None:

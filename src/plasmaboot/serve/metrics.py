@@ -162,11 +162,13 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return response
 
 
-def add_metrics(app: web.Application) -> ServeMetrics:
-    """Count this app's requests and answer GET /metrics (call before the catch-all route)."""
+def add_metrics(app: web.Application, route: bool = True) -> ServeMetrics:
+    """Count this app's requests, and answer GET /metrics unless `route` is False (the admin
+    listener answers it then). Call before the catch-all route."""
     metrics = ServeMetrics()
     app[METRICS_KEY] = metrics
     app.middlewares.append(observe_request)
     app.on_response_prepare.append(count_sent_bytes)
-    app.router.add_get("/metrics", metrics_handler)
+    if route:
+        app.router.add_get("/metrics", metrics_handler)
     return metrics

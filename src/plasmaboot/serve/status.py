@@ -312,13 +312,17 @@ class StatusSource:
 STATUS_KEY = web.AppKey("status", StatusSource)
 
 
-def add_status(app: web.Application, root: Path, watch: InventoryWatch | None) -> Seen:
-    """Answer GET / with the status page and keep what it shows (call before the catch-all
-    route); refused.json is written once more when the server stops."""
+def add_status(
+    app: web.Application, root: Path, watch: InventoryWatch | None, route: bool = True
+) -> Seen:
+    """Keep what the status page shows, and answer GET / with it unless `route` is False (the
+    admin listener answers it then). Call before the catch-all route; refused.json is
+    written once more when the server stops."""
     seen = Seen(state=state_dir(watch.path) if watch is not None else None)
     app[SEEN_KEY] = seen
     app[STATUS_KEY] = StatusSource(root, watch, seen)
-    app.router.add_get("/", status_handler)
+    if route:
+        app.router.add_get("/", status_handler)
 
     async def save_seen(_: web.Application) -> None:
         seen.save()
