@@ -115,3 +115,8 @@ def test_not_a_set_is_one_line_and_exit_2(tmp_path: Path) -> None:
     (tmp_path / "bad" / "manifest.json").write_text("{nope")
     result = CliRunner().invoke(main, ["diff", str(tmp_path / "bad"), str(tmp_path / "a")])
     assert result.exit_code == 2 and "SET_A" in result.output
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "manifest.json").write_text('{"profile": "worker"}')
+    result = CliRunner().invoke(main, ["diff", str(tmp_path / "old"), str(tmp_path / "a")])
+    assert result.exit_code == 2 and len(result.output.splitlines()) == 2  # error + hint
+    assert "the first: label: Field required" in result.output

@@ -25,11 +25,16 @@ def load_set(directory: Path, argument: str) -> Manifest:
         )
     try:
         return read_manifest(directory)
-    except (ValidationError, ValueError, OSError) as exc:
-        raise UserError(
-            f"{argument} {directory / MANIFEST}: not a manifest plasmaboot can read ({exc})"[:300],
-            hint="rebuild the set, or give another one",
-        ) from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top)"
+        problem = f"{exc.error_count()} problem(s), the first: {where}: {first['msg']}"
+    except (ValueError, OSError) as exc:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    raise UserError(
+        f"{argument} {directory / MANIFEST}: not a manifest plasmaboot can read: {problem}"[:400],
+        hint="an older plasmaboot may have written it: rebuild the set, or give another one",
+    )
 
 
 # --------------------------------------------------------------------------------------
