@@ -271,6 +271,8 @@ class BuildProgress:
     def __exit__(self, *exc: object) -> None:
         if self.live:
             self.progress.stop()
+        if exc and exc[0] is not None:
+            self.pending.clear()  # the error says what happened; no half-step line before it
         for subject in list(self.pending):
             self.flush(subject, final=True)
 
@@ -285,10 +287,8 @@ class BuildProgress:
         """Print the pending phase with its duration. A step's start is not printed (its
         end is, with the duration), unless nothing followed it (e.g. `cache hit`)."""
         text, started = self.pending.pop(subject)
-        if ": " in text:
+        if ": " in text or final:
             self.line(subject, f"{text} ({time.monotonic() - started:.1f}s)")
-        elif final:
-            self.line(subject, text)
 
     def update(self, subject: str, step: str, seconds: float | None) -> None:
         if self.quiet:
