@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,40 @@ def test_bad_metrics_file_is_refused_before_the_build(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="is a directory"):
         check_metrics_file(tmp_path)
     check_metrics_file(tmp_path / "ok.prom")
+
+
+def test_build_command_writes_the_metrics_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from plasmaboot.cli import main
+    from plasmaboot.image.pipeline import BuildOutcome
+    from plasmaboot.profiles.store import ProfileStore
+
+    manifest = make_manifest(tmp_path / "set")
+    record = history_record(manifest, "worker-1", False, 3.0, "2026-01-02T00:00:00+00:00")
+    outcome = BuildOutcome(
+        profile=ProfileStore().resolve("worker"),
+        backend="debian",
+        kernel_version=manifest.kernel_version,
+        kernel_size=8 * MIB,
+        initrd_size=100 * MIB,
+        seconds=3.0,
+        cache_hit=False,
+        path=tmp_path / "set",
+        record=record,
+    )
+    calls: list[object] = []
+    build_module = sys.modules["plasmaboot.cli.build"]  # `plasmaboot.cli.build` is the command
+    monkeypatch.setattr(
+        build_module, "build_profiles", lambda *a, **k: calls.append(a) or [outcome]
+    )
+    target = tmp_path / "plasmaboot.prom"
+    args = ["build", "-p", "worker", "--json", "--metrics-file"]
+    result = CliRunner().invoke(main, [*args, str(target)])
+    assert result.exit_code == 0, result.output
+    assert "plasmaboot_build_duration_seconds" in target.read_text()
+    result = CliRunner().invoke(main, [*args, str(tmp_path / "missing" / "x.prom")])
+    assert result.exit_code == 2 and "--metrics-file" in result.output
+    assert len(calls) == 1  # refused before any build
