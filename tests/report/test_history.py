@@ -28,6 +28,7 @@ def test_record_holds_what_the_report_plots(tmp_path: Path) -> None:
     assert record["sizes"]["kernel"] == 8 * MIB
     assert record["sizes"]["initrd"] == 100 * MIB
     assert record["sizes"]["layers"] == {}
+    assert record["sizes"]["total"] == 108 * MIB + 300
     assert record["packages"] == 2
     assert record["cache"] == "hit"
     assert record["version"]

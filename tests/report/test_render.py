@@ -44,7 +44,7 @@ def test_report_draws_every_plot(tmp_path: Path) -> None:
     artifacts = artifacts_with_history(tmp_path)
     figures = collect_figures(artifacts)
     assert figures["builds"] == 4
-    assert [p["total"] for p in figures["size_over_builds"]["worker"]][-1] == 111 * MIB
+    assert [p["total"] for p in figures["size_over_builds"]["worker"]][-1] == 111 * MIB + 300
     assert len(figures["step_seconds_over_builds"]["worker"]) == 3  # the cache hit is left out
     assert figures["step_seconds_over_builds"]["worker"][0]["steps"]["customize"] == 9.0
     image = figures["images"]["worker"]

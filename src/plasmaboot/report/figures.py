@@ -73,7 +73,7 @@ def collect_figures(artifacts: Path) -> dict[str, Any]:
                 "set": record.get("set", ""),
                 "kernel": kernel,
                 "initrd": initrd,
-                "total": kernel + initrd,
+                "total": int(record_sizes.get("total", kernel + initrd)),
                 "layers": record_sizes.get("layers", {}),
                 "packages": record.get("packages", 0),
             }

@@ -73,6 +73,9 @@ def history_record(
             "kernel": kernel.size if kernel else 0,
             "initrd": initrd.size if initrd else 0,
             "files": {name: record.size for name, record in sorted(manifest.files.items())},
+            # what a node downloads: every file of the set (a layered set may have several
+            # initrd files; the script is a few hundred bytes)
+            "total": sum(record.size for record in manifest.files.values()),
             "layers": layer_sizes(manifest),
         },
         "packages": len(manifest.packages),
