@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 PB := $(VENV)/bin/plasmaboot
 APT_PACKAGES := mmdebstrap squashfs-tools qemu-system-x86 ipxe-qemu qemu-utils \
 	busybox-static openssh-client nix-bin nginx-light zstd xz-utils cpio dpkg-dev \
-	arch-test uidmap python3-venv ca-certificates curl dnsmasq-base ipxe ovmf iproute2
+	arch-test uidmap python3-venv ca-certificates curl dnsmasq-base ipxe ovmf iproute2 \
+	chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_KEY := .cache/demo/id_ed25519
 

@@ -347,3 +347,24 @@ def test_publish_command_refuses_a_damaged_set(tmp_path: Path) -> None:
     assert "manifest.json says" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert (pxe / "worker" / "initrd").read_text() == "initrd:v1"  # previous set untouched
+
+
+def test_progress_off_a_terminal_is_one_line_per_step_with_its_duration() -> None:
+    import io
+
+    from plasmaboot.cli.build import BuildProgress
+    from plasmaboot.cli.context import Console
+
+    out = io.StringIO()
+    with BuildProgress(Console(file=out)) as progress:
+        progress.update("worker", "mmdebstrap", None)
+        progress.update("worker", "mmdebstrap: downloading", None)
+        progress.update("worker", "mmdebstrap: installing", None)
+        progress.update("worker", "mmdebstrap", 312.44)
+        progress.update("base", "cache hit", None)
+    lines = [line.split(" ", 1)[1] for line in out.getvalue().splitlines()]
+    assert lines[0].startswith("worker: mmdebstrap: downloading (") and lines[0].endswith("s)")
+    assert lines[1].startswith("worker: mmdebstrap: installing (")
+    assert lines[2] == "worker: mmdebstrap done in 312.4s"
+    assert lines[3].startswith("base: cache hit (")
+    assert len(lines) == 4

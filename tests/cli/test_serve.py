@@ -109,3 +109,56 @@ def test_serve_command_takes_the_node_and_menu_options(published: Published) -> 
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=10)
+
+
+def test_admin_listen_moves_the_status_page_and_metrics(published: Published) -> None:
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "plasmaboot", "serve", "--root", str(published.root)),
+            *("--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def get(port: int, path: str) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    try:
+        assert proc.stderr is not None
+        boot_line = proc.stderr.readline()
+        proc.stderr.readline()  # the boot menu's URL
+        admin_line = proc.stderr.readline()
+        boot = re.search(r"at http://127\.0\.0\.1:(\d+)/", boot_line)
+        admin = re.search(r"status page: http://127\.0\.0\.1:(\d+)/ ", admin_line)
+        assert boot and admin, (boot_line, admin_line)
+        boot_port, admin_port = int(boot.group(1)), int(admin.group(1))
+        assert boot_port != admin_port
+        assert get(boot_port, f"/cp/{INITRD}")[0] == 200
+        assert get(boot_port, "/")[0] == 404
+        assert get(boot_port, "/metrics")[0] == 404
+        status, page = get(admin_port, "/")
+        assert status == 200 and b"Published (1)" in page
+        status, text = get(admin_port, "/metrics")
+        assert status == 200
+        assert b'plasmaboot_http_requests_total{file="initrd",status="200"} 1.0' in text
+        assert get(admin_port, f"/cp/{INITRD}")[0] == 404  # no images on the admin address
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_admin_listen_is_checked_like_listen(published: Published) -> None:
+    args = ["serve", "--root", str(published.root), "--admin-listen", "0.0.0.0:9100"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "--admin-listen 0.0.0.0" in result.output and "--allow-remote" in result.output

@@ -29,6 +29,7 @@ from plasmaboot.image.backend import (
 from plasmaboot.image.pipeline import BuildOptions, build_profiles
 from plasmaboot.profiles.model import Profile
 from plasmaboot.profiles.store import ProfileStore
+from plasmaboot.report.history import read_history
 
 from conftest import make_kernel
 
@@ -195,3 +196,16 @@ def test_bad_options_fail_before_anything_is_written(tmp_path: Path) -> None:
             ),
         )
     assert not out.exists() and BUILDS == []
+
+
+def test_every_build_appends_to_the_history(tmp_path: Path) -> None:
+    (first,) = build_profiles([resolve("base")], options(tmp_path))
+    (again,) = build_profiles([resolve("base")], options(tmp_path))
+    records = read_history(tmp_path / "artifacts")
+    assert [r["cache"] for r in records] == ["miss", "hit"]
+    assert [first.record, again.record] == records
+    set_name = os.path.basename(os.readlink(tmp_path / "artifacts" / "base"))
+    assert {r["set"] for r in records} == {set_name}
+    assert records[0]["sizes"]["initrd"] == first.initrd_size
+    assert "stand-in build" in records[0]["steps"]
+    assert records[0]["packages"] == 1

@@ -1,7 +1,7 @@
 """manifest.json: the size and sha256 of every file of a set, and what was built: the
 resolved profile (every setting, with its content hash), backend, distro, kernel and its
-command line, packages, and seconds per step. Stages after the build read it, never the
-profile files."""
+command line, packages (with what each occupies), and seconds per step. Stages after the
+build read it, never the profile files."""
 
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ class Manifest(BaseModel):
     kernel_params: list[str]
     files: dict[str, FileRecord]
     packages: dict[str, str]
+    # bytes each package occupies (Debian: dpkg's Installed-Size) and each kernel module tree
+    # (`drivers/net`, `fs`, ...): optional, so manifests written before them still read
+    package_sizes: dict[str, int] = {}
+    module_sizes: dict[str, int] = {}
     steps: dict[str, float]
     built_at: str
     plasmaboot_version: str

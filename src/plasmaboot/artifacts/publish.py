@@ -28,7 +28,7 @@ MAX_SCRIPT_SIZE = 64 << 10
 
 
 # `serve` answers /sets/... from .sets/: a set labelled so could never be reached.
-RESERVED_LABELS = frozenset({"sets"})
+RESERVED_LABELS = frozenset({"sets", "node", "metrics"})  # serve answers these itself
 
 
 def check_label(label: str, where: str = "label") -> None:

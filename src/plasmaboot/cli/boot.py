@@ -4,6 +4,7 @@ namespace of its own), then checks over SSH."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -12,6 +13,7 @@ from plasmaboot.boot.provisioning import DEFAULT_SUBNET
 from plasmaboot.boot.qemu import DEFAULT_MEMORY_MIB, Firmware, Nic
 from plasmaboot.boot.test import BootTestOptions, Network, run_boot_test
 from plasmaboot.checks import render_checks
+from plasmaboot.cli.build import BuildProgress
 from plasmaboot.cli.context import Context, console, err_console, pass_context
 from plasmaboot.errors import UserError
 
@@ -161,11 +163,18 @@ def boot_test(
         netns_subnet=netns_subnet,
         profiles_dirs=obj.profiles_dirs,
     )
-    result = run_boot_test(
-        options,
-        announce=None if as_json else err_console.print,
-        notice=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True),
-    )
+    # a spinner with the time so far on a terminal; a line with the duration otherwise
+    with BuildProgress(err_console, quiet=as_json) as progress:
+        started = time.monotonic()
+        progress.update(label, "boot-test", None)
+        result = run_boot_test(
+            options,
+            announce=None if as_json else err_console.print,
+            notice=lambda line: err_console.print(
+                line, markup=False, highlight=False, soft_wrap=True
+            ),
+        )
+        progress.update(label, "boot-test", time.monotonic() - started)
     if as_json:
         click.echo(result.to_json())
     else:

@@ -21,6 +21,7 @@ from plasmaboot.errors import UserError
 from plasmaboot.image.backend import OptionInfo
 from plasmaboot.image.backends import AUTO, backend_types, choices, options_from_values
 from plasmaboot.image.pipeline import BuildOptions, BuildOutcome, build_profiles
+from plasmaboot.report.metrics import build_metrics_text, check_metrics_file, write_metrics_file
 from plasmaboot.verify.manifest import check_manifest
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -94,6 +95,11 @@ def backend_options(command: F) -> F:
     type=click.Path(path_type=Path),
     help="Public key file for root's authorized_keys (repeat). Private keys are refused.",
 )
+@click.option(
+    "--metrics-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the build's figures in Prometheus text format (node_exporter textfile).",
+)
 @backend_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
 @pass_context
@@ -109,6 +115,7 @@ def build(
     jobs: int,
     no_cache: bool,
     ssh_keys: tuple[Path, ...],
+    metrics_file: Path | None,
     as_json: bool,
     **backend_values: Any,
 ) -> None:
@@ -128,6 +135,8 @@ def build(
     if not names:
         raise UserError("no profile given", hint="pass --profile NAME (repeatable) or --all")
     names = list(dict.fromkeys(names))  # a profile given twice is built once
+    if metrics_file is not None:
+        check_metrics_file(metrics_file)
     resolved = [store.resolve(name, variant) for name in names]
     options = BuildOptions(
         output_dir=output_dir.absolute(),
@@ -142,6 +151,8 @@ def build(
         outcomes = build_profiles(
             resolved, options, progress.update, on_backend=progress.announce_backend
         )
+    if metrics_file is not None:
+        write_metrics_file(metrics_file, build_metrics_text(o.record for o in outcomes))
     if as_json:
         click.echo(json.dumps([outcome_json(o) for o in outcomes], indent=2))
     else:
@@ -238,7 +249,10 @@ def print_summary(outcomes: list[BuildOutcome]) -> None:
 
 
 class BuildProgress:
-    """Live progress per profile on a terminal; plain timestamped lines otherwise."""
+    """Live progress per profile on a terminal. Otherwise (a CI log, `| tee`) one line per
+    step when it ends, with its duration: a step's end (`mmdebstrap done in 312.4s`), and
+    each phase a step reports while it runs (`mmdebstrap: downloading`), printed when the
+    next one begins."""
 
     def __init__(self, out: Console, quiet: bool = False) -> None:
         self.out = out
@@ -252,6 +266,8 @@ class BuildProgress:
             transient=False,
         )
         self.tasks: dict[str, TaskID] = {}
+        # per subject: the phase or step start not yet printed, and when it began
+        self.pending: dict[str, tuple[str, float]] = {}
 
     def __enter__(self) -> BuildProgress:
         if self.live:
@@ -261,17 +277,35 @@ class BuildProgress:
     def __exit__(self, *exc: object) -> None:
         if self.live:
             self.progress.stop()
+        if exc and exc[0] is not None:
+            self.pending.clear()  # the error says what happened; no half-step line before it
+        for subject in list(self.pending):
+            self.flush(subject, final=True)
 
     def announce_backend(self, name: str) -> None:
         if not self.quiet:
             self.out.print(f"backend: {name}")
 
+    def line(self, subject: str, text: str) -> None:
+        self.out.print(f"{time.strftime('%H:%M:%S')} {subject}: {text}", highlight=False)
+
+    def flush(self, subject: str, final: bool = False) -> None:
+        """Print the pending phase with its duration. A step's start is not printed (its
+        end is, with the duration), unless nothing followed it (e.g. `cache hit`)."""
+        text, started = self.pending.pop(subject)
+        if ": " in text or final:
+            self.line(subject, f"{text} ({time.monotonic() - started:.1f}s)")
+
     def update(self, subject: str, step: str, seconds: float | None) -> None:
         if self.quiet:
             return
         if not self.live:
-            done = f" done in {seconds:.1f}s" if seconds is not None else ""
-            self.out.print(f"{time.strftime('%H:%M:%S')} {subject}: {step}{done}", highlight=False)
+            if subject in self.pending:
+                self.flush(subject)
+            if seconds is None:
+                self.pending[subject] = (step, time.monotonic())
+            else:
+                self.line(subject, f"{step} done in {seconds:.1f}s")
             return
         if subject not in self.tasks:
             self.tasks[subject] = self.progress.add_task(subject, total=None)

@@ -86,6 +86,11 @@ token_ttl_option = click.option(
     help="Also serve each set's manifest.json and build.log (nodes need neither; they name "
     "build-host paths and packages).",
 )
+@click.option(
+    "--admin-listen",
+    metavar="HOST:PORT",
+    help="Serve the status page (/) and /metrics here instead of on --listen.",
+)
 @inventory_option
 @token_ttl_option
 @pass_context
@@ -101,6 +106,7 @@ def serve(
     max_connections: int | None,
     menu_timeout: float,
     operator_files: bool,
+    admin_listen: str | None,
     inventory: Path | None,
     token_ttl: float,
 ) -> None:
@@ -113,11 +119,14 @@ def serve(
     With --inventory, only known machines boot:
                  http://HOST:PORT/boot.ipxe?mac=${net0/mac}  (its profile's set, its own
                  kernel parameters; unknown MACs get a script that says why and stops)
+    Status page  http://HOST:PORT/   Prometheus  http://HOST:PORT/metrics
+                 (on --admin-listen instead, when given)
     """
     from plasmaboot.serve.app import check_listen, limits_of, parse_listen, serve_forever
 
     host, port = parse_listen(listen)
     check_listen(host, allow_remote)
+    admin = admin_address(admin_listen, allow_remote) if admin_listen is not None else None
     if not root.is_dir():
         raise UserError(
             f"--root {root}: no such directory",
@@ -136,4 +145,18 @@ def serve(
         menu_timeout=menu_timeout,
         announce=lambda line: click.echo(line, err=True),
         token_ttl=token_ttl * 60,
+        admin=admin,
     )
+
+
+def admin_address(value: str, allow_remote: bool) -> tuple[str, int]:
+    """--admin-listen, checked by --listen's rules, its errors naming --admin-listen."""
+    from plasmaboot.serve.app import check_listen, parse_listen
+
+    try:
+        host, port = parse_listen(value)
+        check_listen(host, allow_remote)
+    except UserError as exc:
+        message = exc.message.replace("--listen", "--admin-listen", 1)
+        raise UserError(message, hint=exc.hint) from exc
+    return host, port

@@ -39,6 +39,8 @@ class BuildResult:
     distro: str  # "debian bookworm", "nixos 24.05", ...
     extra_kernel_params: tuple[str, ...] = ()  # nix: ("init=/nix/store/...-toplevel/init",)
     packages: dict[str, str] = field(default_factory=dict)  # name -> version
+    package_sizes: dict[str, int] = field(default_factory=dict)  # name -> bytes installed
+    module_sizes: dict[str, int] = field(default_factory=dict)  # module tree -> bytes
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from plasmaboot import __version__
 from plasmaboot.artifacts.layout import (
@@ -48,6 +49,7 @@ from plasmaboot.log import Log, ProgressCallback
 from plasmaboot.paths import cache_dir
 from plasmaboot.profiles.located_errors import display_path
 from plasmaboot.profiles.model import Profile
+from plasmaboot.report.history import append_history, history_record
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class BuildOutcome:
     path: Path
     warnings: list[str] = field(default_factory=list)
     published: Path | None = None
+    record: dict[str, Any] = field(default_factory=dict)  # what the build history got
 
     @property
     def total_size(self) -> int:
@@ -166,18 +169,26 @@ def build_one(
         published = publish_atomically(
             final, options.pxe_dir, label, BOOT_FILES, expected=manifest.files
         )
+    seconds = time.monotonic() - started
+    record = history_record(manifest, final.name, hit is not None, seconds, utc_now())
+    append_history(options.output_dir, record)
     return BuildOutcome(
         profile=profile,
         backend=manifest.backend,
         kernel_version=manifest.kernel_version,
         kernel_size=manifest.files[KERNEL].size,
         initrd_size=manifest.files[INITRD].size,
-        seconds=time.monotonic() - started,
+        seconds=seconds,
         cache_hit=hit is not None,
         path=options.output_dir / label,
         warnings=manifest.model_extra.get("warnings", []) if manifest.model_extra else [],
         published=published,
+        record=record,
     )
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def keep_failed_log(staged: Path, output_dir: Path, label: str, exc: BaseException) -> None:
@@ -250,8 +261,10 @@ def finish_set(backend: Backend, request: BuildRequest, result: BuildResult, key
         kernel_params=params,
         files=file_records(staged, HASHED_FILES),
         packages=result.packages,
+        package_sizes=result.package_sizes,
+        module_sizes=result.module_sizes,
         steps=dict(log.steps),
-        built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        built_at=utc_now(),
         plasmaboot_version=__version__,
         warnings=list(log.warnings),
     )

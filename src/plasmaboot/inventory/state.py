@@ -67,14 +67,14 @@ def make_private_dirs(directory: Path) -> None:
         os.chmod(path, 0o700)
 
 
-def read_json(path: Path) -> Any | None:
-    """A state file's JSON; None when it is missing, not a regular file, too large or not
-    JSON (state is what plasmaboot wrote; anything else is ignored, never trusted)."""
+def read_json(path: Path, limit: int = MAX_RECORD_SIZE) -> Any | None:
+    """A state file's JSON; None when it is missing, not a regular file, larger than `limit`
+    or not JSON (state is what plasmaboot wrote; anything else is ignored, never trusted)."""
     try:
-        raw = read_regular_file(path, MAX_RECORD_SIZE + 1)
+        raw = read_regular_file(path, limit + 1)
     except OSError:
         return None
-    if raw is None or len(raw) > MAX_RECORD_SIZE:
+    if raw is None or len(raw) > limit:
         return None
     try:
         return json.loads(raw)

@@ -53,6 +53,13 @@ from plasmaboot.serve.machines import (
     machine_params,
     refusal_script,
 )
+from plasmaboot.serve.metrics import (
+    METRICS_KEY,
+    add_metrics,
+    count_boot,
+    count_refused,
+    metrics_handler,
+)
 from plasmaboot.serve.nodes import NODES_KEY, add_node_routes
 from plasmaboot.serve.paths import (
     SETS_PREFIX,
@@ -69,6 +76,13 @@ from plasmaboot.serve.scripts import (
     is_bootable,
     read_script,
     render_script,
+)
+from plasmaboot.serve.status import (
+    STATUS_KEY,
+    add_status,
+    record_boot,
+    record_refusal,
+    status_handler,
 )
 from plasmaboot.serve.tokens import DEFAULT_TTL
 
@@ -178,6 +192,9 @@ def machine_script(request: web.Request, inventory: Inventory) -> web.Response:
     if found.machine is None:
         shown = found.mac or f"{printable(raw_mac[:40])} (not a MAC address)"
         events.warning("refused: MAC %s from %s is not in the inventory", shown, client)
+        refused(
+            request, found.mac or printable(raw_mac[:40]), "unknown MAC" if found.mac else "no MAC"
+        )
         reason = f"MAC {found.mac} is not in the inventory" if found.mac else "no valid MAC given"
         return script_response(refusal_script(reason))
     machine = found.machine
@@ -188,6 +205,7 @@ def machine_script(request: web.Request, inventory: Inventory) -> web.Response:
             "refused: machine %s (MAC %s) from %s: no image published for %s",
             machine.name, found.mac, client, machine.label,
         )  # fmt: skip
+        refused(request, found.mac or "", "no image")
         return script_response(refusal_script(f"no image is published for {machine.label}"))
     try:
         render_script(text, base, boot_set.url_prefix)
@@ -195,11 +213,13 @@ def machine_script(request: web.Request, inventory: Inventory) -> web.Response:
         events.warning(
             "refused: %s: its %s is not plasmaboot's: %s", boot_set.directory.name, IPXE, exc
         )
+        refused(request, found.mac or "", "damaged image")
         return script_response(refusal_script(f"the image for {machine.label} is damaged"))
     try:
         script = render_script(text, base, boot_set.url_prefix, machine_params(machine))
     except FormatError as exc:  # the machine's own parameters push the kernel line too far
         events.warning("refused: machine %s (MAC %s): %s", machine.name, found.mac, exc)
+        refused(request, found.mac or "", "kernel line too long")
         return script_response(refusal_script(f"the kernel line of {machine.name} is too long"))
     if NODES_KEY in request.app:  # its per-node layer, and a host-key token
         script = request.app[NODES_KEY].add_to_script(request, machine, script)
@@ -207,7 +227,15 @@ def machine_script(request: web.Request, inventory: Inventory) -> web.Response:
         "boot: machine %s (MAC %s) from %s gets %s",
         machine.name, found.mac, client, boot_set.directory.name,
     )  # fmt: skip
+    count_boot(request.app, machine.label, machine.name)
+    record_boot(request.app, machine.name, boot_set.directory.name, client)
     return script_response(script)
+
+
+def refused(request: web.Request, mac: str, reason: str) -> None:
+    """Count a refused machine (metrics) and remember its MAC (status page)."""
+    count_refused(request.app, reason)
+    record_refusal(request.app, mac, request.remote or "-", reason)
 
 
 async def respond_from_set(
@@ -219,12 +247,17 @@ async def respond_from_set(
     if found is None or text is None:
         raise web.HTTPNotFound()
     try:
-        return script_response(render_script(text, base_url_of(request), found.url_prefix))
+        script = script_response(render_script(text, base_url_of(request), found.url_prefix))
     except FormatError as exc:
         request.app[EVENTS_KEY].warning(
             "refused: %s: its %s is not plasmaboot's: %s", found.directory.name, IPXE, exc
         )
         raise web.HTTPNotFound(text=f"{IPXE} of this set is damaged; rebuild it\n") from exc
+    label = request_segments(request.raw_path)[0]  # the label, or "sets" for an exact set
+    label = found.directory.name if label == SETS_PREFIX else label
+    count_boot(request.app, label)
+    record_boot(request.app, label, found.directory.name, request.remote or "-")
+    return script
 
 
 def make_app(
@@ -236,11 +269,13 @@ def make_app(
     *,
     operator_files: bool = False,
     menu_timeout: float = MENU_TIMEOUT,
+    admin_routes: bool = True,
 ) -> web.Application:
     """The aiohttp application serving the artifact sets under `root` (read-only); with an
     inventory, `/boot.ipxe` answers known machines only. `operator_files` also serves each
     set's manifest.json and build.log; the menu picks its first entry after `menu_timeout`
-    seconds."""
+    seconds. `/` and `/metrics` are answered here unless `admin_routes` is False (then
+    `make_admin_app` answers them elsewhere)."""
     if not root.is_dir():
         raise UserError(
             f"--root {root}: not a directory",
@@ -262,6 +297,8 @@ def make_app(
         add_node_routes(
             app, app[ROOT_KEY], inventory, base_url_of, app[EVENTS_KEY], leases, token_ttl
         )
+    add_metrics(app, route=admin_routes)  # GET /metrics, and every request counted
+    add_status(app, app[ROOT_KEY], inventory, route=admin_routes)  # GET /: the status page
     app.router.add_get("/{path:.*}", handle)
     return app
 
@@ -272,6 +309,21 @@ async def stop_guard(app: web.Application) -> None:
 
 async def name_server(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = SERVER_NAME
+
+
+def make_admin_app(boot_app: web.Application) -> web.Application:
+    """`serve --admin-listen`: the status page and /metrics of `boot_app`, on their own."""
+    admin = web.Application()
+    admin.on_response_prepare.append(name_server)
+    admin[GUARD_KEY] = ConnectionGuard()  # the same deadlines and cap as the boot listener
+    admin.middlewares.append(track_requests)
+    admin.on_cleanup.append(stop_guard)
+    admin[EVENTS_KEY] = boot_app[EVENTS_KEY]
+    admin[STATUS_KEY] = boot_app[STATUS_KEY]
+    admin[METRICS_KEY] = boot_app[METRICS_KEY]
+    admin.router.add_get("/", status_handler)
+    admin.router.add_get("/metrics", metrics_handler)
+    return admin
 
 
 def check_public_url(url: str) -> str:
@@ -401,6 +453,7 @@ async def start_site(
     port: int,
     log_stream: TextIO,
     limits: Limits | None = None,
+    option: str = "--listen",
 ) -> tuple[web.AppRunner, int]:
     """Start serving `app`; returns the runner and the port actually bound."""
     limits = limits or Limits()
@@ -432,7 +485,7 @@ async def start_site(
     except OSError as exc:
         await runner.cleanup()
         raise UserError(
-            f"--listen {host}:{port}: cannot bind ({exc.strerror})",
+            f"{option} {host}:{port}: cannot bind ({exc.strerror})",
             hint="choose another port, or stop what is using it",
         ) from exc
     bound = next(iter(runner.addresses))
@@ -580,8 +633,10 @@ def serve_forever(
     menu_timeout: float = MENU_TIMEOUT,
     announce: Callable[[str], None] = print,
     token_ttl: float = DEFAULT_TTL,
+    admin: tuple[str, int] | None = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM, then stop cleanly (the `plasmaboot serve` command)."""
+    """Serve until SIGINT or SIGTERM, then stop cleanly (the `plasmaboot serve` command).
+    With `admin` (host, port), / and /metrics are served there instead."""
     app = make_app(
         root,
         public_url,
@@ -589,6 +644,7 @@ def serve_forever(
         token_ttl=token_ttl,
         operator_files=operator_files,
         menu_timeout=menu_timeout,
+        admin_routes=admin is None,
     )
 
     async def main(log_stream: TextIO) -> None:
@@ -597,6 +653,16 @@ def serve_forever(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         runner, bound = await start_site(app, host, port, log_stream, limits)
+        runners = [runner]
+        if admin is not None:
+            try:
+                admin_runner, admin_port = await start_site(
+                    make_admin_app(app), *admin, log_stream, limits, "--admin-listen"
+                )
+            except BaseException:
+                await runner.cleanup()
+                raise
+            runners.append(admin_runner)
         base = f"http://{url_host(host)}:{bound}"
         labels = bootable_labels(app[ROOT_KEY])
         announce(f"serving {app[ROOT_KEY]} at {base}/ (labels: {', '.join(labels) or 'none'})")
@@ -608,10 +674,13 @@ def serve_forever(
                 f"machines from {inventory.path} ({machines}): "
                 f"{base}/{BOOT_SCRIPT}?mac=${{net0/mac}}; unknown MACs are refused"
             )
+        admin_base = f"http://{url_host(admin[0])}:{admin_port}" if admin is not None else base
+        announce(f"status page: {admin_base}/ metrics: {admin_base}/metrics")
         try:
             await stop.wait()
         finally:
-            await runner.cleanup()
+            for each in reversed(runners):
+                await each.cleanup()
         announce("stopped")
 
     if access_log is None:

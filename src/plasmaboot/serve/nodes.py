@@ -37,6 +37,7 @@ from plasmaboot.inventory.model import Machine
 from plasmaboot.inventory.state import is_bare_key, record_host_keys
 from plasmaboot.paths import read_regular_file
 from plasmaboot.serve.machines import InventoryWatch
+from plasmaboot.serve.metrics import count_node_segment
 from plasmaboot.serve.nodelayer import (
     NodeLayerError,
     node_files,
@@ -243,6 +244,7 @@ async def handle_segment(request: web.Request) -> web.Response:
             else:
                 files.update(reporter_files(machine, server))
     data = service.segment_bytes(files)
+    count_node_segment(request.app, machine.name)
     if isinstance(token, Token):
         data += token_segment(token.value)
     return web.Response(body=data, content_type=SEGMENT_TYPE, headers={"Cache-Control": "no-store"})

@@ -88,3 +88,17 @@ def test_an_invalid_output_is_named(
         outputs.read()
     assert caught.value.message.startswith(f"the mmdebstrap hook's {output} is not valid: ")
     assert problem in caught.value.message
+
+
+def test_sizes_are_optional_and_checked(tmp_path: Path) -> None:
+    outputs = written_outputs(tmp_path / "out")
+    assert outputs.read().package_sizes == {}  # an older hook's outputs still read
+    outputs.write_sizes({"bash": 7 << 20}, {"drivers/net": 1 << 20})
+    result = outputs.read()
+    assert (result.package_sizes, result.module_sizes) == (
+        {"bash": 7 << 20},
+        {"drivers/net": 1 << 20},
+    )
+    (tmp_path / "out" / "sizes.json").write_text('{"packages": {"bash": "big"}}')
+    with pytest.raises(WorkError, match=r"sizes\.json is not valid"):
+        outputs.read()

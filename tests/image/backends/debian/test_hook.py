@@ -491,3 +491,27 @@ def test_the_hook_fills_the_contracts_outputs(fake_root: Path, chroot_calls: Chr
     assert "squashfs-root/tmp/" not in listing  # the plan and the outputs stay out
     assert "ssh_host_ed25519_key" not in listing
     assert f"depmod -a {KERNEL_RELEASE}" in chroot_calls()
+
+
+def test_module_trees_are_measured_by_directory(tmp_path: Path) -> None:
+    from plasmaboot.image.backends.debian.hook import module_tree_sizes
+
+    kernel = tmp_path / "lib/modules/6.1.0-28-amd64/kernel"
+    for relative, size in [
+        ("drivers/net/ethernet/intel/e1000e.ko", 300),
+        ("drivers/net/virtio_net.ko", 100),
+        ("drivers/gpu/drm/drm.ko", 50),
+        ("drivers/foo.ko", 7),
+        ("fs/btrfs/btrfs.ko", 40),
+        ("net/ipv4/tcp.ko", 2),
+    ]:
+        (kernel / relative).parent.mkdir(parents=True, exist_ok=True)
+        (kernel / relative).write_bytes(b"x" * size)
+    (kernel / "fs/link.ko").symlink_to("btrfs/btrfs.ko")
+    assert module_tree_sizes(tmp_path) == {
+        "drivers/net": 400,
+        "drivers/gpu": 50,
+        "drivers": 7,
+        "fs": 40,
+        "net": 2,
+    }

@@ -248,6 +248,8 @@ class DebianBackend:
             kernel_version=hook.kernel_version,
             distro=f"debian {self.options.release}",
             packages=hook.packages,
+            package_sizes=hook.package_sizes,
+            module_sizes=hook.module_sizes,
         )
 
     def mmdebstrap_command(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
@@ -63,7 +63,12 @@ class Output(StrEnum):
     STEPS = "steps.json"  # {step: seconds}
 
 
+# Optional (older hooks did not write it; a build without it has no sizes in its manifest):
+# {"packages": {package: bytes installed}, "modules": {module tree: bytes}}.
+SIZES = "sizes.json"
+
 PACKAGES_JSON: TypeAdapter[dict[str, str]] = TypeAdapter(dict[str, str])
+SIZES_JSON: TypeAdapter[dict[str, dict[str, int]]] = TypeAdapter(dict[str, dict[str, int]])
 STEPS_JSON: TypeAdapter[dict[str, float]] = TypeAdapter(dict[str, float])
 
 
@@ -78,6 +83,8 @@ class HookResult:
     stage1_order: Path  # the list stage-1 reads (etc/stage1-modules)
     packages: dict[str, str]
     steps: dict[str, float]
+    package_sizes: dict[str, int] = field(default_factory=dict)
+    module_sizes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,10 @@ class HookOutputs:
     def write_packages(self, packages: dict[str, str]) -> None:
         self.path(Output.PACKAGES).write_text(json.dumps(packages, indent=1, sort_keys=True))
 
+    def write_sizes(self, packages: dict[str, int], modules: dict[str, int]) -> None:
+        sizes = {"packages": packages, "modules": modules}
+        (self.directory / SIZES).write_text(json.dumps(sizes, indent=1, sort_keys=True))
+
     def write_steps(self, steps: dict[str, float]) -> None:
         self.path(Output.STEPS).write_text(json.dumps(steps, indent=1))
 
@@ -130,7 +141,24 @@ class HookOutputs:
             stage1_order=self.path(Output.STAGE1_ORDER),
             packages=self.parsed(Output.PACKAGES, PACKAGES_JSON),
             steps=self.parsed(Output.STEPS, STEPS_JSON),
+            **self.sizes(),
         )
+
+    def sizes(self) -> dict[str, dict[str, int]]:
+        """The optional sizes.json as HookResult's fields ({} when the hook wrote none)."""
+        path = self.directory / SIZES
+        if not path.is_file():
+            return {}
+        try:
+            sizes = SIZES_JSON.validate_json(path.read_bytes())
+        except ValidationError as exc:
+            raise WorkError(
+                f"the mmdebstrap hook's {SIZES} is not valid: {exc.errors()[0]['msg']}"
+            ) from exc
+        return {
+            "package_sizes": sizes.get("packages", {}),
+            "module_sizes": sizes.get("modules", {}),
+        }
 
     def require(self, output: Output) -> None:
         path = self.path(output)

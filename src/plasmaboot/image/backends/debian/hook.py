@@ -540,12 +540,35 @@ def restore_build_replacements(ctx: Context) -> None:
 
 
 def record_packages(ctx: Context) -> None:
-    proc = run(
-        ["chroot", str(ctx.root), "dpkg-query", "-W", "-f", "${Package}\t${Version}\n"],
-        log=None,
-    )
-    packages = dict(line.split("\t", 1) for line in proc.stdout.decode().splitlines() if line)
+    """Every package with its version and installed size (dpkg's Installed-Size, KiB), and
+    the bytes of each kernel module tree as the image holds it (after trimming)."""
+    query = "${Package}\t${Version}\t${Installed-Size}\n"
+    proc = run(["chroot", str(ctx.root), "dpkg-query", "-W", "-f", query], log=None)
+    packages: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    for line in proc.stdout.decode().splitlines():
+        name, version, kib = [*line.split("\t"), "", ""][:3]
+        if name:
+            packages[name] = version
+            sizes[name] = int(kib) * 1024 if kib.isdigit() else 0
     ctx.outputs.write_packages(packages)
+    ctx.outputs.write_sizes(sizes, module_tree_sizes(ctx.root))
+
+
+def module_tree_sizes(root: Path) -> dict[str, int]:
+    """Bytes under each kernel module tree: `drivers/<dir>` and the other top directories of
+    lib/modules/<version>/kernel (`fs`, `net`, `sound`, ...), summed over kernel versions."""
+    sizes: dict[str, int] = {}
+    for kernel_dir in sorted(root.glob("lib/modules/*/kernel")):
+        for path in kernel_dir.rglob("*"):
+            if path.is_symlink() or not path.is_file():
+                continue
+            parts = path.relative_to(kernel_dir).parts
+            tree = "/".join(parts[:2]) if parts[0] == "drivers" and len(parts) > 2 else parts[0]
+            if len(parts) == 1:
+                tree = "(top)"
+            sizes[tree] = sizes.get(tree, 0) + path.stat().st_size
+    return sizes
 
 
 # Mount points stay in the image, their contents do not.
