@@ -1,6 +1,9 @@
-"""The Debian backend: mmdebstrap builds the root filesystem from real Debian packages,
-the customize hook applies the profile and makes the squashfs, and we assemble the initrd
-(stage-1 segment + root segment) the NixOS netboot way."""
+"""The Debian backend: the initrd from its layers (docs/layers.md). mmdebstrap builds the
+root filesystem from real Debian packages and the customize hook trims it into the package
+layer's squashfs, cached and shared by every profile with the same packages (`hook`,
+`package_layer`); the profile layer is written in Python (`profile_layer`); and we
+assemble the initrd the NixOS netboot way: stage-1 segment + package layer + profile layer.
+"""
 
 from __future__ import annotations
 
