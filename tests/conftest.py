@@ -164,6 +164,9 @@ def ci_image(tmp_path_factory: pytest.TempPathFactory) -> CiImage:
         "--output-dir",
         str(artifacts),
         "--json",
+        # built whole (mmdebstrap, the hook) whatever the cache holds: a kept
+        # PLASMABOOT_TEST_CACHE saves downloads only
+        "--no-cache",
         env={"PLASMABOOT_CACHE": cache},
     )
     assert proc.returncode == 0, f"CI image build failed:\n{proc.stderr[-4000:]}"

@@ -11,9 +11,10 @@ import pytest
 
 from plasmaboot.errors import UserError
 from plasmaboot.formats.ipxe import parse_netboot_script, render_netboot_script
-from plasmaboot.image.backends.debian.contract import HookOutputs, HookPlan
-from plasmaboot.image.backends.debian.hook import (
+from plasmaboot.image.backends.debian.profile_layer import (
     Context,
+    PackageBase,
+    ProfilePlan,
     configure_kernel_modules,
     configure_sysctl,
 )
@@ -36,10 +37,8 @@ def refused(directory: Path, body: str) -> str:
 
 
 def rendered(root: Path, profile: Profile) -> Path:
-    plan = HookPlan(profile=profile, authorized_keys="", squashfs_level=1)
-    outputs = HookOutputs(root / "tmp/plasmaboot-out")
-    outputs.directory.mkdir(parents=True)
-    context = Context(root=root, plan=plan, log=Log(), outputs=outputs)
+    plan = ProfilePlan(profile=profile, authorized_keys="")
+    context = Context(root=root, plan=plan, base=PackageBase(units={}, accounts={}), log=Log())
     configure_sysctl(context)
     configure_kernel_modules(context)
     return root

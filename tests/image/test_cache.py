@@ -88,6 +88,7 @@ def test_a_no_cache_rebuild_replaces_the_entry(cache: SetCache, tmp_path: Path) 
     for content in ("old", "new"):
         cache.store(make_set(tmp_path / content, content), "k")
     assert (cache.root / "k" / "initrd").read_text() == "initrd:new"
+    # the entry, and the record of the lookup's check beside it; no temporary left
     assert [p.name for p in cache.root.iterdir()] == ["k"]  # no temporary leftovers
 
 
@@ -106,6 +107,59 @@ def test_concurrent_stores_of_one_key_leave_one_whole_entry(
         for future in [pool.submit(store, directory) for directory in staged]:
             future.result()
     assert cache.lookup("k") == cache.root / "k"
-    assert [p.name for p in cache.root.iterdir()] == ["k"]
+    # the entry, and the record of the lookup's check beside it; no temporary left
+    assert sorted(p.name for p in cache.root.iterdir()) == [".checked-k.json", "k"]
     for directory in staged:  # the builds' own sets are untouched
         assert (directory / "initrd").read_text() == "initrd:same"
+
+
+def age(directory: Path, seconds: int = 60) -> None:
+    """Make the entry's files look written a while ago (older than any racy window)."""
+    import os
+    import time
+
+    old = time.time_ns() - seconds * 1_000_000_000
+    for path in directory.iterdir():
+        if not path.name.startswith("."):
+            os.utime(path, ns=(old, old))
+
+
+def test_a_lookup_hashes_only_files_changed_since_the_last_check(
+    cache: SetCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plasmaboot.image import cache as cache_module
+
+    cache.store(make_set(tmp_path / "staged", "one"), "k")
+    age(cache.root / "k")
+    hashed: list[str] = []
+    real = cache_module.sha256_file
+
+    def counting(path: Path) -> str:
+        hashed.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(cache_module, "sha256_file", counting)
+    assert cache.lookup("k") is not None
+    assert sorted(hashed) == sorted(HASHED_FILES)  # the first lookup hashes every file
+    hashed.clear()
+    assert cache.lookup("k") is not None
+    assert hashed == []  # unchanged since: trusted
+    (cache.root / "k" / "initrd").write_text("initrd:two")  # same size, other bytes
+    assert cache.lookup("k") is None
+    assert hashed == ["initrd"]
+
+
+def test_a_file_written_close_to_its_check_is_hashed_again(
+    cache: SetCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write in the same clock tick as the check keeps the mtime: such files are not
+    trusted on their record (git's racily clean rule)."""
+    from plasmaboot.image import cache as cache_module
+
+    cache.store(make_set(tmp_path / "staged", "one"), "k")
+    assert cache.lookup("k") is not None  # checked now, files written just before
+    hashed: list[str] = []
+    real = cache_module.sha256_file
+    monkeypatch.setattr(cache_module, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    assert cache.lookup("k") is not None
+    assert sorted(hashed) == sorted(HASHED_FILES)

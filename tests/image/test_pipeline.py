@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from plasmaboot.artifacts.layout import SET_FILES, sha256_file
-from plasmaboot.artifacts.manifest import read_manifest
+from plasmaboot.artifacts.manifest import LayerRecord, read_manifest
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.image import backends
 from plasmaboot.image.backend import (
@@ -74,7 +74,22 @@ class StandInBackend:
             distro="stand-in 1",
             extra_kernel_params=("init=/sbin/init",),
             packages={"bash": "5.2"},
+            layers=STAND_IN_LAYERS if self.options.flavour == "layered" else (),
         )
+
+
+STAND_IN_LAYERS = tuple(
+    LayerRecord(
+        name=name,
+        kind="segment",
+        file="initrd",
+        offset=offset,
+        size=2,
+        sha256="0" * 64,
+        reused=reused,
+    )
+    for name, offset, reused in [("10-packages", 0, True), ("50-profile", 4, False)]
+)
 
 
 @pytest.fixture(autouse=True)
@@ -209,3 +224,14 @@ def test_every_build_appends_to_the_history(tmp_path: Path) -> None:
     assert records[0]["sizes"]["initrd"] == first.initrd_size
     assert "stand-in build" in records[0]["steps"]
     assert records[0]["packages"] == 1
+
+
+def test_the_outcome_and_manifest_say_which_layers_were_built_or_reused(tmp_path: Path) -> None:
+    layered = options(tmp_path, StandInOptions(flavour="layered"))
+    (first,) = build_profiles([resolve("base")], layered)
+    assert first.layers == {"10-packages": "reused", "50-profile": "built"}
+    assert read_manifest(first.path).layers == list(STAND_IN_LAYERS)
+    (again,) = build_profiles([resolve("base")], layered)
+    assert again.cache_hit and again.layers == {"10-packages": "reused", "50-profile": "reused"}
+    (plain,) = build_profiles([resolve("worker")], options(tmp_path))
+    assert plain.layers == {} and read_manifest(plain.path).layers == []

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from plasmaboot.artifacts.layout import sha256_file
+from plasmaboot.artifacts.layout import PACKAGE_LAYER, PROFILE_LAYER, sha256_file
 from plasmaboot.artifacts.manifest import read_manifest
-from plasmaboot.formats.cpio import Compression, read_segments
+from plasmaboot.formats.cpio import Compression, Member, read_segments
 from plasmaboot.formats.squashfs import read_squashfs_superblock
 from plasmaboot.image.backends.debian.hook import MASKED_GENERATORS
 
@@ -27,23 +28,45 @@ pytestmark = pytest.mark.slow
 
 
 def extract_from_image(image: CiImage, dest: Path, *paths: str) -> Path:
-    """Pull files out of the image's root squashfs with unsquashfs (a second opinion)."""
+    """Pull files out of the image's package squashfs with unsquashfs (a second opinion),
+    then lay the profile layer's files over them, as stage-1's overlay does."""
     dest.mkdir(parents=True, exist_ok=True)
     segments = read_segments(image.set_dir / "initrd")
-    root = next(m for m in segments[-1].members if m.name == "root.squashfs")
+    packages = segments[1]
+    layer = next(m for m in packages.members if m.name == PACKAGE_LAYER)
     squashfs = dest / "root.squashfs"
-    squashfs.write_bytes(segments[-1].payload[root.offset : root.offset + root.size])
+    squashfs.write_bytes(packages.payload[layer.offset : layer.offset + layer.size])
     out = dest / "root"
     subprocess.run(
         ["unsquashfs", "-q", "-no-progress", "-d", str(out), str(squashfs), *paths],
         check=True,
         capture_output=True,
     )
+    for name, member in profile_layer(image).items():
+        target = out / name
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        if stat.S_ISDIR(member.mode):
+            target.mkdir(parents=True, exist_ok=True)
+        elif stat.S_ISLNK(member.mode):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(member.link_target or "")
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(segments[2].payload[member.offset : member.offset + member.size])
+            target.chmod(stat.S_IMODE(member.mode))
     return out
 
 
+def profile_layer(image: CiImage) -> dict[str, Member]:
+    """The profile layer's members by their path in the image."""
+    prefix = f"{PROFILE_LAYER}/"
+    segment = read_segments(image.set_dir / "initrd")[2]
+    return {m.name.removeprefix(prefix): m for m in segment.members if m.name.startswith(prefix)}
+
+
 def image_files(image: CiImage, dest: Path) -> list[str]:
-    """Every regular file in the image (not directories)."""
+    """Every regular file in the image, its layers stacked (not directories)."""
     extract_from_image(image, dest, "etc/hostname")
     proc = subprocess.run(
         ["unsquashfs", "-lls", str(dest / "root.squashfs")],
@@ -51,11 +74,13 @@ def image_files(image: CiImage, dest: Path) -> list[str]:
         capture_output=True,
         text=True,
     )
-    return [
+    files = {
         line.split("squashfs-root/", 1)[1]
         for line in proc.stdout.splitlines()
         if line.startswith("-") and "squashfs-root/" in line
-    ]
+    }
+    files |= {name for name, member in profile_layer(image).items() if member.is_file}
+    return sorted(files)
 
 
 def test_build_summary_and_manifest(ci_image: CiImage) -> None:
@@ -71,6 +96,7 @@ def test_build_summary_and_manifest(ci_image: CiImage) -> None:
     assert manifest.resolved_profile.services[CI_SERVICE].enable is True
     assert manifest.resolved_profile.services["chainfire"].enable is False
     assert "customize.make_squashfs" in manifest.steps and "mmdebstrap" in manifest.steps
+    assert [layer.name for layer in manifest.layers] == ["stage1", "10-packages", "50-profile"]
     # every command is in build.log
     log = (ci_image.set_dir / "build.log").read_text()
     assert "$ mmdebstrap" in log and "$ mksquashfs" in log
@@ -96,7 +122,7 @@ def test_verify_passes(ci_image: CiImage) -> None:
 
 
 def test_initrd_segments(ci_image: CiImage) -> None:
-    stage1, root = read_segments(ci_image.set_dir / "initrd")
+    stage1, root, profile = read_segments(ci_image.set_dir / "initrd")
     assert stage1.compression is Compression.GZIP
     members = {m.name: m for m in stage1.members}
     assert members["init"].is_executable
@@ -106,8 +132,10 @@ def test_initrd_segments(ci_image: CiImage) -> None:
     )
     assert all(m.uid == 0 and m.gid == 0 for m in stage1.members)
     assert root.compression is Compression.NONE
-    (squashfs,) = root.members
-    assert squashfs.name == "root.squashfs"
+    _, squashfs = root.members
+    assert squashfs.name == PACKAGE_LAYER
+    assert profile.compression is Compression.GZIP
+    assert all(m.name.startswith("layers") and m.uid == 0 for m in profile.members)
     head = root.payload[squashfs.offset : squashfs.offset + 24]
     assert head[:4] == b"hsqs"
     assert int.from_bytes(head[20:22], "little") == 6  # zstd

@@ -15,14 +15,14 @@ from conftest import CiImage
 
 pytestmark = pytest.mark.slow
 
-MISSING_ROOT = b"plasmaboot stage-1: FAILED: /root.squashfs is missing"
+MISSING_ROOT = b"plasmaboot stage-1: FAILED: /layers is missing"
 
 
 def test_stage1_failure_reaches_the_serial_console(ci_image: CiImage, tmp_path: Path) -> None:
     initrd = ci_image.set_dir / "initrd"
     stage1 = read_segments(initrd)[0]
     broken = tmp_path / "initrd-without-root"
-    broken.write_bytes(initrd.read_bytes()[stage1.offset : stage1.end])  # no root.squashfs
+    broken.write_bytes(initrd.read_bytes()[stage1.offset : stage1.end])  # no layers
     params = read_manifest(ci_image.set_dir).kernel_params  # the image's own command line
     consoles = [p for p in params if p.startswith("console=")]
     assert consoles[0].startswith("console=ttyS0") and consoles[-1] == "console=tty0"

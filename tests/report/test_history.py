@@ -34,21 +34,18 @@ def test_record_holds_what_the_report_plots(tmp_path: Path) -> None:
     assert record["version"]
 
 
-def test_layers_of_both_shapes_are_read(tmp_path: Path) -> None:
-    listed = make_manifest(
-        tmp_path / "a",
-        layers=[
-            {"name": "10-packages", "size": 90},
-            {"file": "profile.cpio", "size": 10},
-            {"name": "bogus", "size": "big"},
-        ],
-    )
-    assert layer_sizes(read_manifest(tmp_path / "a")) == {"10-packages": 90, "profile.cpio": 10}
-    assert layer_sizes(listed) == {"10-packages": 90, "profile.cpio": 10}
-    mapped = make_manifest(tmp_path / "b", layers={"packages": {"size": 7}, "profile": 3})
-    assert layer_sizes(mapped) == {"packages": 7, "profile": 3}
-    by_file = make_manifest(tmp_path / "c", layers=[{"name": "root", "file": "initrd"}])
-    assert layer_sizes(by_file) == {"root": 100 * MIB}
+def test_layer_sizes_come_from_the_manifests_layer_records(tmp_path: Path) -> None:
+    layers = [
+        {"name": n, "kind": k, "file": "initrd", "offset": o, "size": z, "sha256": "0" * 64}
+        for n, k, o, z in [("stage1", "segment", 0, 5), ("10-packages", "squashfs", 512, 90),
+                           ("50-profile", "segment", 1024, 10)]
+    ]  # fmt: skip
+    layered = make_manifest(tmp_path / "a", layers=layers)
+    assert layer_sizes(read_manifest(tmp_path / "a")) == {
+        "stage1": 5, "10-packages": 90, "50-profile": 10,
+    }  # fmt: skip
+    assert layer_sizes(layered) == layer_sizes(read_manifest(tmp_path / "a"))
+    assert layer_sizes(make_manifest(tmp_path / "b")) == {}  # a set without layers
 
 
 def test_append_then_read_in_order(tmp_path: Path) -> None:

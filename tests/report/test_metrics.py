@@ -1,7 +1,7 @@
 from __future__ import annotations
 
+import importlib
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,11 @@ from plasmaboot.errors import UserError
 from plasmaboot.report.history import history_record
 from plasmaboot.report.metrics import build_metrics_text, check_metrics_file, write_metrics_file
 from report_sets import MIB, make_manifest
+
+PACKAGES_LAYER = {
+    "name": "10-packages", "kind": "squashfs", "file": "initrd", "offset": 512, "size": 5,
+    "sha256": "0" * 64,
+}  # fmt: skip
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -22,7 +27,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_build_figures_in_text_format(tmp_path: Path) -> None:
-    manifest = make_manifest(tmp_path / "set", layers=[{"name": "10-packages", "size": 5}])
+    manifest = make_manifest(tmp_path / "set", layers=[PACKAGES_LAYER])
     record = history_record(manifest, "worker-abc", False, 42.5, "2026-01-02T00:00:00+00:00")
     text = build_metrics_text([record])
     found = samples(text)
@@ -80,7 +85,7 @@ def test_build_command_writes_the_metrics_file(
         record=record,
     )
     calls: list[object] = []
-    build_module = sys.modules["plasmaboot.cli.build"]  # `plasmaboot.cli.build` is the command
+    build_module = importlib.import_module("plasmaboot.cli.build")  # loaded on first use
     monkeypatch.setattr(
         build_module, "build_profiles", lambda *a, **k: calls.append(a) or [outcome]
     )

@@ -61,4 +61,6 @@ def test_an_initrd_without_either_squashfs_fails(tmp_path: Path) -> None:
     code, report, _ = run_verify(directory)
     assert code == 1
     squashfs = check_of(report, "initrd.squashfs")
-    assert squashfs["detail"] == "no /root.squashfs or /nix-store.squashfs in any segment"
+    assert squashfs["detail"] == (
+        "no /layers/10-packages.squashfs, /root.squashfs or /nix-store.squashfs in any segment"
+    )

@@ -31,6 +31,12 @@ SET_FILES = (KERNEL, INITRD, IPXE, MANIFEST, BUILD_LOG)
 # Inside the initrd: the root filesystem image the Debian backend makes, and the Nix store
 # image of a NixOS netboot initrd.
 ROOT_SQUASHFS = "root.squashfs"
+# The Debian image's layers (docs/layers.md): stage-1 stacks every `layers/*` entry, top
+# first in reverse name order; the package layer is a squashfs, the profile layer (and a
+# per-node one, `layers/90-node/`, added by serve) a directory.
+LAYERS_DIR = "layers"
+PACKAGE_LAYER = f"{LAYERS_DIR}/10-packages.squashfs"
+PROFILE_LAYER = f"{LAYERS_DIR}/50-profile"
 NIX_STORE_SQUASHFS = "nix-store.squashfs"
 # Inside a Debian root image: kmod's list of the device nodes whose modules load on first
 # open (/dev/fuse, /dev/net/tun, ...), made at build time; boot-test checks each is a device.

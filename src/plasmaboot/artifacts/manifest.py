@@ -24,6 +24,22 @@ class FileRecord(BaseModel):
     size: int
 
 
+class LayerRecord(BaseModel):
+    """One layer of an image (docs/layers.md): where its bytes are in a set file, their
+    hash, and whether this build made it or reused it from the cache."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str  # "stage1", "10-packages", "50-profile"
+    kind: str  # "segment": a whole initrd segment; "squashfs": one member's data
+    file: str  # the set file that holds it ("initrd")
+    member: str | None = None  # for a squashfs: its path in the initrd
+    offset: int
+    size: int
+    sha256: str
+    reused: bool = False
+
+
 class Manifest(BaseModel):
     """What manifest.json holds: enough to check every byte and to know what was built."""
 
@@ -51,6 +67,8 @@ class Manifest(BaseModel):
     steps: dict[str, float]
     built_at: str
     plasmaboot_version: str
+    # the image's layers (Debian); the Nix backend makes one image, not layers: empty
+    layers: list[LayerRecord] = []
 
 
 def file_records(directory: Path, names: tuple[str, ...]) -> dict[str, FileRecord]:

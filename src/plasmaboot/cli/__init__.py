@@ -7,26 +7,53 @@ line (what, where) plus a hint; a traceback only with --debug.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import click
 
 from plasmaboot import __version__
-from plasmaboot.cli.boot import boot_test
-from plasmaboot.cli.build import build, publish
-from plasmaboot.cli.check import check
 from plasmaboot.cli.context import Context, Group, console, err_console
-from plasmaboot.cli.machines import machines
-from plasmaboot.cli.profiles import profiles, schema
-from plasmaboot.cli.pxe import pxe_server
-from plasmaboot.cli.report import diff, report
-from plasmaboot.cli.serve import serve
-from plasmaboot.cli.verify import verify
 
 __all__ = ["console", "err_console", "main"]
 
+# Each command by name, as "module:attribute". A command's module is imported when the
+# command runs (or help lists it): a no-change rebuild spent most of its CPU importing the
+# serve, pxe-server and boot-test code (aiohttp, the inventory models) it never ran.
+COMMANDS = {
+    "profiles": "plasmaboot.cli.profiles:profiles",
+    "schema": "plasmaboot.cli.profiles:schema",
+    "machines": "plasmaboot.cli.machines:machines",
+    "build": "plasmaboot.cli.build:build",
+    "publish": "plasmaboot.cli.build:publish",
+    "verify": "plasmaboot.cli.verify:verify",
+    "serve": "plasmaboot.cli.serve:serve",
+    "pxe-server": "plasmaboot.cli.pxe:pxe_server",
+    "check": "plasmaboot.cli.check:check",
+    "boot-test": "plasmaboot.cli.boot:boot_test",
+    "report": "plasmaboot.cli.report:report",
+    "diff": "plasmaboot.cli.report:diff",
+}
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(Group):
+    """The top-level group: commands added with add_command, then COMMANDS, imported on
+    first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in COMMANDS:
+            module, _, attribute = COMMANDS[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="plasmaboot")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.option(
@@ -50,11 +77,3 @@ def main(ctx: click.Context, debug: bool, profiles_dirs: tuple[Path, ...]) -> No
       plasmaboot serve --root artifacts
     """
     ctx.obj = Context(debug, profiles_dirs)
-
-
-COMMANDS = (
-    profiles, schema, machines, build, publish, verify, serve, pxe_server, check, boot_test,
-    report, diff,
-)  # fmt: skip
-for command in COMMANDS:
-    main.add_command(command)

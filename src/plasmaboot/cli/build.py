@@ -216,6 +216,7 @@ def outcome_json(outcome: BuildOutcome) -> dict[str, Any]:
         "path": str(outcome.path),
         "published": str(outcome.published) if outcome.published else None,
         "warnings": outcome.warnings,
+        "layers": outcome.layers,
     }
 
 
@@ -225,7 +226,8 @@ def mib(size: int) -> str:
 
 def print_summary(outcomes: list[BuildOutcome]) -> None:
     table = Table(title="build summary")
-    for column in ("profile", "variant", "backend", "kernel", "initrd", "total", "time", "cache"):
+    columns = ("profile", "variant", "backend", "kernel", "initrd", "total", "time", "cache")
+    for column in (*columns, "layers"):
         table.add_column(column)
     for o in outcomes:
         table.add_row(
@@ -237,6 +239,7 @@ def print_summary(outcomes: list[BuildOutcome]) -> None:
             mib(o.total_size),
             f"{o.seconds:.1f}s",
             "hit" if o.cache_hit else "miss",
+            layers_cell(o.layers),
         )
     console.print(table)
     for o in outcomes:
@@ -246,6 +249,12 @@ def print_summary(outcomes: list[BuildOutcome]) -> None:
             f"{o.profile.label}: {o.path}"
             + (f" (published to {o.published})" if o.published else "")
         )
+
+
+def layers_cell(layers: dict[str, str]) -> str:
+    """`10-packages reused, 50-profile built`; `-` for an image without layers (Nix)."""
+    shown = [(name, state) for name, state in layers.items() if name != "stage1"]
+    return ", ".join(f"{name} {state}" for name, state in shown) or "-"
 
 
 class BuildProgress:

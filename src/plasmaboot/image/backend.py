@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+from plasmaboot.artifacts.manifest import LayerRecord
 from plasmaboot.errors import UserError
 from plasmaboot.log import Log
 from plasmaboot.profiles.model import Profile
@@ -30,7 +31,8 @@ class BuildRequest:
     staging: Path  # write bzImage and initrd here
     log: Log
     ssh_keys: tuple[Path, ...] = ()  # extra public keys from --ssh-key
-    cache_dir: Path | None = None  # shared cache (e.g. downloaded .deb files)
+    cache_dir: Path | None = None  # shared cache (e.g. downloaded .deb files, layers)
+    use_cache: bool = True  # False (--no-cache): rebuild cached layers too, and store them
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class BuildResult:
     packages: dict[str, str] = field(default_factory=dict)  # name -> version
     package_sizes: dict[str, int] = field(default_factory=dict)  # name -> bytes installed
     module_sizes: dict[str, int] = field(default_factory=dict)  # module tree -> bytes
+    layers: tuple[LayerRecord, ...] = ()  # the image's layers, built or reused
 
 
 @dataclass(frozen=True)

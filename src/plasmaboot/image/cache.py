@@ -1,15 +1,24 @@
 """The content-addressed cache of finished artifact sets. A set is stored under the hash of
 everything that went into it (the profile and the files it names, the extra keys, the
 backend's own inputs), and is found again only while every byte still matches its
-manifest: a damaged entry is a miss, and the next build replaces it."""
+manifest: a damaged entry is a miss, and the next build replaces it.
+
+Hashing every byte of three sets took most of a no-change rebuild (~0.5 s of 1.4 s for
+~450 MB), so a lookup that hashed the files records what it saw (inode, size, mtime) in
+`.checked-<key>.json` beside the entry, and the next lookup hashes only a file whose
+record differs, or whose mtime is too close to the record's time to tell a later write
+apart (git's "racily clean" rule). A change that keeps a file's inode, size and mtime is
+the one damage it does not see."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +28,30 @@ from plasmaboot.artifacts.layout import MANIFEST, SET_FILES, sha256_file
 from plasmaboot.artifacts.manifest import read_manifest
 from plasmaboot.paths import cache_dir
 from plasmaboot.profiles.model import Profile
+
+
+def files_fingerprint(salt: str, paths: Sequence[Path]) -> str:
+    """A hash of `salt` and the files' names and bytes (a missing file counts as missing),
+    worked out once per process while the files keep their size and mtime."""
+    states = tuple((path, *stat_or_none(path)) for path in paths)
+    return hash_files(salt, states)
+
+
+def stat_or_none(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def hash_files(salt: str, states: tuple[tuple[Path, int, int], ...]) -> str:
+    digest = hashlib.sha256(salt.encode())
+    for path, _, _ in states:
+        digest.update(path.name.encode() + b"\0")
+        digest.update(path.read_bytes() if path.is_file() else b"(missing)")
+    return digest.hexdigest()[:16]
 
 
 def cache_key(profile: Profile, backend_inputs: Mapping[str, str], ssh_keys: Sequence[Path]) -> str:
@@ -51,13 +84,21 @@ class SetCache:
             manifest = read_manifest(directory)
         except ValueError:
             return None
+        checked = read_checked(self.checked_path(key))
         for name, record in manifest.files.items():
             path = directory / name
             if not path.is_file() or path.stat().st_size != record.size:
                 return None
+            if still_as_checked(path, checked):
+                continue
             if sha256_file(path) != record.sha256:
                 return None
+        write_checked(self.checked_path(key), directory, list(manifest.files))
         return directory
+
+    def checked_path(self, key: str) -> Path:
+        """Beside the entry, not in it: an entry holds a set's files only."""
+        return self.root / f".checked-{key}.json"
 
     def store(self, staged: Path, key: str) -> None:
         """Put a finished set under `key`, replacing an older entry (a --no-cache rebuild
@@ -76,6 +117,42 @@ class SetCache:
             # another build stored the same key at the same moment: theirs is as good as ours
             shutil.rmtree(temp, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)
+
+
+RACY_NS = 2_000_000_000  # a file written this close to the record is hashed again
+
+
+def file_state(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def read_checked(path: Path) -> dict[str, object]:
+    try:
+        checked = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return checked if isinstance(checked, dict) else {}
+
+
+def still_as_checked(path: Path, checked: dict[str, object]) -> bool:
+    """The file is as it was when its bytes were last hashed and found good."""
+    files, at = checked.get("files"), checked.get("at")
+    if not isinstance(files, dict) or not isinstance(at, int):
+        return False
+    state = file_state(path)
+    return files.get(path.name) == state and state[2] < at - RACY_NS
+
+
+def write_checked(path: Path, directory: Path, names: list[str]) -> None:
+    """Record the files just found good (best effort: a read-only cache just hashes)."""
+    record = {"at": time.time_ns(), "files": {n: file_state(directory / n) for n in names}}
+    temp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        temp.write_text(json.dumps(record))
+        os.replace(temp, path)
+    except OSError:
+        temp.unlink(missing_ok=True)
 
 
 def copy_set(source: Path, target: Path) -> None:

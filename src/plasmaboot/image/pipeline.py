@@ -84,6 +84,8 @@ class BuildOutcome:
     warnings: list[str] = field(default_factory=list)
     published: Path | None = None
     record: dict[str, Any] = field(default_factory=dict)  # what the build history got
+    # each layer of the image (Debian): "built" by this build or "reused" from the cache
+    layers: dict[str, str] = field(default_factory=dict)
 
     @property
     def total_size(self) -> int:
@@ -148,6 +150,7 @@ def build_one(
             log=Log(staged / BUILD_LOG, subject=label, progress=progress),
             ssh_keys=options.ssh_keys,
             cache_dir=cache_dir(),
+            use_cache=options.use_cache,
         )
         key = cache_key(profile, backend.cache_inputs(request), options.ssh_keys)
         hit = cache.lookup(key) if options.use_cache else None
@@ -184,11 +187,19 @@ def build_one(
         warnings=manifest.model_extra.get("warnings", []) if manifest.model_extra else [],
         published=published,
         record=record,
+        layers=layer_states(manifest, cache_hit=hit is not None),
     )
 
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def layer_states(manifest: Manifest, cache_hit: bool) -> dict[str, str]:
+    """What became of each layer: a set from the cache reused every one of them."""
+    return {
+        layer.name: "reused" if cache_hit or layer.reused else "built" for layer in manifest.layers
+    }
 
 
 def keep_failed_log(staged: Path, output_dir: Path, label: str, exc: BaseException) -> None:
@@ -267,5 +278,6 @@ def finish_set(backend: Backend, request: BuildRequest, result: BuildResult, key
         built_at=utc_now(),
         plasmaboot_version=__version__,
         warnings=list(log.warnings),
+        layers=list(result.layers),
     )
     write_manifest(staged, manifest)

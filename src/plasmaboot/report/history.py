@@ -27,29 +27,9 @@ def history_path(output_dir: Path) -> Path:
 
 
 def layer_sizes(manifest: Manifest) -> dict[str, int]:
-    """The size of each layer of the initrd, when the manifest lists layers: a list of
-    records (`{"name" or "file" or "path", "size"}`) or a mapping name -> record or size.
-    A manifest without layers (one initrd) gives {}."""
-    extra = manifest.model_extra or {}
-    layers = extra.get("layers")
-    items: list[tuple[str, Any]] = []
-    if isinstance(layers, dict):
-        items = list(layers.items())
-    elif isinstance(layers, list):
-        for index, entry in enumerate(layers):
-            if isinstance(entry, dict):
-                name = entry.get("name") or entry.get("file") or entry.get("path") or index
-                items.append((str(name), entry))
-    sizes: dict[str, int] = {}
-    for name, value in items:
-        size = value.get("size") if isinstance(value, dict) else value
-        if isinstance(size, int) and not isinstance(size, bool):
-            sizes[name] = size
-        elif isinstance(value, dict) and isinstance(value.get("file"), str):
-            record = manifest.files.get(value["file"])
-            if record is not None:
-                sizes[name] = record.size
-    return sizes
+    """The size of each layer of the image, by name (`manifest.layers`, docs/layers.md); a
+    manifest without layers (a Nix image, a set built before layers) gives {}."""
+    return {layer.name: layer.size for layer in manifest.layers}
 
 
 def history_record(

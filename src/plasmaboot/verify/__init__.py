@@ -1,7 +1,7 @@
 """Reads an artifact set back without trusting the build that made it: every size and hash
 in manifest.json (manifest), the kernel's boot header (kernel), the initrd's segments and
-root squashfs (initrd), what the image holds: keys, passwords, sshd, services (image), and
-the iPXE script (ipxe).
+root squashfs (initrd), the layers manifest.json names (layers), what the image holds with
+its layers stacked: keys, passwords, sshd, services (image), and the iPXE script (ipxe).
 
 Each check has a name and passes, fails or is skipped (when a check it depends on failed,
 or, with the reason, when it does not apply: a NixOS image holds a Nix store, not a root
@@ -19,6 +19,7 @@ from plasmaboot.verify.image import check_image
 from plasmaboot.verify.initrd import check_initrd
 from plasmaboot.verify.ipxe import check_ipxe
 from plasmaboot.verify.kernel import check_kernel
+from plasmaboot.verify.layers import check_layers
 from plasmaboot.verify.manifest import check_manifest
 
 
@@ -37,6 +38,7 @@ def verify_set(directory: Path) -> Report:
     checks += check_kernel(directory, manifest)
     initrd_checks, root = check_initrd(directory)
     checks += initrd_checks
+    checks.append(check_layers(directory, manifest))
     checks += check_image(root, manifest)
     checks += check_ipxe(directory, manifest)
     return Report(checks=tuple(checks))

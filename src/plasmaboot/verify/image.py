@@ -118,6 +118,20 @@ def check_sshd(name: str, tree: ImageTree) -> Check:
     return passed(name, f"{settings} (from {len(config.files)} files)")
 
 
+# contracts C2: a machine's own keys (its per-node layer) add to the image's keys.
+NODE_KEYS_FILES = [".ssh/authorized_keys", "/etc/plasmaboot/node/authorized_keys"]
+
+
+def check_sshd_node_keys(name: str, tree: ImageTree) -> Check:
+    """sshd reads root's keys and then the machine's own, from its per-node layer."""
+    files = read_sshd_config(tree).authorized_keys_files
+    expected = " ".join(NODE_KEYS_FILES)
+    if files != NODE_KEYS_FILES:
+        found = "not set" if files is None else " ".join(files)
+        return failed(name, f"AuthorizedKeysFile is {found}, expected {expected}")
+    return passed(name, f"AuthorizedKeysFile {expected}")
+
+
 def check_authorized_keys(name: str, tree: ImageTree) -> Check:
     path = "root/.ssh/authorized_keys"
     text = tree.read_text(path)
@@ -168,6 +182,8 @@ def image_checks(manifest: Manifest | None) -> dict[str, TreeCheck]:
     """The checks of the image's contents: the fixed ones, then one per service of the
     profile the image was built from."""
     checks = dict(TREE_CHECKS)
+    if manifest is not None and manifest.layers:  # images made before layers predate C2
+        checks["image.sshd-node-keys"] = check_sshd_node_keys
     services = manifest.resolved_profile.services if manifest is not None else {}
     for name, service in services.items():
         checks[f"image.service:{name}"] = partial(check_service, service=service)
@@ -188,12 +204,16 @@ def check_image(root: RootImage | None, manifest: Manifest | None) -> Iterator[C
         image_path.write_bytes(root.data)
         try:
             tree = ImageTree.read(image_path, Path(temp) / "root")
+            tree.stack(root.layers)
         except (FormatError, WorkError, UserError) as exc:
             yield failed("image.read", str(exc))
             for name in checks:
                 yield skipped(name, "the image could not be read")
             return
-        yield passed("image.read", f"{len(tree.entries)} entries")
+        stacked = f" (with {', '.join(layer.name for layer in root.layers)} above)"
+        yield passed(
+            "image.read", f"{len(tree.entries)} entries" + (stacked if root.layers else "")
+        )
         for name, check in checks.items():
             try:
                 yield check(name, tree)

@@ -6,22 +6,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from plasmaboot.artifacts.layout import INITRD, NIX_STORE_SQUASHFS, ROOT_SQUASHFS
+from plasmaboot.artifacts.layout import INITRD, NIX_STORE_SQUASHFS, PACKAGE_LAYER, ROOT_SQUASHFS
 from plasmaboot.checks import Check, count, failed, passed, skipped
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.formats import FormatError
 from plasmaboot.formats.cpio import Member, Segment, SegmentError, read_segments
 from plasmaboot.formats.squashfs import read_squashfs_superblock
+from plasmaboot.verify.layers import DirLayer, dir_layers
 
 LATER_CHECKS = ("initrd.init", "initrd.squashfs")
 
 
 @dataclass(frozen=True)
 class RootImage:
-    """The squashfs the initrd carries: ROOT_SQUASHFS (Debian) or NIX_STORE_SQUASHFS."""
+    """The squashfs the initrd carries: PACKAGE_LAYER (Debian, with the directory layers
+    stacked above it), ROOT_SQUASHFS (a Debian set made before layers) or
+    NIX_STORE_SQUASHFS."""
 
     name: str
     data: bytes
+    layers: tuple[DirLayer, ...] = ()  # bottom first
 
 
 def last_member(segments: list[Segment], name: str) -> tuple[int, Segment, Member] | None:
@@ -35,7 +39,7 @@ def last_member(segments: list[Segment], name: str) -> tuple[int, Segment, Membe
 
 
 def find_root_image(segments: list[Segment]) -> tuple[int, Segment, Member] | None:
-    for name in (ROOT_SQUASHFS, NIX_STORE_SQUASHFS):
+    for name in (PACKAGE_LAYER, ROOT_SQUASHFS, NIX_STORE_SQUASHFS):
         found = last_member(segments, name)
         if found is not None:
             return found
@@ -72,7 +76,7 @@ def check_init(segments: list[Segment]) -> Check:
 def check_root_squashfs(segments: list[Segment]) -> tuple[Check, RootImage | None]:
     found = find_root_image(segments)
     if found is None:
-        wanted = f"/{ROOT_SQUASHFS} or /{NIX_STORE_SQUASHFS}"
+        wanted = f"/{PACKAGE_LAYER}, /{ROOT_SQUASHFS} or /{NIX_STORE_SQUASHFS}"
         return failed("initrd.squashfs", f"no {wanted} in any segment"), None
     number, segment, member = found
     image = segment.payload[member.offset : member.offset + member.size]
@@ -85,4 +89,9 @@ def check_root_squashfs(segments: list[Segment]) -> tuple[Check, RootImage | Non
         f"{superblock.bytes_used / (1 << 20):.1f} MiB, {superblock.inodes} inodes, "
         f"{superblock.block_size >> 10} KiB blocks"
     )
-    return passed("initrd.squashfs", detail), RootImage(member.name, image)
+    layers = tuple(dir_layers(segments))
+    if layers:
+        detail += "; above it " + ", ".join(
+            f"{layer.name} ({len(layer.files)} entries)" for layer in layers
+        )
+    return passed("initrd.squashfs", detail), RootImage(member.name, image, layers)

@@ -30,6 +30,8 @@ class SshdConfig:
     settings: dict[str, str]
     in_match: list[tuple[str, str, str]]  # (file, keyword, value)
     files: list[str]
+    # AuthorizedKeysFile's first value outside Match blocks: all its arguments, as written
+    authorized_keys_files: list[str] | None = None
 
 
 def sshd_arguments(text: str) -> list[str]:
@@ -69,6 +71,9 @@ def read_sshd_file(
                 absolute = pattern if pattern.startswith("/") else f"/etc/ssh/{pattern}"
                 for included in tree.glob(absolute):
                     read_sshd_file(tree, included, config, in_match, depth + 1)
+        elif keyword == "authorizedkeysfile" and not in_match:
+            if config.authorized_keys_files is None:
+                config.authorized_keys_files = arguments
         elif keyword in SSHD_DEFAULTS and arguments:
             value = arguments[0].lower()
             if in_match:

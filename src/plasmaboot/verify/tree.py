@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import shutil
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from plasmaboot.formats import FormatError
 from plasmaboot.run import run
+from plasmaboot.verify.layers import DirLayer
 
 LISTING_LINE = re.compile(
     r"^(?P<mode>[-dlcbps][-rwxsStT]{9})\s+\S+\s+(?P<size>\d+|\d+,\s*\d+)\s+"
@@ -51,6 +54,35 @@ class ImageTree:
         if extract.returncode != 0:
             raise FormatError(unsquashfs_error(extract.stdout))
         return cls(entries, extract_to)
+
+    def stack(self, layers: Iterable[DirLayer]) -> None:
+        """Put directory layers above the image, bottom first, as stage-1's overlay does:
+        an upper entry hides a lower one of the same path (and, unless both are
+        directories, everything under it)."""
+        for layer in layers:
+            for path, item in sorted(layer.files.items()):
+                below = self.entries.get(path)
+                if below is not None and not (below.kind == "d" and item.kind == "d"):
+                    self.hide(path)
+                self.entries[path] = ImageEntry(item.kind, len(item.data), item.link_target)
+                if not path.startswith(EXTRACTED_PREFIXES) and path not in EXTRACTED_DIRS:
+                    continue
+                target = self.extracted / path
+                if item.kind == "d":
+                    target.mkdir(parents=True, exist_ok=True)
+                elif item.kind == "-":
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(item.data)
+
+    def hide(self, path: str) -> None:
+        """Forget `path` and what is under it (an upper layer's entry replaces it)."""
+        for name in [p for p in self.entries if p == path or p.startswith(f"{path}/")]:
+            del self.entries[name]
+        target = self.extracted / path
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
 
     def resolve(self, path: str) -> str | None:
         """The path with every symlink followed inside the image; None if it does not exist."""

@@ -9,22 +9,39 @@ from pathlib import Path
 import pytest
 
 from plasmaboot.errors import WorkError
-from plasmaboot.image.backends.debian.contract import HookOutputs, HookPlan, Output
+from plasmaboot.image.backends.debian.contract import (
+    ACCOUNT_FILES,
+    HookOutputs,
+    HookPlan,
+    Output,
+    UnitInstall,
+)
 from plasmaboot.profiles.store import ProfileStore
 
 from conftest import make_kernel
 
 
 def test_the_plan_round_trips(tmp_path: Path) -> None:
-    plan = HookPlan(
-        profile=ProfileStore().resolve("control-plane", "debug"),
-        authorized_keys="ssh-ed25519 AAAA op\n",
-        squashfs_level=15,
-    )
+    profile = ProfileStore().resolve("control-plane", "debug")
+    plan = HookPlan.for_profile(profile, squashfs_level=15)
     plan.write(tmp_path / "plan.json")
     again = HookPlan.read(tmp_path / "plan.json")
     assert again == plan
-    assert again.profile.content_hash() == plan.profile.content_hash()
+    assert again.include_modules == tuple(profile.kernel.include_modules)
+    assert again.documentation == profile.system.documentation
+
+
+def test_the_plan_holds_only_what_the_package_layer_depends_on() -> None:
+    """A port, a sysctl, a key: none of them is in the plan, so none changes the layer."""
+    profile = ProfileStore().resolve("control-plane")
+    changed = profile.model_copy(update={"sysctl": {"vm.swappiness": 1}})
+    assert HookPlan.for_profile(changed, 9) == HookPlan.for_profile(profile, 9)
+    assert set(HookPlan.model_fields) == {
+        "documentation",
+        "include_modules",
+        "exclude_modules",
+        "squashfs_level",
+    }
 
 
 @pytest.mark.parametrize("text", ["not json", '{"authorized_keys": "", "squashfs_level": 9}'])
@@ -46,6 +63,9 @@ def written_outputs(directory: Path) -> HookOutputs:
     outputs.write_stage1_order(["squashfs.ko", "loop.ko"])
     outputs.write_packages({"systemd": "252.30-1"})
     outputs.write_steps({"configure_ssh": 0.25})
+    outputs.write_units({"ssh.service": UnitInstall(path="/usr/lib/systemd/system/ssh.service")})
+    for name in ACCOUNT_FILES:
+        (outputs.accounts_dir() / name).write_text(f"root:x:0:0 ({name})\n")
     return outputs
 
 
@@ -58,6 +78,8 @@ def test_the_outputs_round_trip(tmp_path: Path) -> None:
     assert result.stage1_order.read_text() == "squashfs.ko\nloop.ko\n"
     assert result.packages == {"systemd": "252.30-1"}
     assert result.steps == {"configure_ssh": 0.25}
+    assert result.units["ssh.service"].path == "/usr/lib/systemd/system/ssh.service"
+    assert result.accounts["gshadow"] == "root:x:0:0 (gshadow)\n"
 
 
 @pytest.mark.parametrize("output", list(Output))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,20 +17,20 @@ from typing import Any
 import pytest
 
 from plasmaboot.image.backends.debian import hook
-from plasmaboot.image.backends.debian.contract import INSIDE_OUT, INSIDE_PLAN, HookOutputs, HookPlan
+from plasmaboot.image.backends.debian.contract import (
+    INSIDE_OUT,
+    INSIDE_PLAN,
+    HookOutputs,
+    HookPlan,
+    UnitInstall,
+)
 from plasmaboot.image.backends.debian.hook import (
     STATIC_NODES,
     Context,
-    configure_kernel_modules,
-    configure_network,
-    configure_services,
-    configure_ssh,
-    configure_sysctl,
     export_kernel,
     list_static_nodes,
-    render_dhcp_network,
-    render_toml,
-    render_unit,
+    parse_install,
+    remove_host_keys,
     stage1_module_order,
     trim_documentation,
     trim_kernel_modules,
@@ -144,9 +143,7 @@ def worker(**changes: dict[str, object]) -> Profile:
 
 
 def make_context(root: Path, profile: Profile | None = None, level: int = 1) -> Context:
-    plan = HookPlan(
-        profile=profile or worker(), authorized_keys=AUTHORIZED_KEYS, squashfs_level=level
-    )
+    plan = HookPlan.for_profile(profile or worker(), squashfs_level=level)
     outputs = HookOutputs(root / "tmp/plasmaboot-out")
     outputs.directory.mkdir(parents=True, exist_ok=True)
     return Context(root=root, plan=plan, log=Log(), outputs=outputs)
@@ -154,151 +151,6 @@ def make_context(root: Path, profile: Profile | None = None, level: int = 1) -> 
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-# --------------------------------------------------------------------------------------
-# configure_*
-
-
-def test_configure_ssh(fake_root: Path, chroot_calls: ChrootCalls) -> None:
-    configure_ssh(make_context(fake_root))
-    sshd = (fake_root / "etc/ssh/sshd_config.d/10-plasmaboot.conf").read_text()
-    for line in (
-        "PermitRootLogin prohibit-password",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-    ):
-        assert line in sshd.splitlines()
-    keys = fake_root / "root/.ssh/authorized_keys"
-    assert keys.read_text() == AUTHORIZED_KEYS
-    assert (mode(keys), mode(keys.parent)) == (0o600, 0o700)
-    assert not list((fake_root / "etc/ssh").glob("ssh_host_*"))  # made at each boot instead
-    units = fake_root / "etc/systemd/system"
-    assert "ssh-keygen -q -t ed25519" in (units / "plasmaboot-ssh-hostkeys.service").read_text()
-    assert "Requires=plasmaboot-ssh-hostkeys.service" in (units / "ssh.service").read_text()
-    assert chroot_calls() == ["systemctl enable plasmaboot-ssh-hostkeys.service ssh.service"]
-
-
-def test_configure_network_with_dhcp(fake_root: Path, chroot_calls: ChrootCalls) -> None:
-    configure_network(make_context(fake_root, worker(network={"dhcp": True})))
-    network = (fake_root / "etc/systemd/network/80-plasmaboot-dhcp.network").read_text()
-    assert "[Match]\nType=ether\nKind=!*\n" in network and "DHCP=yes" in network
-    wait_online = "etc/systemd/system/systemd-networkd-wait-online.service.d/plasmaboot.conf"
-    assert "--any" in (fake_root / wait_online).read_text()
-    assert chroot_calls() == ["systemctl enable systemd-networkd.service systemd-resolved.service"]
-
-
-def test_dhcp_network_file_without_an_mtu_leaves_the_link_alone() -> None:
-    assert render_dhcp_network(None) == (
-        "# plasmaboot: DHCP on every Ethernet NIC (not on bridges, bonds or veths)\n"
-        "[Match]\nType=ether\nKind=!*\n\n"
-        "[Network]\nDHCP=yes\n\n"
-        "[DHCPv4]\nClientIdentifier=mac\n"
-    )
-
-
-def test_dhcp_network_file_sets_the_profiles_mtu(
-    fake_root: Path, chroot_calls: ChrootCalls
-) -> None:
-    expected = (
-        "# plasmaboot: DHCP on every Ethernet NIC (not on bridges, bonds or veths)\n"
-        "[Match]\nType=ether\nKind=!*\n\n"
-        "[Link]\nMTUBytes=9000\n\n"
-        "[Network]\nDHCP=yes\n\n"
-        "[DHCPv4]\nClientIdentifier=mac\n"
-    )
-    assert render_dhcp_network(9000) == expected
-    configure_network(make_context(fake_root, worker(network={"dhcp": True, "mtu": 9000})))
-    assert (fake_root / "etc/systemd/network/80-plasmaboot-dhcp.network").read_text() == expected
-
-
-def test_configure_network_without_dhcp_does_nothing(
-    fake_root: Path, chroot_calls: ChrootCalls
-) -> None:
-    configure_network(make_context(fake_root, worker(network={"dhcp": False})))
-    assert not (fake_root / "etc/systemd/network").exists()
-    assert chroot_calls() == []
-
-
-def test_configure_sysctl(fake_root: Path) -> None:
-    configure_sysctl(make_context(fake_root, worker(sysctl={"vm.swappiness": 10, "a.b": "1 2"})))
-    text = (fake_root / "etc/sysctl.d/90-plasmaboot.conf").read_text()
-    assert text.splitlines() == ["# plasmaboot", "vm.swappiness = 10", "a.b = 1 2"]
-    configure_sysctl(make_context(fake_root / "other", worker(sysctl={})))
-    assert not (fake_root / "other/etc/sysctl.d").exists()
-
-
-def test_configure_kernel_modules(fake_root: Path) -> None:
-    configure_kernel_modules(make_context(fake_root, worker(kernel={"modules": ["kvm", "tun"]})))
-    text = (fake_root / "etc/modules-load.d/plasmaboot.conf").read_text()
-    assert text.splitlines() == ["# plasmaboot", "kvm", "tun"]
-    configure_kernel_modules(make_context(fake_root / "other", worker(kernel={"modules": []})))
-    assert not (fake_root / "other/etc/modules-load.d").exists()
-
-
-def with_enabled(profile: Profile, name: str, **changes: Any) -> Profile:
-    services = dict(profile.services)
-    services[name] = services[name].model_copy(update={"enable": True, **changes})
-    return profile.model_copy(update={"services": services})
-
-
-def test_configure_services(fake_root: Path, chroot_calls: ChrootCalls) -> None:
-    profile = with_enabled(worker(), "novanet", settings={"log": {"level": "debug"}})
-    configure_services(make_context(fake_root, profile))
-    for service in profile.services.values():
-        sysusers = fake_root / f"usr/lib/sysusers.d/plasmaboot-{service.name}.conf"
-        assert sysusers.read_text().startswith(f"u {service.user} - ")
-        config = tomllib.loads((fake_root / service.config.lstrip("/")).read_text())
-        assert config == {**service.ports, **service.settings}
-        unit = fake_root / f"etc/systemd/system/{service.name}.service"
-        assert unit.read_text() == render_unit(service)
-    assert tomllib.loads((fake_root / "etc/novanet/config.toml").read_text())["log"] == {
-        "level": "debug"
-    }
-    # only the enabled service is enabled; the others stay installed and off
-    assert chroot_calls() == ["systemctl enable novanet.service"]
-
-
-def test_configure_services_enables_nothing_by_default(
-    fake_root: Path, chroot_calls: ChrootCalls
-) -> None:
-    configure_services(make_context(fake_root))
-    assert (fake_root / "etc/systemd/system/plasmavmc.service").is_file()
-    assert chroot_calls() == []
-
-
-def test_render_unit() -> None:
-    service = (
-        worker().services["plasmavmc"].model_copy(update={"memory_max": "1G", "cpu_quota": "80%"})
-    )
-    lines = render_unit(service).splitlines()
-    binary = f"/usr/bin/{service.binary}"
-    for expected in (
-        f"ConditionPathExists={binary}",  # skipped at boot when no package gave the binary
-        f"ExecStart={binary} --config {service.config}",
-        f"User={service.user}",
-        f"Group={service.user}",
-        "StateDirectory=plasmavmc",
-        "MemoryMax=1G",
-        "CPUQuota=80%",
-        "WantedBy=multi-user.target",
-    ):
-        assert expected in lines
-    unlimited = service.model_copy(update={"memory_max": None, "cpu_quota": None})
-    assert not [line for line in render_unit(unlimited).splitlines() if "Max=" in line]
-
-
-@pytest.mark.parametrize(
-    "settings",
-    [
-        {"port": 2379, "debug": False, "peers": ["a", "b"], "tls": {"cert": "/x y"}},
-        {"members": [{"name": "a", "port": 1}, {"name": "b", "port": 2}], "after": 1},
-        {"motd": 'caf\u00e9 \U0001f680 "quoted" \\ tab\t', "a.b": {"c.d": 1}},
-        {"nested": {"deeper": {"x": [1.5, 2.5]}, "y": "z"}, "inline": [[1, 2], ["a"]]},
-    ],
-)
-def test_render_toml_round_trips(settings: dict[str, object]) -> None:
-    assert tomllib.loads(render_toml(settings)) == settings
 
 
 # --------------------------------------------------------------------------------------
@@ -475,7 +327,10 @@ def test_an_empty_list_fails_the_build_and_keeps_the_unit(
 
 
 def test_the_hook_fills_the_contracts_outputs(fake_root: Path, chroot_calls: ChrootCalls) -> None:
-    plan = HookPlan(profile=worker(), authorized_keys=AUTHORIZED_KEYS, squashfs_level=1)
+    plan = HookPlan.for_profile(worker(), squashfs_level=1)
+    write(fake_root / "usr/lib/systemd/system/ssh.service", SSH_UNIT_FILE)
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        write(fake_root / "etc" / name, f"root:x:0:0::/root:/bin/sh ({name})\n")
     (fake_root / "tmp").mkdir()
     plan.write(fake_root / INSIDE_PLAN.lstrip("/"))
     assert hook.main([str(fake_root)]) == 0
@@ -487,10 +342,50 @@ def test_the_hook_fills_the_contracts_outputs(fake_root: Path, chroot_calls: Chr
     listing = subprocess.run(
         ["unsquashfs", "-l", str(result.root_squashfs)], check=True, capture_output=True, text=True
     ).stdout
-    assert "squashfs-root/root/.ssh/authorized_keys" in listing
+    assert "squashfs-root/etc/hostname" in listing
+    assert "squashfs-root/root/.ssh/authorized_keys" not in listing  # the profile layer's
     assert "squashfs-root/tmp/" not in listing  # the plan and the outputs stay out
     assert "ssh_host_ed25519_key" not in listing
     assert f"depmod -a {KERNEL_RELEASE}" in chroot_calls()
+    # what the profile layer reads from this one
+    assert result.units["ssh.service"] == UnitInstall(
+        path="/usr/lib/systemd/system/ssh.service",
+        wanted_by=("multi-user.target",),
+        alias=("sshd.service",),
+    )
+    assert result.accounts["shadow"] == "root:x:0:0::/root:/bin/sh (shadow)\n"
+
+
+SSH_UNIT_FILE = """\
+[Unit]
+Description=OpenBSD Secure Shell server
+[Service]
+ExecStart=/usr/sbin/sshd -D
+[Install]
+WantedBy=multi-user.target
+Alias=sshd.service
+"""
+
+
+def test_remove_host_keys(fake_root: Path) -> None:
+    remove_host_keys(make_context(fake_root))
+    assert not list((fake_root / "etc/ssh").glob("ssh_host_*"))  # made at each boot instead
+
+
+def test_parse_install_reads_what_systemctl_enable_reads() -> None:
+    text = (
+        "[Unit]\nWantedBy=ignored.target\n[Install]\nWantedBy=a.target b.target\n"
+        "RequiredBy=c.service\nAlias=d.service\nAlso=e.socket\n# WantedBy=f.target\n"
+        "WantedBy=\nWantedBy=g.target\nDefaultInstance=ttyS0\n"
+    )
+    assert parse_install("/x.service", text) == UnitInstall(
+        path="/x.service",
+        wanted_by=("g.target",),  # an empty value resets the list
+        required_by=("c.service",),
+        alias=("d.service",),
+        also=("e.socket",),
+        default_instance="ttyS0",
+    )
 
 
 def test_module_trees_are_measured_by_directory(tmp_path: Path) -> None:

@@ -1,6 +1,9 @@
-"""The Debian backend: mmdebstrap builds the root filesystem from real Debian packages,
-the customize hook applies the profile and makes the squashfs, and we assemble the initrd
-(stage-1 segment + root segment) the NixOS netboot way."""
+"""The Debian backend: the initrd from its layers (docs/layers.md). mmdebstrap builds the
+root filesystem from real Debian packages and the customize hook trims it into the package
+layer's squashfs, cached and shared by every profile with the same packages (`hook`,
+`package_layer`); the profile layer is written in Python (`profile_layer`); and we
+assemble the initrd the NixOS netboot way: stage-1 segment + package layer + profile layer.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +19,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from plasmaboot import __version__
-from plasmaboot.artifacts.layout import INITRD, KERNEL, ROOT_SQUASHFS
+from plasmaboot.artifacts.layout import INITRD, KERNEL, PACKAGE_LAYER, sha256_file
+from plasmaboot.artifacts.manifest import LayerRecord
 from plasmaboot.catalog import native_package_names, packages_path
 from plasmaboot.errors import UserError
-from plasmaboot.formats.cpio import Compression, Entry, concatenate, write_segment
+from plasmaboot.formats.cpio import (
+    Compression,
+    Entry,
+    Segment,
+    pad4,
+    read_segments,
+    write_cpio,
+    write_segment,
+)
 from plasmaboot.image.backend import (
     BackendOptions,
     BackendType,
@@ -36,6 +48,18 @@ from plasmaboot.image.backends.debian.contract import (
     HookPlan,
     HookResult,
 )
+from plasmaboot.image.backends.debian.package_layer import (
+    PackageLayer,
+    PackageLayerCache,
+    package_layer_key,
+)
+from plasmaboot.image.backends.debian.profile_layer import (
+    PackageBase,
+    ProfilePlan,
+    layer_entries,
+    make_profile_layer,
+)
+from plasmaboot.image.cache import files_fingerprint
 from plasmaboot.profiles.model import Profile
 from plasmaboot.run import require_tool, run
 
@@ -156,11 +180,7 @@ def source_fingerprint() -> str:
         packages_path(),
         BUSYBOX,
     ]
-    digest = hashlib.sha256(__version__.encode())
-    for path in inputs:
-        digest.update(path.name.encode() + b"\0")
-        digest.update(path.read_bytes() if path.is_file() else b"(missing)")
-    return digest.hexdigest()[:16]
+    return files_fingerprint(__version__, inputs)
 
 
 class DebianBackend:
@@ -216,11 +236,76 @@ class DebianBackend:
         packages, skipped = debian_packages(profile)
         for name in skipped:
             log.info(f"package {name!r} is not available on Debian; skipped")
-        plan = HookPlan(
-            profile=profile,
-            authorized_keys=authorized_keys(request),
-            squashfs_level=self.options.squashfs_level,
+        plan = HookPlan.for_profile(profile, self.options.squashfs_level)
+        inputs = self.package_inputs(profile, packages, plan)
+        key = package_layer_key(inputs)
+        if request.cache_dir is None:
+            layer, reused = self.build_package_layer(request, packages, plan, work, key), False
+        else:
+            cache = PackageLayerCache.under(request.cache_dir)
+            with cache.locked(key):
+                found = cache.lookup(key) if request.use_cache else None
+                reused = found is not None
+                if found is None:
+                    self.build_package_layer(request, packages, plan, work, key)
+                    found = cache.store(work.out, key, inputs)
+                layer = found
+        log.info(f"layer 10-packages: {'reused' if reused else 'built'} (key {key[:16]})")
+        hook = HookOutputs(layer.directory).read()
+        with log.step("profile layer"):
+            profile_dir = work.path / "profile"
+            profile_dir.mkdir()
+            profile_plan = ProfilePlan(profile=profile, authorized_keys=authorized_keys(request))
+            base = PackageBase(units=hook.units, accounts=hook.accounts)
+            make_profile_layer(profile_dir, profile_plan, base, log)
+            write_segment(
+                layer_entries(profile_dir), work.path / "profile.cpio.gz", Compression.GZIP
+            )
+        log.info("layer 50-profile: built")
+        with log.step("stage1"):
+            write_segment(stage1_entries(hook), work.path / "stage1.cpio.gz", Compression.GZIP)
+        with log.step("initrd"):
+            package_entry = Entry(PACKAGE_LAYER, stat.S_IFREG | 0o444, source=layer.squashfs)
+            write_initrd(
+                request.staging / INITRD,
+                [work.path / "stage1.cpio.gz", [package_entry], work.path / "profile.cpio.gz"],
+            )
+            records = layer_records(request.staging / INITRD, layer, reused)
+        link_or_copy(hook.kernel, request.staging / KERNEL)
+        if not reused:
+            for step, seconds in hook.steps.items():
+                log.steps[f"customize.{step}"] = seconds
+        return BuildResult(
+            kernel_version=hook.kernel_version,
+            distro=f"debian {self.options.release}",
+            packages=hook.packages,
+            package_sizes=hook.package_sizes,
+            module_sizes=hook.module_sizes,
+            layers=records,
         )
+
+    def package_inputs(
+        self, profile: Profile, packages: list[str], plan: HookPlan
+    ) -> dict[str, object]:
+        """Everything the package layer is made from (its cache key, with the code's
+        fingerprint): the packages and the services' own .deb files, the release, mirror
+        and components, and the hook's plan (module globs, documentation, squashfs level).
+        Nothing else of the profile: a port, a sysctl or a key leaves the key alone."""
+        debs = [s.package_file for s in profile.services.values() if s.package_file]
+        return {
+            "packages": sorted(packages),
+            "debs": [sha256_file(Path(deb)) for deb in debs],
+            "release": self.options.release,
+            "mirror": self.options.mirror,
+            "components": components(profile),
+            "plan": plan.model_dump(mode="json"),
+        }
+
+    def build_package_layer(
+        self, request: BuildRequest, packages: list[str], plan: HookPlan, work: WorkDir, key: str
+    ) -> PackageLayer:
+        """mmdebstrap and the hook: the package layer's outputs in work.out."""
+        log = request.log
         plan.write(work.plan)
         work.out.mkdir()
         with log.step("mmdebstrap"):
@@ -233,24 +318,8 @@ class DebianBackend:
             )
         if request.cache_dir is not None:
             store_new_debs(work.new_debs, request.cache_dir, self.options.release)
-        hook = HookOutputs(work.out).read()
-        with log.step("stage1"):
-            write_segment(stage1_entries(hook), work.path / "stage1.cpio.gz", Compression.GZIP)
-        with log.step("initrd"):
-            root_entry = Entry(ROOT_SQUASHFS, stat.S_IFREG | 0o444, source=hook.root_squashfs)
-            write_segment([root_entry], work.path / "root.cpio", Compression.NONE)
-            segments = [work.path / "stage1.cpio.gz", work.path / "root.cpio"]
-            concatenate(segments, request.staging / INITRD)
-        shutil.move(hook.kernel, request.staging / KERNEL)
-        for step, seconds in hook.steps.items():
-            log.steps[f"customize.{step}"] = seconds
-        return BuildResult(
-            kernel_version=hook.kernel_version,
-            distro=f"debian {self.options.release}",
-            packages=hook.packages,
-            package_sizes=hook.package_sizes,
-            module_sizes=hook.module_sizes,
-        )
+        HookOutputs(work.out).read()  # every output is there and sound, before it is stored
+        return PackageLayer.describe(work.out, key)
 
     def mmdebstrap_command(
         self, request: BuildRequest, packages: list[str], work: WorkDir
@@ -258,12 +327,11 @@ class DebianBackend:
         profile = request.profile
         mode = "root" if os.geteuid() == 0 else "unshare"
         debs = [s.package_file for s in profile.services.values() if s.package_file]
-        components = "main,non-free-firmware" if profile.kernel.firmware else "main"
         command = [
             "mmdebstrap",
             f"--mode={mode}",
             "--variant=minbase",
-            f"--components={components}",
+            f"--components={components(profile)}",
             '--aptopt=APT::Install-Recommends "false"',
             '--aptopt=APT::Install-Suggests "false"',
             "--dpkgopt=force-unsafe-io",
@@ -300,6 +368,68 @@ class DebianBackend:
             self.options.mirror,
         ]
         return command
+
+
+def components(profile: Profile) -> str:
+    return "main,non-free-firmware" if profile.kernel.firmware else "main"
+
+
+def write_initrd(path: Path, parts: list[Path | list[Entry]]) -> None:
+    """The initrd: each part a segment file copied in, or entries written as an
+    uncompressed segment straight into it (the package layer: one copy of its squashfs),
+    each starting 4-byte aligned, as formats.cpio.concatenate does."""
+    with path.open("wb") as out:
+        for part in parts:
+            out.write(pad4(out.tell()))
+            if isinstance(part, list):
+                write_cpio(part, out)
+            else:
+                with part.open("rb") as handle:
+                    shutil.copyfileobj(handle, out, 1 << 20)
+
+
+def layer_records(initrd: Path, layer: PackageLayer, reused: bool) -> tuple[LayerRecord, ...]:
+    """Where each layer is in the initrd, and its hash (the package layer's is its cache
+    record's, checked when it was looked up; the others are small and hashed here)."""
+    stage1, packages, profile = read_segments(initrd)
+    member = next(m for m in packages.members if m.name == PACKAGE_LAYER)
+
+    def segment(name: str, part: Segment, was_reused: bool = False) -> LayerRecord:
+        with initrd.open("rb") as handle:
+            handle.seek(part.offset)
+            body = handle.read(part.end - part.offset)
+        return LayerRecord(
+            name=name,
+            kind="segment",
+            file=INITRD,
+            offset=part.offset,
+            size=len(body),
+            sha256=hashlib.sha256(body).hexdigest(),
+            reused=was_reused,
+        )
+
+    return (
+        segment("stage1", stage1),
+        LayerRecord(
+            name="10-packages",
+            kind="squashfs",
+            file=INITRD,
+            member=PACKAGE_LAYER,
+            offset=member.offset,
+            size=member.size,
+            sha256=layer.sha256,
+            reused=reused,
+        ),
+        segment("50-profile", profile),
+    )
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A file of a cached layer into the set: a hard link where the filesystem allows."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def service_deb_hooks(debs: list[str]) -> list[str]:

@@ -28,13 +28,26 @@ T = TypeVar("T")
 
 
 class HookPlan(BaseModel):
-    """What the backend asks the hook to do: everything the hook knows of the build."""
+    """What the backend asks the hook to do: everything the hook knows of the build. The
+    hook makes the package layer, shared by every profile with the same packages, so it
+    gets only the settings that layer depends on (they are part of its cache key), never
+    the whole profile: the profile layer (profile_layer) applies the rest."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    profile: Profile
-    authorized_keys: str  # root's authorized_keys, ready to write
+    documentation: bool  # system.documentation: keep man pages, info, translations
+    include_modules: tuple[str, ...]  # kernel.include_modules globs
+    exclude_modules: tuple[str, ...]  # kernel.exclude_modules globs
     squashfs_level: int
+
+    @classmethod
+    def for_profile(cls, profile: Profile, squashfs_level: int) -> HookPlan:
+        return cls(
+            documentation=profile.system.documentation,
+            include_modules=tuple(profile.kernel.include_modules),
+            exclude_modules=tuple(profile.kernel.exclude_modules),
+            squashfs_level=squashfs_level,
+        )
 
     def write(self, path: Path) -> None:
         path.write_text(self.model_dump_json(indent=2))
@@ -61,6 +74,57 @@ class Output(StrEnum):
     STAGE1_ORDER = "stage1-modules.txt"  # their file names, in load order
     PACKAGES = "packages.json"  # {package: version}
     STEPS = "steps.json"  # {step: seconds}
+    UNITS = "units.json"  # {unit file: UnitInstall}: what the profile layer enables
+    ACCOUNTS = "accounts"  # a directory: the image's passwd, group, shadow, gshadow
+
+
+# The account files the profile layer adds service users to (copies of the package layer's).
+ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow")
+
+
+class UnitInstall(BaseModel):
+    """A unit file of the package layer and its [Install] section: what `systemctl enable`
+    reads, so the profile layer can enable units without a chroot."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str  # absolute, inside the image: /usr/lib/systemd/system/ssh.service
+    wanted_by: tuple[str, ...] = ()
+    required_by: tuple[str, ...] = ()
+    alias: tuple[str, ...] = ()
+    also: tuple[str, ...] = ()
+    default_instance: str | None = None
+
+
+def parse_install(path: str, text: str) -> UnitInstall:
+    """A unit file's [Install] section, as systemctl reads it (an empty value resets)."""
+    keys = {"WantedBy": "wanted_by", "RequiredBy": "required_by", "Alias": "alias", "Also": "also"}
+    values: dict[str, list[str]] = {field: [] for field in keys.values()}
+    default_instance = None
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line
+            continue
+        key, _, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if section != "[Install]":
+            continue
+        if key == "DefaultInstance":
+            default_instance = value or None
+        elif key in keys:
+            values[keys[key]] = values[keys[key]] + value.split() if value else []
+    return UnitInstall(
+        path=path,
+        wanted_by=tuple(values["wanted_by"]),
+        required_by=tuple(values["required_by"]),
+        alias=tuple(values["alias"]),
+        also=tuple(values["also"]),
+        default_instance=default_instance,
+    )
 
 
 # Optional (older hooks did not write it; a build without it has no sizes in its manifest):
@@ -69,6 +133,7 @@ SIZES = "sizes.json"
 
 PACKAGES_JSON: TypeAdapter[dict[str, str]] = TypeAdapter(dict[str, str])
 SIZES_JSON: TypeAdapter[dict[str, dict[str, int]]] = TypeAdapter(dict[str, dict[str, int]])
+UNITS_JSON: TypeAdapter[dict[str, UnitInstall]] = TypeAdapter(dict[str, UnitInstall])
 STEPS_JSON: TypeAdapter[dict[str, float]] = TypeAdapter(dict[str, float])
 
 
@@ -85,6 +150,8 @@ class HookResult:
     steps: dict[str, float]
     package_sizes: dict[str, int] = field(default_factory=dict)
     module_sizes: dict[str, int] = field(default_factory=dict)
+    units: dict[str, UnitInstall] = field(default_factory=dict)
+    accounts: dict[str, str] = field(default_factory=dict)  # ACCOUNT_FILES by name -> text
 
 
 @dataclass(frozen=True)
@@ -119,6 +186,14 @@ class HookOutputs:
     def write_steps(self, steps: dict[str, float]) -> None:
         self.path(Output.STEPS).write_text(json.dumps(steps, indent=1))
 
+    def write_units(self, units: dict[str, UnitInstall]) -> None:
+        self.path(Output.UNITS).write_bytes(UNITS_JSON.dump_json(units, indent=1))
+
+    def accounts_dir(self) -> Path:
+        target = self.path(Output.ACCOUNTS)
+        target.mkdir(parents=True, exist_ok=True)
+        return target
+
     # -- the backend's side
 
     def read(self) -> HookResult:
@@ -141,6 +216,8 @@ class HookOutputs:
             stage1_order=self.path(Output.STAGE1_ORDER),
             packages=self.parsed(Output.PACKAGES, PACKAGES_JSON),
             steps=self.parsed(Output.STEPS, STEPS_JSON),
+            units=self.parsed(Output.UNITS, UNITS_JSON),
+            accounts=self.accounts(),
             **self.sizes(),
         )
 
@@ -160,9 +237,16 @@ class HookOutputs:
             "module_sizes": sizes.get("modules", {}),
         }
 
+    def accounts(self) -> dict[str, str]:
+        directory = self.path(Output.ACCOUNTS)
+        missing = [name for name in ACCOUNT_FILES if not (directory / name).is_file()]
+        if missing:
+            raise self.invalid(Output.ACCOUNTS, f"{missing[0]} is missing")
+        return {name: (directory / name).read_text(encoding="utf-8") for name in ACCOUNT_FILES}
+
     def require(self, output: Output) -> None:
         path = self.path(output)
-        if output is Output.STAGE1_MODULES:
+        if output in (Output.STAGE1_MODULES, Output.ACCOUNTS):
             if not path.is_dir():
                 raise WorkError(
                     f"the mmdebstrap hook left no {output}/ directory in {self.directory}"

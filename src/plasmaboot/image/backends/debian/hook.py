@@ -1,5 +1,8 @@
-"""Apply a resolved profile to a Debian root filesystem and turn it into boot parts.
+"""Make the package layer: trim a Debian root filesystem and turn it into boot parts.
 
+The package layer depends only on the packages, the release and mirror, the module globs
+and the documentation setting (the plan, `contract.HookPlan`), so every profile with the
+same ones shares it; the rest of a profile is applied by `profile_layer`, without a chroot.
 Runs inside mmdebstrap's customize hook (`python -m plasmaboot.image.backends.debian.hook ROOT`),
 so it works the same in root mode and in unshare mode (where only the hook sees the files
 as root). What it reads (the plan) and what it leaves (the outputs: kernel, root squashfs,
@@ -9,72 +12,33 @@ small function; the order is `STEPS`.
 
 from __future__ import annotations
 
-import datetime
 import fnmatch
-import json
 import os
-import re
 import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from plasmaboot.artifacts.layout import STATIC_NODES
 from plasmaboot.image.backends.debian.contract import (
+    ACCOUNT_FILES,
     INSIDE_OUT,
     INSIDE_PLAN,
     HookOutputs,
     HookPlan,
     Output,
+    UnitInstall,
+    parse_install,
 )
 from plasmaboot.log import Log
-from plasmaboot.profiles.model import Profile, ResolvedService
 from plasmaboot.run import run
 
 # Modules stage-1 needs before it can mount the root image (the Debian kernel builds them
 # as modules); their dependencies are added from modules.dep.
 STAGE1_MODULES = ("loop", "squashfs", "overlay")
 KEPT_LOCALE_PREFIXES = ("en", "locale.alias")
-SSHD_DROP_IN = """\
-# plasmaboot: root logs in with a key, never with a password.
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitEmptyPasswords no
-# host keys are made at each boot (plasmaboot-ssh-hostkeys.service)
-HostKey /etc/ssh/ssh_host_ed25519_key
-HostKey /etc/ssh/ssh_host_ecdsa_key
-"""
-HOST_KEYGEN_UNIT = """\
-# plasmaboot: one image boots many machines, so SSH host keys are made at each boot
-# (on the tmpfs overlay) and never stored in the image.
-[Unit]
-Description=Generate per-boot SSH host keys
-DefaultDependencies=no
-After=local-fs.target systemd-remount-fs.service
-Before=ssh.service shutdown.target
-Conflicts=shutdown.target
-ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
-
-[Service]
-Type=oneshot
-# ed25519 and ECDSA only: an RSA key takes seconds to make on a slow CPU, at every boot
-ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
-ExecStart=/usr/bin/ssh-keygen -q -t ecdsa -N "" -f /etc/ssh/ssh_host_ecdsa_key
-
-[Install]
-WantedBy=multi-user.target
-RequiredBy=ssh.service
-"""
-WAIT_ONLINE_DROP_IN = """\
-# plasmaboot: a node is online when any NIC is configured, not all of them.
-[Service]
-ExecStart=
-ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=60
-"""
 
 
 @dataclass
@@ -83,10 +47,6 @@ class Context:
     plan: HookPlan
     log: Log
     outputs: HookOutputs  # where the boot parts go (inside the chroot's /tmp)
-
-    @property
-    def profile(self) -> Profile:
-        return self.plan.profile
 
     def chroot(self, *argv: str) -> None:
         run(["chroot", str(self.root), *argv], log=self.log)
@@ -124,82 +84,15 @@ def clean_package_caches(ctx: Context) -> None:
                 path.unlink()
 
 
-# Debian's ssh.service waits for network.target, which waits for systemd-resolved: on a slow
-# or emulated CPU that is many seconds in which the node is up but cannot be reached. sshd
-# needs neither network nor DNS to listen, so our copy of the unit (same service, same
-# options) starts as soon as the filesystems and the per-boot host keys are there.
-SSH_UNIT = """\
-[Unit]
-Description=OpenBSD Secure Shell server (plasmaboot: started early)
-Documentation=man:sshd(8) man:sshd_config(5)
-DefaultDependencies=no
-After=local-fs.target plasmaboot-ssh-hostkeys.service
-Requires=plasmaboot-ssh-hostkeys.service
-Before=shutdown.target
-Conflicts=shutdown.target
-ConditionPathExists=!/etc/ssh/sshd_not_to_be_run
-
-[Service]
-EnvironmentFile=-/etc/default/ssh
-ExecStart=/usr/sbin/sshd -D $SSHD_OPTS
-ExecReload=/usr/sbin/sshd -t
-ExecReload=/bin/kill -HUP $MAINPID
-KillMode=process
-Restart=on-failure
-RestartPreventExitStatus=255
-Type=notify
-RuntimeDirectory=sshd
-RuntimeDirectoryMode=0755
-
-[Install]
-WantedBy=multi-user.target
-Alias=sshd.service
-"""
-
-
-def configure_ssh(ctx: Context) -> None:
-    ctx.write("etc/ssh/sshd_config.d/10-plasmaboot.conf", SSHD_DROP_IN)
-    ssh_dir = ctx.root / "root/.ssh"
-    ssh_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(ssh_dir, 0o700)
-    ctx.write("root/.ssh/authorized_keys", ctx.plan.authorized_keys, mode=0o600)
-    for key in (ctx.root / "etc/ssh").glob("ssh_host_*"):
+def remove_host_keys(ctx: Context) -> None:
+    """Host keys are made at each boot (the profile layer's plasmaboot-ssh-hostkeys unit)."""
+    ssh = ctx.root / "etc/ssh"
+    for key in ssh.glob("ssh_host_*") if ssh.is_dir() else []:
         key.unlink()
-    ctx.write("etc/systemd/system/plasmaboot-ssh-hostkeys.service", HOST_KEYGEN_UNIT)
-    ctx.write("etc/systemd/system/ssh.service", SSH_UNIT)
-    ctx.chroot("systemctl", "enable", "plasmaboot-ssh-hostkeys.service", "ssh.service")
 
 
 def lock_root_password(ctx: Context) -> None:
     ctx.chroot("usermod", "--lock", "root")
-
-
-def configure_network(ctx: Context) -> None:
-    network = ctx.profile.network
-    if not network.dhcp:
-        return
-    ctx.write("etc/systemd/network/80-plasmaboot-dhcp.network", render_dhcp_network(network.mtu))
-    ctx.write(
-        "etc/systemd/system/systemd-networkd-wait-online.service.d/plasmaboot.conf",
-        WAIT_ONLINE_DROP_IN,
-    )
-    ctx.chroot("systemctl", "enable", "systemd-networkd.service", "systemd-resolved.service")
-
-
-def render_dhcp_network(mtu: int | None) -> str:
-    """systemd-networkd's .network file for DHCP on every Ethernet NIC, with the profile's
-    network.mtu when it sets one (networkd ignores a DHCP server's MTU option by default, so
-    this one holds)."""
-    link = f"[Link]\nMTUBytes={mtu}\n\n" if mtu is not None else ""
-    return (
-        "# plasmaboot: DHCP on every Ethernet NIC (not on bridges, bonds or veths)\n"
-        f"[Match]\nType=ether\nKind=!*\n\n{link}[Network]\nDHCP=yes\n\n"
-        "[DHCPv4]\nClientIdentifier=mac\n"
-    )
-
-
-def configure_console(ctx: Context) -> None:
-    ctx.chroot("systemctl", "enable", f"serial-getty@{ctx.profile.console.serial}.service")
 
 
 def configure_identity(ctx: Context) -> None:
@@ -210,122 +103,9 @@ def configure_identity(ctx: Context) -> None:
         (ctx.root / stale).unlink(missing_ok=True)
 
 
-def configure_sysctl(ctx: Context) -> None:
-    if not ctx.profile.sysctl:
-        return
-    lines = [f"{key} = {value}" for key, value in ctx.profile.sysctl.items()]
-    ctx.write("etc/sysctl.d/90-plasmaboot.conf", "\n".join(["# plasmaboot", *lines]) + "\n")
-
-
-def configure_kernel_modules(ctx: Context) -> None:
-    if not ctx.profile.kernel.modules:
-        return
-    ctx.write(
-        "etc/modules-load.d/plasmaboot.conf",
-        "\n".join(["# plasmaboot", *ctx.profile.kernel.modules]) + "\n",
-    )
-
-
-def configure_services(ctx: Context) -> None:
-    for service in ctx.profile.services.values():
-        # the user is made by mark_image_updated's sysusers run, with every other one
-        ctx.write(
-            f"usr/lib/sysusers.d/plasmaboot-{service.name}.conf",
-            f'u {service.user} - "PlasmaCloud {service.name}" /var/lib/{service.name}\n',
-        )
-        settings = {**service.ports, **service.settings}
-        ctx.write(service.config, render_toml(settings))
-        ctx.write(f"etc/systemd/system/{service.name}.service", render_unit(service))
-    enabled = [f"{s.name}.service" for s in ctx.profile.services.values() if s.enable]
-    if enabled:
-        ctx.chroot("systemctl", "enable", *enabled)
-
-
-def render_unit(service: ResolvedService) -> str:
-    name = service.name
-    binary = f"/usr/bin/{service.binary}"
-    limits = []
-    if service.memory_max:
-        limits.append(f"MemoryMax={service.memory_max}")
-    if service.cpu_quota:
-        limits.append(f"CPUQuota={service.cpu_quota}")
-    return "\n".join(
-        [
-            "# plasmaboot: disabled unless the profile enables it",
-            "[Unit]",
-            f"Description=PlasmaCloud {name}: {service.description}",
-            "Wants=network-online.target",
-            "After=network-online.target",
-            # a service whose package was not given is skipped, and says why in its status
-            f"ConditionPathExists={binary}",
-            "",
-            "[Service]",
-            f"User={service.user}",
-            f"Group={service.user}",
-            f"ExecStart={binary} --config {service.config}",
-            f"StateDirectory={name}",
-            "Restart=on-failure",
-            *limits,
-            "",
-            "[Install]",
-            "WantedBy=multi-user.target",
-            "",
-        ]
-    )
-
-
-def render_toml(table: dict[str, Any], path: tuple[str, ...] = ()) -> str:
-    """A small TOML writer for service settings: scalars, arrays, tables, arrays of tables."""
-    lines: list[str] = []
-    tables: list[tuple[tuple[str, ...], dict[str, Any]]] = []
-    table_arrays: list[tuple[tuple[str, ...], list[dict[str, Any]]]] = []
-    for key, value in table.items():
-        if isinstance(value, dict):
-            tables.append(((*path, key), value))
-        elif is_table_array(value):
-            table_arrays.append(((*path, key), value))
-        else:
-            lines.append(f"{toml_key(key)} = {toml_value(value)}")
-    for sub_path, sub in tables:
-        lines.append(f"\n[{'.'.join(toml_key(p) for p in sub_path)}]")
-        lines.append(render_toml(sub, sub_path).rstrip("\n"))
-    for sub_path, items in table_arrays:
-        for item in items:
-            lines.append(f"\n[[{'.'.join(toml_key(p) for p in sub_path)}]]")
-            lines.append(render_toml(item, sub_path).rstrip("\n"))
-    return "\n".join(line for line in lines if line) + "\n"
-
-
-def is_table_array(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
-
-
-def toml_key(key: str) -> str:
-    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else toml_string(key)
-
-
-def toml_string(text: str) -> str:
-    # JSON string escapes are valid TOML basic-string escapes; keep non-ASCII as UTF-8
-    return json.dumps(text, ensure_ascii=False)
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, datetime.date | datetime.time):
-        return value.isoformat()
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
-    return toml_string(str(value))
-
-
 def trim_documentation(ctx: Context) -> None:
     """dpkg excludes most of it; this catches what maintainer scripts create."""
-    if ctx.profile.system.documentation:
+    if ctx.plan.documentation:
         return
     for relpath in ("usr/share/man", "usr/share/info", "usr/share/doc-base"):
         shutil.rmtree(ctx.root / relpath, ignore_errors=True)
@@ -340,7 +120,7 @@ def trim_kernel_modules(ctx: Context) -> None:
     """Keep the module trees a server needs (profile globs), then rebuild modules.dep."""
     version = ctx.kernel_version()
     tree = ctx.root / "usr/lib/modules" / version / "kernel"
-    include, exclude = ctx.profile.kernel.include_modules, ctx.profile.kernel.exclude_modules
+    include, exclude = ctx.plan.include_modules, ctx.plan.exclude_modules
     removed = 0
     for module in list(tree.rglob("*.ko*")):
         rel = module.relative_to(tree).as_posix()
@@ -571,6 +351,26 @@ def module_tree_sizes(root: Path) -> dict[str, int]:
     return sizes
 
 
+UNIT_DIRS = ("usr/lib/systemd/system", "etc/systemd/system")
+UNIT_SUFFIXES = (".service", ".socket", ".timer", ".target", ".path", ".mount")
+
+
+def export_base(ctx: Context) -> None:
+    """What the profile layer reads from this one, left beside it: the unit files and
+    their [Install] sections (to enable units without systemctl) and the account files
+    (to add the services' users to)."""
+    units: dict[str, UnitInstall] = {}
+    for relpath in UNIT_DIRS:  # /etc after /usr: the one systemd would load wins
+        directory = ctx.root / relpath
+        for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+            if path.suffix in UNIT_SUFFIXES and path.is_file() and not path.is_symlink():
+                units[path.name] = parse_install(f"/{relpath}/{path.name}", path.read_text())
+    ctx.outputs.write_units(units)
+    accounts = ctx.outputs.accounts_dir()
+    for name in ACCOUNT_FILES:
+        shutil.copyfile(ctx.root / "etc" / name, accounts / name)
+
+
 # Mount points stay in the image, their contents do not.
 SQUASHFS_EXCLUDES = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*", *BUILD_LEFTOVERS)
 
@@ -593,14 +393,9 @@ def make_squashfs(ctx: Context) -> None:
 
 STEPS: list[Callable[[Context], None]] = [
     clean_package_caches,
-    configure_ssh,
+    remove_host_keys,
     lock_root_password,
-    configure_network,
-    configure_console,
     configure_identity,
-    configure_sysctl,
-    configure_kernel_modules,
-    configure_services,
     mask_unneeded_units,
     trim_documentation,
     trim_kernel_modules,
@@ -609,6 +404,7 @@ STEPS: list[Callable[[Context], None]] = [
     record_packages,
     restore_build_replacements,
     mark_image_updated,
+    export_base,
     make_squashfs,
 ]
 
