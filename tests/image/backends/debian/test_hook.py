@@ -29,9 +29,12 @@ from plasmaboot.image.backends.debian.hook import (
     configure_sysctl,
     export_kernel,
     list_static_nodes,
+    mask_unneeded_units,
     render_dhcp_network,
     render_toml,
     render_unit,
+    resolved_config,
+    restore_build_replacements,
     stage1_module_order,
     trim_documentation,
     trim_kernel_modules,
@@ -286,6 +289,75 @@ def test_render_unit() -> None:
         assert expected in lines
     unlimited = service.model_copy(update={"memory_max": None, "cpu_quota": None})
     assert not [line for line in render_unit(unlimited).splitlines() if "Max=" in line]
+
+
+def control_plane(**enabled: dict[str, int]) -> Profile:
+    """The built-in control-plane profile with these services enabled on these ports."""
+    profile = ProfileStore().resolve("control-plane")
+    services = dict(profile.services)
+    for name, ports in enabled.items():
+        merged = {**services[name].ports, **ports}
+        services[name] = services[name].model_copy(update={"enable": True, "ports": merged})
+    return profile.model_copy(update={"services": services})
+
+
+CAPABILITY_LINES = {
+    "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+    "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "ports", "privileged"),
+    [
+        ("flashdns", {}, True),  # the catalog's port 53
+        ("flashdns", {"port": 5353}, False),
+        ("iam", {"port": 1023}, True),
+        ("iam", {"port": 1024}, False),
+        ("iam", {"port": 1}, True),
+        ("iam", {}, False),  # the catalog's 8080
+        ("chainfire", {"gossipPort": 443}, True),  # any one of its ports
+        ("chainfire", {}, False),
+        ("flaredb", {"raftPort": 80, "port": 2479}, True),
+    ],
+)
+def test_only_a_service_with_a_port_below_1024_may_bind_it(
+    name: str, ports: dict[str, int], privileged: bool
+) -> None:
+    service = control_plane(**{name: ports}).services[name]
+    lines = set(render_unit(service).splitlines())
+    assert (lines >= CAPABILITY_LINES) is privileged
+    assert not {line for line in lines if "Capabilit" in line} - CAPABILITY_LINES
+
+
+@pytest.mark.parametrize(
+    ("profile", "stub_off"),
+    [
+        (worker(), False),
+        (control_plane(), False),  # flashdns present but disabled
+        (control_plane(iam={}), False),
+        (control_plane(flashdns={}), True),
+        (control_plane(flashdns={"port": 5353}), False),  # not on the DNS port
+        (control_plane(iam={"port": 53}), True),  # whatever listens on 53
+    ],
+)
+def test_resolved_listens_on_nothing_and_frees_port_53_for_a_dns_service(
+    fake_root: Path, profile: Profile, stub_off: bool
+) -> None:
+    ctx = make_context(fake_root, profile)
+    mask_unneeded_units(ctx)
+    restore_build_replacements(ctx)
+    dropins = fake_root / "etc/systemd/resolved.conf.d"
+    text = "".join(p.read_text() for p in sorted(dropins.glob("*.conf")))
+    settings = [line for line in text.splitlines() if "=" in line and not line.startswith("#")]
+    expected = ["LLMNR=no", "MulticastDNS=no", *(["DNSStubListener=no"] if stub_off else [])]
+    assert settings == expected
+    assert set(resolved_config(profile)) == {
+        str(p.relative_to(fake_root)) for p in dropins.glob("*.conf")
+    }
+    # with the stub off, names resolve through the DHCP servers resolved lists
+    listing = "resolv.conf" if stub_off else "stub-resolv.conf"
+    assert os.readlink(fake_root / "etc/resolv.conf") == f"../run/systemd/resolve/{listing}"
 
 
 @pytest.mark.parametrize(

@@ -241,9 +241,24 @@ def configure_services(ctx: Context) -> None:
         ctx.chroot("systemctl", "enable", *enabled)
 
 
+# Ports below this one need CAP_NET_BIND_SERVICE; services run as their own user.
+PRIVILEGED_PORTS_BELOW = 1024
+DNS_PORT = 53
+
+
+def binds_privileged_port(service: ResolvedService) -> bool:
+    return any(port < PRIVILEGED_PORTS_BELOW for port in service.ports.values())
+
+
 def render_unit(service: ResolvedService) -> str:
     name = service.name
     binary = f"/usr/bin/{service.binary}"
+    # the capability to bind a port below 1024, and no other, only for a service that has one
+    capabilities = (
+        ["AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"]
+        if binds_privileged_port(service)
+        else []
+    )
     limits = []
     if service.memory_max:
         limits.append(f"MemoryMax={service.memory_max}")
@@ -265,6 +280,7 @@ def render_unit(service: ResolvedService) -> str:
             f"ExecStart={binary} --config {service.config}",
             f"StateDirectory={name}",
             "Restart=on-failure",
+            *capabilities,
             *limits,
             "",
             "[Install]",
@@ -489,10 +505,43 @@ Storage=volatile
 """
 
 
+# Nothing but sshd and the enabled services listens on the node's network: resolved's
+# LLMNR (0.0.0.0:5355) and multicast DNS answer name queries from the whole segment.
+RESOLVED_NO_LISTENERS = """\
+# plasmaboot: nothing but sshd and the enabled services listens on the network.
+[Resolve]
+LLMNR=no
+MulticastDNS=no
+"""
+# An enabled DNS service binds port 53, which resolved's stub listener (127.0.0.53:53)
+# would hold; /etc/resolv.conf then names the DHCP servers directly (see
+# restore_build_replacements).
+RESOLVED_NO_STUB = """\
+# plasmaboot: an enabled DNS service listens on port 53; resolved's stub listener is off.
+[Resolve]
+DNSStubListener=no
+"""
+
+
+def serves_dns(profile: Profile) -> bool:
+    """An enabled service listens on the DNS port."""
+    return any(s.enable and DNS_PORT in s.ports.values() for s in profile.services.values())
+
+
+def resolved_config(profile: Profile) -> dict[str, str]:
+    """systemd-resolved's drop-ins for this profile, by path in the image."""
+    files = {"etc/systemd/resolved.conf.d/10-plasmaboot.conf": RESOLVED_NO_LISTENERS}
+    if serves_dns(profile):
+        files["etc/systemd/resolved.conf.d/20-plasmaboot-dns-service.conf"] = RESOLVED_NO_STUB
+    return files
+
+
 def mask_unneeded_units(ctx: Context) -> None:
     for unit in UNNEEDED_UNITS:
         ctx.mask(f"etc/systemd/system/{unit}")
     ctx.write("etc/systemd/system/systemd-resolved.service.d/10-plasmaboot.conf", RESOLVED_LATER)
+    for relpath, text in resolved_config(ctx.profile).items():
+        ctx.write(relpath, text)
     ctx.write("etc/systemd/journald.conf.d/10-plasmaboot.conf", JOURNAL_VOLATILE)
     for generator in MASKED_GENERATORS:
         ctx.mask(f"etc/systemd/system-generators/{generator}")
@@ -529,14 +578,16 @@ def mark_image_updated(ctx: Context) -> None:
 def restore_build_replacements(ctx: Context) -> None:
     """mmdebstrap swaps start-stop-daemon for a do-nothing stand-in while packages install;
     the real one goes back before the squashfs is made. DNS comes from DHCP through
-    systemd-resolved, never from the build host's resolv.conf."""
+    systemd-resolved, never from the build host's resolv.conf: its stub, or (when a DNS
+    service holds port 53 and the stub is off) the DHCP servers it lists."""
     real = ctx.root / "usr/sbin/start-stop-daemon.REAL"
     if real.exists():
         os.replace(real, ctx.root / "usr/sbin/start-stop-daemon")
     resolv = ctx.root / "etc/resolv.conf"
     if (ctx.root / "usr/lib/systemd/system/systemd-resolved.service").exists():
+        listing = "resolv.conf" if serves_dns(ctx.profile) else "stub-resolv.conf"
         resolv.unlink(missing_ok=True)
-        resolv.symlink_to("../run/systemd/resolve/stub-resolv.conf")
+        resolv.symlink_to(f"../run/systemd/resolve/{listing}")
 
 
 def record_packages(ctx: Context) -> None:
