@@ -7,6 +7,7 @@ dpkg-query). The real thing runs in every image build
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import tomllib
@@ -563,3 +564,42 @@ def test_the_hook_fills_the_contracts_outputs(fake_root: Path, chroot_calls: Chr
     assert "squashfs-root/tmp/" not in listing  # the plan and the outputs stay out
     assert "ssh_host_ed25519_key" not in listing
     assert f"depmod -a {KERNEL_RELEASE}" in chroot_calls()
+
+
+def build_squashfs(root: Path, monkeypatch: pytest.MonkeyPatch, epoch: int) -> bytes:
+    """Run the whole hook on `root` with this build date; the root squashfs it made."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(epoch))
+    plan = HookPlan(profile=worker(), authorized_keys=AUTHORIZED_KEYS, squashfs_level=1)
+    (root / "tmp").mkdir(exist_ok=True)
+    plan.write(root / INSIDE_PLAN.lstrip("/"))
+    assert hook.main([str(root)]) == 0
+    return HookOutputs(root / INSIDE_OUT.lstrip("/")).read().root_squashfs.read_bytes()
+
+
+def test_the_same_tree_gives_the_same_squashfs_whenever_it_is_built(
+    fake_root: Path, tmp_path: Path, chroot_calls: ChrootCalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files made at different times (the build's clock) give the same bytes: every time
+    in the image is the build's date, and so are the update stamps' contents."""
+    epoch = 1_796_005_301
+    other, later = tmp_path / "other-root", tmp_path / "later-root"
+    shutil.copytree(fake_root, other, symlinks=True)
+    shutil.copytree(fake_root, later, symlinks=True)
+    for path in [other, *other.rglob("*")]:
+        os.utime(path, (epoch + 12345, epoch + 12345), follow_symlinks=False)
+    first = build_squashfs(fake_root, monkeypatch, epoch)
+    assert build_squashfs(other, monkeypatch, epoch) == first
+    assert build_squashfs(later, monkeypatch, epoch + 1) != first  # the date is in it
+    image = tmp_path / "first.squashfs"
+    image.write_bytes(first)
+    listing = subprocess.run(
+        ["unsquashfs", "-lls", "-UTC", str(image)], check=True, capture_output=True, text=True
+    ).stdout
+    dates = {" ".join(line.split()[3:5]) for line in listing.splitlines() if line.strip()}
+    assert dates == {"2026-11-30 02:21"}
+    superblock = subprocess.run(
+        ["unsquashfs", "-s", "-UTC", str(image)], check=True, capture_output=True, text=True
+    ).stdout
+    assert "Mon Nov 30 02:21:41 2026" in superblock
+    for stamp in hook.UPDATE_STAMPS:
+        assert f"TIMESTAMP_NSEC={epoch * 10**9}" in (fake_root / stamp).read_text()

@@ -562,17 +562,24 @@ def mark_image_updated(ctx: Context) -> None:
     the stamps are true: sysusers runs one last time first, and /usr is not touched after.
     """
     ctx.chroot("systemd-sysusers")
-    usr = (ctx.root / "usr").stat()
-    # ConditionNeedsUpdate compares whole seconds first; squashfs keeps only seconds, so a
-    # stamp one second newer than /usr reads as "up to date" on every boot.
-    stamp_time = usr.st_mtime_ns + 1_000_000_000
+    # Every file of the squashfs gets the build's date (make_squashfs: -all-time), /usr and
+    # the stamps alike. ConditionNeedsUpdate compares whole seconds first, then nanoseconds
+    # (0 on squashfs): a stamp of the same second as /usr reads as "up to date".
+    epoch_ns = build_epoch() * 1_000_000_000
     for relpath in UPDATE_STAMPS:
         stamp = ctx.write(
             relpath,
             "# plasmaboot: the image was built whole; nothing to update at boot.\n"
-            f"TIMESTAMP_NSEC={usr.st_mtime_ns}\n",
+            f"TIMESTAMP_NSEC={epoch_ns}\n",
         )
-        os.utime(stamp, ns=(stamp_time, stamp_time))
+        os.utime(stamp, ns=(epoch_ns, epoch_ns))
+
+
+def build_epoch() -> int:
+    """The build's date (SOURCE_DATE_EPOCH, set by the backend from the archive's state):
+    every time written into the image. Now, when the hook is run by hand."""
+    given = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return int(given) if given.isdigit() else int(time.time())
 
 
 def restore_build_replacements(ctx: Context) -> None:
@@ -614,9 +621,26 @@ def make_squashfs(ctx: Context) -> None:
     level = str(ctx.plan.squashfs_level)
     output = ctx.outputs.path(Output.ROOT_SQUASHFS)
     options = ["-noappend", "-no-progress", "-quiet", "-b", SQUASHFS_BLOCK_SIZE]
+    # the same tree gives the same bytes: the build's date for the filesystem and every file
+    # in it (SOURCE_DATE_EPOCH: mksquashfs then sets both, as -mkfs-time and -all-time
+    # would, and refuses those options beside it; files written during the build carry the
+    # build's clock), entries in name order (mksquashfs sorts each directory) and blocks in
+    # a fixed order whatever its threads do (-reproducible)
     compression = ["-comp", "zstd", "-Xcompression-level", level]
     excludes = ["-wildcards", "-e", *SQUASHFS_EXCLUDES]
-    run(["mksquashfs", str(ctx.root), str(output), *options, *compression, *excludes], log=ctx.log)
+    run(
+        [
+            "mksquashfs",
+            str(ctx.root),
+            str(output),
+            *options,
+            "-reproducible",
+            *compression,
+            *excludes,
+        ],
+        log=ctx.log,
+        env={"SOURCE_DATE_EPOCH": str(build_epoch())},
+    )
 
 
 STEPS: list[Callable[[Context], None]] = [
