@@ -562,9 +562,10 @@ def mark_image_updated(ctx: Context) -> None:
     the stamps are true: sysusers runs one last time first, and /usr is not touched after.
     """
     ctx.chroot("systemd-sysusers")
-    # Every file of the squashfs gets the build's date (make_squashfs: -all-time), /usr and
-    # the stamps alike. ConditionNeedsUpdate compares whole seconds first, then nanoseconds
-    # (0 on squashfs): a stamp of the same second as /usr reads as "up to date".
+    # No time in the squashfs is later than the build's date (make_squashfs clamps them):
+    # /usr, changed by this build, and the stamps both carry it. ConditionNeedsUpdate
+    # compares whole seconds first, then nanoseconds (0 on squashfs): a stamp of the same
+    # second as /usr reads as "up to date".
     epoch_ns = build_epoch() * 1_000_000_000
     for relpath in UPDATE_STAMPS:
         stamp = ctx.write(
@@ -621,11 +622,12 @@ def make_squashfs(ctx: Context) -> None:
     level = str(ctx.plan.squashfs_level)
     output = ctx.outputs.path(Output.ROOT_SQUASHFS)
     options = ["-noappend", "-no-progress", "-quiet", "-b", SQUASHFS_BLOCK_SIZE]
-    # the same tree gives the same bytes: the build's date for the filesystem and every file
-    # in it (SOURCE_DATE_EPOCH: mksquashfs then sets both, as -mkfs-time and -all-time
-    # would, and refuses those options beside it; files written during the build carry the
-    # build's clock), entries in name order (mksquashfs sorts each directory) and blocks in
-    # a fixed order whatever its threads do (-reproducible)
+    # The same tree gives the same bytes. SOURCE_DATE_EPOCH (the build's date): mksquashfs
+    # makes it the filesystem's time and clamps every later file time to it, so what the
+    # build wrote (with the build's clock) carries it and what packages shipped keeps its
+    # own time (mksquashfs refuses -mkfs-time/-all-time beside it). Entries go in name
+    # order (mksquashfs sorts each directory), blocks in a fixed order whatever its
+    # threads do (-reproducible).
     compression = ["-comp", "zstd", "-Xcompression-level", level]
     excludes = ["-wildcards", "-e", *SQUASHFS_EXCLUDES]
     run(
