@@ -601,5 +601,8 @@ def test_the_same_tree_gives_the_same_squashfs_whenever_it_is_built(
         ["unsquashfs", "-s", "-UTC", str(image)], check=True, capture_output=True, text=True
     ).stdout
     assert "Mon Nov 30 02:21:41 2026" in superblock
+    # the update stamps: at the build's date, /usr a second before, as the stamps say
+    assert (fake_root / "usr").stat().st_mtime == epoch - 1
     for stamp in hook.UPDATE_STAMPS:
-        assert f"TIMESTAMP_NSEC={epoch * 10**9}" in (fake_root / stamp).read_text()
+        assert (fake_root / stamp).stat().st_mtime == epoch
+        assert f"TIMESTAMP_NSEC={(epoch - 1) * 10**9}" in (fake_root / stamp).read_text()

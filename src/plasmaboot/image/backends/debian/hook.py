@@ -562,23 +562,25 @@ def mark_image_updated(ctx: Context) -> None:
     the stamps are true: sysusers runs one last time first, and /usr is not touched after.
     """
     ctx.chroot("systemd-sysusers")
-    # No time in the squashfs is later than the build's date (make_squashfs clamps them):
-    # /usr, changed by this build, and the stamps both carry it. ConditionNeedsUpdate
-    # compares whole seconds first, then nanoseconds (0 on squashfs): a stamp of the same
-    # second as /usr reads as "up to date".
-    epoch_ns = build_epoch() * 1_000_000_000
+    # No time in the squashfs is later than the build's date (make_squashfs clamps them).
+    # /usr is dated one second before it and the stamps at it: ConditionNeedsUpdate compares
+    # whole seconds first (squashfs keeps no more), so every boot reads "up to date", and
+    # the stamps say /usr's time as systemd-update-done would.
+    epoch = build_epoch()
+    usr_ns = (epoch - 1) * 1_000_000_000
+    os.utime(ctx.root / "usr", ns=(usr_ns, usr_ns))
     for relpath in UPDATE_STAMPS:
         stamp = ctx.write(
             relpath,
             "# plasmaboot: the image was built whole; nothing to update at boot.\n"
-            f"TIMESTAMP_NSEC={epoch_ns}\n",
+            f"TIMESTAMP_NSEC={usr_ns}\n",
         )
-        os.utime(stamp, ns=(epoch_ns, epoch_ns))
+        os.utime(stamp, (epoch, epoch))
 
 
 def build_epoch() -> int:
     """The build's date (SOURCE_DATE_EPOCH, set by the backend from the archive's state):
-    every time written into the image. Now, when the hook is run by hand."""
+    the latest time the image holds. Now, when the hook is run by hand."""
     given = os.environ.get("SOURCE_DATE_EPOCH", "")
     return int(given) if given.isdigit() else int(time.time())
 
