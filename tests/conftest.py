@@ -3,6 +3,7 @@ a control-plane-based profile with a test service packaged as a .deb by the test
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -89,8 +90,39 @@ def make_keypair(directory: Path, name: str = "id_ed25519") -> Path:
     return key
 
 
+# The stand-in for a service's server: binds every port its config names (the top-level
+# `...port = N` keys plasmaboot writes from the catalog's ports), on TCP and UDP, then
+# waits, so a booted node shows what a real service would: active and listening. Perl,
+# because perl-base (with IO::Socket::INET) is in every Debian image.
+STAND_IN_SERVICE = r"""#!/usr/bin/perl
+# stand-in service: binds the ports of its config, then waits
+use strict;
+use warnings;
+use IO::Socket::INET;
+
+my ($config) = grep { $_ ne "--config" } @ARGV;
+open(my $fh, "<", $config) or die "cannot read $config: $!\n";
+my @sockets;
+while (my $line = <$fh>) {
+    last if $line =~ /^\s*\[/;    # top-level keys only
+    next unless $line =~ /^\s*(\w*[pP]ort)\s*=\s*(\d+)\s*$/;
+    my $port = $2;
+    push @sockets, IO::Socket::INET->new(
+        LocalAddr => "0.0.0.0", LocalPort => $port, Proto => "tcp", Listen => 5, ReuseAddr => 1
+    ) || die "cannot listen on tcp port $port: $@\n";
+    push @sockets, IO::Socket::INET->new(
+        LocalAddr => "0.0.0.0", LocalPort => $port, Proto => "udp"
+    ) || die "cannot bind udp port $port: $@\n";
+}
+die "no port in $config\n" unless @sockets;
+print "listening on ", scalar(@sockets) / 2, " ports\n";
+sleep while 1;
+"""
+
+
 def make_service_deb(directory: Path, service: str = CI_SERVICE) -> Path:
-    """A small real .deb providing /usr/bin/<service>-server (a long-running stand-in)."""
+    """A small real .deb providing /usr/bin/<service>-server (a long-running stand-in that
+    listens on its ports)."""
     root = directory / f"{service}-deb"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "usr/bin").mkdir(parents=True)
@@ -106,9 +138,7 @@ def make_service_deb(directory: Path, service: str = CI_SERVICE) -> Path:
         )
     )
     binary = root / f"usr/bin/{service}-server"
-    binary.write_text(
-        "#!/bin/sh\n# stand-in service: reads its config, then waits\nexec sleep infinity\n"
-    )
+    binary.write_text(STAND_IN_SERVICE)
     binary.chmod(0o755)
     deb = directory / f"{service}-server_0.1.0_all.deb"
     subprocess.run(
@@ -209,3 +239,18 @@ def live_processes(*texts: str) -> dict[int, str]:
         if all(text in cmdline for text in texts) and state != "Z":
             found[int(entry.name)] = cmdline
     return found
+
+
+@pytest.fixture
+def archive_dates(monkeypatch: pytest.MonkeyPatch) -> dict[str, datetime.datetime]:
+    """Release dates by Release URL, instead of the network (a URL not in it: 2026-01-01):
+    for tests of the Debian backend's cache keys, which hold the archive's state."""
+    from plasmaboot.image.backends.debian import archive
+
+    dates: dict[str, datetime.datetime] = {}
+
+    def fetch(url: str) -> datetime.datetime:
+        return dates.get(url, datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
+
+    monkeypatch.setattr(archive, "fetch_release_date", fetch)
+    return dates

@@ -16,20 +16,24 @@ from plasmaboot.boot.guest import (
     DEVICE_NODES_SCRIPT,
     NIC_MTU_SCRIPT,
     STATIC_NODE_LISTS,
+    Listener,
     check_host_keys,
     check_memory,
     cpu_quota_timespan,
     expected_unit_properties,
     guest_checks,
     judge_device_nodes,
+    judge_listeners,
     judge_mtu,
     memory_bytes,
     module_name,
+    parse_listeners,
     parse_show_blocks,
     promised_commands,
 )
 from plasmaboot.catalog import native_package_names, package_commands
 from plasmaboot.errors import WorkError
+from plasmaboot.profiles.model import ResolvedService
 from plasmaboot.profiles.store import ProfileStore
 
 # what the service checks compare against: as `systemctl show` prints it
@@ -200,7 +204,7 @@ def node_answers(unit_state: str) -> dict[str, str]:
     every_command = {c for alternatives in package_commands().values() for c in alternatives}
     show = "".join(
         f"Id={name}.service\nLoadState=loaded\nUnitFileState={unit_state}\n"
-        "MemoryMax=536870912\nCPUQuotaPerSecUSec=500ms\n\n"
+        "ActiveState=active\nMemoryMax=536870912\nCPUQuotaPerSecUSec=500ms\n\n"
         for name in ("plasmavmc", "novanet")
     )
     return {
@@ -215,7 +219,27 @@ def node_answers(unit_state: str) -> dict[str, str]:
         "kexec --version": "ok tar\nok cpio\nok setsid --wait\nok kexec\n",
         "static-nodes": "list /etc/tmpfiles.d/static-nodes.conf\nok /dev/fuse\n",
         "MemTotal": "MemTotal: 2000000 kB\nMemAvailable: 1500000 kB\n",
+        # a disabled plasmavmc does not run, so does not listen
+        "ss -H": "".join(
+            line
+            for line in SS_NODE.splitlines(keepends=True)
+            if unit_state == "enabled" or ":8081" not in line
+        ),
     }
+
+
+# a worker node with plasmavmc enabled: sshd on both families, plasmavmc, the DHCP client,
+# resolved's stub on loopback
+SS_NODE = """\
+udp   UNCONN 0      0         127.0.0.54:53         0.0.0.0:*
+udp   UNCONN 0      0      127.0.0.53%lo:53         0.0.0.0:*
+udp   UNCONN 0      0   10.0.2.15%enp0s3:68         0.0.0.0:*
+tcp   LISTEN 0      128          0.0.0.0:22         0.0.0.0:*
+tcp   LISTEN 0      4096   127.0.0.53%lo:53         0.0.0.0:*
+tcp   LISTEN 0      128             [::]:22            [::]:*
+tcp   LISTEN 0      5          127.0.0.1:8081       0.0.0.0:*
+tcp   LISTEN 0      5                  *:8081             *:*
+"""
 
 
 def built_manifest(**profile_changes: object) -> Manifest:
@@ -250,7 +274,8 @@ def test_the_first_boot_is_checked_against_the_built_profile() -> None:
     results = {c.name: (str(c.result), c.detail) for c in checks}
     assert results["sysctl fs.file-max"] == ("pass", "42 (want 42)")
     assert results["service plasmavmc"][0] == "pass"
-    assert "UnitFileState=enabled" in results["service plasmavmc"][1]
+    assert "UnitFileState=enabled ActiveState=active" in results["service plasmavmc"][1]
+    assert results["listening sockets"] == ("pass", "sshd 22/tcp, plasmavmc 8081/tcp")
     # novanet is not enabled in the build, and the node says enabled
     assert results["service novanet"] == (
         "fail",
@@ -307,6 +332,7 @@ def test_service_properties_come_from_the_resolved_service() -> None:
     assert expected_unit_properties(unlimited) == {
         "LoadState": "loaded",
         "UnitFileState": "enabled",
+        "ActiveState": "active",  # an enabled service runs; a disabled one is not asked
     }
 
 
@@ -341,3 +367,88 @@ def test_the_built_profiles_mtu_is_checked_on_the_node() -> None:
     checks, _ = guest_checks(FakeGuest(answers), manifest)  # type: ignore[arg-type]
     (mtu,) = [c for c in checks if c.name == "network mtu"]
     assert mtu.failed and mtu.detail == "enp0s3 1500 (want 9000)"
+
+
+# --------------------------------------------------------------------------------------
+# listening sockets: sshd and the enabled services, nothing else on the network
+
+
+def profile_with(**enabled: dict[str, int]) -> dict[str, ResolvedService]:
+    """control-plane's services, these ones enabled on these ports."""
+    services = dict(ProfileStore().resolve("control-plane").services)
+    for name, ports in enabled.items():
+        merged = {**services[name].ports, **ports}
+        services[name] = services[name].model_copy(update={"enable": True, "ports": merged})
+    return services
+
+
+def ss(*sockets: str) -> str:
+    """ss lines for `proto address:port` pairs."""
+    return "".join(
+        f"{proto}   {'LISTEN' if proto == 'tcp' else 'UNCONN'} 0  128  {local}  0.0.0.0:*\n"
+        for proto, local in (socket.split() for socket in sockets)
+    )
+
+
+@pytest.mark.parametrize(
+    ("sockets", "services", "verdict"),
+    [
+        (["tcp 0.0.0.0:22"], {}, "pass: sshd 22/tcp"),
+        (["tcp [::]:22", "tcp *:22"], {}, "pass: sshd 22/tcp"),
+        # what resolved did on every node: LLMNR on the whole segment
+        (
+            ["tcp 0.0.0.0:22", "udp 0.0.0.0:5355", "tcp [::]:5355"],
+            {},
+            "fail: unexpected: 0.0.0.0:5355/udp, [::]:5355/tcp",
+        ),
+        (["tcp 0.0.0.0:22", "udp 0.0.0.0:5353"], {}, "fail: unexpected: 0.0.0.0:5353/udp"),
+        # loopback only (resolved's stub) and the DHCP clients are not listeners on the network
+        (
+            ["tcp 0.0.0.0:22", "udp 127.0.0.53%lo:53", "tcp [::1]:631", "udp 10.0.2.15%eth0:68"],
+            {},
+            "pass: sshd 22/tcp",
+        ),
+        (["udp [fe80::1]%eth0:546", "tcp 0.0.0.0:22"], {}, "pass: sshd 22/tcp"),
+        (["tcp 0.0.0.0:68", "tcp 0.0.0.0:22"], {}, "fail: unexpected: 0.0.0.0:68/tcp"),
+        ([], {}, "fail: not listening: sshd 22"),
+        (["tcp 127.0.0.1:22"], {}, "fail: not listening: sshd 22"),
+        (
+            ["tcp 0.0.0.0:22", "udp 0.0.0.0:53", "tcp 0.0.0.0:53", "tcp *:8080"],
+            {"flashdns": {}, "iam": {}},
+            "pass: sshd 22/tcp, flashdns 53/tcp, flashdns 53/udp, iam 8080/tcp",
+        ),
+        (
+            ["tcp 0.0.0.0:22", "tcp *:8080"],
+            {"flashdns": {}, "iam": {}},
+            "fail: not listening: flashdns 53",
+        ),
+        # a disabled service that listens anyway
+        (["tcp 0.0.0.0:22", "tcp *:8080"], {}, "fail: unexpected: *:8080/tcp"),
+        # every port of a service with several
+        (
+            ["tcp 0.0.0.0:22", "tcp *:2379", "tcp *:2380"],
+            {"chainfire": {}},
+            "fail: not listening: chainfire 2381",
+        ),
+        (
+            ["tcp 0.0.0.0:22", "tcp *:2379", "tcp *:2380", "udp *:2381", "udp 0.0.0.0:9"],
+            {"chainfire": {}},
+            "fail: unexpected: 0.0.0.0:9/udp",
+        ),
+        (["tcp 0.0.0.0:22", "tcp *:1053"], {"flashdns": {"port": 1053}}, "pass"),
+    ],
+)
+def test_only_sshd_and_the_enabled_services_listen(
+    sockets: list[str], services: dict[str, dict[str, int]], verdict: str
+) -> None:
+    check = judge_listeners(parse_listeners(ss(*sockets)), profile_with(**services))
+    result, _, detail = verdict.partition(": ")
+    assert (str(check.result), check.detail if detail else "") == (result, detail)
+
+
+def test_ss_lines_that_are_not_sockets_are_ignored() -> None:
+    out = "State Recv-Q\nudp UNCONN 0 0 0.0.0.0:x 0.0.0.0:*\nraw UNCONN 0 0 0.0.0.0:1 x\n"
+    assert parse_listeners(out) == []
+    assert parse_listeners(ss("tcp [::ffff:10.0.0.1]:22")) == [
+        Listener("tcp", "::ffff:10.0.0.1", 22)
+    ]

@@ -49,6 +49,8 @@ def test_the_real_backends_describe_their_options() -> None:
     assert [info.flag for info in DebianOptions.describe()] == [
         "--release",
         "--mirror",
+        "--security-mirror",
+        "--snapshot",
         "--squashfs-level",
     ]
     assert [info.flag for info in NixOptions.describe()] == ["--flake", "--plasmacloud"]

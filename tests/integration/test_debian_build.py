@@ -149,7 +149,20 @@ def test_image_security(ci_image: CiImage, tmp_path: Path) -> None:
         "root/.ssh/authorized_keys",
         "etc/shadow",
         "etc/machine-id",
+        "etc/apt/sources.list",
+        "etc/systemd/resolved.conf.d",
     )
+    # security updates: the release, its -updates and its -security suite
+    sources = (root / "etc/apt/sources.list").read_text().split("\n\n")
+    assert [line.split()[2] for line in sources if line.strip()] == [
+        "bookworm",
+        "bookworm-updates",
+        "bookworm-security",
+    ]
+    # nothing but sshd and the enabled services listens (no LLMNR, no mDNS)
+    resolved = (root / "etc/systemd/resolved.conf.d/10-plasmaboot.conf").read_text()
+    assert "LLMNR=no" in resolved and "MulticastDNS=no" in resolved
+    assert not (root / "etc/systemd/resolved.conf.d/20-plasmaboot-dns-service.conf").exists()
     sshd = (root / "etc/ssh/sshd_config.d/10-plasmaboot.conf").read_text()
     assert "PermitRootLogin prohibit-password" in sshd
     assert "PasswordAuthentication no" in sshd
@@ -227,9 +240,12 @@ def test_image_boot_path(ci_image: CiImage, tmp_path: Path) -> None:
         assert os.readlink(generators / generator) == "/dev/null", generator
     assert "usr/lib/systemd/system-generators/systemd-getty-generator" in listing  # ttyS0
     assert not [p for p in listing if p.startswith("usr/lib/binfmt.d/python3")]
-    usr_mtime = (root / "usr").stat().st_mtime
+    # ConditionNeedsUpdate: no. The stamps carry the build's date, /usr a second less, and
+    # the stamps say /usr's time
+    usr = (root / "usr").stat()
     for stamp in ("etc/.updated", "var/.updated"):
-        assert (root / stamp).stat().st_mtime > usr_mtime, stamp  # ConditionNeedsUpdate: no
+        assert (root / stamp).stat().st_mtime == usr.st_mtime + 1, stamp
+        assert f"TIMESTAMP_NSEC={usr.st_mtime_ns}" in (root / stamp).read_text()
     resolved = root / "etc/systemd/system/systemd-resolved.service.d/10-plasmaboot.conf"
     assert "After=ssh.service" in resolved.read_text()
     journald = root / "etc/systemd/journald.conf.d/10-plasmaboot.conf"
@@ -264,6 +280,9 @@ def test_image_services(ci_image: CiImage, tmp_path: Path) -> None:
         assert "MemoryMax=512M" in unit and "CPUQuota=50%" in unit
         assert f"User={service}" in unit
         assert f"ConditionPathExists=/usr/bin/{service}-server" in unit
+        # only flashdns (port 53) may bind a port below 1024
+        privileged = "AmbientCapabilities=CAP_NET_BIND_SERVICE" in unit.splitlines()
+        assert privileged == (service == "flashdns"), service
         enabled = (units / "multi-user.target.wants" / f"{service}.service").is_symlink()
         assert enabled == (service == CI_SERVICE), service
     assert os.access(root / "usr/bin/iam-server", os.X_OK)

@@ -6,8 +6,10 @@ it and the firmware it booted under. Each check's detail says what was seen."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from plasmaboot.artifacts.layout import STATIC_NODES
 from plasmaboot.artifacts.manifest import Manifest
@@ -163,6 +165,8 @@ def expected_unit_properties(service: ResolvedService) -> dict[str, str]:
         "LoadState": "loaded",
         "UnitFileState": "enabled" if service.enable else "disabled",
     }
+    if service.enable:
+        expected["ActiveState"] = "active"
     if service.memory_max:
         expected["MemoryMax"] = memory_bytes(service.memory_max)
     if service.cpu_quota:
@@ -174,7 +178,7 @@ def check_services(ssh: Ssh, services: Mapping[str, ResolvedService]) -> list[Ch
     if not services:
         return []
     units = [f"{name}.service" for name in services]
-    props = "-p Id -p LoadState -p UnitFileState -p MemoryMax -p CPUQuotaPerSecUSec"
+    props = "-p Id -p LoadState -p UnitFileState -p ActiveState -p MemoryMax -p CPUQuotaPerSecUSec"
     shown = {
         b.get("Id", ""): b
         for b in parse_show_blocks(ssh.output(f"systemctl show {props} {' '.join(units)}"))
@@ -191,6 +195,82 @@ def check_services(ssh: Ssh, services: Mapping[str, ResolvedService]) -> list[Ch
         detail = "; ".join(wrong) if wrong else " ".join(f"{k}={v}" for k, v in expected.items())
         checks.append(judged(f"service {name}", not wrong, detail))
     return checks
+
+
+# TCP and UDP sockets bound to listen, numeric, no header: what could answer the network.
+LISTENING_SCRIPT = "ss -H -l -n -t -u"
+SSH_PORT = 22
+# The DHCP clients' sockets (networkd renews its lease on one): clients, not servers.
+DHCP_CLIENT_PORTS = frozenset({("udp", 68), ("udp", 546)})
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening socket: `tcp 0.0.0.0 22`."""
+
+    protocol: str
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}/{self.protocol}"
+
+    @property
+    def on_loopback(self) -> bool:
+        """Reachable from the node only (127.0.0.0/8, ::1): not a listener on the network."""
+        try:
+            return ipaddress.ip_address(self.address).is_loopback
+        except ValueError:  # "*", a wildcard
+            return False
+
+
+def parse_listeners(out: str) -> list[Listener]:
+    """`ss -H -l -n -t -u`: `tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:*`, `udp UNCONN 0 0
+    127.0.0.53%lo:53 0.0.0.0:*`, `tcp LISTEN 0 128 [::]:22 [::]:*`."""
+    listeners: list[Listener] = []
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) < 5 or fields[0] not in {"tcp", "udp"}:
+            continue
+        host, _, port = fields[4].rpartition(":")
+        host = host.partition("%")[0].removeprefix("[").removesuffix("]")
+        if port.isdigit():
+            listeners.append(Listener(fields[0], host, int(port)))
+    return listeners
+
+
+def judge_listeners(listeners: list[Listener], services: Mapping[str, ResolvedService]) -> Check:
+    """Nothing but sshd and the enabled services listens on the network, and every port of
+    every enabled service does (TCP or UDP, as the service chooses)."""
+    owners: dict[int, str] = {SSH_PORT: "sshd"}
+    for service in services.values():
+        if service.enable:
+            owners.update({port: service.name for port in service.ports.values()})
+    on_network = [item for item in listeners if not item.on_loopback]
+    unexpected = sorted(
+        {
+            str(item)
+            for item in on_network
+            if item.port not in owners and (item.protocol, item.port) not in DHCP_CLIENT_PORTS
+        }
+    )
+    bound = {item.port for item in on_network}
+    silent = [f"{owner} {port}" for port, owner in sorted(owners.items()) if port not in bound]
+    problems = ([f"unexpected: {', '.join(unexpected)}"] if unexpected else []) + (
+        [f"not listening: {', '.join(silent)}"] if silent else []
+    )
+    if problems:
+        return failed("listening sockets", "; ".join(problems))
+    seen = sorted({(item.port, item.protocol) for item in on_network if item.port in owners})
+    return passed(
+        "listening sockets",
+        ", ".join(f"{owners[port]} {port}/{protocol}" for port, protocol in seen),
+    )
+
+
+def check_listeners(ssh: Ssh, services: Mapping[str, ResolvedService]) -> Check:
+    return judge_listeners(parse_listeners(ssh.output(LISTENING_SCRIPT)), services)
 
 
 def check_sysctls(ssh: Ssh, sysctl: Mapping[str, int | str]) -> list[Check]:
@@ -365,6 +445,7 @@ def guest_checks(
         ("password login refused", lambda: check_password_refused(ssh)),
         ("systemd", lambda: check_systemd(ssh)),
         ("services", lambda: check_services(ssh, profile.services)),
+        ("listening sockets", lambda: check_listeners(ssh, profile.services)),
         ("sysctls", lambda: check_sysctls(ssh, profile.sysctl)),
         ("kernel modules", lambda: check_modules(ssh, profile.kernel.modules)),
         ("network mtu", lambda: check_mtu(ssh, profile.network)),

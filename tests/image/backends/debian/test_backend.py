@@ -7,12 +7,14 @@ import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from plasmaboot.errors import UserError
 from plasmaboot.image.backend import BuildRequest
+from plasmaboot.image.backends.debian import archive
 from plasmaboot.image.backends.debian.backend import (
     DPKG_EXCLUDES,
     DebianBackend,
@@ -24,6 +26,7 @@ from plasmaboot.image.backends.debian.backend import (
     store_new_debs,
 )
 from plasmaboot.image.backends.debian.contract import INSIDE_OUT, INSIDE_PLAN, HookResult
+from plasmaboot.image.cache import cache_key
 from plasmaboot.log import Log
 from plasmaboot.profiles.model import Profile
 from plasmaboot.profiles.store import ProfileStore
@@ -41,10 +44,26 @@ def test_default_options_pass() -> None:
     ("options", "message"),
     [
         (DebianOptions(release="../../escape"), "--release: expected a Debian release name"),
+        (DebianOptions(release="bookworm\n"), "--release: expected a Debian release name"),
         (DebianOptions(mirror="ftp://mirror/debian"), "--mirror: expected an http(s)://"),
         (DebianOptions(mirror="http:///debian"), "--mirror: expected an http(s)://"),
         (DebianOptions(mirror="https://u:secret@mirror/debian"), "carries credentials"),
         (DebianOptions(squashfs_level=23), "--squashfs-level: expected 1 to 22, got 23"),
+        (DebianOptions(mirror="http://m/debian\nx"), "--mirror: expected an http(s)://"),
+        (DebianOptions(mirror="http://m/deb ian"), "--mirror: expected an http(s)://"),
+        (DebianOptions(security_mirror="ftp://s/"), "--security-mirror: expected an http(s)"),
+        (DebianOptions(security_mirror="http://u:secret@s/"), "carries credentials"),
+        (DebianOptions(snapshot="2026-11-01"), "--snapshot: expected a snapshot.debian.org"),
+        (DebianOptions(snapshot="20261101T000000"), "--snapshot: expected a snapshot"),
+        (DebianOptions(snapshot="20261101T000000Z\n"), "--snapshot: expected a snapshot"),
+        (
+            DebianOptions(snapshot="20261101T000000Z", mirror="http://m/debian"),
+            "cannot be combined with --mirror",
+        ),
+        (
+            DebianOptions(snapshot="20261101T000000Z", security_mirror="none"),
+            "cannot be combined with --mirror or --security-mirror",
+        ),
     ],
 )
 def test_bad_options_are_refused(options: DebianOptions, message: str) -> None:
@@ -56,16 +75,94 @@ def test_bad_options_are_refused(options: DebianOptions, message: str) -> None:
 
 def test_file_mirrors_and_other_releases_pass() -> None:
     DebianOptions(release="trixie", mirror="file:///srv/mirror/debian").check()
+    DebianOptions(security_mirror="none").check()
+    DebianOptions(snapshot="20261101T000000Z").check()
 
 
-def test_cache_inputs_follow_the_options(tmp_path: Path) -> None:
+def test_cache_inputs_follow_the_options(tmp_path: Path, archive_dates: object) -> None:
     request = make_request(tmp_path, ProfileStore().resolve("base"))
     default = DebianBackend().cache_inputs(request)
     level = DebianBackend(DebianOptions(squashfs_level=15)).cache_inputs(request)
     mirror = DebianBackend(DebianOptions(mirror="http://mirror.example/debian"))
     assert default["squashfs_level"] == "9" and level["squashfs_level"] == "15"
-    assert mirror.cache_inputs(request)["mirror"] == "http://mirror.example/debian"
+    assert (
+        "deb http://mirror.example/debian bookworm main"
+        in mirror.cache_inputs(request)["sources"].splitlines()
+    )
     assert default["code"] == level["code"]  # the code's fingerprint, the same for both
+    no_security = DebianBackend(DebianOptions(security_mirror="none")).cache_inputs(request)
+    assert "bookworm-security" in default["sources"]
+    assert "bookworm-security" not in no_security["sources"]
+
+
+RELEASE = "http://deb.debian.org/debian/dists/bookworm/Release"
+SECURITY_RELEASE = "http://deb.debian.org/debian-security/dists/bookworm-security/Release"
+
+
+def test_the_cache_key_follows_the_archives_state(
+    tmp_path: Path, archive_dates: dict[str, datetime]
+) -> None:
+    """A security update (a new bookworm-security Release) misses the cache; the same state
+    hits it; the newest suite's date is the build's SOURCE_DATE_EPOCH."""
+    profile = ProfileStore().resolve("base")
+    request = make_request(tmp_path, profile)
+
+    def key() -> str:
+        return cache_key(profile, DebianBackend().cache_inputs(request), [])
+
+    archive_dates[RELEASE] = datetime(2026, 7, 11, 10, 16, 37, tzinfo=UTC)
+    archive_dates[SECURITY_RELEASE] = datetime(2026, 11, 30, 0, 22, 33, tzinfo=UTC)
+    before = key()
+    assert key() == before
+    assert DebianBackend().source_date_epoch() == str(
+        int(datetime(2026, 11, 30, 0, 22, 33, tzinfo=UTC).timestamp())
+    )
+    archive_dates[SECURITY_RELEASE] = datetime(2026, 12, 1, 8, 0, 0, tzinfo=UTC)
+    after = key()
+    assert after != before
+    archive_dates[RELEASE] = datetime(2026, 12, 2, tzinfo=UTC)
+    assert key() not in {before, after}
+    assert (
+        "bookworm-security=2026-12-01T08:00:00Z"
+        in DebianBackend().cache_inputs(request)["archive"].split()
+    )
+
+
+def test_a_caller_given_source_date_epoch_wins(
+    archive_dates: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert DebianBackend().source_date_epoch() == "1700000000"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "not a number")
+    assert DebianBackend().source_date_epoch() == str(
+        int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+    )
+
+
+def test_a_snapshot_pins_the_sources_and_the_key_without_reading_the_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def offline(url: str) -> datetime:
+        raise AssertionError(f"read {url}")
+
+    monkeypatch.setattr(archive, "fetch_release_date", offline)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    profile = ProfileStore().resolve("base")
+    options = DebianOptions(snapshot="20261101T000000Z")
+    inputs = DebianBackend(options).cache_inputs(make_request(tmp_path, profile))
+    later = DebianBackend(DebianOptions(snapshot="20261102T000000Z"))
+    assert later.cache_inputs(make_request(tmp_path, profile)) != inputs
+    assert DebianBackend(options).source_date_epoch() == str(
+        int(datetime(2026, 11, 1, tzinfo=UTC).timestamp())
+    )
+    argv = command(tmp_path, profile, options)
+    assert argv[-3:] == [
+        "deb http://snapshot.debian.org/archive/debian/20261101T000000Z bookworm main",
+        "deb http://snapshot.debian.org/archive/debian/20261101T000000Z bookworm-updates main",
+        "deb http://snapshot.debian.org/archive/debian-security/20261101T000000Z"
+        " bookworm-security main",
+    ]
+    assert '--aptopt=Acquire::Check-Valid-Until "false"' in argv
 
 
 # --------------------------------------------------------------------------------------
@@ -93,7 +190,14 @@ def test_mmdebstrap_command(tmp_path: Path) -> None:
     argv = command(tmp_path, profile, DebianOptions(release="trixie", mirror="http://m/debian"))
     mode = "root" if os.geteuid() == 0 else "unshare"
     assert argv[:4] == ["mmdebstrap", f"--mode={mode}", "--variant=minbase", "--components=main"]
-    assert argv[-3:] == ["trixie", "/dev/null", "http://m/debian"]  # no tarball: hooks only
+    assert argv[-5:] == [  # no tarball: hooks only; the release, its updates, its security
+        "trixie",
+        "/dev/null",
+        "deb http://m/debian trixie main",
+        "deb http://m/debian trixie-updates main",
+        "deb http://deb.debian.org/debian-security trixie-security main",
+    ]
+    assert not [a for a in argv if "Check-Valid-Until" in a]
     (include,) = [a for a in argv if a.startswith("--include=")]
     names = include.removeprefix("--include=").split(",")
     assert {"linux-image-amd64", "systemd", "openssh-server"} <= set(names)
@@ -122,6 +226,9 @@ def test_firmware_and_documentation_change_the_command(tmp_path: Path) -> None:
     profile = base.model_copy(update={"kernel": kernel, "system": system})
     argv = command(tmp_path, profile)
     assert "--components=main,non-free-firmware" in argv
+    assert (
+        "deb http://deb.debian.org/debian-security bookworm-security main non-free-firmware" in argv
+    )
     assert not [a for a in argv if a.startswith("--dpkgopt=path-exclude=")]
 
 

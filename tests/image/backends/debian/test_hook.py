@@ -7,6 +7,7 @@ dpkg-query). The real thing runs in every image build
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 from collections.abc import Callable
@@ -29,8 +30,10 @@ from plasmaboot.image.backends.debian.hook import (
     Context,
     export_kernel,
     list_static_nodes,
+    mask_unneeded_units,
     parse_install,
     remove_host_keys,
+    restore_build_replacements,
     stage1_module_order,
     trim_documentation,
     trim_kernel_modules,
@@ -410,3 +413,62 @@ def test_module_trees_are_measured_by_directory(tmp_path: Path) -> None:
         "fs": 40,
         "net": 2,
     }
+
+
+def test_resolved_listens_on_nothing_and_its_stub_answers_names(fake_root: Path) -> None:
+    """LLMNR and multicast DNS off on every image; /etc/resolv.conf is resolved's stub (the
+    profile layer swaps it when an enabled DNS service needs port 53)."""
+    ctx = make_context(fake_root)
+    mask_unneeded_units(ctx)
+    write(fake_root / "usr/lib/systemd/system/systemd-resolved.service", "[Unit]\n")
+    restore_build_replacements(ctx)
+    dropins = fake_root / "etc/systemd/resolved.conf.d"
+    text = "".join(p.read_text() for p in sorted(dropins.glob("*.conf")))
+    settings = [line for line in text.splitlines() if "=" in line and not line.startswith("#")]
+    assert settings == ["LLMNR=no", "MulticastDNS=no"]
+    stub = "../run/systemd/resolve/stub-resolv.conf"
+    assert os.readlink(fake_root / "etc/resolv.conf") == stub
+
+
+def build_squashfs(root: Path, monkeypatch: pytest.MonkeyPatch, epoch: int) -> bytes:
+    """Run the whole hook on `root` with this build date; the root squashfs it made."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(epoch))
+    plan = HookPlan.for_profile(worker(), squashfs_level=1)
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        write(root / "etc" / name, f"root:x:0:0::/root:/bin/sh ({name})\n")
+    (root / "tmp").mkdir(exist_ok=True)
+    plan.write(root / INSIDE_PLAN.lstrip("/"))
+    assert hook.main([str(root)]) == 0
+    return HookOutputs(root / INSIDE_OUT.lstrip("/")).read().root_squashfs.read_bytes()
+
+
+def test_the_same_tree_gives_the_same_squashfs_whenever_it_is_built(
+    fake_root: Path, tmp_path: Path, chroot_calls: ChrootCalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files made at different times (the build's clock) give the same bytes: every time
+    in the image is the build's date, and so are the update stamps' contents."""
+    epoch = 1_796_005_301
+    other, later = tmp_path / "other-root", tmp_path / "later-root"
+    shutil.copytree(fake_root, other, symlinks=True)
+    shutil.copytree(fake_root, later, symlinks=True)
+    for path in [other, *other.rglob("*")]:
+        os.utime(path, (epoch + 12345, epoch + 12345), follow_symlinks=False)
+    first = build_squashfs(fake_root, monkeypatch, epoch)
+    assert build_squashfs(other, monkeypatch, epoch) == first
+    assert build_squashfs(later, monkeypatch, epoch + 1) != first  # the date is in it
+    image = tmp_path / "first.squashfs"
+    image.write_bytes(first)
+    listing = subprocess.run(
+        ["unsquashfs", "-lls", "-UTC", str(image)], check=True, capture_output=True, text=True
+    ).stdout
+    dates = {" ".join(line.split()[3:5]) for line in listing.splitlines() if line.strip()}
+    assert dates == {"2026-11-30 02:21"}
+    superblock = subprocess.run(
+        ["unsquashfs", "-s", "-UTC", str(image)], check=True, capture_output=True, text=True
+    ).stdout
+    assert "Mon Nov 30 02:21:41 2026" in superblock
+    # the update stamps: at the build's date, /usr a second before, as the stamps say
+    assert (fake_root / "usr").stat().st_mtime == epoch - 1
+    for stamp in hook.UPDATE_STAMPS:
+        assert (fake_root / stamp).stat().st_mtime == epoch
+        assert f"TIMESTAMP_NSEC={(epoch - 1) * 10**9}" in (fake_root / stamp).read_text()

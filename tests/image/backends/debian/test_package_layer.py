@@ -84,7 +84,7 @@ def test_config_only_changes_keep_the_key() -> None:
     assert key_of(changed) == key_of(profile)
 
 
-def test_what_the_package_layer_is_made_from_changes_the_key() -> None:
+def test_what_the_package_layer_is_made_from_changes_the_key(archive_dates: object) -> None:
     profile = ProfileStore().resolve("control-plane")
     kernel = profile.kernel
     changes = [

@@ -4,6 +4,7 @@ layer's account files, and the layer as cpio entries (what stage-1 gets)."""
 
 from __future__ import annotations
 
+import os
 import stat
 import tomllib
 from pathlib import Path
@@ -20,6 +21,7 @@ from plasmaboot.image.backends.debian.profile_layer import (
     ProfilePlan,
     add_service_users,
     configure_console,
+    configure_dns_service,
     configure_kernel_modules,
     configure_network,
     configure_services,
@@ -358,3 +360,68 @@ def test_what_the_layer_leaves_to_others(layer: Path) -> None:
 
 
 _ = Any
+
+
+def control_plane(**enabled: dict[str, int]) -> Profile:
+    """The built-in control-plane profile with these services enabled on these ports."""
+    profile = ProfileStore().resolve("control-plane")
+    services = dict(profile.services)
+    for name, ports in enabled.items():
+        merged = {**services[name].ports, **ports}
+        services[name] = services[name].model_copy(update={"enable": True, "ports": merged})
+    return profile.model_copy(update={"services": services})
+
+
+CAPABILITY_LINES = {
+    "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+    "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "ports", "privileged"),
+    [
+        ("flashdns", {}, True),  # the catalog's port 53
+        ("flashdns", {"port": 5353}, False),
+        ("iam", {"port": 1023}, True),
+        ("iam", {"port": 1024}, False),
+        ("iam", {"port": 1}, True),
+        ("iam", {}, False),  # the catalog's 8080
+        ("chainfire", {"gossipPort": 443}, True),  # any one of its ports
+        ("chainfire", {}, False),
+        ("flaredb", {"raftPort": 80, "port": 2479}, True),
+    ],
+)
+def test_only_a_service_with_a_port_below_1024_may_bind_it(
+    name: str, ports: dict[str, int], privileged: bool
+) -> None:
+    service = control_plane(**{name: ports}).services[name]
+    lines = set(render_unit(service).splitlines())
+    assert (lines >= CAPABILITY_LINES) is privileged
+    assert not {line for line in lines if "Capabilit" in line} - CAPABILITY_LINES
+
+
+@pytest.mark.parametrize(
+    ("profile", "stub_off"),
+    [
+        (worker(), False),
+        (control_plane(), False),  # flashdns present but disabled
+        (control_plane(iam={}), False),
+        (control_plane(flashdns={}), True),
+        (control_plane(flashdns={"port": 5353}), False),  # not on the DNS port
+        (control_plane(iam={"port": 53}), True),  # whatever listens on 53
+    ],
+)
+def test_an_enabled_dns_service_gets_port_53_from_resolveds_stub(
+    layer: Path, profile: Profile, stub_off: bool
+) -> None:
+    configure_dns_service(make_context(layer, profile))
+    dropin = layer / "etc/systemd/resolved.conf.d/20-plasmaboot-dns-service.conf"
+    assert dropin.is_file() is stub_off
+    if stub_off:
+        settings = [line for line in dropin.read_text().splitlines() if "=" in line]
+        assert settings == ["DNSStubListener=no"]
+        # names resolve through the DHCP servers resolved lists, not the stub
+        assert os.readlink(layer / "etc/resolv.conf") == "../run/systemd/resolve/resolv.conf"
+    else:
+        assert not (layer / "etc/resolv.conf").is_symlink()

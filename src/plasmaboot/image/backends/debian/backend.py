@@ -41,6 +41,15 @@ from plasmaboot.image.backend import (
     option,
 )
 from plasmaboot.image.backends import register
+from plasmaboot.image.backends.debian.archive import (
+    DEFAULT_SECURITY_MIRROR,
+    Suite,
+    archive_state,
+    describe_state,
+    image_suites,
+    snapshot_time,
+    state_epoch,
+)
 from plasmaboot.image.backends.debian.contract import (
     INSIDE_OUT,
     INSIDE_PLAN,
@@ -105,10 +114,20 @@ RELEASE_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
 
 @dataclass(frozen=True)
 class DebianOptions(BackendOptions):
-    """The Debian backend's options (`--release`, `--mirror`, `--squashfs-level`)."""
+    """The Debian backend's options (`--release`, `--mirror`, `--security-mirror`,
+    `--snapshot`, `--squashfs-level`)."""
 
     release: str = option("bookworm", help="the release to install")
     mirror: str = option(DEFAULT_MIRROR, help="the mirror URL")
+    security_mirror: str = option(
+        DEFAULT_SECURITY_MIRROR,
+        help="the security archive's URL (the release's -security suite), or none",
+    )
+    snapshot: str | None = option(
+        None,
+        help="install from snapshot.debian.org as it was at this moment (pins the archive)",
+        metavar="YYYYMMDDTHHMMSSZ",
+    )
     # Measured on control-plane's tree with 128 KiB blocks: zstd 9 makes 121.1 MB in 5 s,
     # 12 makes 121.0 MB in 16 s, 15 makes 113.2 MB in 41 s. 9 keeps builds fast; a
     # smaller image is one --squashfs-level away.
@@ -121,23 +140,49 @@ class DebianOptions(BackendOptions):
 
     def check(self) -> None:
         super().check()
-        if not RELEASE_PATTERN.match(self.release):
+        if not RELEASE_PATTERN.fullmatch(self.release):
             raise UserError(
                 f"--release: expected a Debian release name like bookworm, got {self.release!r}"
             )
-        url = urlsplit(self.mirror)
-        if url.scheme not in {"http", "https", "file"} or (
-            url.scheme != "file" and not url.hostname
-        ):
-            raise UserError(
-                f"--mirror: expected an http(s):// or file:// URL, got {self.mirror!r}",
-                hint=f"for example {DEFAULT_MIRROR}",
-            )
-        if url.username or url.password:
-            raise UserError(
-                "--mirror: the URL carries credentials, which would be written into the image",
-                hint="put them in the host's /etc/apt/auth.conf.d/ instead and pass a plain URL",
-            )
+        check_mirror_url("--mirror", self.mirror, DEFAULT_MIRROR)
+        if self.security_mirror != "none":
+            check_mirror_url("--security-mirror", self.security_mirror, DEFAULT_SECURITY_MIRROR)
+        if self.snapshot is not None:
+            try:
+                snapshot_time(self.snapshot)
+            except ValueError:
+                raise UserError(
+                    f"--snapshot: expected a snapshot.debian.org time like 20261101T000000Z,"
+                    f" got {self.snapshot!r}"
+                ) from None
+            if self.mirror != DEFAULT_MIRROR or self.security_mirror != DEFAULT_SECURITY_MIRROR:
+                raise UserError(
+                    "--snapshot: the snapshot is the mirror; it cannot be combined with"
+                    " --mirror or --security-mirror",
+                    hint="give either --snapshot or the mirrors",
+                )
+
+    def suites(self) -> list[Suite]:
+        security = None if self.security_mirror == "none" else self.security_mirror
+        return image_suites(self.release, self.mirror, security, self.snapshot)
+
+
+def check_mirror_url(flag: str, value: str, example: str) -> None:
+    url = urlsplit(value)
+    if (
+        url.scheme not in {"http", "https", "file"}
+        or (url.scheme != "file" and not url.hostname)
+        or any(ord(c) < 0x21 or c == "\x7f" for c in value)
+    ):
+        raise UserError(
+            f"{flag}: expected an http(s):// or file:// URL, got {value!r}",
+            hint=f"for example {example}",
+        )
+    if url.username or url.password:
+        raise UserError(
+            f"{flag}: the URL carries credentials, which would be written into the image",
+            hint="put them in the host's /etc/apt/auth.conf.d/ instead and pass a plain URL",
+        )
 
 
 @dataclass(frozen=True)
@@ -218,10 +263,29 @@ class DebianBackend:
         return {
             "backend": self.name,
             "release": self.options.release,
-            "mirror": self.options.mirror,
+            **self.archive_inputs(),  # a cached image misses once the archive has moved on
             "squashfs_level": str(self.options.squashfs_level),
             "code": source_fingerprint(),
         }
+
+    def archive_inputs(self) -> dict[str, str]:
+        """The sources and the archive's state, as cache inputs (the set's and the package
+        layer's)."""
+        suites = self.options.suites()
+        return {
+            "sources": "\n".join(s.sources_line(["main"]) for s in suites),
+            "archive": describe_state(archive_state(suites, self.options.snapshot)),
+        }
+
+    def source_date_epoch(self) -> str:
+        """The build's date (SOURCE_DATE_EPOCH): the caller's, else the archive's state
+        (its newest Release date, or the snapshot's moment), so the same inputs give the
+        same bytes."""
+        given = os.environ.get("SOURCE_DATE_EPOCH")
+        if given is not None and given.isdigit():
+            return given
+        suites = self.options.suites()
+        return str(state_epoch(archive_state(suites, self.options.snapshot)))
 
     def build(self, request: BuildRequest) -> BuildResult:
         work = WorkDir(request.staging / ".work")
@@ -299,6 +363,9 @@ class DebianBackend:
             "mirror": self.options.mirror,
             "components": components(profile),
             "plan": plan.model_dump(mode="json"),
+            # the archive's state: a cached layer misses once the archive has moved on
+            # (security updates), or for another snapshot
+            **self.archive_inputs(),
         }
 
     def build_package_layer(
@@ -308,10 +375,13 @@ class DebianBackend:
         log = request.log
         plan.write(work.plan)
         work.out.mkdir()
+        epoch = self.source_date_epoch()
+        log.info(f"SOURCE_DATE_EPOCH={epoch}")
         with log.step("mmdebstrap"):
             run(
                 self.mmdebstrap_command(request, packages, work),
                 log=log,
+                env={"SOURCE_DATE_EPOCH": epoch},
                 on_line=lambda line: progress_from_line(request, line),
                 timeout=MMDEBSTRAP_TIMEOUT,
                 idle_timeout=MMDEBSTRAP_IDLE_TIMEOUT,
@@ -345,6 +415,9 @@ class DebianBackend:
             ' && chmod 755 "$1/usr/sbin/update-initramfs"',
             "--skip=download/empty",
         ]
+        if self.options.snapshot is not None:
+            # a snapshot's Release files are past their Valid-Until by design
+            command.append('--aptopt=Acquire::Check-Valid-Until "false"')
         if not profile.system.documentation:
             command += [f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES]
             command += [f"--dpkgopt=path-include={p}" for p in DPKG_INCLUDES]
@@ -365,7 +438,10 @@ class DebianBackend:
             f"--customize-hook=sync-out {INSIDE_OUT} {work.out}",
             self.options.release,
             "/dev/null",
-            self.options.mirror,
+            *[
+                suite.sources_line(components(profile).split(","))
+                for suite in self.options.suites()
+            ],
         ]
         return command
 

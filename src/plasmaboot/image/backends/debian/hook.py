@@ -269,10 +269,21 @@ Storage=volatile
 """
 
 
+# Nothing but sshd and the enabled services listens on the node's network: resolved's
+# LLMNR (0.0.0.0:5355) and multicast DNS answer name queries from the whole segment.
+RESOLVED_NO_LISTENERS = """\
+# plasmaboot: nothing but sshd and the enabled services listens on the network.
+[Resolve]
+LLMNR=no
+MulticastDNS=no
+"""
+
+
 def mask_unneeded_units(ctx: Context) -> None:
     for unit in UNNEEDED_UNITS:
         ctx.mask(f"etc/systemd/system/{unit}")
     ctx.write("etc/systemd/system/systemd-resolved.service.d/10-plasmaboot.conf", RESOLVED_LATER)
+    ctx.write("etc/systemd/resolved.conf.d/10-plasmaboot.conf", RESOLVED_NO_LISTENERS)
     ctx.write("etc/systemd/journald.conf.d/10-plasmaboot.conf", JOURNAL_VOLATILE)
     for generator in MASKED_GENERATORS:
         ctx.mask(f"etc/systemd/system-generators/{generator}")
@@ -293,23 +304,34 @@ def mark_image_updated(ctx: Context) -> None:
     the stamps are true: sysusers runs one last time first, and /usr is not touched after.
     """
     ctx.chroot("systemd-sysusers")
-    usr = (ctx.root / "usr").stat()
-    # ConditionNeedsUpdate compares whole seconds first; squashfs keeps only seconds, so a
-    # stamp one second newer than /usr reads as "up to date" on every boot.
-    stamp_time = usr.st_mtime_ns + 1_000_000_000
+    # No time in the squashfs is later than the build's date (make_squashfs clamps them).
+    # /usr is dated one second before it and the stamps at it: ConditionNeedsUpdate compares
+    # whole seconds first (squashfs keeps no more), so every boot reads "up to date", and
+    # the stamps say /usr's time as systemd-update-done would.
+    epoch = build_epoch()
+    usr_ns = (epoch - 1) * 1_000_000_000
+    os.utime(ctx.root / "usr", ns=(usr_ns, usr_ns))
     for relpath in UPDATE_STAMPS:
         stamp = ctx.write(
             relpath,
             "# plasmaboot: the image was built whole; nothing to update at boot.\n"
-            f"TIMESTAMP_NSEC={usr.st_mtime_ns}\n",
+            f"TIMESTAMP_NSEC={usr_ns}\n",
         )
-        os.utime(stamp, ns=(stamp_time, stamp_time))
+        os.utime(stamp, (epoch, epoch))
+
+
+def build_epoch() -> int:
+    """The build's date (SOURCE_DATE_EPOCH, set by the backend from the archive's state):
+    the latest time the image holds. Now, when the hook is run by hand."""
+    given = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return int(given) if given.isdigit() else int(time.time())
 
 
 def restore_build_replacements(ctx: Context) -> None:
     """mmdebstrap swaps start-stop-daemon for a do-nothing stand-in while packages install;
     the real one goes back before the squashfs is made. DNS comes from DHCP through
-    systemd-resolved, never from the build host's resolv.conf."""
+    systemd-resolved, never from the build host's resolv.conf: its stub (the profile layer
+    points it at the DHCP servers instead when a DNS service holds port 53)."""
     real = ctx.root / "usr/sbin/start-stop-daemon.REAL"
     if real.exists():
         os.replace(real, ctx.root / "usr/sbin/start-stop-daemon")
@@ -386,9 +408,27 @@ def make_squashfs(ctx: Context) -> None:
     level = str(ctx.plan.squashfs_level)
     output = ctx.outputs.path(Output.ROOT_SQUASHFS)
     options = ["-noappend", "-no-progress", "-quiet", "-b", SQUASHFS_BLOCK_SIZE]
+    # The same tree gives the same bytes. SOURCE_DATE_EPOCH (the build's date): mksquashfs
+    # makes it the filesystem's time and clamps every later file time to it, so what the
+    # build wrote (with the build's clock) carries it and what packages shipped keeps its
+    # own time (mksquashfs refuses -mkfs-time/-all-time beside it). Entries go in name
+    # order (mksquashfs sorts each directory), blocks in a fixed order whatever its
+    # threads do (-reproducible).
     compression = ["-comp", "zstd", "-Xcompression-level", level]
     excludes = ["-wildcards", "-e", *SQUASHFS_EXCLUDES]
-    run(["mksquashfs", str(ctx.root), str(output), *options, *compression, *excludes], log=ctx.log)
+    run(
+        [
+            "mksquashfs",
+            str(ctx.root),
+            str(output),
+            *options,
+            "-reproducible",
+            *compression,
+            *excludes,
+        ],
+        log=ctx.log,
+        env={"SOURCE_DATE_EPOCH": str(build_epoch())},
+    )
 
 
 STEPS: list[Callable[[Context], None]] = [

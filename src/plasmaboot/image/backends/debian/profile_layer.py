@@ -270,9 +270,45 @@ def configure_services(ctx: Context) -> None:
         ctx.enable(*enabled)
 
 
+# Ports below this one need CAP_NET_BIND_SERVICE; services run as their own user.
+PRIVILEGED_PORTS_BELOW = 1024
+DNS_PORT = 53
+# An enabled DNS service binds port 53, which resolved's stub listener (127.0.0.53:53)
+# would hold; /etc/resolv.conf then names the DHCP servers directly.
+RESOLVED_NO_STUB = """\
+# plasmaboot: an enabled DNS service listens on port 53; resolved's stub listener is off.
+[Resolve]
+DNSStubListener=no
+"""
+
+
+def binds_privileged_port(service: ResolvedService) -> bool:
+    return any(port < PRIVILEGED_PORTS_BELOW for port in service.ports.values())
+
+
+def serves_dns(profile: Profile) -> bool:
+    """An enabled service listens on the DNS port."""
+    return any(s.enable and DNS_PORT in s.ports.values() for s in profile.services.values())
+
+
+def configure_dns_service(ctx: Context) -> None:
+    """Free port 53 for an enabled DNS service: resolved's stub listener off, and
+    /etc/resolv.conf naming the DHCP servers resolved lists (not the stub)."""
+    if not serves_dns(ctx.profile) or "systemd-resolved.service" not in ctx.base.units:
+        return
+    ctx.write("etc/systemd/resolved.conf.d/20-plasmaboot-dns-service.conf", RESOLVED_NO_STUB)
+    ctx.link("etc/resolv.conf", "../run/systemd/resolve/resolv.conf")
+
+
 def render_unit(service: ResolvedService) -> str:
     name = service.name
     binary = f"/usr/bin/{service.binary}"
+    # the capability to bind a port below 1024, and no other, only for a service that has one
+    capabilities = (
+        ["AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"]
+        if binds_privileged_port(service)
+        else []
+    )
     limits = []
     if service.memory_max:
         limits.append(f"MemoryMax={service.memory_max}")
@@ -294,6 +330,7 @@ def render_unit(service: ResolvedService) -> str:
             f"ExecStart={binary} --config {service.config}",
             f"StateDirectory={name}",
             "Restart=on-failure",
+            *capabilities,
             *limits,
             "",
             "[Install]",
@@ -398,6 +435,7 @@ STEPS: list[Callable[[Context], None]] = [
     configure_sysctl,
     configure_kernel_modules,
     configure_services,
+    configure_dns_service,
     add_service_users,
 ]
 
