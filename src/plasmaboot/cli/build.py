@@ -95,6 +95,12 @@ def backend_options(command: F) -> F:
     type=click.Path(path_type=Path),
     help="Public key file for root's authorized_keys (repeat). Private keys are refused.",
 )
+@click.option(
+    "--no-ssh-key",
+    "no_ssh_key",
+    is_flag=True,
+    help="Build even if no key (--ssh-key or the profile's) can log into the image.",
+)
 @backend_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
 @pass_context
@@ -110,6 +116,7 @@ def build(
     jobs: int,
     no_cache: bool,
     ssh_keys: tuple[Path, ...],
+    no_ssh_key: bool,
     as_json: bool,
     **backend_values: Any,
 ) -> None:
@@ -129,6 +136,11 @@ def build(
     if not names:
         raise UserError("no profile given", hint="pass --profile NAME (repeatable) or --all")
     names = list(dict.fromkeys(names))  # a profile given twice is built once
+    if no_ssh_key and ssh_keys:
+        raise UserError(
+            f"--no-ssh-key: expected no --ssh-key with it, got {', '.join(map(str, ssh_keys))}",
+            hint="drop one of the two",
+        )
     resolved = [store.resolve(name, variant) for name in names]
     options = BuildOptions(
         output_dir=output_dir.absolute(),
@@ -138,6 +150,7 @@ def build(
         jobs=jobs,
         use_cache=not no_cache,
         ssh_keys=ssh_keys,
+        allow_no_keys=no_ssh_key,
     )
     with BuildProgress(err_console, quiet=as_json) as progress:
         outcomes = build_profiles(

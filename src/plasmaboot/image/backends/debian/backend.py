@@ -76,7 +76,9 @@ HOOK_MODULE = "plasmaboot.image.backends.debian.hook"
 
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-RELEASE_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
+RELEASE_PATTERN = re.compile(r"[a-z][a-z0-9-]*")
+# The mirror is one word of an apt sources line and of mmdebstrap's command line.
+MIRROR_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\s\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,16 @@ class DebianOptions(BackendOptions):
 
     def check(self) -> None:
         super().check()
-        if not RELEASE_PATTERN.match(self.release):
+        if not RELEASE_PATTERN.fullmatch(self.release):
             raise UserError(
                 f"--release: expected a Debian release name like bookworm, got {self.release!r}"
+            )
+        if MIRROR_FORBIDDEN.search(self.mirror):
+            # urlsplit drops newlines and tabs; apt's sources line would not
+            raise UserError(
+                f"--mirror: expected a URL with no spaces or control characters, "
+                f"got {self.mirror!r}",
+                hint=f"for example {DEFAULT_MIRROR}",
             )
         url = urlsplit(self.mirror)
         if url.scheme not in {"http", "https", "file"} or (
