@@ -4,6 +4,7 @@ failed check naming the first line that differs."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -187,3 +188,23 @@ def test_a_forged_script_with_a_manifest_rewritten_to_match_fails(
     (directory / IPXE).write_bytes(forged.encode())
     rehash(directory)  # the manifest's hashes agree: only the script's shape can tell
     assert failures(directory) & {"ipxe.header", "ipxe.script"}, forged
+
+
+@pytest.mark.parametrize("kind", ["fifo", "huge", "directory"])
+def test_a_script_that_is_no_small_file_fails_at_once(
+    make_set: Callable[..., Path], kind: str
+) -> None:
+    directory = make_set()
+    script = directory / IPXE
+    script.unlink()
+    if kind == "fifo":
+        os.mkfifo(script)  # reading it would wait for a writer for ever
+    elif kind == "huge":
+        with script.open("wb") as out:
+            out.write(b"#!ipxe\n")
+            out.truncate(4 << 30)
+    else:
+        script.mkdir()
+    code, report, _ = run_verify(directory)
+    header = next(c for c in report["checks"] if c["name"] == "ipxe.header")
+    assert code == 1 and header["result"] == "fail", header
