@@ -50,6 +50,7 @@ def nix_build(
         "--output-dir",
         str(out),
         "--json",
+        "--no-ssh-key",  # the fixture's images are built, never logged into
         *args,
         env=env,
     )

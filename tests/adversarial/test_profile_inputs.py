@@ -5,6 +5,8 @@ line); a value that is let in renders as exactly one word or one line."""
 
 from __future__ import annotations
 
+import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from plasmaboot.image.backends.debian.profile_layer import (
     ProfilePlan,
     configure_kernel_modules,
     configure_sysctl,
+    render_toml,
 )
 from plasmaboot.log import Log
 from plasmaboot.profiles.model import Profile
@@ -106,3 +109,52 @@ def test_parameters_longer_than_the_kernel_command_line_are_refused(tmp_path: Pa
     params = ", ".join(f'"p{i}={"x" * 500}"' for i in range(5))  # about 2.5 KB
     message = refused(tmp_path, f"[kernel]\nparams = [{params}]\n")
     assert "kernel.params" in message and "2048" in message
+
+
+# One table over every kind of hostile text, against each value of a profile that reaches a
+# file: refused where it enters (one located line), or rendered so it stays one value.
+HOSTILE_TEXT = [
+    "a\nb", "a\rb", "a\x00b", "a && b", "a || b", "a;b", "${boot-server}", "x" * 5000,
+    "Zürich\u202e", "a\x7fb", "a\u2028b", "\x1b[2J", "trail\n",
+]  # fmt: skip
+REFUSED_FIELDS = {
+    "kernel.params": lambda v: f"[kernel]\nparams = [{json.dumps(v)}]\n",
+    "kernel.modules": lambda v: f"[kernel]\nmodules = [{json.dumps(v)}]\n",
+    "packages": lambda v: f"packages = [{json.dumps(v)}]\n",
+    "console.serial": lambda v: f"[console]\nserial = {json.dumps(v)}\n",
+    "service_defaults.memory_max": lambda v: f"[service_defaults]\nmemory_max = {json.dumps(v)}\n",
+    "services.iam.cpu_quota": lambda v: f"[services.iam]\ncpu_quota = {json.dumps(v)}\n",
+    "sysctl name": lambda v: f"[sysctl]\n{json.dumps('kernel.' + v)} = 1\n",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("value", HOSTILE_TEXT)
+@pytest.mark.parametrize("field", REFUSED_FIELDS)
+def test_every_checked_field_refuses_hostile_text(tmp_path: Path, field: str, value: str) -> None:
+    if value == "x" * 5000 and field in ("packages", "sysctl name"):
+        # no length bound of their own: taken, and still one word of a safe alphabet
+        profile = resolve(tmp_path, REFUSED_FIELDS[field](value))
+        assert value in profile.packages or f"kernel.{value}" in profile.sysctl
+        return
+    message = refused(tmp_path, REFUSED_FIELDS[field](value))
+    assert field.split()[0].split(".")[0] in message, message
+
+
+@pytest.mark.parametrize("value", HOSTILE_TEXT)
+def test_a_sysctl_value_is_refused_or_one_line(tmp_path: Path, value: str) -> None:
+    body = f'[sysctl]\n"kernel.domainname" = {json.dumps(value)}\n'
+    try:
+        profile = resolve(tmp_path, body)
+    except UserError as exc:
+        assert "\n" not in exc.message and 'sysctl."kernel.domainname"' in exc.message
+        return
+    lines = (rendered(tmp_path / "root", profile) / "etc/sysctl.d/90-plasmaboot.conf").read_text()
+    assert lines.count("\n") == 2 and f"kernel.domainname = {value}" in lines
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXT)
+def test_service_settings_render_to_the_same_toml_values(text: str) -> None:
+    """services.<name>.settings are free-form: every key and value comes back as it was,
+    one key, never a second line or table of the config."""
+    settings = {text: text, "nested": {text: [text, 1]}, "plain": text}
+    assert tomllib.loads(render_toml(settings)) == settings

@@ -49,10 +49,12 @@ class RecordingBackend:
 def test_the_backends_options_are_checked_first(tmp_path: Path) -> None:
     backend = RecordingBackend(failing="options")
     with pytest.raises(UserError, match="options failed"):
-        check_inputs([ProfileStore().resolve("base")], backend, [], [(tmp_path, "--output-dir")])
+        check_inputs(
+            [ProfileStore().resolve("base")], backend, [], [(tmp_path, "--output-dir")], True
+        )
     assert backend.checked == ["options"]
     backend = RecordingBackend()
-    check_inputs([ProfileStore().resolve("base")], backend, [], [(tmp_path, "--output-dir")])
+    check_inputs([ProfileStore().resolve("base")], backend, [], [(tmp_path, "--output-dir")], True)
     assert backend.checked == ["options", "available"]
 
 

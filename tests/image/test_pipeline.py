@@ -116,6 +116,7 @@ def options(tmp_path: Path, stand_in: StandInOptions | None = None, **changes: A
         output_dir=tmp_path / "artifacts",
         backend="stand-in",
         backend_options={"stand-in": stand_in or StandInOptions()},
+        allow_no_keys=True,  # the stand-in image is never logged into
     )
     return replace(built, **changes)
 

@@ -23,6 +23,7 @@ from artifact_sets import (
 )
 from plasmaboot.artifacts.layout import INITRD
 from plasmaboot.artifacts.manifest import read_manifest, write_manifest
+from plasmaboot.verify.image import AUTHORIZED_KEYS_FILE
 
 
 def damage_tables(directory: Path) -> None:
@@ -153,3 +154,67 @@ def test_a_nix_store_image_is_checked_for_its_init(tmp_path: Path) -> None:
 def test_a_nix_set_whose_init_is_not_in_the_store_image_fails(tmp_path: Path) -> None:
     other = "zyxwvsrqpnmlkjihgfdcba9876543210-nixos-system-worker-24.05.20240101.abcdef"
     assert failures(make_nix_set(tmp_path, init_system=other)) == {"image.init"}
+
+
+PASSWD = "root:x:0:0:root:/root:/bin/bash\n"
+LOGIN_PATHS = {
+    "keys-file-elsewhere": {"etc/ssh/sshd_config.d/zz.conf": "AuthorizedKeysFile /tmp/keys\n"},
+    "keys-file-added": {
+        "etc/ssh/sshd_config.d/zz.conf": "AuthorizedKeysFile .ssh/authorized_keys /srv/k\n"
+    },
+    "keys-file-in-match": {
+        "etc/ssh/sshd_config.d/zz.conf": "Match User root\n  AuthorizedKeysFile /tmp/k\n"
+    },
+    "keys-command": {
+        "etc/ssh/sshd_config.d/zz.conf": "AuthorizedKeysCommand /bin/cat\n"
+        "AuthorizedKeysCommandUser nobody\n"
+    },
+    "principals-file": {"etc/ssh/sshd_config.d/zz.conf": "AuthorizedPrincipalsFile /tmp/p\n"},
+    "second-uid-0": {"etc/passwd": PASSWD + "toor:x:0:0::/root:/bin/sh\n"},
+    "second-uid-0-spaced": {"etc/passwd": PASSWD + "toor:x: 0:0::/root:/bin/sh\n"},
+    "empty-passwd-field": {"etc/passwd": PASSWD + "guest::1000:1000::/home/g:/bin/sh\n"},
+    "empty-shadow-field": {"etc/shadow": "root:*:19000:0:99999:7:::\nguest::19000::::::\n"},
+    "getty-autologin": {
+        "etc/systemd/system/getty@tty1.service.d/autologin.conf": "[Service]\nExecStart=\n"
+        "ExecStart=-/sbin/agetty --autologin root --noclear %I $TERM\n"
+    },
+    "serial-getty-autologin": {
+        "etc/systemd/system/serial-getty@ttyS0.service.d/override.conf": "[Service]\n"
+        "ExecStart=\nExecStart=-/sbin/agetty -o '-p -- \\\\u' -a root --keep-baud 115200 %I\n"
+    },
+    "sshd-other-config": {
+        "etc/systemd/system/ssh.service.d/override.conf": "[Service]\nExecStart=\n"
+        "ExecStart=/usr/sbin/sshd -D -f /etc/ssh/other_config\n"
+    },
+    "sshd-opts": {"etc/default/ssh": 'SSHD_OPTS="-f /tmp/sshd_config"\n'},
+    "sshd-unit-replaced": {
+        "etc/systemd/system/ssh.service": "[Service]\n"
+        "ExecStart=/usr/sbin/sshd -D -o PasswordAuthentication=yes\n"
+    },
+}
+
+
+@pytest.mark.parametrize("login_path", LOGIN_PATHS)
+def test_another_way_in_fails_the_login_paths(
+    make_set: Callable[..., Path], login_path: str
+) -> None:
+    assert failures(make_set(lambda tree: write_files(tree, LOGIN_PATHS[login_path]))) == {
+        "image.login-paths"
+    }
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"etc/ssh/sshd_config.d/zz.conf": "AuthorizedKeysFile " + AUTHORIZED_KEYS_FILE + "\n"},
+        {"etc/ssh/sshd_config.d/zz.conf": "AuthorizedKeysCommand none\n"},
+        {"etc/systemd/system/getty@tty1.service.d/x.conf": "[Service]\nTTYVTDisallocate=no\n"},
+        {"etc/passwd": PASSWD + "daemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n"},
+        {"etc/default/ssh": 'SSHD_OPTS=""\n'},
+        {"etc/systemd/system/ssh.service": "[Service]\nExecStart=/usr/sbin/sshd -D $SSHD_OPTS\n"},
+    ],
+)
+def test_the_image_plasmaboot_writes_keeps_to_root_keys(
+    make_set: Callable[..., Path], files: dict[str, str]
+) -> None:
+    assert failures(make_set(lambda tree: write_files(tree, files))) == set()

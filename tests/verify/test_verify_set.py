@@ -36,6 +36,7 @@ EVERY_CHECK = (
     "image.root-password",
     "image.sshd",
     "image.authorized-keys",
+    "image.login-paths",
     "image.service:x",
     "image.service:y",
     "ipxe.header",

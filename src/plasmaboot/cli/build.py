@@ -100,6 +100,12 @@ def backend_options(command: F) -> F:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Also write the build's figures in Prometheus text format (node_exporter textfile).",
 )
+@click.option(
+    "--no-ssh-key",
+    "no_ssh_key",
+    is_flag=True,
+    help="Build even if no key (--ssh-key or the profile's) can log into the image.",
+)
 @backend_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
 @pass_context
@@ -116,6 +122,7 @@ def build(
     no_cache: bool,
     ssh_keys: tuple[Path, ...],
     metrics_file: Path | None,
+    no_ssh_key: bool,
     as_json: bool,
     **backend_values: Any,
 ) -> None:
@@ -137,6 +144,11 @@ def build(
     names = list(dict.fromkeys(names))  # a profile given twice is built once
     if metrics_file is not None:
         check_metrics_file(metrics_file)
+    if no_ssh_key and ssh_keys:
+        raise UserError(
+            f"--no-ssh-key: expected no --ssh-key with it, got {', '.join(map(str, ssh_keys))}",
+            hint="drop one of the two",
+        )
     resolved = [store.resolve(name, variant) for name in names]
     options = BuildOptions(
         output_dir=output_dir.absolute(),
@@ -146,6 +158,7 @@ def build(
         jobs=jobs,
         use_cache=not no_cache,
         ssh_keys=ssh_keys,
+        allow_no_keys=no_ssh_key,
     )
     with BuildProgress(err_console, quiet=as_json) as progress:
         outcomes = build_profiles(

@@ -24,6 +24,7 @@ def profiles_list(obj: Context, as_json: bool) -> None:
     """List profiles: name, extends, description, services."""
     store = obj.store()
     resolved = [store.resolve(name) for name in store.profile_names()]
+    variants = store.variant_names()  # a bad file name is an error before any output
     if as_json:
         rows = [
             {
@@ -34,7 +35,7 @@ def profiles_list(obj: Context, as_json: bool) -> None:
             }
             for p in resolved
         ]
-        click.echo(json.dumps({"profiles": rows, "variants": store.variant_names()}, indent=2))
+        click.echo(json.dumps({"profiles": rows, "variants": variants}, indent=2))
         return
     table = Table(title="profiles")
     for column in ("name", "extends", "description", "services"):
@@ -44,7 +45,7 @@ def profiles_list(obj: Context, as_json: bool) -> None:
         # escape: a description or value like "[/]" is text, not rich markup
         table.add_row(*map(escape, (p.name, ", ".join(p.extends) or "-", p.description, services)))
     console.print(table)
-    console.print(f"variants (--variant): {', '.join(store.variant_names())}")
+    console.print(f"variants (--variant): {', '.join(variants)}")
 
 
 @profiles.command("show")

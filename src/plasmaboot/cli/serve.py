@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import click
@@ -132,6 +134,8 @@ def serve(
             f"--root {root}: no such directory",
             hint="pass the directory `plasmaboot build --output-dir` wrote (e.g. artifacts)",
         )
+    if access_log is not None:
+        check_appendable(access_log, "--access-log")
     watch = InventoryWatch(inventory, obj.store()) if inventory is not None else None
     serve_forever(
         root,
@@ -160,3 +164,26 @@ def admin_address(value: str, allow_remote: bool) -> tuple[str, int]:
         message = exc.message.replace("--listen", "--admin-listen", 1)
         raise UserError(message, hint=exc.hint) from exc
     return host, port
+
+
+def check_appendable(path: Path, option: str) -> None:
+    """`path` can take appended lines: created if missing, a regular file (or a character
+    device such as /dev/null) if not. Opened without blocking, so a FIFO with no reader is
+    refused at once instead of holding the start for ever."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        descriptor = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise UserError(
+            f"{option} {path}: cannot append to it ({exc.strerror})",
+            hint="pass a file in a directory you can write",
+        ) from exc
+    try:
+        mode = os.fstat(descriptor).st_mode
+    finally:
+        os.close(descriptor)
+    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+        raise UserError(
+            f"{option} {path}: expected a regular file, got a FIFO or socket",
+            hint="pass a file in a directory you can write",
+        )

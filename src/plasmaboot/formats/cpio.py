@@ -8,20 +8,23 @@ The kernel unpacks them in order into one rootfs. Our writer sorts entries, sets
 
 from __future__ import annotations
 
+import errno
 import gzip
 import lzma
+import mmap
 import os
 import shutil
 import stat
 import subprocess
 import tempfile
+import time
 import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import IO
 
-from plasmaboot.run import command_failed, run, start
+from plasmaboot.run import Background, command_failed, start
 
 NEWC_MAGIC = b"070701"
 HEADER_SIZE = 110
@@ -174,6 +177,11 @@ def concatenate(segments: list[Path], out_path: Path) -> None:
 # Reading
 
 
+# What `payload` is: bytes, or a read-only map of a file (the initrd itself, or a temporary
+# file holding a decompressed segment); both slice to bytes.
+Payload = bytes | mmap.mmap
+
+
 class CpioError(ValueError):
     """The bytes are not a well-formed newc archive."""
 
@@ -198,7 +206,7 @@ class Member:
         return self.is_file and bool(self.mode & 0o111)
 
 
-def read_members(data: bytes, start: int = 0) -> tuple[list[Member], int]:
+def read_members(data: Payload, start: int = 0) -> tuple[list[Member], int]:
     """Parse a newc archive from `data[start:]`; return its members and the end offset
     (just past the trailer's padding)."""
     members: list[Member] = []
@@ -243,34 +251,63 @@ class SegmentError(ValueError):
 @dataclass(frozen=True)
 class Segment:
     """One initrd segment. `payload` is the byte stream its members' offsets index into:
-    the decompressed archive, or for an uncompressed segment the initrd itself (no copy)."""
+    the decompressed archive (a temporary file, mapped), or for an uncompressed segment the
+    initrd itself (mapped, never read whole)."""
 
     offset: int  # where the segment starts in the initrd
     end: int  # just past its last byte (before any padding)
     compression: Compression
-    payload: bytes
+    payload: Payload
     members: list[Member]
+
+    def copy_member(self, member: Member, out: IO[bytes]) -> None:
+        """Write a member's bytes to `out` a block at a time (a root image is hundreds of
+        MiB: never one bytes object)."""
+        for pos in range(member.offset, member.offset + member.size, COPY_CHUNK):
+            out.write(self.payload[pos : min(pos + COPY_CHUNK, member.offset + member.size)])
 
 
 # The largest lz4 legacy chunk: an 8 MiB block that did not compress, plus lz4's overhead.
 LZ4_MAX_CHUNK = (8 << 20) + (8 << 20) // 255 + 16
+# What the compressed segments of one initrd may unpack to, together. The kernel unpacks
+# them into RAM, so a real initrd stays far below; past it a segment is a decompression
+# bomb, a failed check rather than a full disk or an exhausted memory.
+MAX_UNPACKED_SIZE = 2 << 30
+# How often a decompressing tool's output is measured against the cap.
+TOOL_POLL_SECONDS = 0.05
+TOOL_TIMEOUT = 600.0
 
 
 def read_segments(path: Path) -> list[Segment]:
     """Split an initrd into its segments and parse each one's archive, as the kernel does:
-    NUL bytes between segments are skipped, each segment is decompressed on its own."""
-    data = path.read_bytes()
+    NUL bytes between segments are skipped, each segment is decompressed on its own.
+
+    The initrd is mapped, not read: padding is skipped by the block (and holes of a sparse
+    file without reading them), members' data is never touched, and compressed segments
+    unpack into temporary files, at most MAX_UNPACKED_SIZE bytes together."""
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            raise SegmentError("the initrd is empty")
+        data = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
+        return split_segments(data, handle.fileno())
+
+
+def split_segments(data: Payload, descriptor: int | None = None) -> list[Segment]:
     segments: list[Segment] = []
+    budget = [MAX_UNPACKED_SIZE]  # what the compressed segments may still unpack to
     pos = 0
     while True:
-        pos = skip_padding(data, pos)
+        pos = skip_padding(data, pos, descriptor)
         if pos >= len(data):
             break
         compression = Compression.detect(data[pos : pos + 8])
         if compression is None:
             raise SegmentError(f"unknown segment format {data[pos : pos + 6]!r} at offset {pos}")
         try:
-            segment = read_segment(data, pos, compression)
+            segment = read_segment(data, pos, compression, budget)
+        except SegmentError:
+            raise
         except ValueError as exc:  # a CpioError, or a link target that is not UTF-8
             raise SegmentError(f"{compression} segment at offset {pos}: {exc}") from exc
         segments.append(segment)
@@ -280,23 +317,39 @@ def read_segments(path: Path) -> list[Segment]:
     return segments
 
 
-def read_segment(data: bytes, start: int, compression: Compression) -> Segment:
+def read_segment(
+    data: Payload, start: int, compression: Compression, budget: list[int] | None = None
+) -> Segment:
+    budget = [MAX_UNPACKED_SIZE] if budget is None else budget
     if compression is Compression.NONE:
         members, end = read_archives(data, start, stop_at_first=True)
         return Segment(start, end, compression, data, members)
-    if compression in (Compression.GZIP, Compression.XZ):
-        payload, end = decompress_stream(data, start, compression)
-    elif compression is Compression.ZSTD:
-        end = zstd_frame_end(data, start)
-        payload = decompress_with_tool(["zstd", "-d", "-q", "-c"], data[start:end], start)
-    else:
-        end = lz4_legacy_end(data, start)
-        payload = decompress_with_tool(["lz4", "-d", "-q", "-c"], data[start:end], start)
+    with tempfile.TemporaryFile(prefix="plasmaboot-segment-") as out:
+        if compression in (Compression.GZIP, Compression.XZ):
+            end = decompress_stream(data, start, compression, out, budget[0])
+        elif compression is Compression.ZSTD:
+            end = zstd_frame_end(data, start)
+            decompress_with_tool(["zstd", "-d", "-q", "-c"], data, start, end, out, budget[0])
+        else:
+            end = lz4_legacy_end(data, start)
+            decompress_with_tool(["lz4", "-d", "-q", "-c"], data, start, end, out, budget[0])
+        out.flush()
+        unpacked = os.fstat(out.fileno()).st_size
+        budget[0] -= unpacked
+        payload: Payload = mmap.mmap(out.fileno(), 0, prot=mmap.PROT_READ) if unpacked else b""
     members, _ = read_archives(payload, 0, stop_at_first=False)
     return Segment(start, end, compression, payload, members)
 
 
-def read_archives(data: bytes, start: int, stop_at_first: bool) -> tuple[list[Member], int]:
+def too_large(compression: Compression, start: int, limit: int) -> SegmentError:
+    return SegmentError(
+        f"{compression} segment at offset {start} unpacks to more than the "
+        f"{MAX_UNPACKED_SIZE >> 20} MiB all segments of an initrd may unpack to "
+        f"({limit >> 20} MiB were left for it)"
+    )
+
+
+def read_archives(data: Payload, start: int, stop_at_first: bool) -> tuple[list[Member], int]:
     """One archive (an uncompressed segment), or every archive in a decompressed stream."""
     members, pos = read_members(data, start)
     while not stop_at_first:
@@ -308,36 +361,78 @@ def read_archives(data: bytes, start: int, stop_at_first: bool) -> tuple[list[Me
     return members, pos
 
 
-def skip_padding(data: bytes, pos: int) -> int:
+PADDING_BLOCK = 1 << 16
+
+
+def skip_padding(data: Payload, pos: int, descriptor: int | None = None) -> int:
     """The offset of the first byte at or after `pos` that is not NUL padding (the kernel
-    skips NULs between segments and between the archives of a stream)."""
-    while pos < len(data) and data[pos] == 0:
-        pos += 1
+    skips NULs between segments and between the archives of a stream). A block at a time;
+    with the file's `descriptor`, the holes of a sparse file are stepped over unread."""
+    while pos < len(data):
+        if descriptor is not None:
+            pos = next_data(descriptor, pos, len(data))
+            # read, not the map: padding scanned leaves no pages resident
+            block = os.pread(descriptor, PADDING_BLOCK, pos)
+        else:
+            block = data[pos : pos + PADDING_BLOCK]
+        rest = block.lstrip(b"\0")
+        if rest:
+            return pos + len(block) - len(rest)
+        pos += len(block)
     return pos
 
 
-def decompress_stream(data: bytes, start: int, compression: Compression) -> tuple[bytes, int]:
-    """Decompress one gzip member or xz stream starting at `start`; return it and its end."""
+def next_data(descriptor: int, pos: int, size: int) -> int:
+    """Where the file's next data (not a hole) starts at or after `pos`."""
+    try:
+        return os.lseek(descriptor, pos, os.SEEK_DATA)
+    except OSError as exc:  # ENXIO: only a hole follows; else no SEEK_DATA here: scan
+        return size if exc.errno == errno.ENXIO else pos
+
+
+def decompress_stream(
+    data: Payload, start: int, compression: Compression, out: IO[bytes], limit: int
+) -> int:
+    """Decompress one gzip member or xz stream starting at `start` into `out`, at most
+    `limit` bytes; return where it ends."""
     decompressor: zlib._Decompress | lzma.LZMADecompressor
     if compression is Compression.GZIP:
         decompressor = zlib.decompressobj(wbits=31)
     else:
         decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-    out: list[bytes] = []
+    written = 0
     pos = start
     try:
         while pos < len(data) and not decompressor.eof:
-            chunk = data[pos : pos + COPY_CHUNK]
-            out.append(decompressor.decompress(chunk))
+            chunk = data[pos : pos + PADDING_BLOCK]
             pos += len(chunk)
+            feed: bytes | None = chunk
+            while feed is not None:
+                # bounded output per call: a bomb never becomes one huge bytes object
+                piece = decompressor.decompress(feed, COPY_CHUNK)
+                written += len(piece)
+                if written > limit:
+                    raise too_large(compression, start, limit)
+                out.write(piece)
+                feed = pending_input(decompressor)
     except (zlib.error, lzma.LZMAError) as exc:
         raise SegmentError(f"{compression} segment at offset {start} is corrupt: {exc}") from exc
     if not decompressor.eof:
         raise SegmentError(f"{compression} segment at offset {start} is truncated")
-    return b"".join(out), pos - len(decompressor.unused_data)
+    return pos - len(decompressor.unused_data)
 
 
-def zstd_frame_end(data: bytes, start: int) -> int:
+def pending_input(decompressor: zlib._Decompress | lzma.LZMADecompressor) -> bytes | None:
+    """What to feed the decompressor again because its output was full; None when it
+    wants the next chunk."""
+    if decompressor.eof:
+        return None
+    if isinstance(decompressor, lzma.LZMADecompressor):
+        return None if decompressor.needs_input else b""
+    return decompressor.unconsumed_tail or None
+
+
+def zstd_frame_end(data: Payload, start: int) -> int:
     """Where the zstd frame at `start` ends, from its frame and block headers (RFC 8878)."""
     descriptor = data[start + 4] if start + 4 < len(data) else 0
     single_segment = descriptor >> 5 & 1
@@ -359,7 +454,7 @@ def zstd_frame_end(data: bytes, start: int) -> int:
     return end
 
 
-def lz4_legacy_end(data: bytes, start: int) -> int:
+def lz4_legacy_end(data: Payload, start: int) -> int:
     """Where the lz4 legacy stream at `start` ends: the format has no end marker, so it ends
     at the end of the file, at zero padding, or where a chunk size cannot be one."""
     pos = start + 4
@@ -376,10 +471,35 @@ def lz4_legacy_end(data: bytes, start: int) -> int:
     return pos
 
 
-def decompress_with_tool(argv: list[str], compressed: bytes, start: int) -> bytes:
-    proc = run(argv, input=compressed, check=False)
-    if proc.returncode != 0:
-        message = proc.stdout.decode("utf-8", "replace").strip().splitlines()
-        detail = message[-1] if message else f"exit code {proc.returncode}"
-        raise SegmentError(f"{argv[0]} segment at offset {start} is corrupt: {detail}")
-    return proc.stdout
+def decompress_with_tool(
+    argv: list[str], data: Payload, start: int, end: int, out: IO[bytes], limit: int
+) -> None:
+    """Decompress `data[start:end]` with a tool into `out`, stopping it once `out` holds
+    more than `limit` bytes (measured as it writes: a bomb ends the check, not the disk)."""
+    with tempfile.TemporaryFile(prefix="plasmaboot-segment-in-") as source:
+        for pos in range(start, end, COPY_CHUNK):
+            source.write(data[pos : min(pos + COPY_CHUNK, end)])
+        source.seek(0)
+        with tempfile.TemporaryFile() as errors:
+            with start_tool(argv, source, out, errors) as proc:
+                waited = 0.0
+                while proc.poll() is None:
+                    if os.fstat(out.fileno()).st_size > limit or waited > TOOL_TIMEOUT:
+                        proc.stop()
+                        break
+                    time.sleep(TOOL_POLL_SECONDS)
+                    waited += TOOL_POLL_SECONDS
+                code = proc.wait()
+            if os.fstat(out.fileno()).st_size > limit:
+                raise too_large(
+                    Compression.ZSTD if argv[0] == "zstd" else Compression.LZ4, start, limit
+                )
+            if code != 0:
+                errors.seek(0)
+                message = errors.read().decode("utf-8", "replace").strip().splitlines()
+                detail = message[-1] if message else f"exit code {code}"
+                raise SegmentError(f"{argv[0]} segment at offset {start} is corrupt: {detail}")
+
+
+def start_tool(argv: list[str], source: IO[bytes], out: IO[bytes], errors: IO[bytes]) -> Background:
+    return start(argv, stdin=source, stdout=out, stderr=errors)

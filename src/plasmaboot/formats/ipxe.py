@@ -17,6 +17,8 @@ BOOT_SERVER = "${boot-server}"
 # The script a PXE loader asks for first (over TFTP, or HTTP from `serve`).
 BOOT_SCRIPT = "boot.ipxe"
 HEADER = "#!ipxe"
+# A set's script is a few hundred bytes (the kernel line at most 2048 characters).
+MAX_SCRIPT_SIZE = 64 << 10
 # A set's label, as a profile (and variant) name makes it: one path segment of a URL.
 LABEL = r"[a-z0-9][a-z0-9-]*"
 

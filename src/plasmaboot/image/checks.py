@@ -15,6 +15,7 @@ from plasmaboot.formats.bzimage import check_kernel_size, read_kernel_header
 from plasmaboot.formats.cpio import Compression
 from plasmaboot.formats.sshkeys import read_public_keys
 from plasmaboot.image.backend import Backend
+from plasmaboot.paths import cache_dir
 from plasmaboot.profiles.located_errors import display_path
 from plasmaboot.profiles.model import Profile
 
@@ -30,9 +31,11 @@ def check_inputs(
     backend: Backend,
     ssh_keys: Sequence[Path],
     directories: Sequence[tuple[Path, str]],
+    allow_no_keys: bool = False,
 ) -> None:
     """Everything that can be wrong before a build starts: the backend's options, its
-    tools, every key and package file, and the (directory, option) pairs to write."""
+    tools, every key and package file, the (directory, option) pairs to write, and an
+    image nobody could log into (no key at all, unless `allow_no_keys`)."""
     backend.check_options()
     backend.check_available()
     for path in ssh_keys:
@@ -43,6 +46,58 @@ def check_inputs(
         check_service_packages(profile)
     for directory, option in directories:
         check_creatable_dir(directory, option)
+    check_output_places(directories, cache_dir())
+    if not allow_no_keys:
+        check_some_key(profiles, ssh_keys)
+
+
+def check_some_key(profiles: Sequence[Profile], ssh_keys: Sequence[Path]) -> None:
+    """An image with no authorized key is one nobody can log into: refused unless asked
+    for (`--no-ssh-key`)."""
+    if ssh_keys:
+        return
+    keyless = [profile.label for profile in profiles if not profile.ssh.authorized_keys]
+    if keyless:
+        raise UserError(
+            f"{keyless[0]}: no SSH key: neither --ssh-key nor the profile's "
+            "ssh.authorized_keys gives one, so nobody could log into the image",
+            hint="pass --ssh-key ~/.ssh/id_ed25519.pub, or --no-ssh-key to build it anyway",
+        )
+
+
+def check_output_places(directories: Sequence[tuple[Path, str]], cache: Path) -> None:
+    """Each directory the build writes is a directory of its own: not the filesystem's
+    root, not inside the cache (which the build prunes), and not equal to or inside
+    another one (publishing into the output directory would repoint a set's own link at
+    a copy with no manifest)."""
+    places = [(real_path(directory), directory, option) for directory, option in directories]
+    cache_real = real_path(cache)
+    for real, directory, option in places:
+        if real.parent == real:
+            raise UserError(
+                f"{option} {directory}: expected a directory of its own, got the filesystem's root",
+                hint="choose a directory such as ./artifacts or /srv/pxe",
+            )
+        if real.is_relative_to(cache_real):
+            raise UserError(
+                f"{option} {directory}: expected a directory outside the build cache "
+                f"{display_path(cache)}, which the build manages",
+                hint="choose a directory such as ./artifacts, or move the cache (PLASMABOOT_CACHE)",
+            )
+    for index, (real, directory, option) in enumerate(places):
+        for other_real, other, other_option in places[index + 1 :]:
+            if real.is_relative_to(other_real) or other_real.is_relative_to(real):
+                raise UserError(
+                    f"{other_option} {other}: expected a directory apart from {option} "
+                    f"{directory}, got the same directory or one inside the other",
+                    hint="publish to a directory of its own, e.g. /srv/pxe/assets",
+                )
+
+
+def real_path(directory: Path) -> Path:
+    """Where `directory` is, through its links (a part that does not exist yet is taken
+    as written)."""
+    return Path(os.path.realpath(directory.absolute()))
 
 
 def check_public_key(path: Path, where: str) -> None:

@@ -62,6 +62,7 @@ class BuildOptions:
     jobs: int = 1
     use_cache: bool = True
     ssh_keys: tuple[Path, ...] = ()
+    allow_no_keys: bool = False  # build an image no key can log into (--no-ssh-key)
 
     def output_dirs(self) -> list[tuple[Path, str]]:
         """The directories the build writes, with the option that named each."""
@@ -103,7 +104,7 @@ def build_profiles(
     on_backend: Callable[[str], None] | None = None,
 ) -> list[BuildOutcome]:
     backend, reason = select_backend(options.backend, options.backend_options)
-    check_inputs(profiles, backend, options.ssh_keys, options.output_dirs())
+    check_inputs(profiles, backend, options.ssh_keys, options.output_dirs(), options.allow_no_keys)
     create_output_dirs(options.output_dirs())
     if on_backend is not None:
         on_backend(f"{backend.name} ({reason})")

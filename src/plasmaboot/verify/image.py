@@ -20,7 +20,7 @@ from plasmaboot.formats import FormatError
 from plasmaboot.formats.sshkeys import public_key_type
 from plasmaboot.profiles.model import ResolvedService
 from plasmaboot.verify.initrd import RootImage
-from plasmaboot.verify.sshd import SSHD_DEFAULTS, read_sshd_config
+from plasmaboot.verify.sshd import LOGIN_KEYWORDS, SSHD_DEFAULTS, read_sshd_config
 from plasmaboot.verify.tree import EXTRACTED_PREFIXES, ImageEntry, ImageTree, list_squashfs
 
 KEY_SCAN_MAX_SIZE = 64 << 10
@@ -110,7 +110,7 @@ def check_sshd(name: str, tree: ImageTree) -> Check:
     problems += [
         f"{keyword} {value} in a Match block of /{path}"
         for path, keyword, value in config.in_match
-        if value not in SSHD_KEY_ONLY[keyword]
+        if keyword not in LOGIN_KEYWORDS and value not in SSHD_KEY_ONLY[keyword]
     ]
     if problems:
         return failed(name, "not key-only: " + "; ".join(problems))
@@ -168,6 +168,85 @@ def check_service(name: str, tree: ImageTree, service: ResolvedService) -> Check
     return passed(name, f"unit present, {'enabled in ' + wants if links else 'not enabled'}")
 
 
+# What the image's sshd config may say about key files (contract C2): root's own keys and
+# the per-node layer's; sshd's default (unset) also reads only files under ~/.ssh.
+AUTHORIZED_KEYS_FILE = ".ssh/authorized_keys /etc/plasmaboot/node/authorized_keys"
+SSHD_UNITS = ("ssh.service", "sshd.service", "ssh@.service", "ssh.socket")
+GETTY_AUTOLOGIN = re.compile(r"(--autologin|\s-a\s)")
+SSHD_OTHER_CONFIG = re.compile(r"[\s\"'=]-[fo]\s*\S")
+
+
+def check_login_paths(name: str, tree: ImageTree) -> Check:
+    """No way in but root's keys: sshd reads no other key file or key command, no second
+    uid-0 account, no empty password, no getty logs in by itself, no sshd unit runs
+    another config."""
+    problems = sshd_login_problems(tree) + account_problems(tree) + unit_problems(tree)
+    if problems:
+        return failed(name, "; ".join(problems))
+    return passed(name, "only root's authorized_keys lead in")
+
+
+def sshd_login_problems(tree: ImageTree) -> list[str]:
+    config = read_sshd_config(tree)
+    login = config.login
+    problems = [
+        f"sshd {keyword} {value}"
+        for keyword, value in login.items()
+        if keyword != "authorizedkeysfile" and value.lower() != "none"
+    ]
+    problems += [
+        f"sshd {keyword} {value} in a Match block of /{path}"
+        for path, keyword, value in config.in_match
+        if keyword in LOGIN_KEYWORDS
+    ]
+    keys_file = login.get("authorizedkeysfile")
+    if keys_file is not None and keys_file != AUTHORIZED_KEYS_FILE:
+        problems.append(f"sshd AuthorizedKeysFile {keys_file} (expected {AUTHORIZED_KEYS_FILE})")
+    return problems
+
+
+def account_problems(tree: ImageTree) -> list[str]:
+    problems = []
+    for line in (tree.read_text("etc/passwd") or "").splitlines():
+        fields = line.split(":")
+        if len(fields) < 4:
+            continue
+        if fields[0] != "root" and fields[2].strip() == "0":
+            problems.append(f"{fields[0]!r} has uid 0 in /etc/passwd")
+        if fields[1] == "" and fields[0] != "root":  # root: image.root-password
+            problems.append(f"{fields[0]!r} has an empty password in /etc/passwd")
+    for line in (tree.read_text("etc/shadow") or "").splitlines():
+        fields = line.split(":")
+        if len(fields) > 1 and fields[1] == "" and fields[0] != "root":
+            problems.append(f"{fields[0]!r} has an empty password in /etc/shadow")
+    return problems
+
+
+def unit_problems(tree: ImageTree) -> list[str]:
+    problems = []
+    for path, entry in sorted(tree.entries.items()):
+        if not path.startswith("etc/systemd/system/") or entry.kind not in ("-", "l"):
+            continue
+        unit = path.removeprefix("etc/systemd/system/").split("/")[0].removesuffix(".d")
+        is_getty = "getty" in unit
+        is_sshd = unit.split("/")[0] in SSHD_UNITS
+        if not (is_getty or is_sshd):
+            continue
+        resolved = tree.resolve(path)
+        if resolved is None or not resolved.startswith(EXTRACTED_PREFIXES):
+            continue  # the distribution's own unit (an enabling link into /usr/lib)
+        text = tree.read_text(resolved) or ""
+        exec_lines = [line for line in text.splitlines() if line.strip().startswith("ExecStart")]
+        if is_getty and any(GETTY_AUTOLOGIN.search(f" {line} ") for line in exec_lines):
+            problems.append(f"/{path} logs in without a password (autologin)")
+        if is_sshd and any(SSHD_OTHER_CONFIG.search(line) for line in exec_lines):
+            problems.append(f"/{path} runs sshd with another config (-f/-o)")
+    for line in (tree.read_text("etc/default/ssh") or "").splitlines():
+        if line.strip().startswith("SSHD_OPTS") and SSHD_OTHER_CONFIG.search(f" {line} "):
+            problems.append("/etc/default/ssh gives sshd another config (SSHD_OPTS -f/-o)")
+    return problems
+
+
 TreeCheck = Callable[[str, ImageTree], Check]
 TREE_CHECKS: dict[str, TreeCheck] = {
     "image.private-keys": check_private_keys,
@@ -175,6 +254,7 @@ TREE_CHECKS: dict[str, TreeCheck] = {
     "image.root-password": check_root_password,
     "image.sshd": check_sshd,
     "image.authorized-keys": check_authorized_keys,
+    "image.login-paths": check_login_paths,
 }
 
 

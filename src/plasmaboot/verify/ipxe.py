@@ -11,7 +11,13 @@ from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL
 from plasmaboot.artifacts.manifest import Manifest
 from plasmaboot.checks import Check, failed, passed, skipped
 from plasmaboot.formats import FormatError
-from plasmaboot.formats.ipxe import HEADER, NetbootScript, parse_netboot_script
+from plasmaboot.formats.ipxe import (
+    HEADER,
+    MAX_SCRIPT_SIZE,
+    NetbootScript,
+    parse_netboot_script,
+)
+from plasmaboot.paths import read_regular_file
 from plasmaboot.verify.manifest import is_plain_file
 
 LATER_CHECKS = ("ipxe.script", "ipxe.files", "ipxe.kernel-line")
@@ -20,10 +26,16 @@ LATER_CHECKS = ("ipxe.script", "ipxe.files", "ipxe.kernel-line")
 def check_ipxe(directory: Path, manifest: Manifest | None) -> Iterator[Check]:
     path = directory / IPXE
     try:
-        data = path.read_bytes()
+        # never blocks on a FIFO nor reads a device or a giant whole
+        data = read_regular_file(path, MAX_SCRIPT_SIZE + 1)
     except OSError as exc:
         reason = f"{IPXE} is missing" if not path.exists() else f"{IPXE} unreadable: {exc}"
         yield failed("ipxe.header", reason)
+        yield from skip(LATER_CHECKS, "no script to read")
+        return
+    if data is None or len(data) > MAX_SCRIPT_SIZE:
+        what = "not a regular file" if data is None else f"over {MAX_SCRIPT_SIZE} bytes"
+        yield failed("ipxe.header", f"{IPXE} is {what}: not a script plasmaboot writes")
         yield from skip(LATER_CHECKS, "no script to read")
         return
     first = data.split(b"\n", 1)[0].decode("utf-8", "replace")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from plasmaboot.formats import FormatError
 from plasmaboot.verify.tree import ImageTree
@@ -17,6 +17,13 @@ SSHD_DEFAULTS = {
     "passwordauthentication": "yes",
     "kbdinteractiveauthentication": "yes",
 }
+# Keywords that add a way in besides root's authorized_keys; their values are kept whole.
+LOGIN_KEYWORDS = (
+    "authorizedkeysfile",
+    "authorizedkeyscommand",
+    "authorizedprincipalsfile",
+    "authorizedprincipalscommand",
+)
 SSHD_ALIASES = {"challengeresponseauthentication": "kbdinteractiveauthentication"}
 SSHD_LINE = re.compile(r"^(\S+?)(?:\s*=\s*|\s+)(.*)$")
 SSHD_MAX_DEPTH = 16
@@ -32,6 +39,7 @@ class SshdConfig:
     files: list[str]
     # AuthorizedKeysFile's first value outside Match blocks: all its arguments, as written
     authorized_keys_files: list[str] | None = None
+    login: dict[str, str] = field(default_factory=dict)  # LOGIN_KEYWORDS, values whole
 
 
 def sshd_arguments(text: str) -> list[str]:
@@ -71,9 +79,13 @@ def read_sshd_file(
                 absolute = pattern if pattern.startswith("/") else f"/etc/ssh/{pattern}"
                 for included in tree.glob(absolute):
                     read_sshd_file(tree, included, config, in_match, depth + 1)
-        elif keyword == "authorizedkeysfile" and not in_match:
-            if config.authorized_keys_files is None:
-                config.authorized_keys_files = arguments
+        elif keyword in LOGIN_KEYWORDS and arguments:
+            if in_match:
+                config.in_match.append((path, keyword, " ".join(arguments)))
+            else:
+                config.login.setdefault(keyword, " ".join(arguments))
+                if keyword == "authorizedkeysfile" and config.authorized_keys_files is None:
+                    config.authorized_keys_files = arguments
         elif keyword in SSHD_DEFAULTS and arguments:
             value = arguments[0].lower()
             if in_match:

@@ -109,7 +109,9 @@ HOOK_MODULE = "plasmaboot.image.backends.debian.hook"
 
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-RELEASE_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
+RELEASE_PATTERN = re.compile(r"[a-z][a-z0-9-]*")
+# The mirror is one word of an apt sources line and of mmdebstrap's command line.
+MIRROR_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\s\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -168,12 +170,13 @@ class DebianOptions(BackendOptions):
 
 
 def check_mirror_url(flag: str, value: str, example: str) -> None:
+    if MIRROR_FORBIDDEN.search(value):  # urlsplit drops newlines; apt's sources would not
+        raise UserError(
+            f"{flag}: expected a URL with no spaces or control characters, got {value!r}",
+            hint=f"for example {example}",
+        )
     url = urlsplit(value)
-    if (
-        url.scheme not in {"http", "https", "file"}
-        or (url.scheme != "file" and not url.hostname)
-        or any(ord(c) < 0x21 or c == "\x7f" for c in value)
-    ):
+    if url.scheme not in {"http", "https", "file"} or (url.scheme != "file" and not url.hostname):
         raise UserError(
             f"{flag}: expected an http(s):// or file:// URL, got {value!r}",
             hint=f"for example {example}",

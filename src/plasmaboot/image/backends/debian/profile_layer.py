@@ -367,12 +367,13 @@ def is_table_array(value: Any) -> bool:
 
 
 def toml_key(key: str) -> str:
-    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else toml_string(key)
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_string(key)
 
 
 def toml_string(text: str) -> str:
-    # JSON string escapes are valid TOML basic-string escapes; keep non-ASCII as UTF-8
-    return json.dumps(text, ensure_ascii=False)
+    # JSON string escapes are valid TOML basic-string escapes; keep non-ASCII as UTF-8.
+    # JSON leaves DEL raw, which a TOML string may not hold.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def toml_value(value: Any) -> str:
