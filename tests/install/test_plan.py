@@ -100,7 +100,7 @@ def test_percent_sizes_are_of_the_disk() -> None:
 def test_luks_and_lvm_read_the_key_from_a_file_never_the_command_line() -> None:
     plan = make_plan(load_layout(LAYOUTS / "lvm-luks.toml"), [Disk("/dev/nvme0n1", 64 * GIB)])
     commands = plan.storage_commands("/run/plasmaboot-install/secrets")
-    key = "--key-file=/run/plasmaboot-install/secrets/luks/root.key"
+    key = "--key-file=/run/plasmaboot-install/secrets/etc/plasmaboot/luks/root.key"
     assert commands[0] == [
         "cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", key, "/dev/nvme0n1p4",
     ]  # fmt: skip

@@ -19,7 +19,7 @@ are cut, as data. disko's ideas in our format; one model, its JSON Schema, locat
     size = "rest"
     filesystem = "ext4"
     mount = "/"
-    luks = { name = "cryptroot", key = "luks/root.key" }   # optional; key under the secrets
+    luks = { name = "cryptroot", key = "etc/luks/root.key" }  # optional; a secrets file
 
     [[volume_groups]]                  # optional LVM: partitions of type "lvm" name it
     name = "vg0"
@@ -62,7 +62,7 @@ PATTERN_EXPECTATIONS: dict[str, str] = {
     NAME_PATTERN: "a name of lowercase letters, digits, '_' and '-' (at most 31)",
     MOUNT_PATTERN: "an absolute mount point like /boot/efi",
     MATCH_PATTERN: "a device path like /dev/vda or a glob like /dev/disk/by-id/nvme-*",
-    KEY_PATTERN: "a path relative to the machine's secrets, like luks/root.key",
+    KEY_PATTERN: "a path relative to the machine's secrets, like etc/luks/root.key",
 }
 MAX_LAYOUT_SIZE = 1 << 20
 UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

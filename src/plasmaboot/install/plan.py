@@ -142,11 +142,8 @@ class Plan:
 
     def crypttab(self, uuids: dict[str, str]) -> str:
         """/etc/crypttab: each LUKS mapping unlocked at boot with its key from the installed
-        root's secrets (where `install` copied them, mode 0600)."""
-        lines = [
-            f"{name}\tUUID={uuids[device]}\t/etc/plasmaboot/secrets/{key}\tluks"
-            for device, name, key in self.luks
-        ]
+        root's secrets (the tree lands as it is: the key file is /<key>, mode 0600)."""
+        lines = [f"{name}\tUUID={uuids[device]}\t/{key}\tluks" for device, name, key in self.luks]
         return "\n".join(lines) + "\n" if lines else ""
 
     def script(self, secrets: str, target: str = TARGET) -> str:
