@@ -1,4 +1,5 @@
-"""`plasmaboot machines list|show|check|schema`: the machine inventory (machines.toml)."""
+"""`plasmaboot machines list|show|check|schema|reinstall`: the machine inventory
+(machines.toml) and what serve answers an installed machine."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rich.table import Table
 
 from plasmaboot.cli.context import Context, console, pass_context
 from plasmaboot.errors import UserError
+from plasmaboot.inventory.installed import clear_installed
 from plasmaboot.inventory.load import Inventory, load_inventory
 from plasmaboot.inventory.model import Machine, inventory_json_schema
 
@@ -126,3 +128,21 @@ def machines_check(obj: Context, inventory: Path | None, as_json: bool) -> None:
 def machines_schema() -> None:
     """Print the JSON Schema of machines.toml (for editors)."""
     click.echo(json.dumps(inventory_json_schema(), indent=2))
+
+
+@machines.command("reinstall")
+@click.argument("name")
+@inventory_option
+@pass_context
+def machines_reinstall(obj: Context, name: str, inventory: Path | None) -> None:
+    """Mark machine NAME for reinstall: its next PXE boot gets its image again, not its disk."""
+    found = require_inventory(obj, inventory)
+    if name not in found.machines:
+        raise UserError(
+            f"no machine {name!r} in {found.path}",
+            hint=f"known machines: {', '.join(found.machines) or '(none)'}",
+        )
+    if clear_installed(found.path, name):
+        console.print(f"{escape(name)}: marked for reinstall (its next PXE boot gets its image)")
+    else:
+        console.print(f"{escape(name)}: not installed; nothing to do")

@@ -37,6 +37,7 @@ from plasmaboot.formats import FormatError
 from plasmaboot.formats.ipxe import BOOT_SCRIPT
 from plasmaboot.inventory.load import Inventory
 from plasmaboot.paths import read_regular_file
+from plasmaboot.serve.installed import local_boot_script
 from plasmaboot.serve.machines import (
     InventoryWatch,
     ask_with_mac_script,
@@ -148,6 +149,15 @@ def machine_script(request: web.Request, inventory: Inventory) -> web.Response:
         reason = f"MAC {found.mac} is not in the inventory" if found.mac else "no valid MAC given"
         return script_response(refusal_script(reason))
     machine = found.machine
+    local = local_boot_script(inventory.path, machine)
+    if local is not None:
+        events.info(
+            "boot: machine %s (MAC %s) from %s is installed: local disk",
+            machine.name,
+            found.mac,
+            client,
+        )
+        return script_response(local)
     boot_set = find_set(request.app[ROOT_KEY], machine.label)
     text = read_script(boot_set)
     if boot_set is None or text is None:
