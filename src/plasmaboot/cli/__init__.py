@@ -1,5 +1,5 @@
 """The plasmaboot command line: profiles, schema, build, publish, verify, serve, machines,
-pxe-server, check and boot-test, one module per command group.
+pxe-server, check, boot-test and install, one module per command group.
 
 Exit codes: 0 success, 1 a failure while working, 2 bad input or usage. A user error is one
 line (what, where) plus a hint; a traceback only with --debug.
@@ -16,6 +16,7 @@ from plasmaboot.cli.boot import boot_test
 from plasmaboot.cli.build import build, publish
 from plasmaboot.cli.check import check
 from plasmaboot.cli.context import Context, Group, console, err_console
+from plasmaboot.cli.install import install
 from plasmaboot.cli.machines import machines
 from plasmaboot.cli.profiles import profiles, schema
 from plasmaboot.cli.pxe import pxe_server
@@ -51,6 +52,18 @@ def main(ctx: click.Context, debug: bool, profiles_dirs: tuple[Path, ...]) -> No
     ctx.obj = Context(debug, profiles_dirs)
 
 
-COMMANDS = (profiles, schema, machines, build, publish, verify, serve, pxe_server, check, boot_test)
+COMMANDS = (
+    profiles,
+    schema,
+    machines,
+    build,
+    publish,
+    verify,
+    serve,
+    pxe_server,
+    check,
+    boot_test,
+    install,
+)
 for command in COMMANDS:
     main.add_command(command)

@@ -1,0 +1,61 @@
+"""install.packages: which .debs the node needs, from control fields, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from plasmaboot.errors import UserError
+from plasmaboot.install.packages import Deb, closure, parse_control, parse_relations
+
+
+def deb(name: str, depends: str = "", provides: str = "") -> Deb:
+    return Deb(
+        Path(f"{name}_1_amd64.deb"),
+        name,
+        parse_relations(depends),
+        tuple(g[0] for g in parse_relations(provides)),
+    )
+
+
+def test_relations_keep_names_and_alternatives() -> None:
+    assert parse_relations("a (>= 1.2), b | c:any, d [amd64], ") == (("a",), ("b", "c"), ("d",))
+
+
+def test_control_fields_are_read_with_continuations() -> None:
+    text = (
+        "Package: grub-common\nVersion: 2.06\nDepends: libc6 (>= 2.34),\n libfuse3-3\n"
+        "Pre-Depends: dpkg\n"
+    )
+    parsed = parse_control(Path("x.deb"), text)
+    assert parsed.package == "grub-common"
+    assert parsed.depends == (("dpkg",), ("libc6",), ("libfuse3-3",))
+
+
+def test_the_closure_skips_what_the_node_has_and_orders_dependencies_first() -> None:
+    available = {
+        d.package: d
+        for d in (
+            deb("grub-pc-bin", "grub-common"),
+            deb("grub-common", "libc6, libfuse3-3 | fuse-alt, gettext-base"),
+            deb("libfuse3-3", "libc6"),
+            deb("gettext-base"),
+            deb("libc6"),
+        )
+    }
+    chosen = [d.package for d in closure(["grub-pc-bin"], available, {"libc6", "gettext-base"})]
+    assert chosen == ["libfuse3-3", "grub-common", "grub-pc-bin"]
+
+
+def test_a_virtual_package_is_satisfied_by_its_provider() -> None:
+    available = {d.package: d for d in (deb("a", "awk"), deb("mawk", provides="awk"))}
+    assert [d.package for d in closure(["a"], available, set())] == ["mawk", "a"]
+    assert [d.package for d in closure(["a"], available, {"awk"})] == ["a"]
+
+
+def test_what_neither_side_has_is_named() -> None:
+    with pytest.raises(UserError) as caught:
+        closure(["grub-pc-bin"], {"grub-pc-bin": deb("grub-pc-bin", "grub-common")}, set())
+    assert caught.value.message.startswith("the deb cache lacks grub-common")
+    assert caught.value.hint is not None and "--fetch-debs" in caught.value.hint
