@@ -14,6 +14,7 @@ from plasmaboot.errors import PlasmabootError, UserError, WorkError
 from plasmaboot.install.debian import Install
 from plasmaboot.install.flow import Report, check_services, install_to_disk
 from plasmaboot.install.layout import load_layout
+from plasmaboot.install.packages import Deb
 from plasmaboot.install.secrets import list_secrets
 from plasmaboot.log import Log
 
@@ -191,3 +192,15 @@ def test_the_report_is_json_with_the_failure(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "r" / "install-cp1.json").read_text())
     assert data["failed_step"] == "inspect" and data["ok"] is False and data["hint"] == "y"
     assert UserError  # the refusals above are UserErrors (exit 2)
+
+
+def test_disk_tools_the_node_lacks_are_installed_in_its_ram_first(tmp_path: Path) -> None:
+    deb = tmp_path / "dosfstools_4.2-1_amd64.deb"
+    deb.write_bytes(b"deb")
+    node = FakeNode()
+    tools = [Deb(deb, "dosfstools", (), ())]
+    run_install(tmp_path, node, job(tmp_path, node_debs=tools))
+    scripts = node.scripts()
+    install_line = "dpkg -i /run/plasmaboot-install/debs/dosfstools_4.2-1_amd64.deb"
+    assert scripts.index(install_line) < scripts.index("sgdisk --zap-all")
+    assert "chroot" not in scripts[: scripts.index(install_line)]

@@ -59,3 +59,13 @@ def test_what_neither_side_has_is_named() -> None:
         closure(["grub-pc-bin"], {"grub-pc-bin": deb("grub-pc-bin", "grub-common")}, set())
     assert caught.value.message.startswith("the deb cache lacks grub-common")
     assert caught.value.hint is not None and "--fetch-debs" in caught.value.hint
+
+
+def test_the_node_needs_the_tools_of_the_layouts_filesystems() -> None:
+    from plasmaboot.install.layout import load_layout
+    from plasmaboot.install.packages import node_packages
+
+    assert node_packages(load_layout(Path("layouts/default.toml"))) == [
+        "gdisk", "parted", "dosfstools", "e2fsprogs",
+    ]  # fmt: skip
+    assert "xfsprogs" in node_packages(load_layout(Path("layouts/control-plane.toml")))

@@ -23,7 +23,14 @@ from plasmaboot.install.flow import (
     wait_for_installed,
 )
 from plasmaboot.install.layout import Layout, default_layout_path, load_layout
-from plasmaboot.install.packages import BOOT_PACKAGES, Deb, closure, fetch_debs, read_debs
+from plasmaboot.install.packages import (
+    BOOT_PACKAGES,
+    Deb,
+    closure,
+    fetch_debs,
+    node_packages,
+    read_debs,
+)
 from plasmaboot.install.remote import SshRemote
 from plasmaboot.install.secrets import list_secrets
 from plasmaboot.inventory.installed import mark_installed, record_installed_host_keys
@@ -180,8 +187,9 @@ def install(
                 wipe=wipe,
             )
             node = SshRemote(address, identity, pinned, first_use=insecure_first_use, log=log)
-            job.debs = needed_debs(
-                node, debs or cache_dir() / "debs" / release, fetch_debs, release, mirror, log
+            deb_dir = debs or cache_dir() / "debs" / release
+            job.debs, job.node_debs = needed_debs(
+                node, layout, deb_dir, fetch_debs, release, mirror, log
             )
             progress(as_json, f"installing {name} on {address} (layout {layout_path})")
             install_to_disk(job, node, report, log)
@@ -295,13 +303,23 @@ def set_name(artifacts: Path, label: str | None) -> str:
 
 
 def needed_debs(
-    node: SshRemote, directory: Path, fetch: bool, release: str, mirror: str, log: Log
-) -> list[Deb]:
+    node: SshRemote,
+    layout: Layout,
+    directory: Path,
+    fetch: bool,
+    release: str,
+    mirror: str,
+    log: Log,
+) -> tuple[list[Deb], list[Deb]]:
+    """(.debs for the installed system's boot, .debs the node lacks to make the layout)."""
     installed = set(node.sh("dpkg-query -W -f '${Package}\\n'").split())
     if fetch:
         fetch_debs(directory, release, mirror, log)
     available = read_debs(directory, log) if directory.is_dir() else {}
-    return closure(BOOT_PACKAGES, available, installed)
+    return (
+        closure(BOOT_PACKAGES, available, installed),
+        closure(node_packages(layout), available, installed),
+    )
 
 
 def print_nix(

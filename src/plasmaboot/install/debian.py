@@ -72,6 +72,7 @@ class Install:
     debs: list[Deb]  # what GRUB needs beyond the node's packages (packages.closure)
     services: tuple[str, ...]
     secrets: list[tuple[Path, Secret]]
+    node_debs: list[Deb] = field(default_factory=list)  # disk tools the node lacks
     ipv4: str | None = None  # "10.20.0.11/24": a static address, else DHCP
     macs: tuple[str, ...] = ()
     wipe: bool = False
@@ -136,6 +137,10 @@ def make_disks(install: Install, remote: Remote) -> None:
             "the Debian installer does not encrypt yet (its initramfs has no cryptsetup)",
             hint="use a layout without luks, or the Nix backend (nixos-anywhere + disko)",
         )
+    if install.node_debs:  # into the node's RAM overlay: gone at reboot
+        remote.sh(f"mkdir -p {WORK}/debs\ntar -x -C {WORK}/debs", input=debs_tar(install.node_debs))
+        names = [f"{WORK}/debs/{deb.path.name}" for deb in install.node_debs]
+        remote.sh("DEBIAN_FRONTEND=noninteractive " + q("dpkg", "-i", *names), timeout=600)
     remote.sh(install.plan.script(f"{WORK}/secrets", TARGET))
 
 

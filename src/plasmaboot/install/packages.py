@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plasmaboot.errors import UserError
+from plasmaboot.install.layout import Layout
 from plasmaboot.log import Log
 from plasmaboot.run import require_tool, run
 
@@ -28,6 +29,11 @@ BOOT_PACKAGES = (
     "grub-common",
     "initramfs-tools",
 )
+# What the node itself needs to cut and format the disk, by filesystem (installed in its
+# RAM overlay when missing: the image carries gdisk, parted, e2fsprogs and xfsprogs).
+NODE_PACKAGES = {"vfat": "dosfstools", "xfs": "xfsprogs", "ext4": "e2fsprogs"}
+NODE_BASE = ("gdisk", "parted")
+FETCHED = (*BOOT_PACKAGES, *NODE_PACKAGES.values(), *NODE_BASE)
 DEB_FIELDS = ("Package", "Version", "Depends", "Pre-Depends", "Provides")
 FETCH_TIMEOUT = 1800.0
 
@@ -120,15 +126,23 @@ def read_debs(directory: Path, log: Log | None = None) -> dict[str, Deb]:
     return found
 
 
+def node_packages(layout: Layout) -> list[str]:
+    """The packages whose tools make `layout` on the node."""
+    filesystems = [p.filesystem for d in layout.disks for p in d.partitions if p.filesystem]
+    filesystems += [v.filesystem for g in layout.volume_groups for v in g.volumes]
+    wanted = [NODE_PACKAGES[f.value] for f in filesystems if f.value in NODE_PACKAGES]
+    return list(dict.fromkeys([*NODE_BASE, *wanted]))
+
+
 def fetch_debs(directory: Path, release: str, mirror: str, log: Log | None = None) -> None:
-    """Download BOOT_PACKAGES and their dependencies into `directory` with mmdebstrap (into
-    a throwaway tree; only the .debs are kept)."""
+    """Download FETCHED (the boot loader and the node's disk tools) and their dependencies
+    into `directory` with mmdebstrap (into a throwaway tree; only the .debs are kept)."""
     directory.mkdir(parents=True, exist_ok=True)
     run(
         [
             require_tool("mmdebstrap"),
             "--variant=essential",
-            f"--include={','.join(BOOT_PACKAGES)}",
+            f"--include={','.join(FETCHED)}",
             "--format=null",
             '--setup-hook=mkdir -p "$1"/var/cache/apt/archives',
             f"--setup-hook=sync-in {directory} /var/cache/apt/archives/",
