@@ -89,7 +89,9 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
     type=click.Path(path_type=Path, file_okay=False),
     help="Directory of .debs for GRUB (default: the build cache's debs/<release>).",
 )
-@click.option("--fetch-debs", is_flag=True, help="Download the missing .debs into --debs first.")
+@click.option(
+    "--fetch-debs", is_flag=True, help="Download the .debs into --debs when some are missing."
+)
 @click.option(
     "--release", default="bookworm", show_default=True, help="Debian release of the image."
 )
@@ -197,6 +199,9 @@ def install(
             installed_keys.write_text("".join(f"{address} {key}\n" for key in job.host_keys))
             if inventory and entry:
                 record_installed_host_keys(inventory, name, address, job.host_keys)
+            if inventory and entry:
+                # before the reboot: the machine's next PXE boot must get its disk
+                mark_installed(inventory, name, set_name(artifacts, label), report_path)
             if not no_reboot:
                 progress(as_json, "rebooting into the installed system")
                 reboot(node)
@@ -204,8 +209,6 @@ def install(
                 wait_for_installed(first, boot_timeout)
                 report.data["service_states"] = check_services(first, job.services)
             report.ok = True
-            if inventory and entry:
-                mark_installed(inventory, name, set_name(artifacts, label), report_path)
         except PlasmabootError as exc:
             report.error = report.error or exc.message
             report.hint = report.hint or exc.hint
@@ -313,13 +316,21 @@ def needed_debs(
 ) -> tuple[list[Deb], list[Deb]]:
     """(.debs for the installed system's boot, .debs the node lacks to make the layout)."""
     installed = set(node.sh("dpkg-query -W -f '${Package}\\n'").split())
-    if fetch:
-        fetch_debs(directory, release, mirror, log)
-    available = read_debs(directory, log) if directory.is_dir() else {}
-    return (
-        closure(BOOT_PACKAGES, available, installed),
-        closure(node_packages(layout), available, installed),
-    )
+
+    def resolve() -> tuple[list[Deb], list[Deb]]:
+        available = read_debs(directory, log) if directory.is_dir() else {}
+        return (
+            closure(BOOT_PACKAGES, available, installed),
+            closure(node_packages(layout), available, installed),
+        )
+
+    try:
+        return resolve()
+    except UserError:
+        if not fetch:
+            raise
+    fetch_debs(directory, release, mirror, log)  # only what the cache lacks is downloaded
+    return resolve()
 
 
 def print_nix(
