@@ -337,7 +337,8 @@ def copy_secrets(install: Install, remote: Remote) -> None:
 
 
 def finish(install: Install, remote: Remote) -> None:
-    remote.sh(f"sync\numount -R {TARGET}")
+    # lazily if something still holds it (after sync, nothing is lost: the reboot follows)
+    remote.sh(f"sync\numount -R {TARGET} || umount -R -l {TARGET}")
 
 
 STEPS = (
