@@ -102,6 +102,10 @@ def test_an_install_runs_every_step_in_order(tmp_path: Path) -> None:
         "grub-install"
     )
     assert "grub-install --target=i386-pc /dev/vda" in scripts
+    restore = scripts.index(
+        "dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs"
+    )
+    assert restore < scripts.index("update-initramfs -c -k 6.1.0-28-amd64")
     assert (
         "--target=x86_64-efi --efi-directory=/boot/efi --removable --no-nvram /dev/vda" in scripts
     )

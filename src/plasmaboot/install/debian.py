@@ -48,6 +48,12 @@ WORK = "/run/plasmaboot-install"  # on the node's tmpfs: gone at reboot
 LOWER = f"{WORK}/lower"
 HOST_KEY_TYPES = ("ed25519", "ecdsa")
 STATIC_NETWORK = "etc/systemd/network/05-plasmaboot-static.network"
+RESTORE_UPDATE_INITRAMFS = """\
+if [ -e /usr/sbin/update-initramfs.distrib ]; then
+    rm -f /usr/sbin/update-initramfs
+    dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
+fi
+"""
 GRUB_DEFAULTS = """\
 # written by plasmaboot install
 GRUB_DEFAULT=0
@@ -264,6 +270,9 @@ def install_boot(install: Install, remote: Remote) -> None:
         )
         remote.sh(f"rm -rf {TARGET}/var/cache/plasmaboot-debs")
     write_file(remote, "etc/default/grub", GRUB_DEFAULTS.format(cmdline=install.kernel_cmdline))
+    # the image builder diverts update-initramfs to a no-op (a netboot image needs none);
+    # the installed system boots through one, so the real tool comes back
+    remote.sh(in_target("sh", "-euc", RESTORE_UPDATE_INITRAMFS))
     remote.sh(in_target("update-initramfs", "-c", "-k", version), timeout=900)
     boot_disk = install.plan.disks[0].device
     if install.layout.has_bios_grub():
