@@ -52,3 +52,4 @@ def test_a_failure_writes_the_report_in_the_state(tmp_path: Path) -> None:
     assert code == 2
     report = tmp_path / "machines.state" / "reports" / "install-cp1.json"
     assert '"ok": false' in report.read_text() and "no kernel" in report.read_text()
+    assert (tmp_path / "machines.state").stat().st_mode & 0o777 == 0o700

@@ -36,7 +36,7 @@ from plasmaboot.install.secrets import list_secrets
 from plasmaboot.inventory.installed import mark_installed, record_installed_host_keys
 from plasmaboot.inventory.load import load_inventory
 from plasmaboot.inventory.model import Machine
-from plasmaboot.inventory.state import read_json, state_dir
+from plasmaboot.inventory.state import make_private_dirs, read_json, state_dir
 from plasmaboot.log import Log
 from plasmaboot.paths import cache_dir
 
@@ -169,6 +169,7 @@ def install(
         else Path("install-report.json")
     )
     report = Report(name, address)
+    make_private_dirs(report_path.parent)  # the state directory is 0700 (C3)
     with (
         Log(report_path.with_suffix(".log"), subject=name) as log,
         tempfile.TemporaryDirectory() as tmp,

@@ -16,6 +16,7 @@ from typing import Any
 from plasmaboot.errors import PlasmabootError, WorkError
 from plasmaboot.install.debian import STEPS, Install, plan_json, release_previous
 from plasmaboot.install.remote import Remote
+from plasmaboot.inventory.state import make_private_dirs
 from plasmaboot.log import Log
 
 FIRST_BOOT_TIMEOUT = 600.0
@@ -51,7 +52,7 @@ class Report:
         }
 
     def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
         temp = path.with_name(f".{path.name}.tmp")
         temp.write_text(json.dumps(self.as_json(), indent=2) + "\n")
         temp.replace(path)
