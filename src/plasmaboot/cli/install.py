@@ -28,6 +28,7 @@ from plasmaboot.install.packages import (
     Deb,
     closure,
     fetch_debs,
+    kernel_config,
     node_packages,
     read_debs,
 )
@@ -191,7 +192,7 @@ def install(
             )
             node = SshRemote(address, identity, pinned, first_use=insecure_first_use, log=log)
             deb_dir = debs or cache_dir() / "debs" / release
-            job.debs, job.node_debs = needed_debs(
+            job.debs, job.node_debs, job.kernel_config = needed_debs(
                 node, layout, deb_dir, fetch_debs, release, mirror, log
             )
             progress(as_json, f"installing {name} on {address} (layout {layout_path})")
@@ -314,15 +315,18 @@ def needed_debs(
     release: str,
     mirror: str,
     log: Log,
-) -> tuple[list[Deb], list[Deb]]:
-    """(.debs for the installed system's boot, .debs the node lacks to make the layout)."""
+) -> tuple[list[Deb], list[Deb], bytes]:
+    """(.debs for the installed system's boot, .debs the node lacks to make the layout, the
+    running kernel's config from its .deb)."""
     installed = set(node.sh("dpkg-query -W -f '${Package}\\n'").split())
+    version = node.sh("uname -r").strip()
 
-    def resolve() -> tuple[list[Deb], list[Deb]]:
-        available = read_debs(directory, log) if directory.is_dir() else {}
+    def resolve() -> tuple[list[Deb], list[Deb], bytes]:
+        available = read_debs(directory) if directory.is_dir() else {}
         return (
             closure(BOOT_PACKAGES, available, installed),
             closure(node_packages(layout), available, installed),
+            kernel_config(available, version, log),
         )
 
     try:

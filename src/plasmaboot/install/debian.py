@@ -79,6 +79,7 @@ class Install:
     services: tuple[str, ...]
     secrets: list[tuple[Path, Secret]]
     node_debs: list[Deb] = field(default_factory=list)  # disk tools the node lacks
+    kernel_config: bytes = b""  # /boot/config-<version>, from the kernel's .deb
     ipv4: str | None = None  # "10.20.0.11/24": a static address, else DHCP
     macs: tuple[str, ...] = ()
     wipe: bool = False
@@ -251,6 +252,8 @@ def install_boot(install: Install, remote: Remote) -> None:
         f"mkdir -p {TARGET}/boot\ncat > {TARGET}/boot/vmlinuz-{shlex.quote(version)}",
         input=install.kernel.read_bytes(),
     )
+    if install.kernel_config:
+        remote.sh(f"cat > {TARGET}/boot/config-{shlex.quote(version)}", input=install.kernel_config)
     for mount in ("dev", "proc", "sys", "run"):
         # rslave: unmounting the copies later must never unmount the node's own
         remote.sh(

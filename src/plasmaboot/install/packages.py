@@ -10,7 +10,9 @@ the cache's Depends/Pre-Depends, minus what the node already has (`dpkg-query` t
 
 from __future__ import annotations
 
+import io
 import re
+import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +126,28 @@ def read_debs(directory: Path, log: Log | None = None) -> dict[str, Deb]:
         deb = parse_control(path, out)
         found[deb.package] = deb
     return found
+
+
+def kernel_config(available: dict[str, Deb], version: str, log: Log | None = None) -> bytes:
+    """`/boot/config-<version>` from the kernel's .deb in the cache: the image keeps the
+    kernel's modules but not /boot, and mkinitramfs reads the config (which compressions
+    the kernel unpacks)."""
+    deb = available.get(f"linux-image-{version}")
+    if deb is None:
+        raise UserError(
+            f"the deb cache lacks linux-image-{version} (the kernel the node runs)",
+            hint="pass --debs with the cache of the build that made the image",
+        )
+    tar = run([require_tool("dpkg-deb"), "--fsys-tarfile", deb.path], log=None).stdout
+    if log is not None:
+        log.info(f"read boot/config-{version} from {deb.path.name}")
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        for member in archive.getmembers():
+            if member.name.lstrip("./") == f"boot/config-{version}" and member.isfile():
+                extracted = archive.extractfile(member)
+                if extracted is not None:
+                    return extracted.read()
+    raise UserError(f"{deb.path.name} has no boot/config-{version}")
 
 
 def node_packages(layout: Layout) -> list[str]:
