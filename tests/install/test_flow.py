@@ -4,7 +4,9 @@ before any write, secrets only on stdin, the report on success and failure."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +47,8 @@ class FakeNode:
             return "6.1.0-28-amd64\n"
         if "blkid" in script:
             return "/dev/vda2 AB12-CD34\n/dev/vda3 1111-2222\n"
-        if script.startswith("cat ") and ".pub" in script:
-            return KEY + " \n"
+        if "ssh-keygen" in script:
+            return f"{KEY} \n{KEY} \n"
         if script.startswith("for u in"):
             return "chainfire.service\niam.service\nflaredb.service\n"
         if script.startswith("stat -c"):
@@ -124,16 +126,27 @@ def test_files_go_over_stdin_and_secrets_never_on_a_command_line(tmp_path: Path)
     run_install(tmp_path, node, job(tmp_path))
     assert "TOPSECRET" not in node.scripts()
     assert "TOPSECRET" not in (tmp_path / "install.log").read_text()
-    inputs = {script.split("\n")[-1]: data for script, data in node.calls if data is not None}
-    assert (
-        b"TOPSECRET-iam-token"
-        in inputs["tar -x --no-overwrite-dir --same-owner --same-permissions -C /mnt/plasmaboot"]
-    )
-    fstab = inputs["chmod 0644 /mnt/plasmaboot/etc/fstab"]
-    assert b"UUID=1111-2222\t/\text4" in fstab
-    network = inputs["chmod 0644 /mnt/plasmaboot/etc/systemd/network/05-plasmaboot-static.network"]
+    landed = files_sent(node)
+    assert landed["etc/iam/token"] == (b"TOPSECRET-iam-token", 0o600, "iam")
+    assert b"UUID=1111-2222\t/\text4" in landed["etc/fstab"][0]
+    network = landed["etc/systemd/network/05-plasmaboot-static.network"][0]
     assert b"MACAddress=52:54:00:12:34:01" in network and b"Address=10.0.0.5/24" in network
-    assert inputs["chmod 0644 /mnt/plasmaboot/etc/hostname"] == b"cp1\n"
+    assert landed["etc/hostname"] == (b"cp1\n", 0o644, "root")
+    assert landed["etc/machine-id"][1] == 0o444
+
+
+def files_sent(node: FakeNode) -> dict[str, tuple[bytes, int, str]]:
+    """Every file unpacked on the target from a tar stream: path -> (bytes, mode, owner)."""
+    found: dict[str, tuple[bytes, int, str]] = {}
+    for script, data in node.calls:
+        if data is None or not script.startswith("tar -x") or "/mnt/plasmaboot" not in script:
+            continue
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            for member in archive.getmembers():
+                extracted = archive.extractfile(member)
+                assert extracted is not None
+                found[member.name] = (extracted.read(), member.mode, member.uname)
+    return found
 
 
 def test_a_disk_that_is_not_empty_is_refused_before_any_write(tmp_path: Path) -> None:

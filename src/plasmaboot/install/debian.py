@@ -192,14 +192,19 @@ def copy_system(install: Install, remote: Remote) -> None:
     )
 
 
-def write_file(remote: Remote, path: str, text: str, mode: str = "0644") -> None:
-    """A file of the installed root from stdin (never its content on a command line)."""
-    target = f"{TARGET}/{path.lstrip('/')}"
-    remote.sh(
-        f"mkdir -p {shlex.quote(str(Path(target).parent))}\n"
-        f"cat > {shlex.quote(target)}\nchmod {mode} {shlex.quote(target)}",
-        input=text.encode(),
-    )
+def write_files(remote: Remote, files: dict[str, tuple[str, int]]) -> None:
+    """Files of the installed root (path -> text, mode), in one tar stream on stdin: one SSH
+    round trip, and never a content on a command line. Only file entries: an existing
+    directory keeps its owner and mode."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for path, (text, mode) in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode, info.uname, info.gname = len(data), mode, "root", "root"
+            archive.addfile(info, io.BytesIO(data))
+    remote.sh(f"tar -x --no-overwrite-dir --same-owner --same-permissions -C {TARGET}",
+              input=buffer.getvalue())  # fmt: skip
 
 
 def configure(install: Install, remote: Remote) -> None:
@@ -214,27 +219,30 @@ def configure(install: Install, remote: Remote) -> None:
     missing = [d for d in devices if not uuids.get(d)]
     if missing:
         raise WorkError(f"blkid found no UUID on {', '.join(missing)}")
-    write_file(remote, "etc/fstab", install.plan.fstab(uuids))
-    crypttab = install.plan.crypttab(uuids)
-    if crypttab:
-        write_file(remote, "etc/crypttab", crypttab, "0600")
-    write_file(remote, "etc/hostname", f"{install.hostname}\n")
     short = install.hostname.split(".", 1)[0]
     names = install.hostname if short == install.hostname else f"{install.hostname} {short}"
-    write_file(
-        remote,
-        "etc/hosts",
-        f"127.0.0.1\tlocalhost\n127.0.1.1\t{names}\n::1\tlocalhost ip6-localhost\n",
-    )
-    write_file(remote, "etc/machine-id", f"{uuid.uuid4().hex}\n", "0444")
+    files = {
+        "etc/fstab": (install.plan.fstab(uuids), 0o644),
+        "etc/hostname": (f"{install.hostname}\n", 0o644),
+        "etc/hosts": (
+            f"127.0.0.1\tlocalhost\n127.0.1.1\t{names}\n::1\tlocalhost ip6-localhost\n",
+            0o644,
+        ),
+        "etc/machine-id": (f"{uuid.uuid4().hex}\n", 0o444),
+    }
+    crypttab = install.plan.crypttab(uuids)
+    if crypttab:
+        files["etc/crypttab"] = (crypttab, 0o600)
     if install.ipv4:
-        write_file(remote, STATIC_NETWORK, static_network(install.ipv4, install.macs))
-    keys = []
-    for kind in HOST_KEY_TYPES:
-        key = f"{TARGET}/etc/ssh/ssh_host_{kind}_key"
-        remote.sh(f"rm -f {key} {key}.pub\nssh-keygen -q -t {kind} -N '' -C '' -f {key}")
-        keys.append(" ".join(remote.sh(f"cat {key}.pub").split()[:2]))
-    install.host_keys = keys
+        files[STATIC_NETWORK] = (static_network(install.ipv4, install.macs), 0o644)
+    write_files(remote, files)
+    make_keys = [
+        f"rm -f {key} {key}.pub\nssh-keygen -q -t {kind} -N '' -C '' -f {key}\ncat {key}.pub"
+        for kind in HOST_KEY_TYPES
+        for key in [f"{TARGET}/etc/ssh/ssh_host_{kind}_key"]
+    ]
+    out = remote.sh("\n".join(make_keys))
+    install.host_keys = [" ".join(line.split()[:2]) for line in out.splitlines() if line.strip()]
 
 
 def static_network(ipv4: str, macs: tuple[str, ...]) -> str:
@@ -254,12 +262,11 @@ def install_boot(install: Install, remote: Remote) -> None:
     )
     if install.kernel_config:
         remote.sh(f"cat > {TARGET}/boot/config-{shlex.quote(version)}", input=install.kernel_config)
-    for mount in ("dev", "proc", "sys", "run"):
-        # rslave: unmounting the copies later must never unmount the node's own
-        remote.sh(
-            f"mkdir -p {TARGET}/{mount}\nmount --rbind /{mount} {TARGET}/{mount}\n"
-            f"mount --make-rslave {TARGET}/{mount}"
-        )
+    # rslave: unmounting the copies later must never unmount the node's own
+    remote.sh("\n".join(
+        f"mkdir -p {TARGET}/{m}\nmount --rbind /{m} {TARGET}/{m}\nmount --make-rslave {TARGET}/{m}"
+        for m in ("dev", "proc", "sys", "run")
+    ))  # fmt: skip
     if install.debs:
         remote.sh(
             f"mkdir -p {TARGET}/var/cache/plasmaboot-debs\n"
@@ -272,7 +279,9 @@ def install_boot(install: Install, remote: Remote) -> None:
             timeout=900,
         )
         remote.sh(f"rm -rf {TARGET}/var/cache/plasmaboot-debs")
-    write_file(remote, "etc/default/grub", GRUB_DEFAULTS.format(cmdline=install.kernel_cmdline))
+    write_files(
+        remote, {"etc/default/grub": (GRUB_DEFAULTS.format(cmdline=install.kernel_cmdline), 0o644)}
+    )
     # the image builder diverts update-initramfs to a no-op (a netboot image needs none);
     # the installed system boots through one, so the real tool comes back
     remote.sh(in_target("sh", "-euc", RESTORE_UPDATE_INITRAMFS))
