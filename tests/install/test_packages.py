@@ -69,3 +69,26 @@ def test_the_node_needs_the_tools_of_the_layouts_filesystems() -> None:
         "gdisk", "parted", "dosfstools", "e2fsprogs",
     ]  # fmt: skip
     assert "xfsprogs" in node_packages(load_layout(Path("layouts/control-plane.toml")))
+
+
+def test_the_kernel_config_comes_from_the_kernels_deb(tmp_path: Path) -> None:
+    import subprocess
+
+    from plasmaboot.install.packages import kernel_config
+
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "boot").mkdir()
+    (root / "DEBIAN/control").write_text(
+        "Package: linux-image-6.1.0-9-amd64\nVersion: 1\nArchitecture: amd64\n"
+        "Maintainer: t <t@t.invalid>\nDescription: t\n"
+    )
+    (root / "boot/config-6.1.0-9-amd64").write_text("CONFIG_RD_GZIP=y\n")
+    deb = tmp_path / "linux-image-6.1.0-9-amd64_1_amd64.deb"
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "-b", root, deb], check=True, capture_output=True
+    )
+    available = {"linux-image-6.1.0-9-amd64": Deb(deb, "linux-image-6.1.0-9-amd64", (), ())}
+    assert kernel_config(available, "6.1.0-9-amd64") == b"CONFIG_RD_GZIP=y\n"
+    with pytest.raises(UserError, match="lacks linux-image-6.1.0-10-amd64"):
+        kernel_config(available, "6.1.0-10-amd64")
