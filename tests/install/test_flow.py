@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from plasmaboot.errors import PlasmabootError, UserError, WorkError
-from plasmaboot.install.debian import Install
+from plasmaboot.install.debian import SEPARATOR, Install
 from plasmaboot.install.flow import Report, check_services, install_to_disk
 from plasmaboot.install.layout import load_layout
 from plasmaboot.install.packages import Deb
@@ -37,12 +37,12 @@ class FakeNode:
     def sh(self, script: str, input: bytes | None = None, timeout: float = 0) -> str:
         self.calls.append((script, input))
         if "readlink -f" in script:
-            return "/dev/vda\n"
-        if "lsblk --json --nodeps" in script:
-            return json.dumps({"blockdevices": [{"path": "/dev/vda", "type": "disk"}]})
+            disks = json.dumps({"blockdevices": [{"path": "/dev/vda", "type": "disk"}]})
+            return f"/dev/vda\n{SEPARATOR}\n{disks}"
         if "lsblk --json --bytes" in script:
             disk = {"path": "/dev/vda", "size": self.size, "type": "disk", "mountpoint": None}
-            return json.dumps({"blockdevices": [{**disk, "children": self.disk_children}]})
+            tree = json.dumps({"blockdevices": [{**disk, "children": self.disk_children}]})
+            return f"{tree}\n{SEPARATOR}\n"
         if script == "uname -r":
             return "6.1.0-28-amd64\n"
         if "blkid" in script:

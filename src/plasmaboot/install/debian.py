@@ -114,20 +114,26 @@ def release_previous(install: Install, remote: Remote) -> None:
     remote.sh("\n".join(script))
 
 
+SEPARATOR = "@@plasmaboot@@"
+
+
 def inspect(install: Install, remote: Remote) -> None:
     """The layout's disks on the node, their state and size: refusals come here, before any
-    write. The kernel the node runs is the one installed."""
+    write. The kernel the node runs is the one installed. Two SSH round trips per disk."""
     disks: list[Disk] = []
     for index, spec in enumerate(install.layout.disks):
         # the match is a path or a glob of safe characters (the layout model's pattern): the
         # shell expands it, readlink names the disk behind each link
-        found = remote.sh(f'for f in {spec.match}; do [ -e "$f" ] && readlink -f "$f"; done; true')
-        listing = remote.sh("lsblk --json --nodeps -o PATH,TYPE")
+        found, listing = remote.sh(
+            f'for f in {spec.match}; do [ -e "$f" ] && readlink -f "$f"; done; echo {SEPARATOR}\n'
+            "lsblk --json --nodeps -o PATH,TYPE"
+        ).split(SEPARATOR)
         device = match_disk(spec.match, found, listing, f"layout: disks[{index}]")
-        lsblk = remote.sh(
+        lsblk, wipefs = remote.sh(
             q("lsblk", "--json", "--bytes", "-o", "PATH,SIZE,TYPE,MOUNTPOINT", device)
-        )
-        wipefs = remote.sh(q("wipefs", "--no-act", "--json", device))
+            + f"\necho {SEPARATOR}\n"
+            + q("wipefs", "--no-act", "--json", device)
+        ).split(SEPARATOR)
         state = read_disk_state(lsblk, wipefs)
         check_disk_free(state, install.wipe)
         if install.wipe and (state.partitions or state.signatures):
