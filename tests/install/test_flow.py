@@ -107,7 +107,8 @@ def test_an_install_runs_every_step_in_order(tmp_path: Path) -> None:
     restore = scripts.index(
         "dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs"
     )
-    assert restore < scripts.index("update-initramfs -c -k 6.1.0-28-amd64")
+    assert restore < scripts.index("update-initramfs -c -k")
+    assert "MODULES=most" in scripts  # the fallback
     assert (
         "--target=x86_64-efi --efi-directory=/boot/efi --removable --no-nvram /dev/vda" in scripts
     )
