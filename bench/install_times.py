@@ -43,6 +43,7 @@ def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     plan = plan_provisioning(
         args.label, args.label, None, HOSTNAME, "10.79.0.0/24", (args.profiles_dir,)
     )
+    work.mkdir(parents=True)
     disk = work / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "3G"], check=True)
     with (
