@@ -201,7 +201,6 @@ def install(
             installed_keys.write_text("".join(f"{address} {key}\n" for key in job.host_keys))
             if inventory and entry:
                 record_installed_host_keys(inventory, name, address, job.host_keys)
-            if inventory and entry:
                 # before the reboot: the machine's next PXE boot must get its disk
                 mark_installed(inventory, name, set_name(artifacts, label), report_path)
             if not no_reboot:

@@ -72,7 +72,7 @@ class SharedSettings(Table):
     services: list[Annotated[str, Field(pattern=SERVICE_PATTERN)]] | None = Field(
         None,
         description="Services the installed system enables (every other stays disabled; "
-        "default: those the profile enables).",
+        "default: none).",
     )
 
 
@@ -116,7 +116,7 @@ class Machine(BaseModel):
     ssh_keys: tuple[str, ...]  # absolute paths of public key files
     labels: dict[str, str]
     layout: str | None = None  # absolute path of the layout file, when the inventory names one
-    services: tuple[str, ...] | None = None  # None: the profile's enabled services
+    services: tuple[str, ...] | None = None  # None: not given (install enables none)
 
     @property
     def label(self) -> str:
