@@ -104,6 +104,8 @@ def machines_show(obj: Context, name: str, inventory: Path | None, as_json: bool
         "kernel params": " ".join(machine.kernel_params) or "-",
         "ssh keys": ", ".join(machine.ssh_keys) or "-",
         "labels": ", ".join(f"{k}={v}" for k, v in machine.labels.items()) or "-",
+        "layout": machine.layout or "(the profile's default)",
+        "services": ", ".join(machine.services or ()) or "-",
     }
     for key, value in rows.items():
         console.print(f"  {key + ':':<15}{escape(value)}", highlight=False)
