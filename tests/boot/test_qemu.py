@@ -368,3 +368,13 @@ def test_a_vm_in_a_namespace_runs_qemu_there_with_a_fresh_variable_store(tmp_pat
         assert cfg.ovmf_vars.read_bytes() == OVMF_VARS.read_bytes()
         vm.wait_until(lambda: False, 10, "nothing")
     assert not (cfg.tftp_dir / BOOTFILE).exists()  # the tap network has no TFTP of QEMU's
+
+
+def test_a_machine_with_a_disk_has_it_as_virtio_and_still_boots_the_network(
+    tmp_path: Path,
+) -> None:
+    argv = qemu_command(config(tmp_path, disk=tmp_path / "disk.qcow2"))
+    drive = argv[argv.index("-drive") + 1]
+    assert drive.startswith(f"file={tmp_path / 'disk.qcow2'},if=virtio,format=qcow2")
+    assert argv[argv.index("-boot") + 1] == "order=n"
+    assert "-drive" not in qemu_command(config(tmp_path))

@@ -28,10 +28,12 @@ def test_manifest_has_package_and_module_sizes(ci_image: CiImage) -> None:
 
 def test_the_build_is_in_the_history_and_the_report(ci_image: CiImage, tmp_path: Path) -> None:
     records = [r for r in read_history(ci_image.artifacts) if r["label"] == ci_image.label]
-    assert records[-1]["cache"] == ("hit" if ci_image.summary["cache_hit"] else "miss")
-    assert records[-1]["set"] == ci_image.set_dir.resolve().name
-    assert records[-1]["sizes"]["initrd"] == (ci_image.set_dir / "initrd").stat().st_size
-    assert "mmdebstrap" in records[0]["steps"] or records[-1]["cache"] == "hit"
+    first = records[0]  # the shared image's build (other tests rebuild it later: cache hits)
+    assert first["cache"] == ("hit" if ci_image.summary["cache_hit"] else "miss")
+    assert first["set"] == ci_image.set_dir.resolve().name
+    assert first["sizes"]["initrd"] == (ci_image.set_dir / "initrd").stat().st_size
+    assert "mmdebstrap" in first["steps"] or first["cache"] == "hit"
+    assert all(r["set"] == first["set"] for r in records)  # rebuilds of the same inputs
     proc = plasmaboot(
         "report", "--artifacts", str(ci_image.artifacts), "--output", str(tmp_path), "--json"
     )

@@ -266,6 +266,7 @@ class VmConfig:
     cpus: int = 2
     cpu: str | None = None  # QEMU -cpu; None: the accelerator's default
     firmware: Firmware = Firmware.BIOS
+    disk: Path | None = None  # a qcow2 image as the machine's virtio disk (install tests)
 
     @property
     def cpu_model(self) -> str:
@@ -364,7 +365,16 @@ def qemu_command(config: VmConfig, qemu: str = QEMU) -> list[str]:
         # booted system are on the network (see PacketWatch).
         "-object", f"filter-dump,id=dump0,netdev=n0,file={config.packet_log},maxlen={PCAP_SNAPLEN}",
         *firmware_args(config),
+        *disk_args(config),
     ]  # fmt: skip
+
+
+def disk_args(config: VmConfig) -> list[str]:
+    """The machine's disk (/dev/vda); SeaBIOS still boots the network first, and iPXE hands
+    over to the disk when serve says the machine is installed."""
+    if config.disk is None:
+        return []
+    return ["-drive", f"file={config.disk},if=virtio,format=qcow2,cache=unsafe,discard=unmap"]
 
 
 def tail(path: Path, lines: int = SERIAL_TAIL_LINES) -> str:

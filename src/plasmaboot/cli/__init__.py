@@ -1,5 +1,5 @@
 """The plasmaboot command line: profiles, schema, build, publish, verify, serve, machines,
-pxe-server, check, boot-test, report and diff, one module per command group.
+pxe-server, check, boot-test, report, diff and install, one module per command group.
 
 Exit codes: 0 success, 1 a failure while working, 2 bad input or usage. A user error is one
 line (what, where) plus a hint; a traceback only with --debug.
@@ -33,6 +33,7 @@ COMMANDS = {
     "boot-test": "plasmaboot.cli.boot:boot_test",
     "report": "plasmaboot.cli.report:report",
     "diff": "plasmaboot.cli.report:diff",
+    "install": "plasmaboot.cli.install:install",
 }
 
 

@@ -1,5 +1,6 @@
-"""`plasmaboot machines list|show|check|known-hosts|schema`: the machine inventory
-(machines.toml) and what its machines reported (known-hosts)."""
+"""`plasmaboot machines list|show|check|known-hosts|schema|reinstall`: the machine
+inventory (machines.toml), what its machines reported (known-hosts) and what serve answers
+an installed machine (reinstall)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from plasmaboot.cli.context import Context, console, pass_context
 from plasmaboot.errors import UserError
+from plasmaboot.inventory.installed import clear_installed
 from plasmaboot.inventory.load import Inventory, load_inventory
 from plasmaboot.inventory.model import Machine, inventory_json_schema
 from plasmaboot.inventory.state import known_hosts, known_hosts_lines
@@ -104,6 +106,8 @@ def machines_show(obj: Context, name: str, inventory: Path | None, as_json: bool
         "kernel params": " ".join(machine.kernel_params) or "-",
         "ssh keys": ", ".join(machine.ssh_keys) or "-",
         "labels": ", ".join(f"{k}={v}" for k, v in machine.labels.items()) or "-",
+        "layout": machine.layout or "(the profile's default)",
+        "services": ", ".join(machine.services or ()) or "-",
     }
     for key, value in rows.items():
         console.print(f"  {key + ':':<15}{escape(value)}", highlight=False)
@@ -150,3 +154,21 @@ def machines_known_hosts(obj: Context, inventory: Path | None, as_json: bool) ->
 def machines_schema() -> None:
     """Print the JSON Schema of machines.toml (for editors)."""
     click.echo(json.dumps(inventory_json_schema(), indent=2))
+
+
+@machines.command("reinstall")
+@click.argument("name")
+@inventory_option
+@pass_context
+def machines_reinstall(obj: Context, name: str, inventory: Path | None) -> None:
+    """Mark machine NAME for reinstall: its next PXE boot gets its image again, not its disk."""
+    found = require_inventory(obj, inventory)
+    if name not in found.machines:
+        raise UserError(
+            f"no machine {name!r} in {found.path}",
+            hint=f"known machines: {', '.join(found.machines) or '(none)'}",
+        )
+    if clear_installed(found.path, name):
+        console.print(f"{escape(name)}: marked for reinstall (its next PXE boot gets its image)")
+    else:
+        console.print(f"{escape(name)}: not installed; nothing to do")

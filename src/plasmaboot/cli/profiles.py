@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from plasmaboot.cli.context import Context, console, pass_context
+from plasmaboot.install.layout import layout_json_schema
 from plasmaboot.profiles.model import Profile, profile_json_schema, setting_defaults
 
 
@@ -93,8 +94,12 @@ def print_profile(profile: Profile) -> None:
     is_flag=True,
     help="Print the default of every setting instead (nix/lib/profile-defaults.json).",
 )
-def schema(defaults: bool) -> None:
+@click.option("--layout", is_flag=True, help="Print the JSON Schema of a disk layout instead.")
+def schema(defaults: bool, layout: bool) -> None:
     """Print the JSON Schema of a profile file (for editors)."""
+    if layout:
+        click.echo(json.dumps(layout_json_schema(), indent=2))
+        return
     if defaults:
         click.echo(json.dumps(setting_defaults(), indent=2))
         return

@@ -14,10 +14,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from plasmaboot.catalog import load_catalog
 from plasmaboot.errors import UserError
 from plasmaboot.formats import FormatError
 from plasmaboot.formats.cmdline import check_param
 from plasmaboot.formats.sshkeys import read_public_keys
+from plasmaboot.install.layout import load_layout
 from plasmaboot.inventory.model import (
     PATTERN_EXPECTATIONS,
     InventoryFile,
@@ -159,6 +161,10 @@ def resolve_machine(
     labels = {**(shared.labels or {}), **(table.labels or {})}
     for key, value in labels.items():
         check_label(value, f"{where}.labels.{key}")
+    layout = table.layout if table.layout is not None else shared.layout
+    layout_where = where if table.layout is not None else f"{display_path(path)}: defaults"
+    services = table.services if table.services is not None else shared.services
+    services_where = where if table.services is not None else f"{display_path(path)}: defaults"
     return Machine(
         name=name,
         macs=tuple(dict.fromkeys(normal)),
@@ -169,6 +175,8 @@ def resolve_machine(
         kernel_params=tuple(kernel_params),
         ssh_keys=tuple(dict.fromkeys(ssh_keys)),
         labels=labels,
+        layout=check_layout_file(layout, path, f"{layout_where}.layout") if layout else None,
+        services=check_services(services, f"{services_where}.services"),
     )
 
 
@@ -279,9 +287,9 @@ def check_kernel_param(param: str, where: str) -> None:
             )
 
 
-def check_key_file(ref: str, inventory: Path, where: str) -> str:
-    """A public key file inside the inventory's directory (as profiles name their files),
-    valid by the one key rule."""
+def inside_inventory_dir(ref: str, inventory: Path, where: str) -> Path:
+    """A file the inventory names: relative to it and inside its directory, as profiles
+    name their files."""
     directory = inventory.parent.resolve()
     if not ref or not ref.isprintable() or Path(ref).is_absolute():
         raise UserError(
@@ -295,8 +303,37 @@ def check_key_file(ref: str, inventory: Path, where: str) -> str:
         raise UserError(
             f"{where}: expected a path inside {display_path(directory)}, got "
             f"{render_value(ref)} (it is {display_path(path)})",
-            hint="copy the key file beside the inventory and name it relatively",
+            hint="copy the file beside the inventory and name it relatively",
         )
+    return path
+
+
+def check_layout_file(ref: str, inventory: Path, where: str) -> str:
+    """A disk layout the inventory names, checked now (`machines check` finds its errors)."""
+    path = inside_inventory_dir(ref, inventory, where)
+    try:
+        load_layout(path)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc.message}", hint=exc.hint) from exc
+    return str(path)
+
+
+def check_services(services: list[str] | None, where: str) -> tuple[str, ...] | None:
+    if services is None:
+        return None
+    known = list(load_catalog())
+    for index, name in enumerate(services):
+        if name not in known:
+            raise UserError(
+                f"{where}[{index}]: unknown service {render_value(name)}{suggestion(name, known)}",
+                hint=f"known services: {', '.join(known)}",
+            )
+    return tuple(dict.fromkeys(services))
+
+
+def check_key_file(ref: str, inventory: Path, where: str) -> str:
+    """A public key file inside the inventory's directory, valid by the one key rule."""
+    path = inside_inventory_dir(ref, inventory, where)
     try:
         read_public_keys(path)
     except OSError as exc:

@@ -12,6 +12,8 @@ the resolved Machine every later stage reads (serve, pxe-server, install).
     kernel_params = ["plasmaboot.overlay_size=75%"]
     ssh_keys = ["keys/ops.pub"]  # relative to the inventory file
     labels = { rack = "r1" }
+    layout = "layouts/control-plane.toml"  # disk layout for `install`, relative to this file
+    services = ["iam", "chainfire"]       # what the installed system enables (all else off)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ HOSTNAME_PATTERN = rf"^{LABEL}(\.{LABEL})*$"  # at most 253 characters: max_leng
 MACHINE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 LABEL_KEY_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 MAX_LABEL_VALUE = 256
+SERVICE_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
 
 # What each pattern means, for error messages ("expected <this>, got ...").
 PATTERN_EXPECTATIONS: dict[str, str] = {
@@ -33,6 +36,7 @@ PATTERN_EXPECTATIONS: dict[str, str] = {
     HOSTNAME_PATTERN: "a lowercase host name (letters, digits and '-', dot-separated labels)",
     MACHINE_NAME_PATTERN: "a machine name of lowercase letters, digits and '-' (a host name label)",
     LABEL_KEY_PATTERN: "a label name of lowercase letters, digits, '.', '_' and '-'",
+    SERVICE_PATTERN: "a service name of the catalog, like iam",
 }
 
 Mac = Annotated[str, Field(pattern=MAC_PATTERN)]
@@ -59,6 +63,16 @@ class SharedSettings(Table):
     )
     labels: dict[Annotated[str, Field(pattern=LABEL_KEY_PATTERN)], LabelValue] | None = Field(
         None, description="Free labels (rack, role, ...), merged over the defaults' labels."
+    )
+    layout: str | None = Field(
+        None,
+        description="Disk layout for `plasmaboot install`, relative to the inventory file "
+        "(default: layouts/<profile>.toml there, else the built-in one).",
+    )
+    services: list[Annotated[str, Field(pattern=SERVICE_PATTERN)]] | None = Field(
+        None,
+        description="Services the installed system enables (every other stays disabled; "
+        "default: none).",
     )
 
 
@@ -101,6 +115,8 @@ class Machine(BaseModel):
     kernel_params: tuple[str, ...]
     ssh_keys: tuple[str, ...]  # absolute paths of public key files
     labels: dict[str, str]
+    layout: str | None = None  # absolute path of the layout file, when the inventory names one
+    services: tuple[str, ...] | None = None  # None: not given (install enables none)
 
     @property
     def label(self) -> str:

@@ -38,14 +38,15 @@ from plasmaboot.formats import FormatError
 from plasmaboot.formats.ipxe import BOOT_SCRIPT
 from plasmaboot.inventory.load import Inventory
 from plasmaboot.serve.connections import (
-    BACKLOG,
     GUARD_KEY,
     IDLE_TIMEOUT,
     ConnectionGuard,
+    accept_backlog,
     default_connection_limit,
     track_requests,
 )
 from plasmaboot.serve.files import OpenFileResponse, open_within
+from plasmaboot.serve.installed import local_boot_script
 from plasmaboot.serve.machines import (
     InventoryWatch,
     ask_with_mac_script,
@@ -198,6 +199,15 @@ def machine_script(request: web.Request, inventory: Inventory) -> web.Response:
         reason = f"MAC {found.mac} is not in the inventory" if found.mac else "no valid MAC given"
         return script_response(refusal_script(reason))
     machine = found.machine
+    local = local_boot_script(inventory.path, machine)
+    if local is not None:
+        events.info(
+            "boot: machine %s (MAC %s) from %s is installed: local disk",
+            machine.name,
+            found.mac,
+            client,
+        )
+        return script_response(local)
     boot_set = find_set(request.app[ROOT_KEY], machine.label)
     text = read_script(request.app[ROOT_KEY], boot_set)
     if boot_set is None or text is None:
@@ -443,7 +453,7 @@ class GuardedSite(web.TCPSite):
         assert server is not None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self.guard.protocol_factory(server), self._host, self._port, backlog=BACKLOG
+            self.guard.protocol_factory(server), self._host, self._port, backlog=accept_backlog()
         )
 
 

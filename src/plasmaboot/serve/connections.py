@@ -40,14 +40,30 @@ RESERVED_DESCRIPTORS = 64  # log files, sets' files being opened, the loop's own
 BACKLOG = 128
 
 
+def soft_descriptor_limit() -> int | None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def accept_backlog() -> int:
+    """The listening socket's backlog, which is also how many connections asyncio accepts in
+    one burst before the guard sees any of them: smaller under a low descriptor limit."""
+    soft = soft_descriptor_limit()
+    if soft is None:
+        return BACKLOG
+    return max(8, min(BACKLOG, (soft - RESERVED_DESCRIPTORS) // 8))
+
+
 def default_connection_limit() -> int:
     """256, or fewer when the process may open fewer descriptors: each download holds two
-    (its socket and its file), a burst of accepts takes up to BACKLOG more before the cap
-    sees them, and some are kept for everything else."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
+    (its socket and its file); a burst of accepts takes up to a backlog more before the cap
+    sees them, and the burst the cap has just refused or evicted still holds its sockets
+    until the loop closes them (another backlog); some are kept for everything else."""
+    soft = soft_descriptor_limit()
+    if soft is None:
         return MAX_CONNECTIONS
-    return max(1, min(MAX_CONNECTIONS, (soft - RESERVED_DESCRIPTORS - BACKLOG) // 2))
+    spare = soft - RESERVED_DESCRIPTORS - 2 * accept_backlog()
+    return max(1, min(MAX_CONNECTIONS, spare // 2))
 
 
 class RateLimitedLog:

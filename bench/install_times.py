@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Install to disk under TCG (the install issue's figures), printed, never asserted:
+
+- the install step alone (`plasmaboot install` from its start to the reboot: inspect, disks,
+  system copy, configure, GRUB, services, secrets), and
+- power-on of the installed machine -> its enabled services active (PXE answered with the
+  local disk, GRUB, the installed system, SSH with its pinned key, `systemctl is-active`).
+
+Usage (as root: each run makes a network namespace):
+  .venv/bin/python bench/install_times.py --artifacts DIR --label LABEL --identity KEY \
+      --profiles-dir DIR --debs DIR [--runs 3] [--service iam]
+
+The image must be a Debian set whose profile has the service (the test suite's CI image
+does: `PLASMABOOT_TEST_CACHE=... pytest -m slow tests/integration/test_install.py` builds
+one). Each run PXE-boots a fresh machine with a blank 3G qcow2 disk through pxe-server,
+installs it, powers it on again and waits for its services. Prints the median (min-max) of
+each figure and of each install step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from plasmaboot.boot.provisioning import INVENTORY, plan_provisioning, provisioning_network
+from plasmaboot.boot.qemu import Accelerator, PxeVm, VmConfig
+from plasmaboot.boot.ssh import Ssh, wait_for_ssh
+from plasmaboot.log import Log
+
+HOSTNAME = "bench1"
+BOOT_TIMEOUT = 600
+INSTALL_TIMEOUT = 1800
+
+
+def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    plan = plan_provisioning(
+        args.label, args.label, None, HOSTNAME, "10.79.0.0/24", (args.profiles_dir,)
+    )
+    work.mkdir(parents=True)
+    disk = work / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "3G"], check=True)
+    with (
+        Log(work / "bench.log", subject="install") as log,
+        provisioning_network(plan, args.artifacts, work, log) as net,
+    ):
+        inventory = work / INVENTORY
+        inventory.write_text(inventory.read_text() + f'services = ["{args.service}"]\n')
+
+        def config(name: str) -> VmConfig:
+            return VmConfig(work / name, args.label, net.guest, Accelerator.TCG, 1024, disk=disk)
+
+        argv = net.netns.argv([
+            sys.executable, "-m", "plasmaboot", "--profiles-dir", str(args.profiles_dir),
+            "install", HOSTNAME, "--inventory", str(inventory), "--identity", str(args.identity),
+            "--artifacts", str(args.artifacts), "--debs", str(args.debs),
+            "--boot-timeout", str(BOOT_TIMEOUT), "--json",
+        ])  # fmt: skip
+        with PxeVm(config("ram"), access_log=net.server_log, log=log, netns=net.netns) as vm:
+            ssh = Ssh(22, args.identity, log=log, host=net.address, netns=net.netns)
+            wait_for_ssh(vm, ssh, BOOT_TIMEOUT)
+            started = time.monotonic()
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = started + INSTALL_TIMEOUT
+            while vm.running() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+            install_seconds = time.monotonic() - started
+        powered_on = time.monotonic()
+        with PxeVm(config("disk"), access_log=net.server_log, log=log, netns=net.netns):
+            out, err = proc.communicate(timeout=BOOT_TIMEOUT + 300)
+            to_services = time.monotonic() - powered_on
+    if proc.returncode != 0:
+        raise RuntimeError(f"install failed ({work}): {out[-2000:]} {err[-2000:]}")
+    report = json.loads(out)
+    return {"install": install_seconds, "power_on_to_services": to_services, **report["steps"]}
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} s ({min(values):.1f}-{max(values):.1f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, required=True)
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--identity", type=Path, required=True)
+    parser.add_argument("--profiles-dir", type=Path, required=True)
+    parser.add_argument("--debs", type=Path, required=True)
+    parser.add_argument("--service", default="iam")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="plasmaboot-install-bench-"))
+    runs = []
+    for index in range(args.runs):
+        result = one_run(args, work / f"run{index}")
+        print(f"run {index + 1}: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.items()))
+        runs.append(result)
+    print(f"median of {len(runs)} (min-max), under TCG:")
+    for key in runs[0]:
+        print(f"  {key:<22} {summary([r[key] for r in runs])}")
+    print(f"logs: {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

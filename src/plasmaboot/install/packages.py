@@ -1,0 +1,180 @@
+"""The .debs an installed Debian system needs beyond what the node runs: GRUB for BIOS and
+UEFI (the image has the kernel's modules and initramfs-tools, not a boot loader). The node
+has no mirror, so they come from the operator's side: the build's deb cache
+(`<cache>/debs/<release>`, where the Debian backend keeps what mmdebstrap downloaded), filled
+once with `--fetch-debs` (mmdebstrap downloads them and their dependencies into it).
+
+Which .debs to upload is computed here, offline: the closure of the needed packages over
+the cache's Depends/Pre-Depends, minus what the node already has (`dpkg-query` there).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from plasmaboot.errors import UserError
+from plasmaboot.install.layout import Layout
+from plasmaboot.log import Log
+from plasmaboot.run import require_tool, run
+
+# What the installed system needs to boot from its disk, BIOS and UEFI, and to update its
+# initramfs (already in every image; kept so an image without it still installs).
+BOOT_PACKAGES = (
+    "grub-pc-bin",
+    "grub-efi-amd64-bin",
+    "grub2-common",
+    "grub-common",
+    "initramfs-tools",
+)
+# What the node itself needs to cut and format the disk, by filesystem (installed in its
+# RAM overlay when missing: the image carries gdisk, parted, e2fsprogs and xfsprogs).
+NODE_PACKAGES = {"vfat": "dosfstools", "xfs": "xfsprogs", "ext4": "e2fsprogs"}
+NODE_BASE = ("gdisk", "parted")
+FETCHED = (*BOOT_PACKAGES, *NODE_PACKAGES.values(), *NODE_BASE)
+DEB_FIELDS = ("Package", "Version", "Depends", "Pre-Depends", "Provides")
+FETCH_TIMEOUT = 1800.0
+
+
+@dataclass(frozen=True)
+class Deb:
+    path: Path
+    package: str
+    depends: tuple[tuple[str, ...], ...]  # groups of alternatives
+    provides: tuple[str, ...]
+
+
+def parse_relations(text: str) -> tuple[tuple[str, ...], ...]:
+    """`a (>= 1), b | c:any, d [amd64]` -> ((a,), (b, c), (d,)): names only (one release)."""
+    groups: list[tuple[str, ...]] = []
+    for group in text.split(","):
+        names = [re.split(r"[\s(:\[]", alt.strip(), maxsplit=1)[0] for alt in group.split("|")]
+        names = [n for n in names if n]
+        if names:
+            groups.append(tuple(names))
+    return tuple(groups)
+
+
+def parse_control(path: Path, text: str) -> Deb:
+    """A deb from `dpkg-deb -f FILE Package Version Depends Pre-Depends Provides` output."""
+    fields: dict[str, str] = {}
+    current = ""
+    for line in text.splitlines():
+        if line.startswith((" ", "\t")) and current:
+            fields[current] += " " + line.strip()
+        elif ":" in line:
+            current, _, value = line.partition(":")
+            fields[current] = value.strip()
+    depends = parse_relations(
+        ", ".join(filter(None, (fields.get("Pre-Depends"), fields.get("Depends"))))
+    )
+    provides = tuple(group[0] for group in parse_relations(fields.get("Provides", "")))
+    return Deb(path, fields.get("Package", path.name.split("_", 1)[0]), depends, provides)
+
+
+def closure(roots: Iterable[str], available: dict[str, Deb], installed: set[str]) -> list[Deb]:
+    """The debs to install so that every root and its dependencies are there, dependencies
+    first; a UserError naming what neither the node nor the cache has."""
+    provided = {name for deb in available.values() for name in deb.provides}
+    have = set(installed)
+    chosen: list[Deb] = []
+    missing: list[str] = []
+
+    def satisfied(group: tuple[str, ...]) -> bool:
+        return any(name in have for name in group)
+
+    def visit(name: str) -> None:
+        deb = available.get(name) or next(
+            (d for d in available.values() if name in d.provides), None
+        )
+        if deb is None:
+            missing.append(name)
+            return
+        have.add(name)
+        have.add(deb.package)
+        have.update(deb.provides)
+        for group in deb.depends:
+            if satisfied(group):
+                continue
+            pick = next((n for n in group if n in available or n in provided), group[0])
+            visit(pick)
+        chosen.append(deb)
+
+    for root in roots:
+        if root not in have:
+            visit(root)
+    if missing:
+        raise UserError(
+            f"the deb cache lacks {', '.join(sorted(set(missing)))} (needed to install the "
+            "boot loader)",
+            hint="pass --fetch-debs once (mmdebstrap downloads them into the cache), or "
+            "--debs DIR with those .debs",
+        )
+    return chosen
+
+
+def read_debs(directory: Path, log: Log | None = None) -> dict[str, Deb]:
+    """The newest .deb of each package in `directory` (file name order breaks ties)."""
+    dpkg_deb = require_tool("dpkg-deb")
+    found: dict[str, Deb] = {}
+    for path in sorted(directory.glob("*.deb")):
+        out = run([dpkg_deb, "-f", path, *DEB_FIELDS], log=log).stdout.decode()
+        deb = parse_control(path, out)
+        found[deb.package] = deb
+    return found
+
+
+def kernel_config(available: dict[str, Deb], version: str, log: Log | None = None) -> bytes:
+    """`/boot/config-<version>` from the kernel's .deb in the cache: the image keeps the
+    kernel's modules but not /boot, and mkinitramfs reads the config (which compressions
+    the kernel unpacks)."""
+    deb = available.get(f"linux-image-{version}")
+    if deb is None:
+        raise UserError(
+            f"the deb cache lacks linux-image-{version} (the kernel the node runs)",
+            hint="pass --debs with the cache of the build that made the image",
+        )
+    tar = run([require_tool("dpkg-deb"), "--fsys-tarfile", deb.path], log=None).stdout
+    if log is not None:
+        log.info(f"read boot/config-{version} from {deb.path.name}")
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        for member in archive.getmembers():
+            if member.name.lstrip("./") == f"boot/config-{version}" and member.isfile():
+                extracted = archive.extractfile(member)
+                if extracted is not None:
+                    return extracted.read()
+    raise UserError(f"{deb.path.name} has no boot/config-{version}")
+
+
+def node_packages(layout: Layout) -> list[str]:
+    """The packages whose tools make `layout` on the node."""
+    filesystems = [p.filesystem for d in layout.disks for p in d.partitions if p.filesystem]
+    filesystems += [v.filesystem for g in layout.volume_groups for v in g.volumes]
+    wanted = [NODE_PACKAGES[f.value] for f in filesystems if f.value in NODE_PACKAGES]
+    return list(dict.fromkeys([*NODE_BASE, *wanted]))
+
+
+def fetch_debs(directory: Path, release: str, mirror: str, log: Log | None = None) -> None:
+    """Download FETCHED (the boot loader and the node's disk tools) and their dependencies
+    into `directory` with mmdebstrap (into a throwaway tree; only the .debs are kept)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    run(
+        [
+            require_tool("mmdebstrap"),
+            "--variant=essential",
+            f"--include={','.join(FETCHED)}",
+            "--format=null",
+            '--setup-hook=mkdir -p "$1"/var/cache/apt/archives',
+            f"--setup-hook=sync-in {directory} /var/cache/apt/archives/",
+            f"--customize-hook=sync-out /var/cache/apt/archives {directory}",
+            release,
+            "-",
+            mirror,
+        ],
+        log=log,
+        timeout=FETCH_TIMEOUT,
+    )

@@ -1,0 +1,224 @@
+"""install.debian + install.flow against a scripted node: the steps in order, refusals
+before any write, secrets only on stdin, the report on success and failure."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from plasmaboot.errors import PlasmabootError, UserError, WorkError
+from plasmaboot.install.debian import SEPARATOR, Install
+from plasmaboot.install.flow import Report, check_services, install_to_disk
+from plasmaboot.install.layout import load_layout
+from plasmaboot.install.packages import Deb
+from plasmaboot.install.secrets import list_secrets
+from plasmaboot.log import Log
+
+GIB = 1 << 30
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHGx6xYXuF9m3bV0zLxWcB0l5pYxR3ZkqQ2m1K5sH2pQ"
+
+
+@dataclass
+class FakeNode:
+    """A node that answers the install's scripts from a table of substrings."""
+
+    host: str = "10.0.0.5"
+    disk_children: list[dict[str, object]] = field(default_factory=list)
+    size: int = 4 * GIB
+    calls: list[tuple[str, bytes | None]] = field(default_factory=list)
+    secrets_owner: str = "iam"
+
+    def sh(self, script: str, input: bytes | None = None, timeout: float = 0) -> str:
+        self.calls.append((script, input))
+        if "readlink -f" in script:
+            disks = json.dumps({"blockdevices": [{"path": "/dev/vda", "type": "disk"}]})
+            return f"/dev/vda\n{SEPARATOR}\n{disks}"
+        if "lsblk --json --bytes" in script:
+            disk = {"path": "/dev/vda", "size": self.size, "type": "disk", "mountpoint": None}
+            tree = json.dumps({"blockdevices": [{**disk, "children": self.disk_children}]})
+            return f"{tree}\n{SEPARATOR}\n"
+        if script == "uname -r":
+            return "6.1.0-28-amd64\n"
+        if "blkid" in script:
+            return "/dev/vda2 AB12-CD34\n/dev/vda3 1111-2222\n"
+        if "ssh-keygen" in script:
+            return f"{KEY} \n{KEY} \n"
+        if script.startswith("for u in"):
+            return "chainfire.service\niam.service\nflaredb.service\n"
+        if script.startswith("stat -c"):
+            return f"{self.secrets_owner} 600 /mnt/plasmaboot/etc/iam/token\n"
+        if script.startswith("systemctl is-active"):
+            return "active\n"
+        return ""
+
+    def scripts(self) -> str:
+        return "\n".join(script for script, _ in self.calls)
+
+
+def job(tmp_path: Path, **changes: object) -> Install:
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(b"kernel")
+    secrets = tmp_path / "secrets" / "cp1"
+    (secrets / "etc/iam").mkdir(parents=True)
+    (secrets / "etc/iam/token").write_text("TOPSECRET-iam-token")
+    values: dict[str, object] = {
+        "machine": "cp1",
+        "hostname": "cp1",
+        "layout": load_layout(Path("layouts/default.toml")),
+        "kernel": kernel,
+        "debs": [],
+        "services": ("iam",),
+        "secrets": list_secrets(secrets),
+        "ipv4": "10.0.0.5/24",
+        "macs": ("52:54:00:12:34:01",),
+        **changes,
+    }
+    return Install(**values)  # type: ignore[arg-type]
+
+
+def run_install(tmp_path: Path, node: FakeNode, install: Install) -> Report:
+    report = Report("cp1", node.host)
+    with Log(tmp_path / "install.log") as log, contextlib.suppress(PlasmabootError):
+        install_to_disk(install, node, report, log)
+    return report
+
+
+def test_an_install_runs_every_step_in_order(tmp_path: Path) -> None:
+    node = FakeNode()
+    install = job(tmp_path)
+    report = run_install(tmp_path, node, install)
+    assert report.ok is False and report.failed_step is None  # ok is the caller's, after boot
+    assert list(report.steps) == [
+        "release", "inspect", "disks", "system", "configure", "boot", "services", "secrets",
+        "finish",
+    ]  # fmt: skip
+    scripts = node.scripts()
+    assert scripts.index("sgdisk --zap-all /dev/vda") < scripts.index("mkfs.ext4")
+    assert scripts.index("cp -a /run/plasmaboot-install/lower/root/.") < scripts.index(
+        "grub-install"
+    )
+    assert "grub-install --target=i386-pc /dev/vda" in scripts
+    restore = scripts.index(
+        "dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs"
+    )
+    assert restore < scripts.index("update-initramfs -c -k")
+    assert "MODULES=most" in scripts  # the fallback
+    assert (
+        "--target=x86_64-efi --efi-directory=/boot/efi --removable --no-nvram /dev/vda" in scripts
+    )
+    assert (
+        "systemctl --root=/mnt/plasmaboot disable --quiet chainfire.service flaredb.service"
+        in scripts
+    )
+    assert "systemctl --root=/mnt/plasmaboot enable --quiet iam.service" in scripts
+    assert install.host_keys == [KEY, KEY]
+    assert report.data["plan"]["partitions"][2]["device"] == "/dev/vda3"
+    assert report.data["secrets"] == [{"path": "/etc/iam/token", "owner": "iam", "mode": "0600"}]
+
+
+def test_files_go_over_stdin_and_secrets_never_on_a_command_line(tmp_path: Path) -> None:
+    node = FakeNode()
+    run_install(tmp_path, node, job(tmp_path))
+    assert "TOPSECRET" not in node.scripts()
+    assert "TOPSECRET" not in (tmp_path / "install.log").read_text()
+    landed = files_sent(node)
+    assert landed["etc/iam/token"] == (b"TOPSECRET-iam-token", 0o600, "iam")
+    assert b"UUID=1111-2222\t/\text4" in landed["etc/fstab"][0]
+    network = landed["etc/systemd/network/05-plasmaboot-static.network"][0]
+    assert b"MACAddress=52:54:00:12:34:01" in network and b"Address=10.0.0.5/24" in network
+    assert landed["etc/hostname"] == (b"cp1\n", 0o644, "root")
+    assert landed["etc/machine-id"][1] == 0o444
+
+
+def files_sent(node: FakeNode) -> dict[str, tuple[bytes, int, str]]:
+    """Every file unpacked on the target from a tar stream: path -> (bytes, mode, owner)."""
+    found: dict[str, tuple[bytes, int, str]] = {}
+    for script, data in node.calls:
+        if data is None or not script.startswith("tar -x") or "/mnt/plasmaboot" not in script:
+            continue
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            for member in archive.getmembers():
+                extracted = archive.extractfile(member)
+                assert extracted is not None
+                found[member.name] = (extracted.read(), member.mode, member.uname)
+    return found
+
+
+def test_a_disk_that_is_not_empty_is_refused_before_any_write(tmp_path: Path) -> None:
+    part = {"path": "/dev/vda1", "size": GIB, "type": "part", "mountpoint": None}
+    node = FakeNode(disk_children=[part])
+    report = run_install(tmp_path, node, job(tmp_path))
+    assert report.failed_step == "inspect" and report.error is not None
+    assert "/dev/vda is not empty" in report.error and "--wipe" in str(report.hint)
+    assert "sgdisk" not in node.scripts() and "wipefs --all" not in node.scripts()
+
+
+def test_with_wipe_the_old_partitions_are_erased_first(tmp_path: Path) -> None:
+    part = {"path": "/dev/vda1", "size": GIB, "type": "part", "mountpoint": None}
+    node = FakeNode(disk_children=[part])
+    report = run_install(tmp_path, node, job(tmp_path, wipe=True))
+    assert report.failed_step is None
+    scripts = node.scripts()
+    assert scripts.index("wipefs --all --force /dev/vda1") < scripts.index("sgdisk --zap-all")
+
+
+def test_a_disk_too_small_fails_at_inspect_with_the_sizes(tmp_path: Path) -> None:
+    node = FakeNode(size=256 << 20)
+    report = run_install(tmp_path, node, job(tmp_path))
+    assert report.failed_step == "inspect"
+    assert report.error == (
+        "disks[0]: /dev/vda is too small for the layout: it has 256MiB, "
+        "the layout needs at least 579MiB"
+    )
+    assert "sgdisk" not in node.scripts()
+
+
+def test_a_secret_that_landed_with_the_wrong_owner_fails_the_install(tmp_path: Path) -> None:
+    node = FakeNode(secrets_owner="root")
+    report = run_install(tmp_path, node, job(tmp_path))
+    assert report.failed_step == "secrets"
+    assert "landed as root 600, expected iam 600" in str(report.error)
+
+
+def test_luks_is_refused_by_the_debian_installer(tmp_path: Path) -> None:
+    layout = load_layout(Path("layouts/lvm-luks.toml"))
+    node = FakeNode(size=64 * GIB)
+    report = run_install(tmp_path, node, job(tmp_path, layout=layout))
+    assert report.failed_step == "disks" and "does not encrypt yet" in str(report.error)
+
+
+def test_services_are_checked_active(tmp_path: Path) -> None:
+    assert check_services(FakeNode(), ("iam",)) == {"iam": "active"}
+
+    class Failed(FakeNode):
+        def sh(self, script: str, input: bytes | None = None, timeout: float = 0) -> str:
+            return "failed\n"
+
+    with pytest.raises(WorkError, match="not active on the installed system: iam: failed"):
+        check_services(Failed(), ("iam",), timeout=0)
+
+
+def test_the_report_is_json_with_the_failure(tmp_path: Path) -> None:
+    report = Report("cp1", "10.0.0.5", failed_step="inspect", error="x", hint="y")
+    report.write(tmp_path / "r" / "install-cp1.json")
+    data = json.loads((tmp_path / "r" / "install-cp1.json").read_text())
+    assert data["failed_step"] == "inspect" and data["ok"] is False and data["hint"] == "y"
+    assert UserError  # the refusals above are UserErrors (exit 2)
+
+
+def test_disk_tools_the_node_lacks_are_installed_in_its_ram_first(tmp_path: Path) -> None:
+    deb = tmp_path / "dosfstools_4.2-1_amd64.deb"
+    deb.write_bytes(b"deb")
+    node = FakeNode()
+    tools = [Deb(deb, "dosfstools", (), ())]
+    run_install(tmp_path, node, job(tmp_path, node_debs=tools))
+    scripts = node.scripts()
+    install_line = "dpkg -i /run/plasmaboot-install/debs/dosfstools_4.2-1_amd64.deb"
+    assert scripts.index(install_line) < scripts.index("sgdisk --zap-all")
+    assert "chroot" not in scripts[: scripts.index(install_line)]

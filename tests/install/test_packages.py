@@ -1,0 +1,94 @@
+"""install.packages: which .debs the node needs, from control fields, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from plasmaboot.errors import UserError
+from plasmaboot.install.packages import Deb, closure, parse_control, parse_relations
+
+
+def deb(name: str, depends: str = "", provides: str = "") -> Deb:
+    return Deb(
+        Path(f"{name}_1_amd64.deb"),
+        name,
+        parse_relations(depends),
+        tuple(g[0] for g in parse_relations(provides)),
+    )
+
+
+def test_relations_keep_names_and_alternatives() -> None:
+    assert parse_relations("a (>= 1.2), b | c:any, d [amd64], ") == (("a",), ("b", "c"), ("d",))
+
+
+def test_control_fields_are_read_with_continuations() -> None:
+    text = (
+        "Package: grub-common\nVersion: 2.06\nDepends: libc6 (>= 2.34),\n libfuse3-3\n"
+        "Pre-Depends: dpkg\n"
+    )
+    parsed = parse_control(Path("x.deb"), text)
+    assert parsed.package == "grub-common"
+    assert parsed.depends == (("dpkg",), ("libc6",), ("libfuse3-3",))
+
+
+def test_the_closure_skips_what_the_node_has_and_orders_dependencies_first() -> None:
+    available = {
+        d.package: d
+        for d in (
+            deb("grub-pc-bin", "grub-common"),
+            deb("grub-common", "libc6, libfuse3-3 | fuse-alt, gettext-base"),
+            deb("libfuse3-3", "libc6"),
+            deb("gettext-base"),
+            deb("libc6"),
+        )
+    }
+    chosen = [d.package for d in closure(["grub-pc-bin"], available, {"libc6", "gettext-base"})]
+    assert chosen == ["libfuse3-3", "grub-common", "grub-pc-bin"]
+
+
+def test_a_virtual_package_is_satisfied_by_its_provider() -> None:
+    available = {d.package: d for d in (deb("a", "awk"), deb("mawk", provides="awk"))}
+    assert [d.package for d in closure(["a"], available, set())] == ["mawk", "a"]
+    assert [d.package for d in closure(["a"], available, {"awk"})] == ["a"]
+
+
+def test_what_neither_side_has_is_named() -> None:
+    with pytest.raises(UserError) as caught:
+        closure(["grub-pc-bin"], {"grub-pc-bin": deb("grub-pc-bin", "grub-common")}, set())
+    assert caught.value.message.startswith("the deb cache lacks grub-common")
+    assert caught.value.hint is not None and "--fetch-debs" in caught.value.hint
+
+
+def test_the_node_needs_the_tools_of_the_layouts_filesystems() -> None:
+    from plasmaboot.install.layout import load_layout
+    from plasmaboot.install.packages import node_packages
+
+    assert node_packages(load_layout(Path("layouts/default.toml"))) == [
+        "gdisk", "parted", "dosfstools", "e2fsprogs",
+    ]  # fmt: skip
+    assert "xfsprogs" in node_packages(load_layout(Path("layouts/control-plane.toml")))
+
+
+def test_the_kernel_config_comes_from_the_kernels_deb(tmp_path: Path) -> None:
+    import subprocess
+
+    from plasmaboot.install.packages import kernel_config
+
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "boot").mkdir()
+    (root / "DEBIAN/control").write_text(
+        "Package: linux-image-6.1.0-9-amd64\nVersion: 1\nArchitecture: amd64\n"
+        "Maintainer: t <t@t.invalid>\nDescription: t\n"
+    )
+    (root / "boot/config-6.1.0-9-amd64").write_text("CONFIG_RD_GZIP=y\n")
+    deb = tmp_path / "linux-image-6.1.0-9-amd64_1_amd64.deb"
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "-b", root, deb], check=True, capture_output=True
+    )
+    available = {"linux-image-6.1.0-9-amd64": Deb(deb, "linux-image-6.1.0-9-amd64", (), ())}
+    assert kernel_config(available, "6.1.0-9-amd64") == b"CONFIG_RD_GZIP=y\n"
+    with pytest.raises(UserError, match=r"lacks linux-image-6\.1\.0-10-amd64"):
+        kernel_config(available, "6.1.0-10-amd64")

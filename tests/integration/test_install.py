@@ -1,0 +1,215 @@
+"""Install to disk, end to end (slow): the CI image PXE-boots through pxe-server in a network
+namespace as a BIOS machine with a blank virtio disk; `plasmaboot install` (as a user runs
+it, inside the namespace) first fails on a layout too large for the disk (a clear report),
+then installs with the default layout, reboots (QEMU stops: the power-off) and, powered on
+again, the machine's PXE boot is answered with "boot from the local disk". The installed
+system answers SSH with the host key recorded during the install, has the layout, host
+name, enabled service and secrets as declared, and no secret is in any log or report.
+
+The RAM session is trusted through the host keys the node reported at boot (its per-node
+layer's one-time token), never on first use; the installed system is checked against the
+keys the install recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netns import PXE_FILES, PXE_TOOLS, require
+from plasmaboot.boot.provisioning import INVENTORY, plan_provisioning, provisioning_network
+from plasmaboot.boot.qemu import Accelerator, Firmware, PxeVm, VmConfig
+from plasmaboot.boot.ssh import Ssh, wait_for_ssh
+from plasmaboot.install.layout import builtin_layouts_dir
+from plasmaboot.install.remote import SshRemote
+from plasmaboot.inventory.state import read_host_keys
+from plasmaboot.log import Log
+
+from conftest import CI_SERVICE, CiImage
+
+pytestmark = pytest.mark.slow
+
+HOSTNAME = "inst1"
+DISK_SIZE = "3G"
+BOOT_TIMEOUT = 420  # power-on to SSH under TCG on a busy 2-core machine
+INSTALL_TIMEOUT = 1800  # the install command alone, with --fetch-debs on a cold cache
+SECRET = "plasmaboot-test-secret-7f3a9c"  # must appear nowhere but on the disk
+
+
+def install_argv(ci_image: CiImage, workdir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "plasmaboot", "--profiles-dir", str(ci_image.profiles_dir),
+        "install", HOSTNAME,
+        "--inventory", str(workdir / INVENTORY),
+        "--identity", str(ci_image.identity),
+        "--secrets", str(workdir / "secrets"),
+        "--artifacts", str(ci_image.artifacts),
+        "--debs", str(ci_image.cache / "debs" / "bookworm"),
+        "--fetch-debs",
+        "--boot-timeout", str(BOOT_TIMEOUT),
+        "--json",
+        *extra,
+    ]  # fmt: skip
+
+
+def wait_for_host_key_report(inventory: Path, timeout: float = 90) -> None:
+    """The node reports its host keys a moment after sshd starts; install trusts those."""
+    deadline = time.monotonic() + timeout
+    while read_host_keys(inventory, HOSTNAME) is None:
+        assert time.monotonic() < deadline, f"{HOSTNAME} reported no host keys in {timeout} s"
+        time.sleep(1)
+
+
+def write_secrets(workdir: Path) -> None:
+    root = workdir / "secrets" / HOSTNAME
+    (root / f"etc/{CI_SERVICE}").mkdir(parents=True)
+    (root / f"etc/{CI_SERVICE}/token").write_text(SECRET + "\n")
+    (root / "etc/plasmaboot").mkdir(parents=True)
+    (root / "etc/plasmaboot/cluster.key").write_text(SECRET + "-cluster\n")
+
+
+def run_install(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, check=False
+    )
+    report: dict[str, Any] = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    return proc.returncode, report
+
+
+def test_a_bios_machine_installs_and_boots_from_its_disk(ci_image: CiImage, tmp_path: Path) -> None:
+    install_and_boot(ci_image, tmp_path, Firmware.BIOS)
+
+
+@pytest.mark.extended
+def test_a_uefi_machine_installs_and_boots_from_its_disk(ci_image: CiImage, tmp_path: Path) -> None:
+    """OVMF with its own variable store: after the install the firmware boots the disk's
+    EFI/BOOT/BOOTX64.EFI, at once or after iPXE's `exit 1` (there is no NVRAM entry)."""
+    install_and_boot(ci_image, tmp_path, Firmware.UEFI)
+
+
+def install_and_boot(ci_image: CiImage, tmp_path: Path, firmware: Firmware) -> None:
+    require(*PXE_TOOLS, "qemu-img", files=PXE_FILES)
+    plan = plan_provisioning(
+        ci_image.label, ci_image.label, None, HOSTNAME, "10.78.0.0/24", (ci_image.profiles_dir,)
+    )
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, DISK_SIZE], check=True)
+    write_secrets(tmp_path)
+    timings: dict[str, float] = {}
+    with (
+        Log(tmp_path / "test.log", subject="install") as log,
+        provisioning_network(plan, ci_image.artifacts, tmp_path, log) as net,
+    ):
+        inventory = tmp_path / INVENTORY
+        inventory.write_text(inventory.read_text() + f'services = ["{CI_SERVICE}"]\n')
+
+        def vm_config(name: str) -> VmConfig:
+            return VmConfig(
+                workdir=tmp_path / name,
+                label=ci_image.label,
+                network=net.guest,
+                accelerator=Accelerator.TCG,
+                memory_mib=1024,
+                firmware=firmware,
+                disk=disk,
+            )
+
+        ram = Ssh(22, ci_image.identity, log=log, host=net.address, netns=net.netns)
+        with PxeVm(vm_config("ram"), access_log=net.server_log, log=log, netns=net.netns) as vm:
+            wait_for_ssh(vm, ram, BOOT_TIMEOUT)
+            wait_for_host_key_report(tmp_path / INVENTORY)
+            # a layout the disk cannot hold: refused before anything is written, a report
+            too_big = str(builtin_layouts_dir() / "control-plane.toml")
+            code, report = run_install(
+                net.netns.argv(install_argv(ci_image, tmp_path, "--layout", too_big))
+            )
+            assert code == 2 and report["ok"] is False and report["failed_step"] == "inspect"
+            assert "too small for the layout" in report["error"]
+            assert (
+                "sgdisk" not in (tmp_path / "machines.state/reports/install-inst1.log").read_text()
+            )
+            # the same command again, with the machine's own (default) layout: installs,
+            # reboots; QEMU runs with -no-reboot, so the reboot powers the machine off
+            started = time.monotonic()
+            installer = subprocess.Popen(
+                net.netns.argv(install_argv(ci_image, tmp_path)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            deadline = time.monotonic() + INSTALL_TIMEOUT
+            while vm.running() and installer.poll() is None and time.monotonic() < deadline:
+                time.sleep(1)
+            if installer.poll() is not None:
+                out, err = installer.communicate()
+                pytest.fail(f"install ended before the reboot:\n{out[-3000:]}\n{err[-3000:]}")
+            assert not vm.running(), f"no reboot within {INSTALL_TIMEOUT}s"
+        timings["install"] = time.monotonic() - started
+        # powered on again: PXE first (-boot order=n), serve answers "local disk"
+        with PxeVm(vm_config("disk"), access_log=net.server_log, log=log, netns=net.netns) as vm:
+            try:
+                out, err = installer.communicate(timeout=BOOT_TIMEOUT + 300)
+            finally:
+                if installer.poll() is None:
+                    installer.kill()
+            assert installer.returncode == 0, f"{out[-3000:]}\n{err[-3000:]}"
+            report = json.loads(out)
+            timings["first_boot"] = time.monotonic() - started - timings["install"]
+            assert report["ok"] is True and report["failed_step"] is None
+            assert report["service_states"] == {CI_SERVICE: "active"}
+            if firmware is Firmware.BIOS:  # SeaBIOS boots the network first (order=n)
+                assert "is installed: local disk" in net.server_log.read_text()
+            check_installed_system(tmp_path, net.address, ci_image, net.netns, report)
+    check_no_secret_anywhere(tmp_path, ci_image)
+    print(f"install step: {report['steps']}; install {timings['install']:.0f}s, "
+          f"reboot to services active {timings['first_boot']:.0f}s")  # fmt: skip
+
+
+def check_installed_system(
+    workdir: Path, address: str, ci_image: CiImage, netns: Any, report: dict[str, Any]
+) -> None:
+    state = workdir / "machines.state"
+    record = json.loads((state / "hostkeys" / f"{HOSTNAME}.json").read_text())
+    assert record["installed"] is True and record["keys"] == report["host_keys"]
+    assert json.loads((state / "installed" / f"{HOSTNAME}.json").read_text())["machine"] == HOSTNAME
+    known = workdir / "installed_known_hosts"
+    known.write_text("".join(f"{address} {key}\n" for key in record["keys"]))
+    node = SshRemote(address, ci_image.identity, known, netns=netns)  # pinned: no first use
+    mounts = node.sh(
+        "findmnt -n -o TARGET,SOURCE,FSTYPE / ; findmnt -n -o TARGET,SOURCE,FSTYPE /boot/efi"
+    )
+    assert mounts.split() == ["/", "/dev/vda3", "ext4", "/boot/efi", "/dev/vda2", "vfat"]
+    parts = node.sh("lsblk -n -b -o NAME,PARTTYPENAME,SIZE /dev/vda")
+    assert "BIOS boot" in parts and "EFI System" in parts
+    assert node.sh("hostname").strip() == HOSTNAME
+    assert node.sh(f"systemctl is-enabled {CI_SERVICE}.service").strip() == "enabled"
+    assert node.sh("systemctl is-enabled chainfire.service || true").strip() == "disabled"
+    owners = node.sh(f"stat -c '%U %a %n' /etc/{CI_SERVICE}/token /etc/plasmaboot/cluster.key")
+    assert owners.splitlines() == [
+        f"{CI_SERVICE} 600 /etc/{CI_SERVICE}/token",
+        "root 600 /etc/plasmaboot/cluster.key",
+    ]
+    assert node.sh("cat /etc/machine-id").strip() != ""
+    assert "/run/rootfs" not in node.sh("findmnt -n -o SOURCE /")
+
+
+def check_no_secret_anywhere(workdir: Path, ci_image: CiImage) -> None:
+    """Every log, report, state file, console capture and artifact, but the disk itself and
+    the secrets directory."""
+    places = [p for p in workdir.rglob("*") if p.is_file()]
+    places += [p for p in ci_image.artifacts.rglob("*") if p.is_file()]
+    skip = {workdir / "disk.qcow2"}
+    leaks = [
+        str(p)
+        for p in places
+        if p not in skip
+        and not p.is_relative_to(workdir / "secrets")
+        and SECRET.encode() in p.read_bytes()
+    ]
+    assert not leaks, leaks
