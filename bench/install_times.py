@@ -32,11 +32,20 @@ from typing import Any
 from plasmaboot.boot.provisioning import INVENTORY, plan_provisioning, provisioning_network
 from plasmaboot.boot.qemu import Accelerator, PxeVm, VmConfig
 from plasmaboot.boot.ssh import Ssh, wait_for_ssh
+from plasmaboot.inventory.state import read_host_keys
 from plasmaboot.log import Log
 
 HOSTNAME = "bench1"
 BOOT_TIMEOUT = 600
 INSTALL_TIMEOUT = 1800
+
+
+def wait_for_report(inventory: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while read_host_keys(inventory, HOSTNAME) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{HOSTNAME} reported no host keys in {timeout} s")
+        time.sleep(1)
 
 
 def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -65,6 +74,7 @@ def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         with PxeVm(config("ram"), access_log=net.server_log, log=log, netns=net.netns) as vm:
             ssh = Ssh(22, args.identity, log=log, host=net.address, netns=net.netns)
             wait_for_ssh(vm, ssh, BOOT_TIMEOUT)
+            wait_for_report(inventory)  # install trusts the host keys the node reported
             started = time.monotonic()
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             deadline = started + INSTALL_TIMEOUT
