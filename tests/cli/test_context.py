@@ -48,6 +48,21 @@ def test_debug_after_the_subcommand_shows_the_traceback(tmp_path: Path) -> None:
     assert debug.exc_info is not None and debug.exc_info[0].__name__ == "UserError"
 
 
+def test_global_options_after_a_command_not_imported_yet(
+    extra: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in a fresh process: the top-level group has imported none of its commands yet
+    (cli.COMMANDS load on first use), and the options after the command still work."""
+    monkeypatch.setattr(main, "commands", {})
+    argv = ["profiles", "list", "--profiles-dir", str(extra)]
+    listed = CliRunner().invoke(main, argv, env={"COLUMNS": "300"})
+    assert listed.exit_code == 0, listed.output
+    assert "my-very-long-profile-name-for-the-summary-table" in listed.output
+    monkeypatch.setattr(main, "commands", {})
+    debug = CliRunner().invoke(main, ["diff", str(tmp_path), str(tmp_path), "--debug"])
+    assert debug.exc_info is not None and debug.exc_info[0].__name__ == "UserError"
+
+
 def test_hoisting_leaves_other_arguments_alone() -> None:
     from plasmaboot.cli import main as group
 

@@ -7,6 +7,12 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from plasmaboot.cli import main
+from plasmaboot.cli.install import known_hosts_file
+from plasmaboot.inventory.load import load_inventory
+from plasmaboot.inventory.state import record_host_keys
+from plasmaboot.profiles.store import ProfileStore
+
+from conftest import make_keypair
 
 INVENTORY = """\
 [machines.cp1]
@@ -53,3 +59,16 @@ def test_a_failure_writes_the_report_in_the_state(tmp_path: Path) -> None:
     report = tmp_path / "machines.state" / "reports" / "install-cp1.json"
     assert '"ok": false' in report.read_text() and "no kernel" in report.read_text()
     assert (tmp_path / "machines.state").stat().st_mode & 0o777 == 0o700
+
+
+def test_the_reported_keys_are_trusted_under_the_name_ssh_connects_to(tmp_path: Path) -> None:
+    """--host may name the node otherwise than the address its report came from: ssh checks
+    the key under the name it connects to, so known_hosts lists both."""
+    inventory = tmp_path / "machines.toml"
+    inventory.write_text(INVENTORY)
+    key = " ".join(make_keypair(tmp_path).with_suffix(".pub").read_text().split()[:2])
+    record_host_keys(inventory, "cp1", "10.0.0.5", "boot-1", [key])
+    entry = load_inventory(inventory, ProfileStore()).machines["cp1"]
+    for address, hosts in [("cp1.lab", "cp1.lab,10.0.0.5"), ("10.0.0.5", "10.0.0.5")]:
+        pinned = known_hosts_file(inventory, entry, None, False, tmp_path, address)
+        assert pinned.read_text() == f"{hosts} {key}\n"

@@ -67,13 +67,18 @@ def command_position(args: list[str]) -> int | None:
     return None
 
 
-def hoist_global_options(group: click.Group, args: list[str]) -> list[str]:
+def hoist_global_options(
+    group: click.Group, args: list[str], ctx: click.Context | None = None
+) -> list[str]:
     """Move the global options found after the subcommand to before it. A subcommand's own
-    option of the same name, and anything after `--`, stay where they are."""
+    option of the same name, and anything after `--`, stay where they are. The subcommand is
+    looked up with `get_command`: the top-level group imports its commands on first use."""
     position = command_position(args)
-    if position is None or args[position] not in group.commands:
+    if position is None:
         return args
-    command = group.commands[args[position]]
+    command = group.get_command(ctx or click.Context(group), args[position])
+    if command is None:
+        return args
     own = {name for param in command.params for name in getattr(param, "opts", [])}
     moved: list[str] = []
     rest: list[str] = []
@@ -118,7 +123,7 @@ class Group(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if ctx.parent is None:
-            args = hoist_global_options(self, args)
+            args = hoist_global_options(self, args, ctx)
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:

@@ -176,7 +176,9 @@ def install(
         tempfile.TemporaryDirectory() as tmp,
     ):
         try:
-            pinned = known_hosts_file(inventory, entry, known_hosts, insecure_first_use, Path(tmp))
+            pinned = known_hosts_file(
+                inventory, entry, known_hosts, insecure_first_use, Path(tmp), address
+            )
             label = entry.label if entry else None
             job = Install(
                 machine=name,
@@ -263,10 +265,17 @@ def node_address(inventory: Path | None, entry: Machine | None) -> str:
 
 
 def known_hosts_file(
-    inventory: Path | None, entry: Machine | None, given: Path | None, first_use: bool, tmp: Path
+    inventory: Path | None,
+    entry: Machine | None,
+    given: Path | None,
+    first_use: bool,
+    tmp: Path,
+    address: str,
 ) -> Path:
     """The known_hosts install trusts for the RAM session: --known-hosts, else the keys the
-    node reported (state), else only with --insecure-first-use an empty one to fill."""
+    node reported (state), under the name ssh connects to (`address`, which --host may make
+    a host name or another address) and the address the report came from; else only with
+    --insecure-first-use an empty one to fill."""
     if given is not None:
         if not given.is_file():
             raise UserError(f"--known-hosts {given}: no such file")
@@ -275,7 +284,8 @@ def known_hosts_file(
         record = read_host_keys(inventory, entry.name)  # checked as it is read back
         if record is not None and not record.installed:
             path = tmp / "known_hosts"
-            path.write_text("".join(f"{record.address} {key}\n" for key in record.keys))
+            hosts = ",".join(dict.fromkeys([address, record.address]))
+            path.write_text("".join(f"{hosts} {key}\n" for key in record.keys))
             return path
     if first_use:
         return tmp / "known_hosts"
