@@ -7,7 +7,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from plasmaboot.cli import main
-from plasmaboot.cli.install import known_hosts_file
+from plasmaboot.cli.install import ip_address_of, known_hosts_file
 from plasmaboot.inventory.load import load_inventory
 from plasmaboot.inventory.state import record_host_keys
 from plasmaboot.profiles.store import ProfileStore
@@ -72,3 +72,18 @@ def test_the_reported_keys_are_trusted_under_the_name_ssh_connects_to(tmp_path: 
     for address, hosts in [("cp1.lab", "cp1.lab,10.0.0.5"), ("10.0.0.5", "10.0.0.5")]:
         pinned = known_hosts_file(inventory, entry, None, False, tmp_path, address)
         assert pinned.read_text() == f"{hosts} {key}\n"
+
+
+def test_installed_keys_are_recorded_under_an_ip_address(tmp_path: Path) -> None:
+    """State keeps IP addresses only: `--host cp1.lab` records the inventory's address (or
+    the reported one), so the installed machine stays in `machines known-hosts`."""
+    inventory = tmp_path / "machines.toml"
+    inventory.write_text(INVENTORY)
+    entry = load_inventory(inventory, ProfileStore()).machines["cp1"]
+    assert ip_address_of("10.0.0.9", inventory, entry) == "10.0.0.9"
+    assert ip_address_of("cp1.lab", inventory, entry) == "10.0.0.5"  # the inventory's
+    dynamic = entry.model_copy(update={"ipv4": None})
+    assert ip_address_of("cp1.lab", inventory, dynamic) == "cp1.lab"  # nothing better known
+    key = " ".join(make_keypair(tmp_path).with_suffix(".pub").read_text().split()[:2])
+    record_host_keys(inventory, "cp1", "10.0.0.7", "boot-1", [key])
+    assert ip_address_of("cp1.lab", inventory, dynamic) == "10.0.0.7"  # the reported one

@@ -326,3 +326,13 @@ def test_access_log_has_a_line_per_request(published: Published, tmp_path: Path)
 )
 def test_parse_listen(value: str, expected: tuple[str, int]) -> None:
     assert parse_listen(value) == expected
+
+
+def test_the_admin_listener_has_a_small_cap_of_its_own() -> None:
+    """A crowd on --admin-listen cannot take the boot listener's descriptors: 16 at most,
+    with the boot listener's deadlines."""
+    from plasmaboot.serve.app import ADMIN_CONNECTIONS, Limits, admin_limits
+
+    boot = Limits(request_timeout=12.0, idle_timeout=3.0, max_connections=200)
+    assert admin_limits(boot) == Limits(12.0, 3.0, ADMIN_CONNECTIONS)
+    assert admin_limits(None).max_connections == ADMIN_CONNECTIONS == 16

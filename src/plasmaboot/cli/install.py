@@ -3,6 +3,7 @@ backend); `--nix` prints the disko configuration and nixos-anywhere command inst
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import tempfile
 from pathlib import Path
@@ -202,7 +203,8 @@ def install(
             installed_keys = Path(tmp) / "installed_known_hosts"
             installed_keys.write_text("".join(f"{address} {key}\n" for key in job.host_keys))
             if inventory and entry:
-                record_installed_host_keys(inventory, name, address, job.host_keys)
+                recorded = ip_address_of(address, inventory, entry)
+                record_installed_host_keys(inventory, name, recorded, job.host_keys)
                 # before the reboot: the machine's next PXE boot must get its disk
                 mark_installed(inventory, name, set_name(artifacts, label), report_path)
             if not no_reboot:
@@ -262,6 +264,20 @@ def node_address(inventory: Path | None, entry: Machine | None) -> str:
         "install: the node's address is unknown (no static ipv4 in the inventory, no report)",
         hint="pass --host ADDR",
     )
+
+
+def ip_address_of(address: str, inventory: Path, entry: Machine) -> str:
+    """The address the installed keys are recorded under: state keeps IP addresses only
+    (`--host cp1.lab` is a name), so a name gives the inventory's or the reported one."""
+    try:
+        ipaddress.ip_address(address)
+        return address
+    except ValueError:
+        pass
+    if entry.address:
+        return entry.address
+    reported = read_host_keys(inventory, entry.name)
+    return reported.address if reported is not None else address
 
 
 def known_hosts_file(

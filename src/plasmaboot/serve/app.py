@@ -14,6 +14,7 @@ by `request_segments` before it comes near the filesystem.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import re
@@ -434,6 +435,15 @@ class Limits:
     max_connections: int = field(default_factory=default_connection_limit)
 
 
+# The status page and /metrics are for a few scrapers and people: a small cap, so a crowd on
+# --admin-listen cannot take the descriptors the boot listener's downloads need.
+ADMIN_CONNECTIONS = 16
+
+
+def admin_limits(limits: Limits | None) -> Limits:
+    return dataclasses.replace(limits or Limits(), max_connections=ADMIN_CONNECTIONS)
+
+
 def limits_of(request_timeout: float, idle_timeout: float, max_connections: int | None) -> Limits:
     if max_connections is None:
         return Limits(request_timeout, idle_timeout)
@@ -667,7 +677,7 @@ def serve_forever(
         if admin is not None:
             try:
                 admin_runner, admin_port = await start_site(
-                    make_admin_app(app), *admin, log_stream, limits, "--admin-listen"
+                    make_admin_app(app), *admin, log_stream, admin_limits(limits), "--admin-listen"
                 )
             except BaseException:
                 await runner.cleanup()
