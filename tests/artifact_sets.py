@@ -6,9 +6,12 @@ manifest whose resolved profile has two services, x (enabled) and y (not); and
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,13 +177,90 @@ def damage_superblock(directory: Path) -> None:
 
 
 NIX_SYSTEM = "0123456789abcdfghijklmnpqrsvwxyz-nixos-system-worker-24.05.20240101.abcdef"
+NIX_SSHD_CONFIG = (
+    "UsePAM yes\nAuthorizedKeysFile %h/.ssh/authorized_keys /etc/ssh/authorized_keys.d/%u\n"
+    "KbdInteractiveAuthentication no\nPasswordAuthentication no\n"
+    "PermitRootLogin prohibit-password\n"
+)
+NIX_USERS = [
+    {"name": "root", "uid": 0, "initialHashedPassword": "!", "hashedPassword": None},
+    {"name": "nixos", "uid": None, "initialHashedPassword": "!", "password": None},
+    {"name": "x", "uid": None, "isSystemUser": True, "hashedPassword": None},
+]
 
 
-def make_nix_set(tmp_path: Path, init_system: str = NIX_SYSTEM) -> Path:
+def store_path(name: str) -> str:
+    """A store path name: a 32-character hash of `name`, then the name."""
+    return f"{hashlib.md5(name.encode()).hexdigest()}-{name}"
+
+
+def public_key_line() -> str:
+    blob = len(b"ssh-ed25519").to_bytes(4, "big") + b"ssh-ed25519" + (32).to_bytes(4, "big")
+    return f"ssh-ed25519 {base64.b64encode(blob + bytes(32)).decode()} operator@test\n"
+
+
+def link(path: Path, target: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target)
+
+
+def make_nix_store(store: Path, users: list[dict[str, Any]] | None = None) -> None:
+    """A NixOS system closure as nixpkgs lays it out: the system links etc to the etc
+    derivation, whose files link to their store paths (etc/systemd/system to the units
+    derivation); activate names the users-groups.json it applies. Service x is enabled; y
+    is disabled, so (as a NixOS module makes it) it has no unit at all."""
+    system, etc = store / NIX_SYSTEM, store / store_path("etc") / "etc"
+    units = store / store_path("system-units")
+    spec = store_path("users-groups.json")
+    write_files(
+        store,
+        {
+            f"{NIX_SYSTEM}/init": "#!/bin/sh\nexec systemd\n",
+            f"{NIX_SYSTEM}/activate": "#!/bin/sh\n# users\n"
+            f"/nix/store/{store_path('perl')}/bin/perl -w update-users-groups.pl "
+            f"/nix/store/{spec}\n",
+            spec: json.dumps({"mutableUsers": True, "users": users or NIX_USERS, "groups": []}),
+            store_path("sshd.conf-final"): NIX_SSHD_CONFIG,
+            store_path("root-authorized_keys"): public_key_line(),
+            f"{store_path('unit-x.service')}/x.service": "[Service]\nExecStart=/bin/x\n",
+            f"{store_path('unit-sshd.service')}/sshd.service": "[Service]\nExecStart="
+            f"/nix/store/{store_path('openssh')}/bin/sshd -D -f /etc/ssh/sshd_config\n",
+            f"{store_path('systemd')}/example/systemd/system/getty@.service": "[Service]\n"
+            "ExecStart=-/sbin/agetty -o '-p -- \\\\u' --noclear - $TERM\n",
+            f"{store_path('unit-getty-.service')}/getty@.service": "[Service]\nExecStart=\n"
+            "ExecStart=@/bin/agetty agetty --login-program /bin/login --noclear %I $TERM\n",
+            "registration": "",
+        },
+    )
+    link(system / "etc", f"/nix/store/{etc.parent.name}/etc")
+    link(etc / "ssh/sshd_config", f"/nix/store/{store_path('sshd.conf-final')}")
+    link(etc / "ssh/authorized_keys.d/root", f"/nix/store/{store_path('root-authorized_keys')}")
+    write_files(etc, {"ssh/authorized_keys.d/root.mode": "0444\n"})
+    link(etc / "systemd/system", f"/nix/store/{units.name}")
+    link(units / "x.service", f"/nix/store/{store_path('unit-x.service')}/x.service")
+    link(units / "multi-user.target.wants/x.service", "../x.service")
+    link(units / "sshd.service", f"/nix/store/{store_path('unit-sshd.service')}/sshd.service")
+    link(units / "multi-user.target.wants/sshd.service", "../sshd.service")
+    upstream = f"/nix/store/{store_path('systemd')}/example/systemd/system"
+    link(units / "getty@.service", f"{upstream}/getty@.service")
+    link(units / "autovt@.service", "getty@.service")
+    override = f"/nix/store/{store_path('unit-getty-.service')}/getty@.service"
+    link(units / "getty@.service.d/overrides.conf", override)
+
+
+NixEdit = Callable[[Path], None]
+
+
+def make_nix_set(
+    tmp_path: Path, init_system: str = NIX_SYSTEM, edit: NixEdit | None = None
+) -> Path:
     """As nixpkgs' netbootRamdisk lays it out: stage-1 with /init, then a zstd segment with
-    the store squashfs (store paths at its top, as make-squashfs.nix writes them)."""
+    the store squashfs (store paths at its top, as make-squashfs.nix writes them); `edit`
+    changes the store before it is squashed."""
     store = tmp_path / "store"
-    write_files(store, {f"{NIX_SYSTEM}/init": "#!/bin/sh\nexec systemd\n", "registration": ""})
+    make_nix_store(store)
+    if edit is not None:
+        edit(store)
     squashfs = make_squashfs(store, tmp_path / "nix-store.squashfs")
     directory = tmp_path / "set"
     directory.mkdir()

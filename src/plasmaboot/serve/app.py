@@ -562,7 +562,7 @@ class ServerThread:
 
     def __enter__(self) -> ServerThread:
         if self.access_log is not None:
-            self._log_file = self.access_log.open("a", encoding="utf-8", buffering=1)
+            self._log_file = open_access_log(self.access_log, "access log")
         self._thread.start()
         self._ready.wait()
         if self._error is not None:
@@ -706,5 +706,17 @@ def serve_forever(
     if access_log is None:
         asyncio.run(main(sys.stderr))
         return
-    with access_log.open("a", encoding="utf-8", buffering=1) as stream:
+    with open_access_log(access_log) as stream:
         asyncio.run(main(stream))
+
+
+def open_access_log(path: Path, option: str = "--access-log") -> TextIO:
+    """The access log, opened for appending lines; any failure (a /proc file that cannot
+    seek, a directory, no permission) is one line naming the option."""
+    try:
+        return path.open("a", encoding="utf-8", buffering=1)
+    except OSError as exc:
+        raise UserError(
+            f"{option} {path}: cannot append to it ({exc.strerror or exc})",
+            hint="pass a file in a directory you can write",
+        ) from exc

@@ -4,8 +4,10 @@ root squashfs (initrd), the layers manifest.json names (layers), what the image 
 its layers stacked: keys, passwords, sshd, services (image), and the iPXE script (ipxe).
 
 Each check has a name and passes, fails or is skipped (when a check it depends on failed,
-or, with the reason, when it does not apply: a NixOS image holds a Nix store, not a root
-filesystem). Damaged input is a failed check with a reason, never an exception.
+or, with the reason, when it does not apply: a NixOS system's accounts made without a
+users-groups.json). A NixOS image holds a Nix store, not a root filesystem: the image
+checks read the system it boots (verify.store). Damaged input is a failed check with a
+reason, never an exception.
 """
 
 from __future__ import annotations

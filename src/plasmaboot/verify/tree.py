@@ -40,6 +40,9 @@ class ImageTree:
     relative to the image root ("etc/shadow"); symlinks resolve inside the image, never on
     the host."""
 
+    scanned_where = "under /etc, /root, /home"  # the small files check_private_keys reads
+    unread_reason = "outside the extracted /etc, /root and /home"
+
     def __init__(self, entries: dict[str, ImageEntry], extracted: Path) -> None:
         self.entries = entries
         self.extracted = extracted
@@ -118,9 +121,13 @@ class ImageTree:
             return None
         return self.read_regular(resolved).decode("utf-8", "replace")
 
+    def readable(self, resolved: str) -> bool:
+        """Whether the file at `resolved` was extracted, so a check can read it."""
+        return resolved.startswith(EXTRACTED_PREFIXES)
+
     def read_regular(self, resolved: str) -> bytes:
-        if not resolved.startswith(EXTRACTED_PREFIXES):
-            raise FormatError(f"/{resolved} is outside the extracted /etc, /root and /home")
+        if not self.readable(resolved):
+            raise FormatError(f"/{resolved} is {self.unread_reason}")
         return (self.extracted / resolved).read_bytes()
 
     def glob(self, pattern: str) -> list[str]:
