@@ -12,6 +12,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
+from plasmaboot.boot import ssh as ssh_module
 from plasmaboot.boot.netns import Netns, namespace, namespace_name, socket_in
 from plasmaboot.boot.ssh import Greeting, Ssh, wait_for_ssh
 from plasmaboot.boot.watch import BootWatch
@@ -159,3 +162,30 @@ def test_with_the_nodes_reported_keys_ssh_checks_the_host_key(tmp_path: Path) ->
     assert "StrictHostKeyChecking=yes" in strict
     assert f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in strict
     assert "StrictHostKeyChecking=no" in Ssh(22, tmp_path / "id").argv("true")
+
+
+@pytest.mark.parametrize(
+    ("answers", "logged_in", "tries"),
+    [
+        ([(255, "Connection timed out during banner exchange"), (0, "")], True, 2),
+        ([(255, "kex_exchange_identification: read: Connection reset by peer")] * 3, False, 3),
+        ([(255, "root@127.0.0.1: Permission denied (publickey).")], False, 1),  # a refusal
+        ([(0, "")], True, 1),
+    ],
+)
+def test_a_login_broken_before_authentication_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+    answers: list[tuple[int, str]],
+    logged_in: bool,
+    tries: int,
+) -> None:
+    monkeypatch.setattr(ssh_module, "LOGIN_RETRY_PAUSE", 0.0)
+    calls: list[str] = []
+
+    def run(self: Ssh, command: str, timeout: float = 0) -> tuple[int, str]:
+        calls.append(command)
+        return answers[len(calls) - 1]
+
+    monkeypatch.setattr(Ssh, "run", run)
+    assert Ssh(22, Path("id")).login()[0] is logged_in
+    assert len(calls) == tries

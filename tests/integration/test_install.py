@@ -26,7 +26,9 @@ from netns import PXE_FILES, PXE_TOOLS, require
 from plasmaboot.boot.provisioning import INVENTORY, plan_provisioning, provisioning_network
 from plasmaboot.boot.qemu import Accelerator, Firmware, PxeVm, VmConfig
 from plasmaboot.boot.ssh import Ssh, wait_for_ssh
+from plasmaboot.image.backends.debian.backend import DEFAULT_MIRROR
 from plasmaboot.install.layout import builtin_layouts_dir
+from plasmaboot.install.packages import fetch_debs
 from plasmaboot.install.remote import SshRemote
 from plasmaboot.inventory.state import read_host_keys
 from plasmaboot.log import Log
@@ -101,6 +103,9 @@ def install_and_boot(ci_image: CiImage, tmp_path: Path, firmware: Firmware) -> N
     disk = tmp_path / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, DISK_SIZE], check=True)
     write_secrets(tmp_path)
+    # GRUB, initramfs-tools and the node's disk tools come from the operator's side: fetched
+    # here, where Debian's mirror is reachable (install runs inside the namespace, which is not)
+    fetch_debs(ci_image.cache / "debs" / "bookworm", "bookworm", DEFAULT_MIRROR)
     timings: dict[str, float] = {}
     with (
         Log(tmp_path / "test.log", subject="install") as log,

@@ -41,6 +41,17 @@ GREETING_SLICE = 0.2
 SSH_COMMAND_TIMEOUT = 120.0
 
 
+# ssh's words for a connection that broke before the server could accept or refuse a key
+TRANSIENT_SSH_FAILURES = (
+    "Connection timed out during banner exchange",
+    "kex_exchange_identification",
+    "Connection reset by peer",
+    "Connection closed by remote host",
+)
+LOGIN_ATTEMPTS = 3
+LOGIN_RETRY_PAUSE = 5.0
+
+
 class Greeting(StrEnum):
     """What came back on the SSH port (see Ssh.greeting)."""
 
@@ -144,7 +155,14 @@ class Ssh:
             return Greeting.CLOSED
 
     def login(self) -> tuple[bool, str]:
-        code, out = self.run("true", timeout=60)
+        """Log in with the key. A connection that broke before authentication (a banner
+        that came too late on a loaded host, a reset) is tried again, a few times: only a
+        server that answered and refused the key is a refusal."""
+        for _ in range(LOGIN_ATTEMPTS):
+            code, out = self.run("true", timeout=60)
+            if code == 0 or not any(sign in out for sign in TRANSIENT_SSH_FAILURES):
+                break
+            time.sleep(LOGIN_RETRY_PAUSE)
         return code == 0, out.strip()
 
     def password_probe(self) -> tuple[int, str]:
