@@ -20,7 +20,7 @@ from plasmaboot.inventory.model import Machine
 from plasmaboot.profiles.store import ProfileStore
 from plasmaboot.serve.app import ServerThread
 from plasmaboot.serve.machines import InventoryWatch
-from plasmaboot.serve.status import Seen, fingerprint, state_dir, status_page
+from plasmaboot.serve.status import Seen, fingerprint, host_key, state_dir, status_page
 
 INVENTORY = """\
 [defaults]
@@ -55,7 +55,15 @@ def server(tmp_path: Path) -> Iterator[ServerThread]:
     hostkeys = tmp_path / "machines.state" / "hostkeys"
     hostkeys.mkdir(parents=True)
     (hostkeys / "w1.json").write_text(
-        json.dumps({"machine": "w1", "reported_at": "2026-01-02T00:00:00Z", "keys": [KEY]})
+        json.dumps(
+            {
+                "machine": "w1",
+                "address": "10.0.0.5",
+                "boot": "b1",
+                "reported_at": "2026-01-02T00:00:00Z",
+                "keys": [KEY],
+            }
+        )
     )
     watch = InventoryWatch(tmp_path / "machines.toml", ProfileStore())
     with ServerThread(root, access_log=tmp_path / "access.log", inventory=watch) as running:
@@ -128,7 +136,10 @@ def test_hostile_names_are_escaped(tmp_path: Path) -> None:
     inventory.machines["w1"] = named
     state = state_dir(inventory.path) / "hostkeys"
     state.mkdir(parents=True)
-    report = {"reported_at": HOSTILE, "keys": [KEY], "installed": True}
+    report = {
+        "machine": "w1", "address": "10.0.0.5", "boot": "b1",
+        "reported_at": HOSTILE, "keys": [KEY], "installed": True,
+    }  # fmt: skip
     (state / "w1.json").write_text(json.dumps(report))
     page = status_page(root, inventory, seen)
     assert "<script>" not in page and "alert(1)</script>" not in page
@@ -158,3 +169,27 @@ def test_without_an_inventory_the_page_lists_the_published_sets(tmp_path: Path) 
         _, page, _ = get(running, "/")
     assert "Machines" not in page and "Published (1)" in page
     assert "2026-01-01T00:00:00+00:00" in page
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"machine": "w1", "reported_at": "x", "keys": [KEY]},  # no address
+        {"machine": "w1", "address": "w1.lab", "boot": "b", "keys": [KEY]},  # not an IP
+        {"machine": "other", "address": "10.0.0.5", "boot": "b", "keys": [KEY]},  # not w1's
+        {"machine": "w1", "address": "10.0.0.5", "boot": "b", "keys": [KEY + " comment"]},
+    ],
+)
+def test_a_record_known_hosts_would_not_trust_shows_no_key(
+    tmp_path: Path, record: dict[str, object]
+) -> None:
+    """The status page reads host keys by the one rule `machines known-hosts` and `install`
+    use: a planted or damaged record shows nothing."""
+    hostkeys = tmp_path / "machines.state" / "hostkeys"
+    hostkeys.mkdir(parents=True)
+    (hostkeys / "w1.json").write_text(json.dumps(record))
+    assert host_key(tmp_path / "machines.state", "w1") is None
+    good = {"machine": "w1", "address": "10.0.0.5", "boot": "b", "keys": [KEY]}
+    (hostkeys / "w1.json").write_text(json.dumps(good))
+    found = host_key(tmp_path / "machines.state", "w1")
+    assert found is not None and found["fingerprint"] == fingerprint(KEY)

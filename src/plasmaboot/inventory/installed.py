@@ -9,26 +9,25 @@ from the local disk" until `plasmaboot machines reinstall MACHINE` removes the r
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from plasmaboot.inventory.model import MACHINE_NAME_PATTERN
-from plasmaboot.inventory.state import read_json, state_dir, write_json_atomic
+from plasmaboot.inventory.state import (
+    is_machine_name,
+    now_stamp,
+    read_json,
+    record_host_keys,
+    state_dir,
+    write_json_atomic,
+)
 
 INSTALLED = "installed"
-HOSTKEYS = "hostkeys"
 
 
-def now_stamp() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def record_path(inventory_path: Path, kind: str, machine: str) -> Path:
-    if re.fullmatch(MACHINE_NAME_PATTERN, machine) is None:
+def record_path(inventory_path: Path, machine: str) -> Path:
+    if not is_machine_name(machine):
         raise ValueError(f"not a machine name: {machine!r}")
-    return state_dir(inventory_path) / kind / f"{machine}.json"
+    return state_dir(inventory_path) / INSTALLED / f"{machine}.json"
 
 
 def mark_installed(inventory_path: Path, machine: str, set_id: str, report: Path) -> dict[str, Any]:
@@ -38,13 +37,13 @@ def mark_installed(inventory_path: Path, machine: str, set_id: str, report: Path
         "set": set_id,
         "report": str(report),
     }
-    write_json_atomic(record_path(inventory_path, INSTALLED, machine), record)
+    write_json_atomic(record_path(inventory_path, machine), record)
     return record
 
 
 def read_installed(inventory_path: Path, machine: str) -> dict[str, Any] | None:
     """The machine's installed record, or None (missing, or not one plasmaboot wrote)."""
-    data = read_json(record_path(inventory_path, INSTALLED, machine))
+    data = read_json(record_path(inventory_path, machine))
     if not isinstance(data, dict) or data.get("machine") != machine:
         return None
     return data
@@ -56,7 +55,7 @@ def is_installed(inventory_path: Path, machine: str) -> bool:
 
 def clear_installed(inventory_path: Path, machine: str) -> bool:
     """Mark the machine for reinstall: True if it was installed."""
-    path = record_path(inventory_path, INSTALLED, machine)
+    path = record_path(inventory_path, machine)
     try:
         path.unlink()
     except FileNotFoundError:
@@ -69,12 +68,4 @@ def record_installed_host_keys(
 ) -> None:
     """The installed system's public host keys, made on the node during the install and read
     back over the already-trusted RAM session (the format of a host-key report)."""
-    record = {
-        "machine": machine,
-        "address": address,
-        "reported_at": now_stamp(),
-        "boot": "install",
-        "keys": keys,
-        "installed": True,
-    }
-    write_json_atomic(record_path(inventory_path, HOSTKEYS, machine), record)
+    record_host_keys(inventory_path, machine, address, "install", keys, installed=True)

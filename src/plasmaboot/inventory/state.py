@@ -125,10 +125,16 @@ def now_stamp() -> str:
 
 
 def record_host_keys(
-    inventory_path: Path, machine: str, address: str, boot: str, keys: list[str]
+    inventory_path: Path,
+    machine: str,
+    address: str,
+    boot: str,
+    keys: list[str],
+    installed: bool = False,
 ) -> HostKeys:
-    """Record a machine's reported keys (replacing its previous boot's)."""
-    record = HostKeys(machine, address, now_stamp(), boot, tuple(keys))
+    """Record a machine's reported keys (replacing its previous boot's); `installed` for
+    the installed system's own keys, which `install` reads back over the trusted session."""
+    record = HostKeys(machine, address, now_stamp(), boot, tuple(keys), installed)
     write_json_atomic(hostkeys_path(inventory_path, machine), record.as_json())
     return record
 

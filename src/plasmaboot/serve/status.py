@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import re
 import threading
 import time
 from asyncio import to_thread
@@ -38,8 +37,6 @@ MAX_REFUSED = 256
 MAX_STATE_FILE = 1 << 20
 SAVE_INTERVAL = 5.0  # seconds between two writes of refused.json (a flood writes rarely)
 REFUSED = "refused.json"
-SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
-HOSTKEYS = "hostkeys"
 
 
 def utc_now() -> str:
@@ -59,25 +56,22 @@ def fingerprint(key_line: str) -> str | None:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
-def host_key(state: Path, machine: str) -> dict[str, str] | None:
-    """The machine's last reported host key (ed25519 if there is one) and when."""
-    if not SAFE_NAME.fullmatch(machine):  # the inventory's names are; never a path
+def host_key(state_path: Path, machine: str) -> dict[str, str] | None:
+    """The machine's last reported host key (ed25519 if there is one) and when: a record
+    that `machines known-hosts` and `install` would trust too (state.parse_host_keys)."""
+    if not state.is_machine_name(machine):  # the inventory's names are; never a path
         return None
-    report = read_json(state / HOSTKEYS / f"{machine}.json")
-    if not isinstance(report, dict) or not isinstance(report.get("keys"), list):
+    path = state_path / state.HOSTKEYS / f"{machine}.json"
+    record = state.parse_host_keys(read_json(path), machine)
+    if record is None:
         return None
-    keys = [k.strip() for k in report["keys"] if isinstance(k, str)]
-    keys.sort(key=lambda k: not k.startswith("ssh-ed25519 "))
-    for key in keys:
-        found = fingerprint(key)
-        if found is not None:
-            return {
-                "type": key.split()[0],
-                "fingerprint": found,
-                "reported_at": str(report.get("reported_at", "")),
-                "installed": "yes" if report.get("installed") is True else "",
-            }
-    return None
+    key = sorted(record.keys, key=lambda k: not k.startswith("ssh-ed25519 "))[0]
+    return {
+        "type": key.split()[0],
+        "fingerprint": fingerprint(key) or "",
+        "reported_at": record.reported_at,
+        "installed": "yes" if record.installed else "",
+    }
 
 
 # --------------------------------------------------------------------------------------
