@@ -336,3 +336,24 @@ def test_the_admin_listener_has_a_small_cap_of_its_own() -> None:
     boot = Limits(request_timeout=12.0, idle_timeout=3.0, max_connections=200)
     assert admin_limits(boot) == Limits(12.0, 3.0, ADMIN_CONNECTIONS)
     assert admin_limits(None).max_connections == ADMIN_CONNECTIONS == 16
+
+
+def test_the_boot_default_leaves_the_admin_listener_its_descriptors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a low descriptor limit, the boot listener's default cap shrinks by what the
+    admin listener may hold; a cap the user chose, or no admin listener, is left alone."""
+    from plasmaboot.serve import connections
+    from plasmaboot.serve.app import Limits, admin_reserve, boot_limits
+
+    monkeypatch.setattr(connections, "soft_descriptor_limit", lambda: 512)
+    alone = connections.default_connection_limit()
+    beside = boot_limits(None, admin=True, chosen=False).max_connections
+    assert beside == connections.default_connection_limit(admin_reserve())
+    assert 0 < beside < alone <= connections.MAX_CONNECTIONS
+    # every descriptor counted: two per download, the bursts, the admin share, the reserve
+    backlog = connections.accept_backlog()
+    assert 2 * beside + 2 * backlog + admin_reserve() + connections.RESERVED_DESCRIPTORS <= 512
+    chosen = Limits(max_connections=300)
+    assert boot_limits(chosen, admin=True, chosen=True) == chosen
+    assert boot_limits(None, admin=False, chosen=False).max_connections == alone

@@ -124,7 +124,13 @@ def serve(
     Status page  http://HOST:PORT/   Prometheus  http://HOST:PORT/metrics
                  (on --admin-listen instead, when given)
     """
-    from plasmaboot.serve.app import check_listen, limits_of, parse_listen, serve_forever
+    from plasmaboot.serve.app import (
+        boot_limits,
+        check_listen,
+        limits_of,
+        parse_listen,
+        serve_forever,
+    )
 
     host, port = parse_listen(listen)
     check_listen(host, allow_remote)
@@ -144,7 +150,11 @@ def serve(
         public_url=public_url,
         access_log=access_log,
         inventory=watch,
-        limits=limits_of(request_timeout, idle_timeout, max_connections),
+        limits=boot_limits(
+            limits_of(request_timeout, idle_timeout, max_connections),
+            admin=admin is not None,
+            chosen=max_connections is not None,
+        ),
         operator_files=operator_files,
         menu_timeout=menu_timeout,
         announce=lambda line: click.echo(line, err=True),

@@ -444,6 +444,24 @@ def admin_limits(limits: Limits | None) -> Limits:
     return dataclasses.replace(limits or Limits(), max_connections=ADMIN_CONNECTIONS)
 
 
+def admin_reserve() -> int:
+    """Descriptors the admin listener may hold: its cap, plus the two accept bursts (taken,
+    and refused but not yet closed) that default_connection_limit counts for any listener."""
+    return ADMIN_CONNECTIONS + 2 * accept_backlog()
+
+
+def boot_limits(limits: Limits | None, admin: bool, chosen: bool) -> Limits:
+    """The boot listener's limits: with an admin listener beside it and no cap chosen by
+    the user (--max-connections), the default cap leaves the admin listener its share of
+    the process's descriptors."""
+    limits = limits or Limits()
+    if admin and not chosen:
+        return dataclasses.replace(
+            limits, max_connections=default_connection_limit(admin_reserve())
+        )
+    return limits
+
+
 def limits_of(request_timeout: float, idle_timeout: float, max_connections: int | None) -> Limits:
     if max_connections is None:
         return Limits(request_timeout, idle_timeout)

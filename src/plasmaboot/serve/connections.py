@@ -54,15 +54,16 @@ def accept_backlog() -> int:
     return max(8, min(BACKLOG, (soft - RESERVED_DESCRIPTORS) // 8))
 
 
-def default_connection_limit() -> int:
+def default_connection_limit(reserved: int = 0) -> int:
     """256, or fewer when the process may open fewer descriptors: each download holds two
     (its socket and its file); a burst of accepts takes up to a backlog more before the cap
     sees them, and the burst the cap has just refused or evicted still holds its sockets
-    until the loop closes them (another backlog); some are kept for everything else."""
+    until the loop closes them (another backlog); some are kept for everything else, and
+    `reserved` more for another listener in the same process (serve --admin-listen)."""
     soft = soft_descriptor_limit()
     if soft is None:
         return MAX_CONNECTIONS
-    spare = soft - RESERVED_DESCRIPTORS - 2 * accept_backlog()
+    spare = soft - RESERVED_DESCRIPTORS - 2 * accept_backlog() - reserved
     return max(1, min(MAX_CONNECTIONS, spare // 2))
 
 
