@@ -20,6 +20,7 @@ class RecordingBackend:
     """Records which of its checks ran, and fails the one it is told to."""
 
     name = "recording"
+    takes_ssh_keys = True
 
     def __init__(self, failing: str | None = None) -> None:
         self.failing = failing
@@ -107,3 +108,18 @@ def test_check_outputs_rejects(tmp_path: Path, damage: object, message: str) -> 
     damage(directory)
     with pytest.raises(WorkError, match=message):
         check_outputs(directory)
+
+
+def test_a_backend_that_ignores_ssh_key_refuses_it(tmp_path: Path) -> None:
+    """An --ssh-key the backend would silently drop is refused before any check runs (the
+    Nix backend reads keys only from the profile), and names the key and the backend."""
+    public = make_keypair(tmp_path).with_suffix(".pub")
+    backend = RecordingBackend()
+    backend.takes_ssh_keys = False
+    profile = ProfileStore().resolve("base")
+    with pytest.raises(UserError, match=r"--ssh-key .*: the recording backend does not take"):
+        check_inputs([profile], backend, [public], [(tmp_path / "out", "--output-dir")])
+    assert backend.checked == ["options"]
+    # without --ssh-key it goes on (and still wants a key from somewhere, or --no-ssh-key)
+    with pytest.raises(UserError, match="no SSH key"):
+        check_inputs([profile], backend, [], [(tmp_path / "out", "--output-dir")])

@@ -44,6 +44,7 @@ class StandInOptions(BackendOptions):
 
 class StandInBackend:
     name = "stand-in"
+    takes_ssh_keys = True
 
     def __init__(self, options: StandInOptions) -> None:
         self.options = options

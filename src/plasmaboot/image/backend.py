@@ -57,6 +57,9 @@ class Suitability:
 
 class Backend(Protocol):
     name: str
+    # whether `build --ssh-key` reaches the image (the Nix backend's keys come only from the
+    # profile's ssh.authorized_keys, which the flake evaluates)
+    takes_ssh_keys: bool
 
     def check_options(self) -> None:
         """Raise UserError naming the option when one of the backend's options is wrong."""

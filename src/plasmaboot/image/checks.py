@@ -37,6 +37,12 @@ def check_inputs(
     tools, every key and package file, the (directory, option) pairs to write, and an
     image nobody could log into (no key at all, unless `allow_no_keys`)."""
     backend.check_options()
+    if ssh_keys and not backend.takes_ssh_keys:
+        raise UserError(
+            f"--ssh-key {ssh_keys[0]}: the {backend.name} backend does not take --ssh-key "
+            "(its image gets root's keys only from the profile's ssh.authorized_keys)",
+            hint="put the key file in the profile's ssh.authorized_keys, or use --backend debian",
+        )
     backend.check_available()
     for path in ssh_keys:
         check_public_key(path, "--ssh-key")

@@ -119,6 +119,7 @@ class NixBackend:
     """Builds NixOS netboot images with `nix build` from the plasmaboot flake."""
 
     name = "nix"
+    takes_ssh_keys = False  # the flake reads the profile's key files, never --ssh-key
 
     def __init__(self, options: NixOptions | None = None) -> None:
         self.options = options or NixOptions()

@@ -233,6 +233,7 @@ def source_fingerprint() -> str:
 
 class DebianBackend:
     name = "debian"
+    takes_ssh_keys = True
 
     def __init__(self, options: DebianOptions | None = None) -> None:
         self.options = options or DebianOptions()
