@@ -37,7 +37,7 @@ lint: setup-python
 # CI's suite: lint, types, unit tests and every `slow` build/boot test, but not the `extended`
 # ones (proxyDHCP boots, the UEFI install, the largest hostile inputs). Ends with pytest's summary.
 test: setup lint
-	$(VENV)/bin/pytest -v -m "not extended"
+	$(VENV)/bin/pytest -v -m "not extended" --durations=25
 
 # Everything, the `extended` tests too.
 test-all: setup lint
