@@ -46,3 +46,29 @@ def read_regular_file(path: Path, limit: int) -> bytes | None:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             return None
         return handle.read(limit)
+
+
+class NotASmallFile(ValueError):
+    """A file that is not a regular file of at most the limit: str() says which, in words
+    ("not a regular file", "larger than 16 MiB") that a caller puts after the file's name."""
+
+
+def read_small_file(path: Path, limit: int) -> bytes:
+    """All of `path`, a regular file of at most `limit` bytes, read once (what a caller
+    checks is what was read). OSError when it cannot be opened; NotASmallFile when it is a
+    FIFO, device or directory (never opened, never waited on) or larger than `limit`
+    (never read past it)."""
+    raw = read_regular_file(path, limit + 1)
+    if raw is None:
+        raise NotASmallFile("not a regular file")
+    if len(raw) > limit:
+        raise NotASmallFile(f"larger than {describe_size(limit)}")
+    return raw
+
+
+def describe_size(size: int) -> str:
+    """64 KiB, 16 MiB, 1000 bytes: a limit as people write it."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} bytes"

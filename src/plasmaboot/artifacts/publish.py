@@ -21,10 +21,14 @@ from plasmaboot.artifacts.layout import IPXE, commit_set, content_id, staging_di
 from plasmaboot.artifacts.manifest import FileRecord
 from plasmaboot.errors import UserError
 from plasmaboot.formats import FormatError
-from plasmaboot.formats.ipxe import LABEL, parse_netboot_script, render_published_script
+from plasmaboot.formats.ipxe import (
+    LABEL,
+    MAX_SCRIPT_SIZE,
+    parse_netboot_script,
+    render_published_script,
+)
 
 CHUNK = 1 << 20
-MAX_SCRIPT_SIZE = 64 << 10
 
 
 # `serve` answers /sets/... from .sets/: a set labelled so could never be reached.

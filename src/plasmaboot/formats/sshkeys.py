@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from plasmaboot.formats import FormatError
-from plasmaboot.paths import read_regular_file
+from plasmaboot.paths import NotASmallFile, read_small_file
 
 PRIVATE_KEY_MARKER = "PRIVATE KEY-----"
 MAX_KEY_FILE_SIZE = 1 << 20  # an authorized_keys file of a few thousand keys
@@ -46,11 +46,10 @@ def read_public_keys(path: Path) -> list[str]:
     """The key lines of a public key file. FormatError when it is not a regular file (a FIFO
     would block forever, a device never end), holds a private key, no key, or a line that
     is not a valid public key (the line number is given); OSError when it cannot be read."""
-    raw = read_regular_file(path, MAX_KEY_FILE_SIZE + 1)
-    if raw is None:
-        raise FormatError("not a regular file")
-    if len(raw) > MAX_KEY_FILE_SIZE:
-        raise FormatError(f"larger than {MAX_KEY_FILE_SIZE >> 20} MiB: not a public key file")
+    try:
+        raw = read_small_file(path, MAX_KEY_FILE_SIZE)
+    except NotASmallFile as exc:
+        raise FormatError(f"{exc}: not a public key file") from exc
     text = raw.decode("utf-8", "replace")
     if PRIVATE_KEY_MARKER in text:
         raise FormatError("this is a private key")

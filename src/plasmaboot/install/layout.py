@@ -43,7 +43,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from plasmaboot.errors import UserError
-from plasmaboot.paths import data_dir, read_regular_file
+from plasmaboot.paths import NotASmallFile, data_dir, read_small_file
 from plasmaboot.profiles.located_errors import (
     display_path,
     parse_toml,
@@ -222,14 +222,14 @@ def load_layout(path: Path) -> Layout:
     """Read and check a layout file; UserError naming the file and key on any problem."""
     display = display_path(path)
     try:
-        raw = read_regular_file(path, MAX_LAYOUT_SIZE + 1)
+        raw = read_small_file(path, MAX_LAYOUT_SIZE)
     except OSError as exc:
         raise UserError(
             f"{display}: cannot read layout ({exc.strerror})",
             hint="name a layout file (see docs/install.md)",
         ) from exc
-    if raw is None or len(raw) > MAX_LAYOUT_SIZE:
-        raise UserError(f"{display}: not a layout file (not a regular file, or over 1 MiB)")
+    except NotASmallFile as exc:
+        raise UserError(f"{display}: not a layout file ({exc})") from exc
     return parse_layout(parse_toml(raw, path), display)
 
 

@@ -27,7 +27,7 @@ from plasmaboot.inventory.model import (
     MachineTable,
     SharedSettings,
 )
-from plasmaboot.paths import read_regular_file
+from plasmaboot.paths import NotASmallFile, read_small_file
 from plasmaboot.profiles.located_errors import (
     describe_validation_error,
     display_path,
@@ -81,23 +81,18 @@ def read_inventory(path: Path) -> bytes:
     never end."""
     display = display_path(path)
     try:
-        raw = read_regular_file(path, MAX_INVENTORY_SIZE + 1)
+        return read_small_file(path, MAX_INVENTORY_SIZE)
     except OSError as exc:
         raise UserError(
             f"--inventory {display}: cannot read ({exc.strerror})",
             hint="pass a machines.toml (see docs/pxe-server.md for its format)",
         ) from exc
-    if raw is None:
+    except NotASmallFile as exc:
         raise UserError(
-            f"--inventory {display}: not a regular file",
-            hint="pass a machines.toml (a FIFO, device or directory is never one)",
-        )
-    if len(raw) > MAX_INVENTORY_SIZE:
-        raise UserError(
-            f"{display}: larger than {MAX_INVENTORY_SIZE >> 20} MiB",
-            hint="an inventory of that size is not a machines.toml; check the file",
-        )
-    return raw
+            f"--inventory {display}: {exc}",
+            hint="pass a machines.toml (a FIFO, device, directory or a file of that size "
+            "is never one)",
+        ) from exc
 
 
 def parse_inventory(raw: bytes, path: Path, store: ProfileStore) -> Inventory:

@@ -26,7 +26,7 @@ from typing import Any
 from plasmaboot.formats.sshkeys import public_key_type
 from plasmaboot.inventory.load import Inventory
 from plasmaboot.inventory.model import MACHINE_NAME_PATTERN
-from plasmaboot.paths import read_regular_file
+from plasmaboot.paths import NotASmallFile, read_small_file
 
 HOSTKEYS = "hostkeys"
 MAX_RECORD_SIZE = 64 << 10  # a record holds a few public keys
@@ -71,10 +71,8 @@ def read_json(path: Path, limit: int = MAX_RECORD_SIZE) -> Any | None:
     """A state file's JSON; None when it is missing, not a regular file, larger than `limit`
     or not JSON (state is what plasmaboot wrote; anything else is ignored, never trusted)."""
     try:
-        raw = read_regular_file(path, limit + 1)
-    except OSError:
-        return None
-    if raw is None or len(raw) > limit:
+        raw = read_small_file(path, limit)
+    except (OSError, NotASmallFile):
         return None
     try:
         return json.loads(raw)

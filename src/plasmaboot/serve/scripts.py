@@ -10,11 +10,10 @@ from pathlib import Path
 
 from plasmaboot.artifacts.layout import INITRD, IPXE, KERNEL, MANIFEST
 from plasmaboot.formats import FormatError
-from plasmaboot.formats.ipxe import parse_netboot_script, render_netboot_script
+from plasmaboot.formats.ipxe import MAX_SCRIPT_SIZE, parse_netboot_script, render_netboot_script
 from plasmaboot.serve.files import opened_within, read_within
 from plasmaboot.serve.paths import BootSet, find_set, published_labels
 
-MAX_SCRIPT_SIZE = 64 << 10  # a set's netboot.ipxe is a few hundred bytes
 MAX_MANIFEST_SIZE = 4 << 20
 
 

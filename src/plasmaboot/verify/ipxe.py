@@ -17,7 +17,7 @@ from plasmaboot.formats.ipxe import (
     NetbootScript,
     parse_netboot_script,
 )
-from plasmaboot.paths import read_regular_file
+from plasmaboot.paths import NotASmallFile, read_small_file
 from plasmaboot.verify.manifest import is_plain_file
 
 LATER_CHECKS = ("ipxe.script", "ipxe.files", "ipxe.kernel-line")
@@ -27,15 +27,14 @@ def check_ipxe(directory: Path, manifest: Manifest | None) -> Iterator[Check]:
     path = directory / IPXE
     try:
         # never blocks on a FIFO nor reads a device or a giant whole
-        data = read_regular_file(path, MAX_SCRIPT_SIZE + 1)
+        data = read_small_file(path, MAX_SCRIPT_SIZE)
     except OSError as exc:
         reason = f"{IPXE} is missing" if not path.exists() else f"{IPXE} unreadable: {exc}"
         yield failed("ipxe.header", reason)
         yield from skip(LATER_CHECKS, "no script to read")
         return
-    if data is None or len(data) > MAX_SCRIPT_SIZE:
-        what = "not a regular file" if data is None else f"over {MAX_SCRIPT_SIZE} bytes"
-        yield failed("ipxe.header", f"{IPXE} is {what}: not a script plasmaboot writes")
+    except NotASmallFile as exc:
+        yield failed("ipxe.header", f"{IPXE} is {exc}: not a script plasmaboot writes")
         yield from skip(LATER_CHECKS, "no script to read")
         return
     first = data.split(b"\n", 1)[0].decode("utf-8", "replace")
