@@ -19,6 +19,7 @@ from plasmaboot.formats.cpio import (
     Compression,
     Entry,
     SegmentError,
+    align_end,
     concatenate,
     read_members,
     read_segments,
@@ -145,3 +146,48 @@ def test_segments_are_detected_and_readable(tmp_path: Path, compression: Compres
     if compression is not Compression.ZSTD:
         members, _ = read_members(data)
         assert "init" in {m.name for m in members}
+
+
+def node_segment(directory: Path) -> Path:
+    """A per-node layer as serve sends it: an uncompressed newc archive."""
+    path = directory / "node.cpio"
+    write_segment([Entry("etc/hostname", stat.S_IFREG | 0o644, data=b"n1\n")], path,
+                  Compression.NONE)  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("compression", [Compression.GZIP, Compression.ZSTD])
+def test_an_initrd_ends_aligned_so_a_loaders_next_initrd_is_read(
+    tmp_path: Path, compression: Compression
+) -> None:
+    """UEFI's command-line initrd loader puts the per-node layer right after the set's
+    initrd, unpadded: it is read only if the set's initrd ends 4-byte aligned, which a
+    compressed last segment alone does not."""
+    last = tmp_path / "last"
+    for size in range(4):  # some payload size leaves the compressed stream unaligned
+        write_segment([Entry("etc/x", stat.S_IFREG | 0o644, data=os.urandom(97 + size))],
+                      last, compression)  # fmt: skip
+        if last.stat().st_size % 4:
+            break
+    assert last.stat().st_size % 4, "no unaligned compressed segment to test with"
+    # as the loader does, without our padding: the node layer is not read, as in the kernel
+    raw = last.read_bytes() + node_segment(tmp_path).read_bytes()
+    (tmp_path / "raw").write_bytes(raw)
+    with pytest.raises(SegmentError, match="not 4-byte aligned"):
+        read_segments(tmp_path / "raw")
+    # concatenate (and the pipeline's align_end) end the initrd aligned: both are read
+    concatenate([last], tmp_path / INITRD)
+    assert (tmp_path / INITRD).stat().st_size % 4 == 0
+    joined = (tmp_path / INITRD).read_bytes() + node_segment(tmp_path).read_bytes()
+    (tmp_path / "joined").write_bytes(joined)
+    names = [m.name for s in read_segments(tmp_path / "joined") for m in s.members]
+    assert "etc/hostname" in names and "etc/x" in names
+
+
+def test_align_end_pads_with_nuls_and_never_writes_through_a_link(tmp_path: Path) -> None:
+    initrd, other = tmp_path / INITRD, tmp_path / "cached"
+    other.write_bytes(b"\x1f\x8b" + b"x" * 5)  # 7 bytes
+    os.link(other, initrd)
+    assert align_end(initrd) == 1
+    assert initrd.read_bytes() == b"\x1f\x8bxxxxx\0" and other.read_bytes() == b"\x1f\x8bxxxxx"
+    assert align_end(initrd) == 0 and initrd.stat().st_size == 8

@@ -148,6 +148,9 @@ def test_a_build_makes_a_complete_set(tmp_path: Path) -> None:
         "6.1.0-99-amd64",
     )
     assert outcome.initrd_size == (current / "initrd").stat().st_size
+    # the stand-in's initrd is 5 MiB + 7 bytes: the set's ends 4-byte aligned (formats.cpio)
+    assert outcome.initrd_size == (5 << 20) + 8
+    assert "initrd: padded with 1 NUL byte(s) to end 4-byte aligned" in log
 
 
 def test_the_same_inputs_are_a_cache_hit(tmp_path: Path) -> None:

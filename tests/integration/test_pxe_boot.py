@@ -87,6 +87,8 @@ def test_a_bios_machine_boots_its_profile(ci_image: CiImage, tmp_path: Path) -> 
     report = boot_test(ci_image, tmp_path, "bios", "bios1")
     assert (report["network"], report["firmware"]) == ("netns", "bios")
     assert check(report, "hostname") == "bios1 (the inventory's: bios1)"
+    # the per-node layer was stacked: its reporter sent the host keys SSH was checked with
+    assert "host key checked against the node's report" in check(report, "boot 1: PXE to SSH")
     assert check(report, "firmware") == "booted under bios (want bios)"
     log = server_output(report)
     assert f"DHCPACK(br0) {ADDRESS} {MACHINE_MAC} bios1" in log
@@ -98,6 +100,9 @@ def test_a_bios_machine_boots_its_profile(ci_image: CiImage, tmp_path: Path) -> 
 def test_a_uefi_machine_boots_through_tftp(ci_image: CiImage, tmp_path: Path) -> None:
     report = boot_test(ci_image, tmp_path, "uefi", "uefi1", retry_handover=True)
     assert check(report, "hostname") == "uefi1 (the inventory's: uefi1)"
+    # the per-node layer was read after the set's initrd (UEFI's loader appends it unpadded:
+    # the set's initrd must end aligned) and its reporter sent the host keys SSH checked
+    assert "host key checked against the node's report" in check(report, "boot 1: PXE to SSH")
     assert check(report, "firmware") == "booted under uefi (want uefi)"
     log = server_output(report)
     assert f"snponly.efi to {ADDRESS}" in log  # the firmware's PXE fetched iPXE over TFTP

@@ -10,7 +10,7 @@ import pytest
 
 from artifact_sets import check_of, damage_superblock, failures, make_nix_set, rehash, run_verify
 from plasmaboot.artifacts.layout import INITRD
-from plasmaboot.formats.cpio import Compression, Entry, read_segments, write_segment
+from plasmaboot.formats.cpio import Compression, Entry, concatenate, read_segments, write_segment
 
 
 def truncate_initrd(directory: Path) -> None:
@@ -45,8 +45,10 @@ def test_an_init_that_is_not_executable_fails(make_set: Callable[..., Path]) -> 
     root_segment = read_segments(directory / INITRD)[1].offset
     write_segment([Entry("init", stat.S_IFREG | 0o644, data=b"#!/bin/sh\n")],
                   directory / "stage1", Compression.GZIP)  # fmt: skip
-    (directory / INITRD).write_bytes((directory / "stage1").read_bytes() + data[root_segment:])
+    (directory / "root").write_bytes(data[root_segment:])
+    concatenate([directory / "stage1", directory / "root"], directory / INITRD)  # aligned
     (directory / "stage1").unlink()
+    (directory / "root").unlink()
     rehash(directory)
     assert failures(directory) == {"initrd.init"}
     _, report, _ = run_verify(directory)
@@ -64,3 +66,15 @@ def test_an_initrd_without_either_squashfs_fails(tmp_path: Path) -> None:
     assert squashfs["detail"] == (
         "no /layers/10-packages.squashfs, /root.squashfs or /nix-store.squashfs in any segment"
     )
+
+
+def test_an_initrd_that_ends_unaligned_fails(make_set: Callable[..., Path]) -> None:
+    """Three NULs more (the kernel skips them) and the initrd still unpacks, but an initrd a
+    UEFI loader appends after it (the per-node layer) would start unaligned and be lost."""
+    directory = make_set()
+    with (directory / INITRD).open("ab") as out:
+        out.write(b"\0" * 3)
+    rehash(directory)
+    assert failures(directory) == {"initrd.segments"}
+    _, report, _ = run_verify(directory)
+    assert "not a multiple of 4" in check_of(report, "initrd.segments")["detail"]

@@ -104,8 +104,31 @@ def header(ino: int, entry: Entry, mtime: int, size: int, nlink: int) -> bytes:
     return NEWC_MAGIC + b"".join(f"{v:08x}".encode() for v in fields) + name
 
 
+# Where the kernel looks for an uncompressed segment: offsets of the whole initrd (every
+# initrd the boot loader gives, concatenated) that are multiples of 4.
+SEGMENT_ALIGN = 4
+
+
 def pad4(length: int) -> bytes:
-    return b"\0" * (-length % 4)
+    return b"\0" * (-length % SEGMENT_ALIGN)
+
+
+def align_end(path: Path) -> int:
+    """Pad the initrd at `path` with NULs to a multiple of 4 bytes (the kernel skips them),
+    so that an initrd a boot loader puts right after it starts aligned: UEFI's command-line
+    initrd loader concatenates files as they are, and the per-node layer follows the set's
+    initrd. A file with other links is copied first, never changed through them. Returns
+    the number of bytes added."""
+    size = path.stat().st_size
+    padding = -size % SEGMENT_ALIGN
+    if padding:
+        if path.stat().st_nlink > 1:
+            copy = path.with_name(path.name + ".aligned")
+            shutil.copyfile(path, copy)
+            os.replace(copy, path)
+        with path.open("ab") as out:
+            out.write(b"\0" * padding)
+    return padding
 
 
 def write_cpio(entries: list[Entry], out: IO[bytes], mtime: int | None = None) -> None:
@@ -164,13 +187,15 @@ def write_segment(entries: list[Entry], path: Path, compression: Compression) ->
 
 
 def concatenate(segments: list[Path], out_path: Path) -> None:
-    """Join segments into one initrd, each starting 4-byte aligned."""
+    """Join segments into one initrd, each starting 4-byte aligned, and the whole ending so
+    (see align_end)."""
     with out_path.open("wb") as out:
         for segment in segments:
             position = out.tell()
             out.write(pad4(position))
             with segment.open("rb") as handle:
                 shutil.copyfileobj(handle, out, COPY_CHUNK)
+        out.write(pad4(out.tell()))
 
 
 # --------------------------------------------------------------------------------------
@@ -304,6 +329,13 @@ def split_segments(data: Payload, descriptor: int | None = None) -> list[Segment
         compression = Compression.detect(data[pos : pos + 8])
         if compression is None:
             raise SegmentError(f"unknown segment format {data[pos : pos + 6]!r} at offset {pos}")
+        if compression is Compression.NONE and pos % SEGMENT_ALIGN:
+            # the kernel takes a cpio header for one only at a 4-byte aligned offset of the
+            # whole initrd; anywhere else it looks for a compressor and stops
+            raise SegmentError(
+                f"uncompressed segment at offset {pos} is not 4-byte aligned (the kernel "
+                "stops there: 'invalid magic at start of compressed archive')"
+            )
         try:
             segment = read_segment(data, pos, compression, budget)
         except SegmentError:

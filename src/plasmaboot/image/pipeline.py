@@ -40,6 +40,7 @@ from plasmaboot.artifacts.manifest import Manifest, file_records, read_manifest,
 from plasmaboot.artifacts.publish import publish_atomically
 from plasmaboot.errors import PlasmabootError, WorkError
 from plasmaboot.formats import FormatError
+from plasmaboot.formats.cpio import align_end
 from plasmaboot.formats.ipxe import render_netboot_script
 from plasmaboot.image.backend import Backend, BackendOptions, BuildRequest, BuildResult
 from plasmaboot.image.backends import AUTO, select_backend
@@ -258,6 +259,9 @@ def finish_set(backend: Backend, request: BuildRequest, result: BuildResult, key
     except FormatError as exc:  # the backend's own parameters pushed the line too far
         raise WorkError(f"{IPXE}: {exc}") from exc
     (staged / IPXE).write_text(script)
+    added = align_end(staged / INITRD)  # the per-node layer follows it (formats.cpio)
+    if added:
+        log.info(f"{INITRD}: padded with {added} NUL byte(s) to end 4-byte aligned")
     with log.step("check outputs"):
         check_outputs(staged)
     manifest = Manifest(

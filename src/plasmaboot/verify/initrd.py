@@ -10,7 +10,7 @@ from plasmaboot.artifacts.layout import INITRD, NIX_STORE_SQUASHFS, PACKAGE_LAYE
 from plasmaboot.checks import Check, count, failed, passed, skipped
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.formats import FormatError
-from plasmaboot.formats.cpio import Member, Segment, SegmentError, read_segments
+from plasmaboot.formats.cpio import SEGMENT_ALIGN, Member, Segment, SegmentError, read_segments
 from plasmaboot.formats.squashfs import read_squashfs_superblock
 from plasmaboot.verify.layers import DirLayer, dir_layers
 
@@ -59,6 +59,13 @@ def check_initrd(directory: Path) -> tuple[list[Check], RootImage | None]:
         return checks + [skipped(name, "initrd unreadable") for name in LATER_CHECKS], None
     summary = ", ".join(f"{s.compression} ({count(s.members, 'member')})" for s in segments)
     segments_check = passed("initrd.segments", f"{len(segments)} segments: {summary}")
+    size = path.stat().st_size
+    if size % SEGMENT_ALIGN:
+        segments_check = failed(
+            "initrd.segments",
+            f"{INITRD} is {size} bytes, not a multiple of {SEGMENT_ALIGN}: an initrd the boot "
+            "loader puts after it (the per-node layer under UEFI) would not be read; rebuild",
+        )
     squashfs_check, root = check_root_squashfs(segments)
     return [segments_check, check_init(segments), squashfs_check], root
 

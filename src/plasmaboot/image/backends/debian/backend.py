@@ -457,7 +457,7 @@ def components(profile: Profile) -> str:
 def write_initrd(path: Path, parts: list[Path | list[Entry]]) -> None:
     """The initrd: each part a segment file copied in, or entries written as an
     uncompressed segment straight into it (the package layer: one copy of its squashfs),
-    each starting 4-byte aligned, as formats.cpio.concatenate does."""
+    each starting 4-byte aligned and the whole ending so, as formats.cpio.concatenate does."""
     with path.open("wb") as out:
         for part in parts:
             out.write(pad4(out.tell()))
@@ -466,6 +466,7 @@ def write_initrd(path: Path, parts: list[Path | list[Entry]]) -> None:
             else:
                 with part.open("rb") as handle:
                     shutil.copyfileobj(handle, out, 1 << 20)
+        out.write(pad4(out.tell()))
 
 
 def layer_records(initrd: Path, layer: PackageLayer, reused: bool) -> tuple[LayerRecord, ...]:
