@@ -108,7 +108,7 @@ def test_netboot_script(ci_image: CiImage) -> None:
     assert script[0] == "#!ipxe"
     assert script[2] == (
         f"kernel ${{boot-server}}/{label}/bzImage initrd=initrd "
-        "console=ttyS0,115200 console=tty0 loglevel=4"
+        "console=ttyS0,115200 console=tty0 loglevel=4 rootfstype=ramfs"
     )
     assert script[3] == f"initrd --name initrd ${{boot-server}}/{label}/initrd"
     assert script[4] == "boot"
