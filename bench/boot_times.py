@@ -88,6 +88,10 @@ def print_table(name: str, reports: list[dict[str, Any]]) -> None:
     failed = sorted({c["name"] for r in reports for c in r["checks"] if c["result"] == "fail"})
     if failed:
         print(f"failed checks: {', '.join(failed)}")
+    for report in reports:  # the logs go with the temporary directory: say what was seen
+        for check in report["checks"]:
+            if check["result"] == "fail":
+                print(f"  {check['name']}: {check['detail'][-1500:]}")
 
 
 def main() -> None:
