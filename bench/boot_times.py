@@ -5,14 +5,15 @@
   - the control-plane image reaches SSH on a VM with 1 GiB of RAM
 
 Usage: .venv/bin/python bench/boot_times.py --artifacts DIR [--artifacts DIR2 ...]
-       --identity KEY [--label control-plane] [--boots 3] [--memory 1024]
+       --identity KEY [--label control-plane] [--boots 3] [--memory 1024 [--memory 384 ...]]
        [--cpu MODEL [--cpu MODEL2 ...]]
 
 Each boot is one `plasmaboot boot-test --boots 1` (the real PXE -> iPXE -> HTTP -> SSH chain,
 every check). With several --artifacts the boots alternate between them (A B A B ...), so
 a before/after comparison shares the same machine noise; the medians are printed side by
 side. Several --cpu compare QEMU CPU models the same way (every artifacts x every model);
-without --cpu, boot-test's default model is used.
+without --cpu, boot-test's default model is used. Several --memory do the same for guest
+sizes (the smallest RAM that reaches SSH with every check passing: issue #16).
 """
 
 from __future__ import annotations
@@ -39,22 +40,23 @@ PHASES = (
 )
 
 
-Variant = tuple[Path, str | None]  # artifacts directory, QEMU CPU model (None: default)
+# artifacts directory, QEMU CPU model (None: default), guest MiB
+Variant = tuple[Path, str | None, int]
 
 
 def variant_name(variant: Variant) -> str:
-    artifacts, cpu = variant
-    return f"{artifacts} (cpu {cpu or 'default'})"
+    artifacts, cpu, memory = variant
+    return f"{artifacts} (cpu {cpu or 'default'}, {memory} MiB)"
 
 
 def boot_once(variant: Variant, options: argparse.Namespace, work: Path) -> dict[str, Any]:
-    artifacts, cpu = variant
+    artifacts, cpu, memory = variant
     report_path = work / "report.json"
     report_path.unlink(missing_ok=True)
     command = [
         sys.executable, "-m", "plasmaboot", "boot-test", options.label,
         "--artifacts", str(artifacts), "--identity", str(options.identity),
-        "--memory", str(options.memory), "--report", str(report_path),
+        "--memory", str(memory), "--report", str(report_path),
         *(["--cpu", cpu] if cpu else []),
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -86,6 +88,10 @@ def print_table(name: str, reports: list[dict[str, Any]]) -> None:
     failed = sorted({c["name"] for r in reports for c in r["checks"] if c["result"] == "fail"})
     if failed:
         print(f"failed checks: {', '.join(failed)}")
+    for report in reports:  # the logs go with the temporary directory: say what was seen
+        for check in report["checks"]:
+            if check["result"] == "fail":
+                print(f"  {check['name']}: {check['detail'][-1500:]}")
 
 
 def main() -> None:
@@ -96,7 +102,7 @@ def main() -> None:
     parser.add_argument("--identity", type=Path, required=True)
     parser.add_argument("--label", default="control-plane")
     parser.add_argument("--boots", type=int, default=3, help="boots per variant (artifacts x cpu)")
-    parser.add_argument("--memory", type=int, default=1024)
+    parser.add_argument("--memory", type=int, action="append", help="guest MiB (repeat)")
     parser.add_argument("--cpu", action="append", help="QEMU CPU model (repeat to compare)")
     options = parser.parse_args()
     cpus = list(dict.fromkeys(options.cpu or [None]))  # a model named twice is one variant
@@ -107,7 +113,8 @@ def main() -> None:
     except UserError as exc:
         sys.exit(f"error: {exc.message} ({exc.hint})")
     artifacts = list(dict.fromkeys(options.artifacts))
-    variants: list[Variant] = [(a, cpu) for a in artifacts for cpu in cpus]
+    memories = list(dict.fromkeys(options.memory or [1024]))
+    variants: list[Variant] = [(a, cpu, m) for a in artifacts for cpu in cpus for m in memories]
     reports: dict[Variant, list[dict[str, Any]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="plasmaboot-boot-bench-") as work:
         for round_index in range(options.boots):
@@ -117,7 +124,7 @@ def main() -> None:
                 total = [b["phases"].get("total_to_ssh") for b in report["boots"]]
                 print(f"round {round_index + 1}: {variant_name(variant)}: PXE to SSH {total}",
                       flush=True)  # fmt: skip
-    print(f"\nlabel {options.label}, {options.memory} MiB guest")
+    print(f"\nlabel {options.label}")
     for variant, runs in reports.items():
         print_table(variant_name(variant), runs)
 

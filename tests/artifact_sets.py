@@ -73,13 +73,18 @@ def make_squashfs(tree: Path, image: Path) -> Path:
     return image
 
 
+# A stage-1 module as the Debian build leaves it: plain ELF, built for the set's kernel.
+STAGE1_MODULE = b"\x7fELF" + f"\0vermagic={KERNEL_RELEASE} SMP mod_unload\0".encode()
+
+
 def make_initrd(directory: Path, squashfs: Path) -> Path:
     """As the build writes it: gzip stage-1 (with /init), then an uncompressed root squashfs."""
     stage1 = directory / "stage1.cpio.gz"
     write_segment(
         [
             Entry("init", stat.S_IFREG | 0o755, data=b"#!/bin/sh\nexec switch_root\n"),
-            Entry("lib/modules/squashfs.ko", stat.S_IFREG | 0o644, data=b"\x7fELF"),
+            Entry("etc/stage1-modules", stat.S_IFREG | 0o644, data=b"squashfs.ko\n"),
+            Entry("lib/modules/squashfs.ko", stat.S_IFREG | 0o644, data=STAGE1_MODULE),
         ],
         stage1,
         Compression.GZIP,

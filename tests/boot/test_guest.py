@@ -125,6 +125,15 @@ def test_free_memory_has_a_floor() -> None:
     low = check_memory({"mem_total_mib": 512, "mem_available_mib": 100})
     assert not low.passed
     assert "MemAvailable 100 MiB of 512 MiB" in low.detail
+    assert not check_memory({"mem_total_mib": 967, "mem_available_mib": 255}).passed
+
+
+def test_a_small_machine_needs_128_mib_free() -> None:
+    """Under 512 MiB (a 384 MiB guest reports ~338), 128 MiB for a shell and tools."""
+    small = check_memory({"mem_total_mib": 338, "mem_available_mib": 167})
+    assert small.passed and small.detail == "MemAvailable 167 MiB of 338 MiB (need 128 MiB)"
+    assert not check_memory({"mem_total_mib": 338, "mem_available_mib": 127}).passed
+    assert not check_memory({"mem_total_mib": 512, "mem_available_mib": 255}).passed
 
 
 # --------------------------------------------------------------------------------------

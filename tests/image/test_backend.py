@@ -52,6 +52,7 @@ def test_the_real_backends_describe_their_options() -> None:
         "--security-mirror",
         "--snapshot",
         "--squashfs-level",
+        "--squashfs-compression",
     ]
     assert [info.flag for info in NixOptions.describe()] == ["--flake", "--plasmacloud"]
 

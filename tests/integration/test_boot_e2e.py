@@ -64,3 +64,32 @@ def test_boot_test_passes_twice_with_fresh_host_keys(ci_image: CiImage) -> None:
         # its ~30 MB packet capture is gone once SSH answered (a failed boot keeps it)
         assert not (Path(boot["logs"]["serial"]).parent / "network.pcap").exists()
         assert "network" not in boot["logs"]
+
+
+def test_boot_test_passes_in_384_mib(ci_image: CiImage) -> None:
+    """The smallest guest the image is held to (#16): one PXE boot with 384 MiB, every
+    check passing. At 512 MiB it used to be the floor: below it the kernel's tmpfs rootfs
+    (half the RAM) cut the root squashfs short (rootfstype=ramfs in base's kernel line)."""
+    report_path = ci_image.artifacts / "boot-test-384.json"
+    proc = plasmaboot(
+        "--profiles-dir",
+        str(ci_image.profiles_dir),
+        "boot-test",
+        ci_image.label,
+        "--artifacts",
+        str(ci_image.artifacts),
+        "--identity",
+        str(ci_image.identity),
+        "--memory",
+        "384",
+        "--timeout",
+        "300",
+        "--report",
+        str(report_path),
+    )
+    report = json.loads(report_path.read_text())
+    failed = [c for c in report["checks"] if c["result"] != "pass"]
+    assert proc.returncode == 0 and report["ok"] is True, f"{failed}\n{proc.stderr[-3000:]}"
+    assert not failed
+    assert "free memory" in {c["name"] for c in report["checks"]}
+    assert report["memory"]["mem_total_mib"] < 384  # the guest had 384 MiB, no more

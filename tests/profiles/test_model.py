@@ -153,6 +153,8 @@ def test_a_profile_without_parents_gets_every_default(tmp_path: Path) -> None:
             "include_modules": [],
             "exclude_modules": [],
             "firmware": [],
+            "package": "linux-image-amd64",
+            "suite": "release",
         },
         "network": {"dhcp": True, "predictable_names": True, "mtu": None},
         "console": {"serial": "ttyS0", "baud": 115200},

@@ -167,7 +167,12 @@ def test_nix_resolves_custom_profiles_like_python(tmp_path: Path) -> None:
         "net.core.netdev_max_backlog": 5000,
         "vm.swappiness": 10,
     }
-    assert edge["kernel"]["params"] == ["console=ttyS0,115200", "console=tty0", "quiet"]
+    assert edge["kernel"]["params"] == [
+        "console=ttyS0,115200",
+        "console=tty0",
+        "rootfstype=ramfs",
+        "quiet",
+    ]
     assert "tun" not in edge["kernel"]["modules"] and "br_netfilter" in edge["kernel"]["modules"]
     assert edge["ssh"]["authorized_keys"] == [str((profiles / "keys" / "ops.pub").resolve())]
     assert edge["console"]["baud"] == 57600

@@ -55,7 +55,8 @@ CORPUS = [
         "unknown-nested-key",
         {"edge.toml": '[kernel]\nparms = ["quiet"]\n'},
         "profiles/edge.toml: kernel.parms: unknown key (did you mean 'params'?)",
-        hint="known keys here: params, modules, include_modules, exclude_modules, firmware",
+        hint="known keys here: params, modules, include_modules, exclude_modules, firmware,"
+        " package, suite",
     ),
     Case(
         "string-for-list",
@@ -292,7 +293,8 @@ CORPUS = [
         {"edge.toml": 'unset = ["sysctl.fs.file-max", "kernel.parms"]\n'},
         "profiles/edge.toml: unset[1]: expected kernel.<key> (did you mean 'params'?), "
         'got "kernel.parms"',
-        hint="keys of [kernel]: params, modules, include_modules, exclude_modules, firmware",
+        hint="keys of [kernel]: params, modules, include_modules, exclude_modules, firmware,"
+        " package, suite",
     ),
     Case(
         "unset-inside-list",

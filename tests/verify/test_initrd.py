@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import lzma
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from artifact_sets import check_of, damage_superblock, failures, make_nix_set, rehash, run_verify
 from plasmaboot.artifacts.layout import INITRD
+from plasmaboot.checks import Outcome
 from plasmaboot.formats.cpio import Compression, Entry, concatenate, read_segments, write_segment
+from plasmaboot.verify.initrd import check_stage1_modules
 
 
 def truncate_initrd(directory: Path) -> None:
@@ -78,3 +82,58 @@ def test_an_initrd_that_ends_unaligned_fails(make_set: Callable[..., Path]) -> N
     assert failures(directory) == {"initrd.segments"}
     _, report, _ = run_verify(directory)
     assert "not a multiple of 4" in check_of(report, "initrd.segments")["detail"]
+
+
+# --------------------------------------------------------------------------------------
+# initrd.stage1-modules: what stage-1's busybox insmod will be given
+
+KERNEL = "6.12.95+deb12-amd64"
+
+
+def fake_module(vermagic: str = KERNEL) -> bytes:
+    return b"\x7fELF\x02\x01\x01" + b"\0" * 64 + f"\0vermagic={vermagic} SMP mod_unload\0".encode()
+
+
+def stage1_segments(tmp_path: Path, modules: dict[str, bytes], listed: list[str]) -> list[Any]:
+    listing = "".join(f"{name}\n" for name in listed).encode()
+    entries = [
+        Entry("etc/stage1-modules", stat.S_IFREG | 0o644, data=listing),
+        *[
+            Entry(f"lib/modules/{name}", stat.S_IFREG | 0o644, data=body)
+            for name, body in modules.items()
+        ],
+    ]
+    write_segment(entries, tmp_path / "stage1.cpio.gz", Compression.GZIP)
+    return read_segments(tmp_path / "stage1.cpio.gz")
+
+
+def test_plain_modules_built_for_the_kernel_pass(tmp_path: Path) -> None:
+    segments = stage1_segments(tmp_path, {"loop.ko": fake_module()}, ["loop.ko"])
+    check = check_stage1_modules(segments, KERNEL)
+    assert check.passed, check.detail
+    assert check.detail == f"1 plain ELF modules for {KERNEL}: loop.ko"
+
+
+@pytest.mark.parametrize(
+    ("modules", "detail"),
+    [
+        # a backports kernel's module copied as shipped: insmod cannot read it
+        ({"loop.ko": lzma.compress(fake_module())}, "loop.ko is not a plain ELF module"),
+        ({"loop.ko": fake_module("6.1.0-57-amd64")}, "loop.ko is built for '6.1.0-57-amd64"),
+        ({"loop.ko": b"\x7fELF no modinfo"}, "loop.ko is built for None"),
+        ({}, "/etc/stage1-modules names loop.ko, not in the initrd"),
+    ],
+)
+def test_a_module_insmod_would_refuse_fails(
+    tmp_path: Path, modules: dict[str, bytes], detail: str
+) -> None:
+    check = check_stage1_modules(stage1_segments(tmp_path, modules, ["loop.ko"]), KERNEL)
+    assert not check.passed
+    assert check.detail.startswith(detail), check.detail
+
+
+def test_an_initrd_without_a_debian_stage1_skips_the_module_check(tmp_path: Path) -> None:
+    write_segment([Entry("init", stat.S_IFREG | 0o755, data=b"#!/bin/sh\n")],
+                  tmp_path / "nix.cpio.gz", Compression.GZIP)  # fmt: skip
+    check = check_stage1_modules(read_segments(tmp_path / "nix.cpio.gz"), KERNEL)
+    assert check.result == Outcome.SKIP

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from artifact_sets import (
+    STAGE1_MODULE,
     check_of,
     failures,
     make_ipxe,
@@ -60,8 +61,10 @@ def make_layered_set(tmp_path: Path, keypair: tuple[str, str]) -> LayeredSet:
         directory = tmp_path / "set"
         directory.mkdir()
         stage1, profile_segment = tmp_path / "stage1.cpio.gz", tmp_path / "profile.cpio.gz"
-        write_segment([Entry("init", stat.S_IFREG | 0o755, data=b"#!/bin/sh\n")], stage1,
-                      Compression.GZIP)  # fmt: skip
+        write_segment([Entry("init", stat.S_IFREG | 0o755, data=b"#!/bin/sh\n"),
+                       Entry("etc/stage1-modules", stat.S_IFREG | 0o644, data=b"loop.ko\n"),
+                       Entry("lib/modules/loop.ko", stat.S_IFREG | 0o644, data=STAGE1_MODULE)],
+                      stage1, Compression.GZIP)  # fmt: skip
         write_segment(layer_entries(profile), profile_segment, Compression.GZIP)
         package_entry = Entry(PACKAGE_LAYER, stat.S_IFREG | 0o444, source=squashfs)
         write_initrd(directory / INITRD, [stage1, [package_entry], profile_segment])

@@ -28,6 +28,7 @@ EVERY_CHECK = (
     "bzImage.size",
     "initrd.segments",
     "initrd.init",
+    "initrd.stage1-modules",
     "initrd.squashfs",
     "initrd.layers",
     "image.read",

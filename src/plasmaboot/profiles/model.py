@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +25,7 @@ SYSCTL_PATTERN = r"^[a-z0-9_]+(\.[A-Za-z0-9_*-]+)+$"
 MEMORY_PATTERN = r"^(\d+[KMGT]?|infinity)$"
 CPU_QUOTA_PATTERN = r"^\d+%$"
 PACKAGE_PATTERN = r"^!?[a-z0-9][a-z0-9+.-]*$"
+KERNEL_PACKAGE_PATTERN = r"^linux-image-[a-z0-9][a-z0-9+.-]*$"
 SERIAL_PATTERN = r"^tty[A-Za-z]+\d+$"
 # A kernel parameter is one word of formats.cmdline's safe alphabet ("!" removes an inherited
 # one): nothing in it can end the iPXE kernel line or add a command to the script.
@@ -46,6 +47,7 @@ PATTERN_EXPECTATIONS: dict[str, str] = {
     CPU_QUOTA_PATTERN: "a percentage like 50%",
     PACKAGE_PATTERN: "a package name of lowercase letters, digits, '+', '.' and '-' "
     "(optionally prefixed with '!')",
+    KERNEL_PACKAGE_PATTERN: "a Debian kernel package name like linux-image-amd64",
     SERIAL_PATTERN: "a tty name like ttyS0",
     KERNEL_PARAM_PATTERN: f"{PARAM_EXPECTATION} (optionally prefixed with '!')",
     MODULE_PATTERN: "a kernel module name of at most 55 letters, digits, '_' and '-' "
@@ -96,6 +98,17 @@ class KernelSection(Section):
     )
     firmware: list[PackageName] = Field(
         [], description="Firmware packages to install (firmware is opt-in)."
+    )
+    # Debian only: the Nix backend boots its nixpkgs kernel whatever these say.
+    package: str = Field(
+        "linux-image-amd64",
+        pattern=KERNEL_PACKAGE_PATTERN,
+        description="Debian backend: the kernel package.",
+    )
+    suite: Literal["release", "backports"] = Field(
+        "release",
+        description="Debian backend: where the kernel package comes from: the release (with "
+        "its -updates and -security) or the release's -backports (a newer kernel).",
     )
 
 

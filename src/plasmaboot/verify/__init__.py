@@ -38,7 +38,7 @@ def verify_set(directory: Path) -> Report:
         )
     checks, manifest = check_manifest(directory)
     checks += check_kernel(directory, manifest)
-    initrd_checks, root = check_initrd(directory)
+    initrd_checks, root = check_initrd(directory, manifest.kernel_version if manifest else None)
     checks += initrd_checks
     checks.append(check_layers(directory, manifest))
     checks += check_image(root, manifest)

@@ -1,5 +1,6 @@
-"""The initrd as the kernel unpacks it (formats.cpio): its segments, the /init it runs, and
-the root squashfs stage-1 mounts, whose superblock must be sound (formats.squashfs)."""
+"""The initrd as the kernel unpacks it (formats.cpio): its segments, the /init it runs, the
+modules stage-1 loads (plain ELF, built for the set's kernel) and the root squashfs stage-1
+mounts, whose superblock must be sound (formats.squashfs)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from plasmaboot.formats.cpio import SEGMENT_ALIGN, Member, Segment, SegmentError
 from plasmaboot.formats.squashfs import read_squashfs_superblock
 from plasmaboot.verify.layers import DirLayer, dir_layers
 
-LATER_CHECKS = ("initrd.init", "initrd.squashfs")
+LATER_CHECKS = ("initrd.init", "initrd.stage1-modules", "initrd.squashfs")
+# The list of modules stage-1 loads, and where they are (the Debian backend's stage-1).
+STAGE1_LIST = "etc/stage1-modules"
+STAGE1_MODULES_DIR = "lib/modules"
+# Enough of a module to find its .modinfo strings (stage-1's are a few hundred KiB at most).
+MODULE_READ_LIMIT = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,11 @@ def find_root_image(segments: list[Segment]) -> tuple[int, Segment, Member] | No
     return None
 
 
-def check_initrd(directory: Path) -> tuple[list[Check], RootImage | None]:
-    """The initrd checks, and the root squashfs image when it is sound enough to read."""
+def check_initrd(
+    directory: Path, kernel_version: str | None = None
+) -> tuple[list[Check], RootImage | None]:
+    """The initrd checks, and the root squashfs image when it is sound enough to read.
+    `kernel_version` (the manifest's) is what stage-1's modules must be built for."""
     path = directory / INITRD
     if not path.is_file():
         checks = [failed("initrd.segments", f"{INITRD} is missing")]
@@ -67,7 +76,8 @@ def check_initrd(directory: Path) -> tuple[list[Check], RootImage | None]:
             "loader puts after it (the per-node layer under UEFI) would not be read; rebuild",
         )
     squashfs_check, root = check_root_squashfs(segments)
-    return [segments_check, check_init(segments), squashfs_check], root
+    modules_check = check_stage1_modules(segments, kernel_version)
+    return [segments_check, check_init(segments), modules_check, squashfs_check], root
 
 
 def check_init(segments: list[Segment]) -> Check:
@@ -78,6 +88,48 @@ def check_init(segments: list[Segment]) -> Check:
     if not member.is_executable:
         return failed("initrd.init", f"/init is not an executable file ({member.mode:o})")
     return passed("initrd.init", f"segment {number}, mode {member.mode & 0o7777:o}")
+
+
+def member_bytes(segment: Segment, member: Member, limit: int) -> bytes:
+    return bytes(segment.payload[member.offset : member.offset + min(member.size, limit)])
+
+
+def check_stage1_modules(segments: list[Segment], kernel_version: str | None) -> Check:
+    """Each module stage-1's list names is in the initrd as a plain ELF file (busybox insmod
+    reads no .ko.xz: a kernel shipping compressed modules has them unpacked at build time)
+    built for the set's kernel (its vermagic), so insmod cannot fail at boot for either."""
+    name = "initrd.stage1-modules"
+    listing = last_member(segments, STAGE1_LIST)
+    if listing is None:
+        return skipped(name, f"no /{STAGE1_LIST} (not a Debian stage-1)")
+    _, segment, member = listing
+    modules = member_bytes(segment, member, 1 << 16).decode("utf-8", "replace").split()
+    for module in modules:
+        found = last_member(segments, f"{STAGE1_MODULES_DIR}/{module}")
+        if found is None:
+            return failed(name, f"/{STAGE1_LIST} names {module}, not in the initrd")
+        body = member_bytes(found[1], found[2], MODULE_READ_LIMIT)
+        if not body.startswith(b"\x7fELF"):
+            return failed(name, f"{module} is not a plain ELF module (compressed?)")
+        magic = module_vermagic(body)
+        if kernel_version and (magic is None or magic.split()[0] != kernel_version):
+            return failed(name, f"{module} is built for {magic!r}, the kernel is {kernel_version}")
+    return passed(
+        name,
+        f"{len(modules)} plain ELF modules"
+        + (f" for {kernel_version}" if kernel_version else "")
+        + (f": {', '.join(modules)}" if modules else ""),
+    )
+
+
+def module_vermagic(body: bytes) -> str | None:
+    """The `vermagic=` string of a module's .modinfo section."""
+    start = body.find(b"\0vermagic=")
+    if start < 0:
+        return None
+    start += len(b"\0vermagic=")
+    end = body.find(b"\0", start)
+    return body[start : end if end >= 0 else len(body)].decode("ascii", "replace")
 
 
 def check_root_squashfs(segments: list[Segment]) -> tuple[Check, RootImage | None]:

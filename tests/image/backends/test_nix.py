@@ -132,7 +132,12 @@ def test_image_module_reads_the_resolved_profile(tmp_path: Path) -> None:
 
     edge = evaluate_image_module(profiles, "edge")
     assert edge["useDHCP"] is True and edge["usePredictableInterfaceNames"] is True
-    assert edge["kernelParams"] == ["console=ttyS0,115200", "console=tty0", "quiet"]
+    assert edge["kernelParams"] == [
+        "console=ttyS0,115200",
+        "console=tty0",
+        "rootfstype=ramfs",
+        "quiet",
+    ]
     assert "br_netfilter" in edge["kernelModules"]
     assert edge["supportedLocales"] == ["en_US.UTF-8/UTF-8"]
     assert edge["getty"] == ["serial-getty@ttyS0"]

@@ -70,6 +70,19 @@ def test_a_release_installs_with_its_updates_and_security_suites(
     assert all(s.url == security for s in suites if s.name.endswith("-security"))
 
 
+@pytest.mark.parametrize(
+    ("release", "names"),
+    [
+        ("bookworm", ["bookworm", "bookworm-updates", "bookworm-backports", "bookworm-security"]),
+        ("sid", ["sid"]),  # no -backports: the backend refuses a backports kernel there
+    ],
+)
+def test_backports_is_a_suite_only_when_asked(release: str, names: list[str]) -> None:
+    suites = image_suites(release, "http://m/debian", DEFAULT_SECURITY_MIRROR, None, True)
+    assert [s.name for s in suites] == names
+    assert all(s.url == "http://m/debian" for s in suites if s.name.endswith("-backports"))
+
+
 def test_the_sources_lines() -> None:
     suite = Suite("http://deb.debian.org/debian-security", "bookworm-security")
     assert suite.sources_line(["main", "non-free-firmware"]) == (

@@ -49,6 +49,10 @@ def test_default_options_pass() -> None:
         (DebianOptions(mirror="http:///debian"), "--mirror: expected an http(s)://"),
         (DebianOptions(mirror="https://u:secret@mirror/debian"), "carries credentials"),
         (DebianOptions(squashfs_level=23), "--squashfs-level: expected 1 to 22, got 23"),
+        (
+            DebianOptions(squashfs_compression="lz4"),
+            "--squashfs-compression: expected zstd or xz, got 'lz4'",
+        ),
         (DebianOptions(mirror="http://m/debian\nx"), "--mirror: expected a URL with no spaces"),
         (DebianOptions(mirror="http://m/deb ian"), "--mirror: expected a URL with no spaces"),
         (DebianOptions(security_mirror="ftp://s/"), "--security-mirror: expected an http(s)"),
@@ -90,6 +94,8 @@ def test_cache_inputs_follow_the_options(tmp_path: Path, archive_dates: object) 
         in mirror.cache_inputs(request)["sources"].splitlines()
     )
     assert default["code"] == level["code"]  # the code's fingerprint, the same for both
+    xz = DebianBackend(DebianOptions(squashfs_compression="xz")).cache_inputs(request)
+    assert default["squashfs_compression"] == "zstd" and xz["squashfs_compression"] == "xz"
     no_security = DebianBackend(DebianOptions(security_mirror="none")).cache_inputs(request)
     assert "bookworm-security" in default["sources"]
     assert "bookworm-security" not in no_security["sources"]
@@ -156,13 +162,60 @@ def test_a_snapshot_pins_the_sources_and_the_key_without_reading_the_archive(
         int(datetime(2026, 11, 1, tzinfo=UTC).timestamp())
     )
     argv = command(tmp_path, profile, options)
-    assert argv[-3:] == [
+    assert argv[-4:] == [
         "deb http://snapshot.debian.org/archive/debian/20261101T000000Z bookworm main",
         "deb http://snapshot.debian.org/archive/debian/20261101T000000Z bookworm-updates main",
+        "deb http://snapshot.debian.org/archive/debian/20261101T000000Z bookworm-backports main",
         "deb http://snapshot.debian.org/archive/debian-security/20261101T000000Z"
         " bookworm-security main",
     ]
     assert '--aptopt=Acquire::Check-Valid-Until "false"' in argv
+
+
+BACKPORTS_RELEASE = "http://deb.debian.org/debian/dists/bookworm-backports/Release"
+
+
+def with_kernel(profile: Profile, **kernel: str) -> Profile:
+    return profile.model_copy(update={"kernel": profile.kernel.model_copy(update=kernel)})
+
+
+def test_a_backports_kernel_is_asked_from_backports_and_keys_on_its_state(
+    tmp_path: Path, archive_dates: dict[str, datetime]
+) -> None:
+    """base takes its kernel from -backports: apt is asked for it there, and a new
+    backports Release (a new kernel) misses the cache and dates the build; a profile
+    with the release's kernel neither names nor reads -backports."""
+    backports = ProfileStore().resolve("base")
+    release = with_kernel(backports, suite="release")
+    assert backports.kernel.suite == "backports"
+    assert debian_packages(backports, "bookworm")[0][0] == "linux-image-amd64/bookworm-backports"
+    assert debian_packages(release, "bookworm")[0][0] == "linux-image-amd64"
+    other = with_kernel(release, package="linux-image-rt-amd64")
+    assert debian_packages(other, "bookworm")[0][0] == "linux-image-rt-amd64"
+
+    def inputs(profile: Profile) -> dict[str, str]:
+        return DebianBackend().cache_inputs(make_request(tmp_path, profile))
+
+    assert "bookworm-backports" not in inputs(release)["sources"]
+    before = inputs(backports)
+    assert "deb http://deb.debian.org/debian bookworm-backports main" in before["sources"]
+    archive_dates[BACKPORTS_RELEASE] = datetime(2026, 12, 1, 2, 21, 41, tzinfo=UTC)
+    after = inputs(backports)
+    assert "bookworm-backports=2026-12-01T02:21:41Z" in after["archive"].split()
+    assert after != before
+    assert DebianBackend().source_date_epoch(backports) == str(
+        int(datetime(2026, 12, 1, 2, 21, 41, tzinfo=UTC).timestamp())
+    )
+    assert DebianBackend().source_date_epoch(release) == str(
+        int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+    )
+
+
+def test_a_backports_kernel_on_a_release_without_backports_is_refused() -> None:
+    profile = ProfileStore().resolve("base")
+    with pytest.raises(UserError, match=r"kernel.suite = \"backports\", but sid has no") as err:
+        debian_packages(profile, "sid")
+    assert err.value.hint is not None and 'kernel.suite = "release"' in err.value.hint
 
 
 # --------------------------------------------------------------------------------------
@@ -181,7 +234,8 @@ def command(
     request = make_request(tmp_path, profile, tmp_path / "cache" if cache else None)
     work = WorkDir(tmp_path / "work")
     work.path.mkdir()
-    packages, _ = debian_packages(profile)
+    release = (options or DebianOptions()).release
+    packages, _ = debian_packages(profile, release)
     return DebianBackend(options).mmdebstrap_command(request, packages, work)
 
 
@@ -190,17 +244,18 @@ def test_mmdebstrap_command(tmp_path: Path) -> None:
     argv = command(tmp_path, profile, DebianOptions(release="trixie", mirror="http://m/debian"))
     mode = "root" if os.geteuid() == 0 else "unshare"
     assert argv[:4] == ["mmdebstrap", f"--mode={mode}", "--variant=minbase", "--components=main"]
-    assert argv[-5:] == [  # no tarball: hooks only; the release, its updates, its security
+    assert argv[-6:] == [  # no tarball: hooks only; the release, its updates, its security
         "trixie",
         "/dev/null",
         "deb http://m/debian trixie main",
         "deb http://m/debian trixie-updates main",
+        "deb http://m/debian trixie-backports main",  # base's kernel comes from there
         "deb http://deb.debian.org/debian-security trixie-security main",
     ]
     assert not [a for a in argv if "Check-Valid-Until" in a]
     (include,) = [a for a in argv if a.startswith("--include=")]
     names = include.removeprefix("--include=").split(",")
-    assert {"linux-image-amd64", "systemd", "openssh-server"} <= set(names)
+    assert {"linux-image-amd64/trixie-backports", "systemd", "openssh-server"} <= set(names)
     assert '--aptopt=APT::Install-Recommends "false"' in argv
     assert "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr" in argv
     assert any("update-initramfs" in a for a in argv if a.startswith("--essential-hook="))

@@ -41,6 +41,7 @@ def test_the_plan_holds_only_what_the_package_layer_depends_on() -> None:
         "include_modules",
         "exclude_modules",
         "squashfs_level",
+        "squashfs_compression",
     }
 
 

@@ -6,6 +6,8 @@ dpkg-query). The real thing runs in every image build
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
 import shutil
 import stat
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from plasmaboot.formats.squashfs import read_squashfs_superblock
 from plasmaboot.image.backends.debian import hook
 from plasmaboot.image.backends.debian.contract import (
     INSIDE_OUT,
@@ -28,6 +31,7 @@ from plasmaboot.image.backends.debian.contract import (
 from plasmaboot.image.backends.debian.hook import (
     STATIC_NODES,
     Context,
+    copy_module_plain,
     export_kernel,
     list_static_nodes,
     mask_unneeded_units,
@@ -231,6 +235,37 @@ def test_stage1_module_order_puts_dependencies_first(tmp_path: Path) -> None:
     ]
 
 
+def test_stage1_modules_shipped_compressed_are_given_to_stage1_plain(tmp_path: Path) -> None:
+    """Backports kernels ship .ko.xz; stage-1's busybox insmod reads plain modules only."""
+    root = tmp_path / "modules"
+    body = b"\x7fELF module body" * 100
+    write(root / "kernel/fs/squashfs/squashfs.ko.xz").write_bytes(lzma.compress(body))
+    write(root / "kernel/drivers/block/loop.ko.gz").write_bytes(gzip.compress(body))
+    write(root / "kernel/fs/overlayfs/overlay.ko").write_bytes(body)
+    (root / "modules.dep").write_text(
+        "kernel/fs/squashfs/squashfs.ko.xz: kernel/drivers/block/loop.ko.gz\n"
+        "kernel/drivers/block/loop.ko.gz:\n"
+        "kernel/fs/overlayfs/overlay.ko:\n"
+    )
+    order = stage1_module_order(root)
+    assert order == [
+        "kernel/drivers/block/loop.ko.gz",
+        "kernel/fs/squashfs/squashfs.ko.xz",
+        "kernel/fs/overlayfs/overlay.ko",
+    ]
+    target = tmp_path / "stage1"
+    target.mkdir()
+    names = [copy_module_plain(root / relpath, target) for relpath in order]
+    assert names == ["loop.ko", "squashfs.ko", "overlay.ko"]
+    assert all((target / name).read_bytes() == body for name in names)
+
+
+def test_a_module_compressed_another_way_fails_the_build_by_name(tmp_path: Path) -> None:
+    write(tmp_path / "loop.ko.zst")
+    with pytest.raises(RuntimeError, match=r"loop\.ko\.zst: expected \.ko, \.ko\.xz or \.ko\.gz"):
+        copy_module_plain(tmp_path / "loop.ko.zst", tmp_path)
+
+
 def test_export_kernel(fake_root: Path) -> None:
     ctx = make_context(fake_root)
     export_kernel(ctx)
@@ -430,10 +465,12 @@ def test_resolved_listens_on_nothing_and_its_stub_answers_names(fake_root: Path)
     assert os.readlink(fake_root / "etc/resolv.conf") == stub
 
 
-def build_squashfs(root: Path, monkeypatch: pytest.MonkeyPatch, epoch: int) -> bytes:
+def build_squashfs(
+    root: Path, monkeypatch: pytest.MonkeyPatch, epoch: int, compression: str = "zstd"
+) -> bytes:
     """Run the whole hook on `root` with this build date; the root squashfs it made."""
     monkeypatch.setenv("SOURCE_DATE_EPOCH", str(epoch))
-    plan = HookPlan.for_profile(worker(), squashfs_level=1)
+    plan = HookPlan.for_profile(worker(), squashfs_level=1, squashfs_compression=compression)
     for name in ("passwd", "group", "shadow", "gshadow"):
         write(root / "etc" / name, f"root:x:0:0::/root:/bin/sh ({name})\n")
     (root / "tmp").mkdir(exist_ok=True)
@@ -472,3 +509,19 @@ def test_the_same_tree_gives_the_same_squashfs_whenever_it_is_built(
     for stamp in hook.UPDATE_STAMPS:
         assert (fake_root / stamp).stat().st_mtime == epoch
         assert f"TIMESTAMP_NSEC={(epoch - 1) * 10**9}" in (fake_root / stamp).read_text()
+
+
+@pytest.mark.parametrize("compression", ["zstd", "xz"])
+def test_the_squashfs_has_the_plans_compressor_and_is_reproducible(
+    fake_root: Path,
+    tmp_path: Path,
+    chroot_calls: ChrootCalls,
+    monkeypatch: pytest.MonkeyPatch,
+    compression: str,
+) -> None:
+    other = tmp_path / "other-root"
+    shutil.copytree(fake_root, other, symlinks=True)
+    image = build_squashfs(fake_root, monkeypatch, 1_796_005_301, compression)
+    assert build_squashfs(other, monkeypatch, 1_796_005_301, compression) == image
+    superblock = read_squashfs_superblock(image, len(image))
+    assert superblock.compressor == compression

@@ -49,7 +49,7 @@ for arg in sys.argv:
 
 def key_of(profile: Profile, options: DebianOptions | None = None) -> str:
     backend = DebianBackend(options)
-    packages, _ = debian_packages(profile)
+    packages, _ = debian_packages(profile, backend.options.release)
     plan = HookPlan.for_profile(profile, backend.options.squashfs_level)
     return package_layer_key(backend.package_inputs(profile, packages, plan))
 

@@ -52,10 +52,16 @@ def snapshot_time(snapshot: str) -> datetime:
 
 
 def image_suites(
-    release: str, mirror: str, security_mirror: str | None, snapshot: str | None
+    release: str,
+    mirror: str,
+    security_mirror: str | None,
+    snapshot: str | None,
+    backports: bool = False,
 ) -> list[Suite]:
-    """The release, then (for a release that has them) its -updates on the same mirror and
-    its -security on the security mirror; all on snapshot.debian.org when pinned."""
+    """The release, then (for a release that has them) its -updates and, when asked, its
+    -backports on the same mirror and its -security on the security mirror; all on
+    snapshot.debian.org when pinned. Nothing is installed from -backports unless named
+    (`package/<release>-backports`): its Release says NotAutomatic."""
     if snapshot is not None:
         mirror = f"{SNAPSHOT_ARCHIVE}/debian/{snapshot}"
         security_mirror = f"{SNAPSHOT_ARCHIVE}/debian-security/{snapshot}"
@@ -63,9 +69,20 @@ def image_suites(
     if release in UNSUPPORTED_RELEASES:
         return suites
     suites.append(Suite(mirror, f"{release}-updates"))
+    if backports:
+        suites.append(Suite(mirror, backports_suite(release)))
     if security_mirror is not None:
         suites.append(Suite(security_mirror, f"{release}-security"))
     return suites
+
+
+def backports_suite(release: str) -> str:
+    return f"{release}-backports"
+
+
+def has_backports(release: str) -> bool:
+    """Whether the release has a -backports suite (unstable and experimental do not)."""
+    return release not in UNSUPPORTED_RELEASES
 
 
 def release_date(head: str) -> datetime:

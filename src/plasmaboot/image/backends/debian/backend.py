@@ -45,7 +45,9 @@ from plasmaboot.image.backends.debian.archive import (
     DEFAULT_SECURITY_MIRROR,
     Suite,
     archive_state,
+    backports_suite,
     describe_state,
+    has_backports,
     image_suites,
     snapshot_time,
     state_epoch,
@@ -75,9 +77,9 @@ from plasmaboot.run import require_tool, run
 STAGE1_INIT = Path(__file__).parent / "stage1" / "init"
 BUSYBOX = Path("/bin/busybox")
 HOOKS = Path("/usr/share/mmdebstrap/hooks")
-# Always in the image: what boots, networks and logs in, whatever the profile says.
+# Always in the image: what boots, networks and logs in, whatever the profile says (and
+# the kernel the profile names: kernel.package from kernel.suite, `kernel_package`).
 SYSTEM_PACKAGES = (
-    "linux-image-amd64",
     "systemd",
     "systemd-sysv",
     "systemd-resolved",
@@ -109,6 +111,7 @@ HOOK_MODULE = "plasmaboot.image.backends.debian.hook"
 
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+SQUASHFS_COMPRESSORS = ("zstd", "xz")
 RELEASE_PATTERN = re.compile(r"[a-z][a-z0-9-]*")
 # The mirror is one word of an apt sources line and of mmdebstrap's command line.
 MIRROR_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\s\u2028\u2029]")
@@ -140,8 +143,19 @@ class DebianOptions(BackendOptions):
         maximum=22,
     )
 
+    squashfs_compression: str = option(
+        "zstd",
+        help="compressor of the root squashfs: zstd, or xz (smaller, slower to build and"
+        " to read at boot)",
+        metavar="zstd|xz",
+    )
+
     def check(self) -> None:
         super().check()
+        if self.squashfs_compression not in SQUASHFS_COMPRESSORS:
+            raise UserError(
+                f"--squashfs-compression: expected zstd or xz, got {self.squashfs_compression!r}"
+            )
         if not RELEASE_PATTERN.fullmatch(self.release):
             raise UserError(
                 f"--release: expected a Debian release name like bookworm, got {self.release!r}"
@@ -164,9 +178,12 @@ class DebianOptions(BackendOptions):
                     hint="give either --snapshot or the mirrors",
                 )
 
-    def suites(self) -> list[Suite]:
+    def suites(self, profile: Profile | None = None) -> list[Suite]:
+        """The suites a build of `profile` installs from (-backports only when its kernel
+        comes from there)."""
         security = None if self.security_mirror == "none" else self.security_mirror
-        return image_suites(self.release, self.mirror, security, self.snapshot)
+        backports = profile is not None and profile.kernel.suite == "backports"
+        return image_suites(self.release, self.mirror, security, self.snapshot, backports)
 
 
 def check_mirror_url(flag: str, value: str, example: str) -> None:
@@ -207,12 +224,29 @@ class WorkDir:
         return self.path / "new-debs"
 
 
-def debian_packages(profile: Profile) -> tuple[list[str], list[str]]:
-    """The profile's packages under their Debian names, and those Debian does not have."""
+def debian_packages(profile: Profile, release: str) -> tuple[list[str], list[str]]:
+    """The profile's packages under their Debian names (the kernel first, from its suite),
+    and those Debian does not have."""
     names, skipped = native_package_names(
         "debian", [*SYSTEM_PACKAGES, *profile.packages, *profile.kernel.firmware]
     )
-    return names, skipped
+    return [kernel_package(profile, release), *names], skipped
+
+
+def kernel_package(profile: Profile, release: str) -> str:
+    """The kernel as apt is asked for it: `linux-image-amd64`, or
+    `linux-image-amd64/bookworm-backports` (apt takes it and what it needs only from there
+    from that suite, which installs nothing unless named)."""
+    package = profile.kernel.package
+    if profile.kernel.suite == "release":
+        return package
+    if not has_backports(release):
+        raise UserError(
+            f'profile {profile.label}: kernel.suite = "backports", but {release} has no'
+            " -backports suite",
+            hint='set kernel.suite = "release" in the profile, or build another --release',
+        )
+    return f"{package}/{backports_suite(release)}"
 
 
 def source_fingerprint() -> str:
@@ -267,28 +301,30 @@ class DebianBackend:
         return {
             "backend": self.name,
             "release": self.options.release,
-            **self.archive_inputs(),  # a cached image misses once the archive has moved on
+            # a cached image misses once the archive has moved on
+            **self.archive_inputs(request.profile),
             "squashfs_level": str(self.options.squashfs_level),
+            "squashfs_compression": self.options.squashfs_compression,
             "code": source_fingerprint(),
         }
 
-    def archive_inputs(self) -> dict[str, str]:
+    def archive_inputs(self, profile: Profile) -> dict[str, str]:
         """The sources and the archive's state, as cache inputs (the set's and the package
-        layer's)."""
-        suites = self.options.suites()
+        layer's): with -backports when the profile's kernel comes from there."""
+        suites = self.options.suites(profile)
         return {
             "sources": "\n".join(s.sources_line(["main"]) for s in suites),
             "archive": describe_state(archive_state(suites, self.options.snapshot)),
         }
 
-    def source_date_epoch(self) -> str:
+    def source_date_epoch(self, profile: Profile | None = None) -> str:
         """The build's date (SOURCE_DATE_EPOCH): the caller's, else the archive's state
         (its newest Release date, or the snapshot's moment), so the same inputs give the
         same bytes."""
         given = os.environ.get("SOURCE_DATE_EPOCH")
         if given is not None and given.isdigit():
             return given
-        suites = self.options.suites()
+        suites = self.options.suites(profile)
         return str(state_epoch(archive_state(suites, self.options.snapshot)))
 
     def build(self, request: BuildRequest) -> BuildResult:
@@ -301,10 +337,12 @@ class DebianBackend:
 
     def build_in(self, request: BuildRequest, work: WorkDir) -> BuildResult:
         log, profile = request.log, request.profile
-        packages, skipped = debian_packages(profile)
+        packages, skipped = debian_packages(profile, self.options.release)
         for name in skipped:
             log.info(f"package {name!r} is not available on Debian; skipped")
-        plan = HookPlan.for_profile(profile, self.options.squashfs_level)
+        plan = HookPlan.for_profile(
+            profile, self.options.squashfs_level, self.options.squashfs_compression
+        )
         inputs = self.package_inputs(profile, packages, plan)
         key = package_layer_key(inputs)
         if request.cache_dir is None:
@@ -368,8 +406,8 @@ class DebianBackend:
             "components": components(profile),
             "plan": plan.model_dump(mode="json"),
             # the archive's state: a cached layer misses once the archive has moved on
-            # (security updates), or for another snapshot
-            **self.archive_inputs(),
+            # (security updates, a new backports kernel), or for another snapshot
+            **self.archive_inputs(profile),
         }
 
     def build_package_layer(
@@ -379,7 +417,7 @@ class DebianBackend:
         log = request.log
         plan.write(work.plan)
         work.out.mkdir()
-        epoch = self.source_date_epoch()
+        epoch = self.source_date_epoch(request.profile)
         log.info(f"SOURCE_DATE_EPOCH={epoch}")
         with log.step("mmdebstrap"):
             run(
@@ -444,7 +482,7 @@ class DebianBackend:
             "/dev/null",
             *[
                 suite.sources_line(components(profile).split(","))
-                for suite in self.options.suites()
+                for suite in self.options.suites(profile)
             ],
         ]
         return command

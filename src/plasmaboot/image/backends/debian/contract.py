@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
@@ -38,15 +38,21 @@ class HookPlan(BaseModel):
     documentation: bool  # system.documentation: keep man pages, info, translations
     include_modules: tuple[str, ...]  # kernel.include_modules globs
     exclude_modules: tuple[str, ...]  # kernel.exclude_modules globs
-    squashfs_level: int
+    squashfs_level: int  # zstd's level (xz has none)
+    squashfs_compression: Literal["zstd", "xz"] = "zstd"
 
     @classmethod
-    def for_profile(cls, profile: Profile, squashfs_level: int) -> HookPlan:
-        return cls(
-            documentation=profile.system.documentation,
-            include_modules=tuple(profile.kernel.include_modules),
-            exclude_modules=tuple(profile.kernel.exclude_modules),
-            squashfs_level=squashfs_level,
+    def for_profile(
+        cls, profile: Profile, squashfs_level: int, squashfs_compression: str = "zstd"
+    ) -> HookPlan:
+        return cls.model_validate(
+            {
+                "documentation": profile.system.documentation,
+                "include_modules": tuple(profile.kernel.include_modules),
+                "exclude_modules": tuple(profile.kernel.exclude_modules),
+                "squashfs_level": squashfs_level,
+                "squashfs_compression": squashfs_compression,
+            }
         )
 
     def write(self, path: Path) -> None:

@@ -13,6 +13,8 @@ small function; the order is `STEPS`.
 from __future__ import annotations
 
 import fnmatch
+import gzip
+import lzma
 import os
 import shutil
 import sys
@@ -173,11 +175,33 @@ def export_kernel(ctx: Context) -> None:
     module_root = ctx.root / "usr/lib/modules" / version
     order = stage1_module_order(module_root)
     target = ctx.outputs.stage1_dir()
-    for relpath in order:
-        shutil.copy2(module_root / relpath, target / Path(relpath).name)
-    ctx.outputs.write_stage1_order([Path(relpath).name for relpath in order])
+    names = [copy_module_plain(module_root / relpath, target) for relpath in order]
+    ctx.outputs.write_stage1_order(names)
     for path in (ctx.root / "boot").iterdir():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+# How a kernel package may compress its modules (Debian's 6.1 ships plain .ko, its 6.12
+# .ko.xz): stage-1's busybox insmod reads plain modules only, so they are unpacked here.
+MODULE_DECOMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    ".xz": lzma.decompress,
+    ".gz": gzip.decompress,
+}
+
+
+def copy_module_plain(source: Path, target_dir: Path) -> str:
+    """Copy a module into target_dir as a plain `.ko` (decompressed if it is not one) and
+    return its new name."""
+    name = source.name
+    if name.endswith(".ko"):
+        shutil.copy2(source, target_dir / name)
+        return name
+    stem, suffix = os.path.splitext(name)
+    decompress = MODULE_DECOMPRESSORS.get(suffix)
+    if decompress is None or not stem.endswith(".ko"):
+        raise RuntimeError(f"stage-1 module {name}: expected .ko, .ko.xz or .ko.gz")
+    (target_dir / stem).write_bytes(decompress(source.read_bytes()))
+    return stem
 
 
 def stage1_module_order(module_root: Path) -> list[str]:
@@ -414,7 +438,11 @@ def make_squashfs(ctx: Context) -> None:
     # own time (mksquashfs refuses -mkfs-time/-all-time beside it). Entries go in name
     # order (mksquashfs sorts each directory), blocks in a fixed order whatever its
     # threads do (-reproducible).
-    compression = ["-comp", "zstd", "-Xcompression-level", level]
+    compression = (
+        ["-comp", "zstd", "-Xcompression-level", level]
+        if ctx.plan.squashfs_compression == "zstd"
+        else ["-comp", "xz", "-Xbcj", "x86"]
+    )
     excludes = ["-wildcards", "-e", *SQUASHFS_EXCLUDES]
     run(
         [
