@@ -427,7 +427,10 @@ class Mkosi(Tool):
             "OutputDirectory=mkosi.output\n\n"
             "[Content]\n"
             f"Packages={','.join(self.packages)}\n"
-            "Cache=mkosi.cache\n\n"
+            "Cache=mkosi.cache\n"
+            # apt's lists and caches (~170 MB unpacked) stay in the image otherwise (apt is
+            # installed); plasmaboot's images carry none either
+            "CleanPackageMetadata=yes\n\n"
             "[Host]\n"
             "NspawnKeepUnit=yes\n"
         )
@@ -437,6 +440,8 @@ class Mkosi(Tool):
         postinst = self.work / "mkosi.postinst"
         postinst.write_text(
             "#!/bin/sh\nset -e\nsystemctl enable systemd-networkd.service ssh.service\n"
+            # the machine ID is reset: systemd-firstboot would wait at the console for answers
+            "systemctl mask systemd-firstboot.service\n"
         )
         postinst.chmod(0o755)
         finalize = self.work / "mkosi.finalize"
@@ -529,7 +534,7 @@ class LiveBuild(Tool):
         config = self.work / "config"
         packages = [name for name in self.packages if name != "linux-image-amd64"]
         (config / "package-lists" / "peers.list.chroot").write_text("\n".join(packages) + "\n")
-        includes = config / "includes.chroot"
+        includes = config / "includes.chroot_after_packages"
         shutil.rmtree(includes, ignore_errors=True)
         write_extra_tree(includes, self.key, port)
         hooks = config / "hooks" / "normal"
