@@ -10,7 +10,7 @@ APT_PACKAGES := mmdebstrap squashfs-tools qemu-system-x86 ipxe-qemu qemu-utils \
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_KEY := .cache/demo/id_ed25519
 
-.PHONY: setup setup-system setup-python test test-all test-fast lint demo clean
+.PHONY: setup setup-system setup-python test test-all test-fast lint demo clean bench-deps
 
 setup: setup-system setup-python
 
@@ -28,6 +28,18 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
+
+# The peers of bench/peers.py (issue #16), for benchmarking only: never part of setup or test.
+# mkosi 14 and live-build from Debian's archive (bookworm), nothing from elsewhere; without
+# their recommends (which pull in systemd-sysv), with what their builds run on the host.
+BENCH_APT_PACKAGES := mkosi live-build debootstrap systemd-container debian-archive-keyring \
+	squashfs-tools cpio rsync wget xz-utils zstd file bzip2
+bench-deps: setup-system
+	@missing=$$(for p in $(BENCH_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
 
 lint: setup-python
 	$(VENV)/bin/ruff check src tests bench
