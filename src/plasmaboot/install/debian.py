@@ -3,7 +3,8 @@
     inspect   find the layout's disks, read what is on them, refuse a disk in use or not
               empty (without --wipe) and one too small, before anything is written
     disks     wipe (--wipe), partition, LVM, mkfs, mount under /mnt/plasmaboot
-    system    copy the image the node booted: its read-only layers, not its tmpfs changes
+    system    copy the image the node booted: its read-only layers but the per-node one, not
+              its tmpfs changes
     configure fstab by UUID, host name, network (DHCP or the inventory's address), a fresh
               machine-id, the installed system's own SSH host keys (made on the node)
     boot      the set's kernel, GRUB (BIOS and UEFI, from .debs uploaded from the operator's
@@ -24,7 +25,7 @@ import shlex
 import tarfile
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from plasmaboot.catalog import load_catalog
@@ -43,6 +44,7 @@ from plasmaboot.install.plan import (
 )
 from plasmaboot.install.remote import Remote
 from plasmaboot.install.secrets import Secret, secrets_tar
+from plasmaboot.serve import nodelayer
 
 WORK = "/run/plasmaboot-install"  # on the node's tmpfs: gone at reboot
 LOWER = f"{WORK}/lower"
@@ -110,12 +112,32 @@ def in_target(*argv: str) -> str:
     return q("chroot", TARGET, *argv)
 
 
+# A run whose SSH connection was lost leaves its command running on the node (sshd does not
+# notice a vanished client): every process rooted in, working in or holding a file under
+# our target or our view of the layers is one of ours, and is ended before the umounts.
+def kill_previous(target: str = TARGET, lower: str = LOWER) -> str:
+    """The script that ends every process holding `target` or `lower` (see above): one
+    `find` over /proc's links (a fork per link took most of a minute under TCG)."""
+    return f"""\
+pids=$(find /proc/[0-9]*/root /proc/[0-9]*/cwd /proc/[0-9]*/fd -maxdepth 1 \\
+    \\( -lname {target} -o -lname '{target}/*' -o -lname '{lower}/*' \\) 2>/dev/null \\
+    | cut -d/ -f3 | sort -u | grep -vx "$$" || true)
+if [ -n "$pids" ]; then
+    echo "ended what a previous run left running:" $pids
+    kill -9 $pids 2>/dev/null || true
+    sleep 1
+fi
+"""
+
+
 def release_previous(install: Install, remote: Remote) -> None:
     """Undo what a failed run left mounted or open (our own mounts and names only), so a
     re-run can inspect and wipe the disk."""
     script = [
+        # only when a previous run left something mounted (a fresh node has nothing to end)
+        f"if mountpoint -q {TARGET} || mountpoint -q {LOWER}/root; then\n{kill_previous()}fi",
         f"if mountpoint -q {TARGET}; then umount -R {TARGET}; fi",
-        f"for d in {LOWER}/root {LOWER}/[0-9]*; do ! mountpoint -q $d || umount -R $d; done",
+        f"if mountpoint -q {LOWER}/root; then umount -R {LOWER}/root; fi",
     ]
     for group in install.layout.volume_groups:
         script.append(f"vgchange -an {shlex.quote(group.name)} >/dev/null 2>&1 || true")
@@ -169,34 +191,38 @@ def make_disks(install: Install, remote: Remote) -> None:
     remote.sh(install.plan.script(f"{WORK}/secrets", TARGET))
 
 
-# The node's root is an overlay of read-only squashfs layers (loop devices) under a tmpfs.
-# The installed system is those layers, merged, without what changed in RAM since boot:
-# mount each layer again, top first in reverse name order (the stage-1 rule), and overlay
-# them read-only when there are several.
-LOWER_VIEW = f"""\
-mkdir -p {LOWER}/root
-n=0
+# The node's root is an overlay of its read-only layers under a tmpfs. stage-1 leaves each
+# layer mounted at /run/rootfs/layers/<name> and moves /run into the running system
+# (stage1/init). The installed system is those layers, merged, without what changed in RAM
+# since boot and without the per-node layer (host name, network, keys: install writes its
+# own; the boot's host-key reporter and its token must never reach the disk): stacked top
+# first in reverse name order (the stage-1 rule), overlaid read-only when there are several.
+LAYERS = "/run/rootfs/layers"
+NODE_LAYER = PurePosixPath(nodelayer.LAYER).name
+
+
+def lower_view(layers: str = LAYERS, lower: str = LOWER) -> str:
+    """The script that mounts the image's merged layers read-only at `lower`/root."""
+    return f"""\
+[ -d {layers} ] || {{ echo "no {layers}: the node runs an image whose stage-1 does not keep \
+its layers under /run (rebuild the image)"; exit 1; }}
 lowers=""
-# BACK-FILE is the layer's path in the initramfs, "(deleted)" since switch_root
-for dev in $(losetup --list --noheadings --output NAME,BACK-FILE \\
-        | awk '$2 ~ /[.]squashfs/ {{print $2, $1}}' | sort -r | awk '{{print $2}}'); do
-    n=$((n + 1))
-    mkdir -p {LOWER}/$n
-    mount -t squashfs -o ro "$dev" {LOWER}/$n
-    lowers="${{lowers:+$lowers:}}{LOWER}/$n"
+for layer in $(LC_ALL=C ls -1r {layers}); do
+    [ "$layer" != {NODE_LAYER} ] || continue
+    lowers="${{lowers:+$lowers:}}{layers}/$layer"
 done
-[ -n "$lowers" ] || {{ echo "no squashfs layer is attached to a loop device"; exit 1; }}
-if [ "$n" -eq 1 ]; then
-    mount --bind "$lowers" {LOWER}/root
-else
-    mount -t overlay -o "ro,lowerdir=$lowers" plasmaboot-lower {LOWER}/root
-fi
-[ -e {LOWER}/root/usr/lib/os-release ] || {{ echo "the layers hold no system"; exit 1; }}
+[ -n "$lowers" ] || {{ echo "no layer under {layers}"; exit 1; }}
+mkdir -p {lower}/root
+case "$lowers" in
+    *:*) mount -t overlay -o "ro,lowerdir=$lowers" plasmaboot-lower {lower}/root ;;
+    *) mount --bind -o ro "$lowers" {lower}/root ;;
+esac
+[ -e {lower}/root/usr/lib/os-release ] || {{ echo "the layers hold no system"; exit 1; }}
 """
 
 
 def copy_system(install: Install, remote: Remote) -> None:
-    remote.sh(LOWER_VIEW)
+    remote.sh(lower_view())
     remote.sh(
         f"cp -a {LOWER}/root/. {TARGET}/\n"
         # the node's own keys for root, where the per-node layer puts them
@@ -204,8 +230,7 @@ def copy_system(install: Install, remote: Remote) -> None:
         f"  mkdir -p {TARGET}/etc/plasmaboot/node\n"
         f"  cp /etc/plasmaboot/node/authorized_keys {TARGET}/etc/plasmaboot/node/\n"
         "fi\n"
-        f"umount -R {LOWER}/root\n"
-        f'for d in {LOWER}/[0-9]*; do umount "$d"; done',
+        f"umount {LOWER}/root",
         timeout=1800,
     )
 
