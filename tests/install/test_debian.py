@@ -4,12 +4,19 @@ without the per-node layer, and a node whose stage-1 kept no layers is a clear f
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from plasmaboot.install.debian import NODE_LAYER, kill_previous, lower_view
+from plasmaboot.install.debian import (
+    NODE_LAYER,
+    kill_previous,
+    lower_view,
+    start_background,
+    wait_background,
+)
 
 # mount only records what it was asked; the rest of the script runs as on the node
 HARNESS = 'mount() {{ echo "mount $*" >> "{record}"; }}\n{script}'
@@ -94,3 +101,27 @@ def test_what_a_lost_run_left_running_is_ended(tmp_path: Path) -> None:
         for child in (inside, outside):
             child.kill()
             child.wait()
+
+
+def test_a_background_command_is_waited_for_with_its_status_and_output(tmp_path: Path) -> None:
+    """The initramfs runs detached from the SSH session that starts it; a later session
+    waits for it, prints its output and exits with its status."""
+    state = str(tmp_path / "job")
+    run = subprocess.run(
+        ["sh", "-euc", start_background("echo building; sleep 1; exit 3", state)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert run.returncode == 0 and run.stdout == ""  # returns at once, nothing printed
+    waited = subprocess.run(
+        ["sh", "-euc", wait_background(state)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert waited.returncode == 3
+    lines = waited.stdout.splitlines()
+    assert lines[0] == "building" and re.fullmatch(r"exit 3 after [12] s", lines[-1])

@@ -189,9 +189,12 @@ def install_and_boot(ci_image: CiImage, tmp_path: Path, firmware: Firmware) -> N
           f"reboot to services active {timings['first_boot']:.0f}s")  # fmt: skip
 
 
+COPY = "cp -a /run/plasmaboot-install/lower/root/."
+
+
 def lose_ssh_mid_way(ci_image: CiImage, workdir: Path, net: Provisioned) -> None:
-    """The machine's link goes down (its tap, as a pulled cable) once the `system` step
-    starts: install fails within its SSH keep-alive, in one line that says the connection
+    """The machine's link goes down (its tap, as a pulled cable) as the system is copied:
+    install fails within its SSH keep-alive, in one line that says the connection
     was lost and how to go on, and the report names the step. The link comes back."""
     log = workdir / "machines.state/reports/install-inst1.log"
     seen = log.stat().st_size if log.exists() else 0
@@ -203,10 +206,12 @@ def lose_ssh_mid_way(ci_image: CiImage, workdir: Path, net: Provisioned) -> None
     )
     try:
         deadline = time.monotonic() + INSTALL_TIMEOUT
-        while "==> system" not in log.read_text()[seen:] if log.exists() else True:
+        # the copy's command logged (the step's long one), then a moment for it to start
+        while COPY.encode() not in (log.read_bytes()[seen:] if log.exists() else b""):
             assert installer.poll() is None, installer.communicate()
-            assert time.monotonic() < deadline, "install never reached the system step"
+            assert time.monotonic() < deadline, "install never reached the system copy"
             time.sleep(0.2)
+        time.sleep(5)
         subprocess.run(
             ["ip", "-n", net.netns.name, "link", "set", net.guest.tap, "down"], check=True
         )
@@ -215,6 +220,7 @@ def lose_ssh_mid_way(ci_image: CiImage, workdir: Path, net: Provisioned) -> None
         if installer.poll() is None:
             installer.kill()
         subprocess.run(["ip", "-n", net.netns.name, "link", "set", net.guest.tap, "up"], check=True)
+    wait_until_reachable(net)
     report = json.loads(out)
     assert installer.returncode == 1, err
     assert report["ok"] is False and report["failed_step"] == "system"
@@ -222,6 +228,19 @@ def lose_ssh_mid_way(ci_image: CiImage, workdir: Path, net: Provisioned) -> None
     assert "--wipe" in report["hint"]
     lines = [line for line in err.splitlines() if line.strip()]
     assert any(line.startswith("failed: lost the SSH connection") for line in lines), err
+
+
+def wait_until_reachable(net: Provisioned, timeout: float = 120) -> None:
+    """The node's SSH port answers again (the host's neighbour entry for it failed while the
+    link was down: "No route to host" until it is resolved again)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            net.netns.connect((net.address, 22), timeout=5).close()
+            return
+        except OSError as exc:
+            assert time.monotonic() < deadline, f"the node is unreachable after the cut: {exc}"
+            time.sleep(2)
 
 
 def check_installed_system(
