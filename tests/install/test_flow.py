@@ -96,7 +96,7 @@ def test_an_install_runs_every_step_in_order(tmp_path: Path) -> None:
     assert report.ok is False and report.failed_step is None  # ok is the caller's, after boot
     assert list(report.steps) == [
         "release", "inspect", "disks", "system", "configure", "boot", "services", "secrets",
-        "finish",
+        "initramfs", "finish",
     ]  # fmt: skip
     scripts = node.scripts()
     assert scripts.index("sgdisk --zap-all /dev/vda") < scripts.index("mkfs.ext4")
@@ -222,3 +222,39 @@ def test_disk_tools_the_node_lacks_are_installed_in_its_ram_first(tmp_path: Path
     install_line = "dpkg -i /run/plasmaboot-install/debs/dosfstools_4.2-1_amd64.deb"
     assert scripts.index(install_line) < scripts.index("sgdisk --zap-all")
     assert "chroot" not in scripts[: scripts.index(install_line)]
+
+
+def test_grub_cfg_is_written_from_what_the_install_knows(tmp_path: Path) -> None:
+    """No grub-mkconfig (its probing took minutes under TCG): the entry names the kernel the
+    node runs, the root by the UUID blkid read, the console line; GRUB's files come as one
+    tar stream unpacked on the operator's side, no dpkg run on the node."""
+    node = FakeNode()
+    grub = Deb(tmp_path / "grub-common_2.06_amd64.deb", "grub-common", (), ())
+    install = job(tmp_path, debs=[grub])
+    unpacked = io.BytesIO()
+    with tarfile.open(fileobj=unpacked, mode="w") as archive:
+        info = tarfile.TarInfo("./usr/sbin/grub-install")
+        archive.addfile(info, io.BytesIO(b""))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("plasmaboot.install.debian.unpacked_debs", lambda debs: unpacked.getvalue())
+        report = run_install(tmp_path, node, install)
+    assert report.failed_step is None, report.error
+    scripts = node.scripts()
+    assert "grub-mkconfig" not in scripts and "dpkg -i" not in scripts
+    assert "tar -x -i --keep-directory-symlink --no-overwrite-dir --same-owner" in scripts
+    assert "chroot /mnt/plasmaboot ldconfig" in scripts
+    cfg, mode, _ = files_sent(node)["boot/grub/grub.cfg"]
+    assert mode == 0o444
+    text = cfg.decode()
+    assert "insmod part_gpt\ninsmod ext2\nsearch --no-floppy --fs-uuid --set=root 1111-2222\n" in (
+        text
+    )
+    assert (
+        "\tlinux /boot/vmlinuz-6.1.0-28-amd64 root=UUID=1111-2222 ro "
+        "console=ttyS0,115200 console=tty0\n\tinitrd /boot/initrd.img-6.1.0-28-amd64\n"
+    ) in text
+    assert set(report.data["parts"]) == {"kernel", "grub files", "grub-install"}
+    # the initramfs runs in the background from `boot` and is waited for before unmounting
+    started = scripts.index("setsid sh -c")
+    waited = scripts.index("while [ ! -e /run/plasmaboot-install/initramfs.rc ]")
+    assert started < scripts.index("grub-install") < waited < scripts.index("sync\numount -R")

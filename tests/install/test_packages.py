@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from plasmaboot.errors import UserError
-from plasmaboot.install.packages import Deb, closure, parse_control, parse_relations
+from plasmaboot.install.debian import UNPACK_DEBS
+from plasmaboot.install.packages import (
+    Deb,
+    closure,
+    parse_control,
+    parse_relations,
+    unpacked_debs,
+)
 
 
 def deb(name: str, depends: str = "", provides: str = "") -> Deb:
@@ -92,3 +101,39 @@ def test_the_kernel_config_comes_from_the_kernels_deb(tmp_path: Path) -> None:
     assert kernel_config(available, "6.1.0-9-amd64") == b"CONFIG_RD_GZIP=y\n"
     with pytest.raises(UserError, match=r"lacks linux-image-6\.1\.0-10-amd64"):
         kernel_config(available, "6.1.0-10-amd64")
+
+
+def test_debs_are_unpacked_into_one_tar_stream(tmp_path: Path) -> None:
+    """Each package's files, one data tar after the other: `tar -x -i` unpacks all of them."""
+    debs = []
+    for name in ("alpha", "beta"):
+        root = tmp_path / name
+        (root / "DEBIAN").mkdir(parents=True)
+        (root / f"usr/share/{name}").mkdir(parents=True)
+        (root / f"usr/share/{name}/file").write_text(f"{name}\n")
+        if name == "alpha":
+            (root / "bin").mkdir()
+            (root / "bin/alpha").write_text("a\n")
+        (root / "DEBIAN/control").write_text(
+            f"Package: {name}\nVersion: 1\nArchitecture: all\nMaintainer: t <t@t.invalid>\n"
+            "Description: test\n"
+        )
+        path = tmp_path / f"{name}_1_all.deb"
+        subprocess.run(
+            ["dpkg-deb", "--root-owner-group", "--build", str(root), str(path)],
+            check=True,
+            capture_output=True,
+        )
+        debs.append(Deb(path, name, (), ()))
+    target = tmp_path / "target"
+    (target / "usr/bin").mkdir(parents=True)
+    (target / "bin").symlink_to("usr/bin")  # merged /usr, as on every Debian image
+    target.chmod(0o755)
+    subprocess.run(["tar", *UNPACK_DEBS, "-C", str(target)], input=unpacked_debs(debs), check=True)
+    # the installed root keeps its mode (GNU tar left it 0700 after a package's "./" entry:
+    # no service user could reach anything, the network never came up)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+    assert (target / "usr/share/alpha/file").read_text() == "alpha\n"
+    assert (target / "usr/share/beta/file").read_text() == "beta\n"
+    # a package's ./bin/ lands in usr/bin through the link, which stays a link
+    assert (target / "bin").is_symlink() and (target / "usr/bin/alpha").read_text() == "a\n"

@@ -50,3 +50,17 @@ def test_a_changed_host_key_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     with pytest.raises(WorkError, match="its SSH host key is not the one in"):
         SshRemote("10.0.0.5", Path("id"), tmp_path / "k").sh("true")
+
+
+def test_a_lost_connection_is_named_with_the_way_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = fake_ssh(tmp_path, "echo 'Timeout, server 10.0.0.5 not responding.' >&2; exit 255")
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    with pytest.raises(WorkError) as caught:
+        SshRemote("10.0.0.5", Path("id"), tmp_path / "k").sh("cp -a /a /b")
+    assert caught.value.message == (
+        "lost the SSH connection to 10.0.0.5 during `cp -a /a /b`: "
+        "Timeout, server 10.0.0.5 not responding."
+    )
+    assert caught.value.hint is not None and "--wipe" in caught.value.hint

@@ -1,10 +1,13 @@
 """Install to disk, end to end (slow): the CI image PXE-boots through pxe-server in a network
 namespace as a BIOS machine with a blank virtio disk; `plasmaboot install` (as a user runs
 it, inside the namespace) first fails on a layout too large for the disk (a clear report),
-then installs with the default layout, reboots (QEMU stops: the power-off) and, powered on
-again, the machine's PXE boot is answered with "boot from the local disk". The installed
+then on SSH lost mid-way (the machine's link cut during the system copy: a clear report
+naming the step), then, run again with --wipe, installs with the default layout, reboots
+(QEMU stops: the power-off) and, powered on again, the machine's PXE boot is answered with
+"boot from the local disk". The installed
 system answers SSH with the host key recorded during the install, has the layout, host
-name, enabled service and secrets as declared, and no secret is in any log or report.
+name, enabled service (active, listening on its ports) and secrets as declared, and no
+secret is in any log or report.
 
 The RAM session is trusted through the host keys the node reported at boot (its per-node
 layer's one-time token), never on first use; the installed system is checked against the
@@ -23,9 +26,16 @@ from typing import Any
 import pytest
 
 from netns import PXE_FILES, PXE_TOOLS, require
-from plasmaboot.boot.provisioning import INVENTORY, plan_provisioning, provisioning_network
+from plasmaboot.boot.guest import LISTENING_SCRIPT, parse_listeners
+from plasmaboot.boot.provisioning import (
+    INVENTORY,
+    Provisioned,
+    plan_provisioning,
+    provisioning_network,
+)
 from plasmaboot.boot.qemu import Accelerator, Firmware, PxeVm, VmConfig
 from plasmaboot.boot.ssh import Ssh, wait_for_ssh
+from plasmaboot.catalog import load_catalog
 from plasmaboot.image.backends.debian.backend import DEFAULT_MIRROR
 from plasmaboot.install.layout import builtin_layouts_dir
 from plasmaboot.install.packages import fetch_debs
@@ -84,16 +94,6 @@ def run_install(argv: list[str], env: dict[str, str] | None = None) -> tuple[int
     return proc.returncode, report
 
 
-# Open (#13): since the layers (#12), the services' units, configs and users live in the
-# profile layer, a directory layer stage-1 copies into a tmpfs that is out of reach after
-# switch_root; install copies only the squashfs layers it finds through losetup, so the
-# installed system has no unit for the enabled service and install stops at "services".
-# Fix: copy the profile layer from the set's initrd on the operator's side (or have stage-1
-# move the layer mounts under /run). Strict: it must fail today, and pass once fixed.
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: install does not copy the profile layer (a directory layer since #12)",
-)
 def test_a_bios_machine_installs_and_boots_from_its_disk(ci_image: CiImage, tmp_path: Path) -> None:
     install_and_boot(ci_image, tmp_path, Firmware.BIOS)
 
@@ -149,11 +149,14 @@ def install_and_boot(ci_image: CiImage, tmp_path: Path, firmware: Firmware) -> N
             assert (
                 "sgdisk" not in (tmp_path / "machines.state/reports/install-inst1.log").read_text()
             )
-            # the same command again, with the machine's own (default) layout: installs,
-            # reboots; QEMU runs with -no-reboot, so the reboot powers the machine off
+            # the machine's own (default) layout, and the link cut as the system is copied:
+            # a clear failure naming the step, then the same command with --wipe
+            lose_ssh_mid_way(ci_image, tmp_path, net)
+            # again, with --wipe: installs, reboots; QEMU runs with -no-reboot, so the
+            # reboot powers the machine off
             started = time.monotonic()
             installer = subprocess.Popen(
-                net.netns.argv(install_argv(ci_image, tmp_path)),
+                net.netns.argv(install_argv(ci_image, tmp_path, "--wipe")),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -186,6 +189,60 @@ def install_and_boot(ci_image: CiImage, tmp_path: Path, firmware: Firmware) -> N
           f"reboot to services active {timings['first_boot']:.0f}s")  # fmt: skip
 
 
+COPY = "cp -a /run/plasmaboot-install/lower/root/."
+
+
+def lose_ssh_mid_way(ci_image: CiImage, workdir: Path, net: Provisioned) -> None:
+    """The machine's link goes down (its tap, as a pulled cable) as the system is copied:
+    install fails within its SSH keep-alive, in one line that says the connection
+    was lost and how to go on, and the report names the step. The link comes back."""
+    log = workdir / "machines.state/reports/install-inst1.log"
+    seen = log.stat().st_size if log.exists() else 0
+    installer = subprocess.Popen(
+        net.netns.argv(install_argv(ci_image, workdir)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + INSTALL_TIMEOUT
+        # the copy's command logged (the step's long one), then a moment for it to start
+        while COPY.encode() not in (log.read_bytes()[seen:] if log.exists() else b""):
+            assert installer.poll() is None, installer.communicate()
+            assert time.monotonic() < deadline, "install never reached the system copy"
+            time.sleep(0.2)
+        time.sleep(5)
+        subprocess.run(
+            ["ip", "-n", net.netns.name, "link", "set", net.guest.tap, "down"], check=True
+        )
+        out, err = installer.communicate(timeout=300)
+    finally:
+        if installer.poll() is None:
+            installer.kill()
+        subprocess.run(["ip", "-n", net.netns.name, "link", "set", net.guest.tap, "up"], check=True)
+    wait_until_reachable(net)
+    report = json.loads(out)
+    assert installer.returncode == 1, err
+    assert report["ok"] is False and report["failed_step"] == "system"
+    assert report["error"].startswith(f"lost the SSH connection to {net.address} during ")
+    assert "--wipe" in report["hint"]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert any(line.startswith("failed: lost the SSH connection") for line in lines), err
+
+
+def wait_until_reachable(net: Provisioned, timeout: float = 120) -> None:
+    """The node's SSH port answers again (the host's neighbour entry for it failed while the
+    link was down: "No route to host" until it is resolved again)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            net.netns.connect((net.address, 22), timeout=5).close()
+            return
+        except OSError as exc:
+            assert time.monotonic() < deadline, f"the node is unreachable after the cut: {exc}"
+            time.sleep(2)
+
+
 def check_installed_system(
     workdir: Path, address: str, ci_image: CiImage, netns: Any, report: dict[str, Any]
 ) -> None:
@@ -204,6 +261,7 @@ def check_installed_system(
     assert "BIOS boot" in parts and "EFI System" in parts
     assert node.sh("hostname").strip() == HOSTNAME
     assert node.sh(f"systemctl is-enabled {CI_SERVICE}.service").strip() == "enabled"
+    check_listening(node)
     assert node.sh("systemctl is-enabled chainfire.service || true").strip() == "disabled"
     owners = node.sh(f"stat -c '%U %a %n' /etc/{CI_SERVICE}/token /etc/plasmaboot/cluster.key")
     assert owners.splitlines() == [
@@ -212,6 +270,20 @@ def check_installed_system(
     ]
     assert node.sh("cat /etc/machine-id").strip() != ""
     assert "/run/rootfs" not in node.sh("findmnt -n -o SOURCE /")
+
+
+def check_listening(node: SshRemote, timeout: float = 60) -> None:
+    """The enabled service listens on every port of its catalog entry (its stand-in binds
+    them on TCP and UDP a moment after it is active)."""
+    ports = set(load_catalog()[CI_SERVICE].ports.values())
+    wanted = {(protocol, port) for port in ports for protocol in ("tcp", "udp")}
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {(item.protocol, item.port) for item in parse_listeners(node.sh(LISTENING_SCRIPT))}
+        if wanted <= found or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert wanted <= found, f"{CI_SERVICE} does not listen on {sorted(wanted - found)}"
 
 
 def check_no_secret_anywhere(workdir: Path, ci_image: CiImage) -> None:

@@ -3,13 +3,15 @@
     inspect   find the layout's disks, read what is on them, refuse a disk in use or not
               empty (without --wipe) and one too small, before anything is written
     disks     wipe (--wipe), partition, LVM, mkfs, mount under /mnt/plasmaboot
-    system    copy the image the node booted: its read-only layers, not its tmpfs changes
+    system    copy the image the node booted: its read-only layers but the per-node one, not
+              its tmpfs changes
     configure fstab by UUID, host name, network (DHCP or the inventory's address), a fresh
               machine-id, the installed system's own SSH host keys (made on the node)
-    boot      the set's kernel, GRUB (BIOS and UEFI, from .debs uploaded from the operator's
-              deb cache), the initramfs
+    boot      the set's kernel, GRUB's files (BIOS and UEFI, unpacked from the operator's
+              deb cache), the initramfs started in the background, grub-install, grub.cfg
     services  every catalog service disabled but the machine's `services`
     secrets   the machine's secrets tree, as it is, 0600, root's or the service user's
+    initramfs wait for the initramfs (update-initramfs, started in `boot`)
     finish    unmount; the caller reboots and waits for the installed system
 
 Every step is a small function over an `Install` (what was decided) and a `Remote` (the
@@ -22,15 +24,18 @@ from __future__ import annotations
 import io
 import shlex
 import tarfile
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from plasmaboot.catalog import load_catalog
 from plasmaboot.errors import UserError, WorkError
-from plasmaboot.install.layout import Layout
-from plasmaboot.install.packages import Deb
+from plasmaboot.install.layout import Filesystem, Layout
+from plasmaboot.install.packages import Deb, unpacked_debs
 from plasmaboot.install.plan import (
     TARGET,
     Disk,
@@ -43,6 +48,7 @@ from plasmaboot.install.plan import (
 )
 from plasmaboot.install.remote import Remote
 from plasmaboot.install.secrets import Secret, secrets_tar
+from plasmaboot.serve import nodelayer
 
 WORK = "/run/plasmaboot-install"  # on the node's tmpfs: gone at reboot
 LOWER = f"{WORK}/lower"
@@ -65,6 +71,20 @@ echo "plasmaboot: MODULES=dep failed; building the initramfs with MODULES=most"
 sed -i 's/^MODULES=dep$/MODULES=most/' /{INITRAMFS_CONF}
 rm -f "/boot/initrd.img-$1"
 update-initramfs -c -k "$1"
+"""
+GRUB_CFG = """\
+# written by plasmaboot install for the installed kernel (`update-grub` writes one from
+# /etc/default/grub)
+set default=0
+set timeout=1
+serial --speed=115200
+terminal_input console serial
+terminal_output console serial
+{modules}search --no-floppy --fs-uuid --set=root {boot_uuid}
+menuentry 'Debian GNU/Linux' {{
+\tlinux {prefix}/vmlinuz-{version} root=UUID={root_uuid} ro {cmdline}
+\tinitrd {prefix}/initrd.img-{version}
+}}
 """
 GRUB_DEFAULTS = """\
 # written by plasmaboot install
@@ -99,7 +119,19 @@ class Install:
     # found on the node
     plan: Plan | None = None
     kernel_version: str = ""
+    uuids: dict[str, str] = field(default_factory=dict)  # device -> filesystem UUID
     host_keys: list[str] = field(default_factory=list)
+    parts: dict[str, float] = field(default_factory=dict)  # the slow steps' parts, seconds
+
+
+@contextmanager
+def part(install: Install, name: str) -> Iterator[None]:
+    """Time one part of a step (the report's `parts`: where a slow step spends its time)."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        install.parts[name] = round(time.monotonic() - started, 2)
 
 
 def q(*argv: str) -> str:
@@ -110,12 +142,32 @@ def in_target(*argv: str) -> str:
     return q("chroot", TARGET, *argv)
 
 
+# A run whose SSH connection was lost leaves its command running on the node (sshd does not
+# notice a vanished client): every process rooted in, working in or holding a file under
+# our target or our view of the layers is one of ours, and is ended before the umounts.
+def kill_previous(target: str = TARGET, lower: str = LOWER) -> str:
+    """The script that ends every process holding `target` or `lower` (see above): one
+    `find` over /proc's links (a fork per link took most of a minute under TCG)."""
+    return f"""\
+pids=$(find /proc/[0-9]*/root /proc/[0-9]*/cwd /proc/[0-9]*/fd -maxdepth 1 \\
+    \\( -lname {target} -o -lname '{target}/*' -o -lname '{lower}/*' \\) 2>/dev/null \\
+    | cut -d/ -f3 | sort -u | grep -vx "$$" || true)
+if [ -n "$pids" ]; then
+    echo "ended what a previous run left running:" $pids
+    kill -9 $pids 2>/dev/null || true
+    sleep 1
+fi
+"""
+
+
 def release_previous(install: Install, remote: Remote) -> None:
     """Undo what a failed run left mounted or open (our own mounts and names only), so a
     re-run can inspect and wipe the disk."""
     script = [
+        # only when a previous run left something mounted (a fresh node has nothing to end)
+        f"if mountpoint -q {TARGET} || mountpoint -q {LOWER}/root; then\n{kill_previous()}fi",
         f"if mountpoint -q {TARGET}; then umount -R {TARGET}; fi",
-        f"for d in {LOWER}/root {LOWER}/[0-9]*; do ! mountpoint -q $d || umount -R $d; done",
+        f"if mountpoint -q {LOWER}/root; then umount -R {LOWER}/root; fi",
     ]
     for group in install.layout.volume_groups:
         script.append(f"vgchange -an {shlex.quote(group.name)} >/dev/null 2>&1 || true")
@@ -169,34 +221,38 @@ def make_disks(install: Install, remote: Remote) -> None:
     remote.sh(install.plan.script(f"{WORK}/secrets", TARGET))
 
 
-# The node's root is an overlay of read-only squashfs layers (loop devices) under a tmpfs.
-# The installed system is those layers, merged, without what changed in RAM since boot:
-# mount each layer again, top first in reverse name order (the stage-1 rule), and overlay
-# them read-only when there are several.
-LOWER_VIEW = f"""\
-mkdir -p {LOWER}/root
-n=0
+# The node's root is an overlay of its read-only layers under a tmpfs. stage-1 leaves each
+# layer mounted at /run/rootfs/layers/<name> and moves /run into the running system
+# (stage1/init). The installed system is those layers, merged, without what changed in RAM
+# since boot and without the per-node layer (host name, network, keys: install writes its
+# own; the boot's host-key reporter and its token must never reach the disk): stacked top
+# first in reverse name order (the stage-1 rule), overlaid read-only when there are several.
+LAYERS = "/run/rootfs/layers"
+NODE_LAYER = PurePosixPath(nodelayer.LAYER).name
+
+
+def lower_view(layers: str = LAYERS, lower: str = LOWER) -> str:
+    """The script that mounts the image's merged layers read-only at `lower`/root."""
+    return f"""\
+[ -d {layers} ] || {{ echo "no {layers}: the node runs an image whose stage-1 does not keep \
+its layers under /run (rebuild the image)"; exit 1; }}
 lowers=""
-# BACK-FILE is the layer's path in the initramfs, "(deleted)" since switch_root
-for dev in $(losetup --list --noheadings --output NAME,BACK-FILE \\
-        | awk '$2 ~ /[.]squashfs/ {{print $2, $1}}' | sort -r | awk '{{print $2}}'); do
-    n=$((n + 1))
-    mkdir -p {LOWER}/$n
-    mount -t squashfs -o ro "$dev" {LOWER}/$n
-    lowers="${{lowers:+$lowers:}}{LOWER}/$n"
+for layer in $(LC_ALL=C ls -1r {layers}); do
+    [ "$layer" != {NODE_LAYER} ] || continue
+    lowers="${{lowers:+$lowers:}}{layers}/$layer"
 done
-[ -n "$lowers" ] || {{ echo "no squashfs layer is attached to a loop device"; exit 1; }}
-if [ "$n" -eq 1 ]; then
-    mount --bind "$lowers" {LOWER}/root
-else
-    mount -t overlay -o "ro,lowerdir=$lowers" plasmaboot-lower {LOWER}/root
-fi
-[ -e {LOWER}/root/usr/lib/os-release ] || {{ echo "the layers hold no system"; exit 1; }}
+[ -n "$lowers" ] || {{ echo "no layer under {layers}"; exit 1; }}
+mkdir -p {lower}/root
+case "$lowers" in
+    *:*) mount -t overlay -o "ro,lowerdir=$lowers" plasmaboot-lower {lower}/root ;;
+    *) mount --bind -o ro "$lowers" {lower}/root ;;
+esac
+[ -e {lower}/root/usr/lib/os-release ] || {{ echo "the layers hold no system"; exit 1; }}
 """
 
 
 def copy_system(install: Install, remote: Remote) -> None:
-    remote.sh(LOWER_VIEW)
+    remote.sh(lower_view())
     remote.sh(
         f"cp -a {LOWER}/root/. {TARGET}/\n"
         # the node's own keys for root, where the per-node layer puts them
@@ -204,8 +260,7 @@ def copy_system(install: Install, remote: Remote) -> None:
         f"  mkdir -p {TARGET}/etc/plasmaboot/node\n"
         f"  cp /etc/plasmaboot/node/authorized_keys {TARGET}/etc/plasmaboot/node/\n"
         "fi\n"
-        f"umount -R {LOWER}/root\n"
-        f'for d in {LOWER}/[0-9]*; do umount "$d"; done',
+        f"umount {LOWER}/root",
         timeout=1800,
     )
 
@@ -237,6 +292,7 @@ def configure(install: Install, remote: Remote) -> None:
     missing = [d for d in devices if not uuids.get(d)]
     if missing:
         raise WorkError(f"blkid found no UUID on {', '.join(missing)}")
+    install.uuids = uuids
     short = install.hostname.split(".", 1)[0]
     names = install.hostname if short == install.hostname else f"{install.hostname} {short}"
     files = {
@@ -271,59 +327,134 @@ def static_network(ipv4: str, macs: tuple[str, ...]) -> str:
 
 
 def install_boot(install: Install, remote: Remote) -> None:
-    """The kernel the node booted, GRUB from the operator's .debs, the initramfs."""
+    """The kernel the node booted, GRUB's files from the operator's .debs, the initramfs,
+    GRUB on the disk and its grub.cfg written from what the install knows."""
     assert install.plan is not None
     version = install.kernel_version
-    remote.sh(
-        f"mkdir -p {TARGET}/boot\ncat > {TARGET}/boot/vmlinuz-{shlex.quote(version)}",
-        input=install.kernel.read_bytes(),
-    )
-    if install.kernel_config:
-        remote.sh(f"cat > {TARGET}/boot/config-{shlex.quote(version)}", input=install.kernel_config)
-    # rslave: unmounting the copies later must never unmount the node's own
-    remote.sh("\n".join(
-        f"mkdir -p {TARGET}/{m}\nmount --rbind /{m} {TARGET}/{m}\nmount --make-rslave {TARGET}/{m}"
-        for m in ("dev", "proc", "sys", "run")
-    ))  # fmt: skip
+    with part(install, "kernel"):
+        remote.sh(
+            f"mkdir -p {TARGET}/boot\ncat > {TARGET}/boot/vmlinuz-{shlex.quote(version)}",
+            input=install.kernel.read_bytes(),
+        )
+        if install.kernel_config:
+            remote.sh(
+                f"cat > {TARGET}/boot/config-{shlex.quote(version)}", input=install.kernel_config
+            )
+        # rslave: unmounting the copies later must never unmount the node's own
+        remote.sh("\n".join(
+            f"mkdir -p {TARGET}/{m}\nmount --rbind /{m} {TARGET}/{m}\n"
+            f"mount --make-rslave {TARGET}/{m}"
+            for m in ("dev", "proc", "sys", "run")
+        ))  # fmt: skip
     if install.debs:
-        remote.sh(
-            f"mkdir -p {TARGET}/var/cache/plasmaboot-debs\n"
-            f"tar -x -C {TARGET}/var/cache/plasmaboot-debs",
-            input=debs_tar(install.debs),
-        )
-        names = [f"/var/cache/plasmaboot-debs/{deb.path.name}" for deb in install.debs]
-        remote.sh(
-            "DEBIAN_FRONTEND=noninteractive " + in_target("dpkg", "-i", "--force-confold", *names),
-            timeout=900,
-        )
-        remote.sh(f"rm -rf {TARGET}/var/cache/plasmaboot-debs")
+        with part(install, "grub files"):
+            # the packages' files, unpacked on the operator's side into one tar stream: no
+            # dpkg run, no maintainer scripts or triggers on the node (see docs/install.md)
+            remote.sh(
+                q("tar", *UNPACK_DEBS, "--same-owner", "--same-permissions", "-C", TARGET)
+                + "\n"
+                + in_target("ldconfig"),
+                input=unpacked_debs(install.debs),
+            )
     grub = GRUB_DEFAULTS.format(cmdline=install.kernel_cmdline)
     write_files(
         remote, {"etc/default/grub": (grub, 0o644), INITRAMFS_CONF: (FAST_INITRAMFS, 0o644)}
     )
     # the image builder diverts update-initramfs to a no-op (a netboot image needs none);
-    # the installed system boots through one, so the real tool comes back
+    # the installed system boots through one, so the real tool comes back. It is the
+    # slowest part (a thousand forks, each slow under TCG): it runs in the background while
+    # GRUB, the services and the secrets are done, and the `initramfs` step waits for it
     remote.sh(in_target("sh", "-euc", RESTORE_UPDATE_INITRAMFS))
-    remote.sh(in_target("sh", "-euc", MAKE_INITRAMFS, "-", version), timeout=1200)
+    remote.sh(start_initramfs(version))
     boot_disk = install.plan.disks[0].device
-    if install.layout.has_bios_grub():
-        remote.sh(in_target("grub-install", "--target=i386-pc", boot_disk), timeout=600)
-    esp = install.layout.esp_mount()
-    if esp:
-        # --removable: \EFI\BOOT\BOOTX64.EFI, found by any firmware with no NVRAM entry;
-        # --no-nvram: the firmware's boot order is never rewritten
-        remote.sh(
-            in_target(
-                "grub-install",
-                "--target=x86_64-efi",
-                f"--efi-directory={esp}",
-                "--removable",
-                "--no-nvram",
-                boot_disk,
-            ),
-            timeout=600,
-        )
-    remote.sh(in_target("grub-mkconfig", "-o", "/boot/grub/grub.cfg"), timeout=600)
+    with part(install, "grub-install"):
+        if install.layout.has_bios_grub():
+            remote.sh(in_target("grub-install", "--target=i386-pc", boot_disk), timeout=600)
+        esp = install.layout.esp_mount()
+        if esp:
+            # --removable: \EFI\BOOT\BOOTX64.EFI, found by any firmware with no NVRAM
+            # entry; --no-nvram: the firmware's boot order is never rewritten
+            remote.sh(
+                in_target(
+                    "grub-install",
+                    "--target=x86_64-efi",
+                    f"--efi-directory={esp}",
+                    "--removable",
+                    "--no-nvram",
+                    boot_disk,
+                ),
+                timeout=600,
+            )
+    write_files(remote, {"boot/grub/grub.cfg": (grub_cfg(install), 0o444)})
+
+
+# GNU tar flags for the packages' files (`unpacked_debs`: one tar stream): a directory of a
+# package (./bin/) never replaces the system's link to one (merged /usr: /bin -> usr/bin),
+# and an existing directory keeps its owner and mode
+UNPACK_DEBS = ("-x", "-i", "--keep-directory-symlink", "--no-overwrite-dir")
+INITRAMFS = f"{WORK}/initramfs"  # .rc: "<exit status> <seconds>" once done; .log: output
+
+
+def start_background(command: str, state: str = INITRAMFS) -> str:
+    """The script that starts `command` detached from the SSH session: its output goes to
+    `state`.log, its exit status and seconds to `state`.rc once it ends."""
+    job = (
+        f"set +e; started=$(date +%s); ( {command} ); rc=$?; "
+        f'echo "$rc $(($(date +%s) - started))" > {state}.rc.tmp; mv {state}.rc.tmp {state}.rc'
+    )
+    return (
+        f"mkdir -p {WORK}\nrm -f {state}.rc {state}.rc.tmp\n"
+        f"setsid sh -c {shlex.quote(job)} </dev/null >{state}.log 2>&1 &"
+    )
+
+
+def wait_background(state: str = INITRAMFS) -> str:
+    """The script that waits for what `start_background` started: its output, then a last
+    line `exit <status> after <seconds> s`; it exits with the command's status."""
+    return f"""\
+while [ ! -e {state}.rc ]; do sleep 1; done
+read rc seconds < {state}.rc
+cat {state}.log
+echo "exit $rc after $seconds s"
+exit "$rc"
+"""
+
+
+def start_initramfs(version: str) -> str:
+    return start_background(in_target("sh", "-euc", MAKE_INITRAMFS, "-", version))
+
+
+def wait_initramfs(install: Install, remote: Remote) -> None:
+    """Until the initramfs started in the `boot` step is written; its own time goes into
+    the report's parts."""
+    out = remote.sh(wait_background(), timeout=1200)
+    last = out.strip().splitlines()[-1] if out.strip() else ""
+    seconds = last.rsplit(" after ", 1)[-1].removesuffix(" s")
+    if seconds.isdigit():
+        install.parts["initramfs (on the node)"] = float(seconds)
+
+
+def grub_cfg(install: Install) -> str:
+    """/boot/grub/grub.cfg for the installed kernel (what grub-mkconfig would write for one
+    kernel, without its probing: the install knows the version, the filesystems and their
+    UUIDs). `update-grub` on the installed system writes its own from /etc/default/grub."""
+    assert install.plan is not None
+    mounted = {fs.mount: fs for fs in install.plan.mounted()}
+    root = mounted["/"]
+    boot = mounted.get("/boot", root)
+    prefix = "" if boot is not root else "/boot"
+    modules = ["part_gpt", "ext2" if boot.filesystem is Filesystem.EXT4 else boot.filesystem.value]
+    if install.plan.volume_groups:
+        modules.append("lvm")
+    version = install.kernel_version
+    return GRUB_CFG.format(
+        modules="".join(f"insmod {m}\n" for m in modules),
+        boot_uuid=install.uuids[boot.device],
+        root_uuid=install.uuids[root.device],
+        prefix=prefix,
+        version=version,
+        cmdline=install.kernel_cmdline,
+    )
 
 
 def debs_tar(debs: list[Deb]) -> bytes:
@@ -389,6 +520,7 @@ STEPS = (
     ("boot", install_boot),
     ("services", configure_services),
     ("secrets", copy_secrets),
+    ("initramfs", wait_initramfs),
     ("finish", finish),
 )
 

@@ -72,6 +72,7 @@ def timed(report: Report, log: Log, name: str, action: Callable[[], None]) -> No
 
 def install_to_disk(install: Install, remote: Remote, report: Report, log: Log) -> None:
     """The install steps (everything up to the reboot)."""
+    report.data["parts"] = install.parts  # filled as the steps run
     timed(report, log, "release", lambda: release_previous(install, remote))
     for name, step in STEPS:
         timed(report, log, name, lambda step=step: step(install, remote))  # type: ignore[misc]

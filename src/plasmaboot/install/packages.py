@@ -150,6 +150,23 @@ def kernel_config(available: dict[str, Deb], version: str, log: Log | None = Non
     raise UserError(f"{deb.path.name} has no boot/config-{version}")
 
 
+def unpacked_debs(debs: list[Deb], log: Log | None = None) -> bytes:
+    """The files of `debs` as one tar stream, made here where decompressing is native and
+    fast: each package's data tar without its "./" entry (GNU tar left the target's root
+    0700 after one, and no service user could reach anything)."""
+    dpkg_deb = require_tool("dpkg-deb")
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as merged:
+        for deb in debs:
+            data = run([dpkg_deb, "--fsys-tarfile", deb.path], log=log).stdout
+            with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+                for member in archive:
+                    if member.name.strip("./") == "":
+                        continue
+                    merged.addfile(member, archive.extractfile(member) if member.isreg() else None)
+    return out.getvalue()
+
+
 def node_packages(layout: Layout) -> list[str]:
     """The packages whose tools make `layout` on the node."""
     filesystems = [p.filesystem for d in layout.disks for p in d.partitions if p.filesystem]

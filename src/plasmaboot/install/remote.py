@@ -16,6 +16,9 @@ from plasmaboot.log import Log
 from plasmaboot.run import run
 
 COMMAND_TIMEOUT = 600.0
+# ssh's own failures (connection refused, lost, timed out) exit 255; the scripts install
+# runs never do (`sh -eu` exits with the failed command's status, 1-127 or 128+signal)
+SSH_FAILED = 255
 
 
 class Remote(Protocol):
@@ -70,9 +73,16 @@ class SshRemote:
                 hint="the node's reported key is what install trusts: check "
                 "`plasmaboot machines known-hosts`, or that the address is the machine's",
             )
+        first = script.strip().splitlines()[0] if script.strip() else ""
+        tail = " | ".join(out.strip().splitlines()[-5:])
+        if proc.returncode == SSH_FAILED:
+            raise WorkError(
+                f"lost the SSH connection to {self.host} during `{first[:120]}`: "
+                + (tail or "ssh exited 255"),
+                hint="once the node answers again, run the same command with --wipe "
+                "(its disk holds this run's partitions)",
+            )
         if proc.returncode != 0:
-            first = script.strip().splitlines()[0] if script.strip() else ""
-            tail = " | ".join(out.strip().splitlines()[-5:])
             raise WorkError(
                 f"on {self.host}: `{first[:120]}` failed with exit code {proc.returncode}: {tail}"
             )

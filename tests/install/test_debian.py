@@ -1,0 +1,127 @@
+"""install.debian's shell parts run for real by the host's sh (mount stubbed): the layers
+stage-1 leaves under /run/rootfs/layers are stacked top first in reverse name order,
+without the per-node layer, and a node whose stage-1 kept no layers is a clear failure."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from plasmaboot.install.debian import (
+    NODE_LAYER,
+    kill_previous,
+    lower_view,
+    start_background,
+    wait_background,
+)
+
+# mount only records what it was asked; the rest of the script runs as on the node
+HARNESS = 'mount() {{ echo "mount $*" >> "{record}"; }}\n{script}'
+
+
+def view(tmp_path: Path, layers: Path) -> tuple[int, str, list[str]]:
+    lower = tmp_path / "lower"
+    (lower / "root/usr/lib").mkdir(parents=True, exist_ok=True)
+    (lower / "root/usr/lib/os-release").write_text("ID=debian\n")
+    record = tmp_path / "mounts"
+    script = HARNESS.format(record=record, script=lower_view(str(layers), str(lower)))
+    proc = subprocess.run(
+        ["sh", "-euc", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    mounts = record.read_text().splitlines() if record.exists() else []
+    return proc.returncode, proc.stdout + proc.stderr, mounts
+
+
+@pytest.fixture
+def layers(tmp_path: Path) -> Path:
+    """/run/rootfs/layers as stage-1 leaves it: each layer a mount point (directories here)."""
+    root = tmp_path / "layers"
+    for name in ("10-packages.squashfs", "50-profile", NODE_LAYER, "20-extra"):
+        (root / name).mkdir(parents=True)
+    return root
+
+
+def test_the_layers_but_the_node_one_are_stacked_top_first(tmp_path: Path, layers: Path) -> None:
+    code, output, mounts = view(tmp_path, layers)
+    assert code == 0, output
+    assert NODE_LAYER == "90-node"
+    lowerdir = f"{layers}/50-profile:{layers}/20-extra:{layers}/10-packages.squashfs"
+    assert mounts == [
+        f"mount -t overlay -o ro,lowerdir={lowerdir} plasmaboot-lower {tmp_path}/lower/root"
+    ]
+
+
+def test_a_single_layer_is_bound_read_only(tmp_path: Path) -> None:
+    layers = tmp_path / "layers"
+    (layers / "10-packages.squashfs").mkdir(parents=True)
+    (layers / NODE_LAYER).mkdir()
+    code, output, mounts = view(tmp_path, layers)
+    assert code == 0, output
+    assert mounts == [f"mount --bind -o ro {layers}/10-packages.squashfs {tmp_path}/lower/root"]
+
+
+def test_a_node_whose_stage1_kept_no_layers_fails_with_the_reason(tmp_path: Path) -> None:
+    code, output, mounts = view(tmp_path, tmp_path / "absent")
+    assert code == 1 and mounts == []
+    assert "does not keep its layers under /run (rebuild the image)" in output
+
+
+def test_only_the_node_layer_is_no_system(tmp_path: Path) -> None:
+    layers = tmp_path / "layers"
+    (layers / NODE_LAYER).mkdir(parents=True)
+    code, output, mounts = view(tmp_path, layers)
+    assert code == 1 and mounts == []
+    assert f"no layer under {layers}" in output
+
+
+def test_what_a_lost_run_left_running_is_ended(tmp_path: Path) -> None:
+    """A process working under the target (as a cp or chroot of a run whose SSH connection
+    was lost keeps doing) is killed; one elsewhere is not."""
+    target, lower, elsewhere = tmp_path / "target", tmp_path / "lower", tmp_path / "other"
+    for directory in (target / "usr", lower, elsewhere):
+        directory.mkdir(parents=True)
+    inside = subprocess.Popen(["sleep", "60"], cwd=target / "usr")
+    outside = subprocess.Popen(["sleep", "60"], cwd=elsewhere)
+    try:
+        proc = subprocess.run(
+            ["sh", "-euc", kill_previous(str(target), str(lower))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert inside.wait(timeout=10) == -9
+        assert f"ended what a previous run left running: {inside.pid}" in proc.stdout
+        assert outside.poll() is None
+    finally:
+        for child in (inside, outside):
+            child.kill()
+            child.wait()
+
+
+def test_a_background_command_is_waited_for_with_its_status_and_output(tmp_path: Path) -> None:
+    """The initramfs runs detached from the SSH session that starts it; a later session
+    waits for it, prints its output and exits with its status."""
+    state = str(tmp_path / "job")
+    run = subprocess.run(
+        ["sh", "-euc", start_background("echo building; sleep 1; exit 3", state)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert run.returncode == 0 and run.stdout == ""  # returns at once, nothing printed
+    waited = subprocess.run(
+        ["sh", "-euc", wait_background(state)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert waited.returncode == 3
+    lines = waited.stdout.splitlines()
+    assert lines[0] == "building" and re.fullmatch(r"exit 3 after [12] s", lines[-1])
