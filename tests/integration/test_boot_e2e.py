@@ -5,7 +5,9 @@ over SSH by `plasmaboot boot-test`, exactly as a user runs it."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,27 +16,27 @@ from conftest import CI_SERVICE, CiImage, plasmaboot
 pytestmark = pytest.mark.slow
 
 
-def test_boot_test_passes_twice_with_fresh_host_keys(ci_image: CiImage) -> None:
-    report_path = ci_image.artifacts / "boot-test-e2e.json"
+def boot_test(
+    ci_image: CiImage, report_name: str, *options: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], list[dict[str, Any]]]:
+    """`plasmaboot boot-test` of the CI image as a user runs it: the process, its JSON
+    report and the checks in it that did not pass."""
+    report_path = ci_image.artifacts / report_name
     proc = plasmaboot(
-        "--profiles-dir",
-        str(ci_image.profiles_dir),
-        "boot-test",
-        ci_image.label,
-        "--artifacts",
-        str(ci_image.artifacts),
-        "--identity",
-        str(ci_image.identity),
-        "--memory",
-        "1024",  # the seed asks 4 GiB; the image must do with 1
-        "--boots",
-        "2",
-        "--report",
-        str(report_path),
-        "--json",
-    )
-    report = json.loads(report_path.read_text())
+        "--profiles-dir", str(ci_image.profiles_dir), "boot-test", ci_image.label,
+        "--artifacts", str(ci_image.artifacts), "--identity", str(ci_image.identity),
+        "--report", str(report_path), *options,
+    )  # fmt: skip
+    report: dict[str, Any] = json.loads(report_path.read_text())
     failed = [c for c in report["checks"] if c["result"] != "pass"]
+    return proc, report, failed
+
+
+def test_boot_test_passes_twice_with_fresh_host_keys(ci_image: CiImage) -> None:
+    # the seed asks 4 GiB; the image must do with 1
+    proc, report, failed = boot_test(
+        ci_image, "boot-test-e2e.json", "--memory", "1024", "--boots", "2", "--json"
+    )
     assert proc.returncode == 0, f"{failed}\n{proc.stderr[-3000:]}"
     assert json.loads(proc.stdout)["ok"] is True
     names = {c["name"] for c in report["checks"]}
@@ -70,25 +72,9 @@ def test_boot_test_passes_in_384_mib(ci_image: CiImage) -> None:
     """The smallest guest the image is held to (#16): one PXE boot with 384 MiB, every
     check passing. At 512 MiB it used to be the floor: below it the kernel's tmpfs rootfs
     (half the RAM) cut the root squashfs short (rootfstype=ramfs in base's kernel line)."""
-    report_path = ci_image.artifacts / "boot-test-384.json"
-    proc = plasmaboot(
-        "--profiles-dir",
-        str(ci_image.profiles_dir),
-        "boot-test",
-        ci_image.label,
-        "--artifacts",
-        str(ci_image.artifacts),
-        "--identity",
-        str(ci_image.identity),
-        "--memory",
-        "384",
-        "--timeout",
-        "300",
-        "--report",
-        str(report_path),
+    proc, report, failed = boot_test(
+        ci_image, "boot-test-384.json", "--memory", "384", "--timeout", "300"
     )
-    report = json.loads(report_path.read_text())
-    failed = [c for c in report["checks"] if c["result"] != "pass"]
     assert proc.returncode == 0 and report["ok"] is True, f"{failed}\n{proc.stderr[-3000:]}"
     assert not failed
     assert "free memory" in {c["name"] for c in report["checks"]}
