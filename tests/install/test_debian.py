@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from plasmaboot.errors import WorkError
 from plasmaboot.install.debian import (
     NODE_LAYER,
     kill_previous,
     lower_view,
+    node_kernel_version,
     start_background,
     wait_background,
 )
@@ -125,3 +127,13 @@ def test_a_background_command_is_waited_for_with_its_status_and_output(tmp_path:
     assert waited.returncode == 3
     lines = waited.stdout.splitlines()
     assert lines[0] == "building" and re.fullmatch(r"exit 3 after [12] s", lines[-1])
+
+
+def test_the_nodes_kernel_version_is_checked_where_it_enters() -> None:
+    """`uname -r` from the node names files under /boot and a grub.cfg line: the build's
+    kernel-version rule, or a WorkError (never a path or a GRUB command)."""
+    assert node_kernel_version("6.12.95+deb12-amd64\n") == "6.12.95+deb12-amd64"
+    for hostile in ["", "../../etc/passwd", "6.1 root=/dev/sdb", "6.1\n}\nmenuentry x {",
+                    "6.1;reboot", "x" * 5000]:  # fmt: skip
+        with pytest.raises(WorkError, match="not a kernel version"):
+            node_kernel_version(hostile)

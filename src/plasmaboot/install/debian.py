@@ -34,6 +34,7 @@ from typing import Any
 
 from plasmaboot.catalog import load_catalog
 from plasmaboot.errors import UserError, WorkError
+from plasmaboot.image.backends.debian.contract import KERNEL_VERSION_PATTERN
 from plasmaboot.install.layout import Filesystem, Layout
 from plasmaboot.install.packages import Deb, unpacked_debs
 from plasmaboot.install.plan import (
@@ -204,7 +205,16 @@ def inspect(install: Install, remote: Remote) -> None:
             remote.sh("\n".join(q(*argv) for argv in wipe_commands(state)))
         disks.append(Disk(device, state.size))
     install.plan = make_plan(install.layout, disks)
-    install.kernel_version = remote.sh("uname -r").strip()
+    install.kernel_version = node_kernel_version(remote.sh("uname -r"))
+
+
+def node_kernel_version(text: str) -> str:
+    """The kernel the node runs (`uname -r`), checked by the kernel-version rule of the
+    build (it names the .deb to read, files under /boot and a line of grub.cfg)."""
+    version = text.strip()
+    if not KERNEL_VERSION_PATTERN.match(version):
+        raise WorkError(f"the node's `uname -r` is {version[:80]!r}, not a kernel version")
+    return version
 
 
 def make_disks(install: Install, remote: Remote) -> None:
