@@ -125,16 +125,23 @@ REFUSED_FIELDS = {
     "service_defaults.memory_max": lambda v: f"[service_defaults]\nmemory_max = {json.dumps(v)}\n",
     "services.iam.cpu_quota": lambda v: f"[services.iam]\ncpu_quota = {json.dumps(v)}\n",
     "sysctl name": lambda v: f"[sysctl]\n{json.dumps('kernel.' + v)} = 1\n",
+    # past the prefix the rule demands, so the rest of the name is what is tried
+    "kernel.package": lambda v: f"[kernel]\npackage = {json.dumps('linux-image-' + v)}\n",
+    "kernel.suite": lambda v: f"[kernel]\nsuite = {json.dumps(v)}\n",
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("value", HOSTILE_TEXT)
 @pytest.mark.parametrize("field", REFUSED_FIELDS)
 def test_every_checked_field_refuses_hostile_text(tmp_path: Path, field: str, value: str) -> None:
-    if value == "x" * 5000 and field in ("packages", "sysctl name"):
+    if value == "x" * 5000 and field in ("packages", "sysctl name", "kernel.package"):
         # no length bound of their own: taken, and still one word of a safe alphabet
         profile = resolve(tmp_path, REFUSED_FIELDS[field](value))
-        assert value in profile.packages or f"kernel.{value}" in profile.sysctl
+        assert (
+            value in profile.packages
+            or f"kernel.{value}" in profile.sysctl
+            or profile.kernel.package == f"linux-image-{value}"
+        )
         return
     message = refused(tmp_path, REFUSED_FIELDS[field](value))
     assert field.split()[0].split(".")[0] in message, message
