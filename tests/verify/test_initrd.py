@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import lzma
 import stat
 from collections.abc import Callable
@@ -137,3 +138,13 @@ def test_an_initrd_without_a_debian_stage1_skips_the_module_check(tmp_path: Path
                   tmp_path / "nix.cpio.gz", Compression.GZIP)  # fmt: skip
     check = check_stage1_modules(read_segments(tmp_path / "nix.cpio.gz"), KERNEL)
     assert check.result == Outcome.SKIP
+
+
+def test_a_forged_module_list_is_shown_escaped(tmp_path: Path) -> None:
+    """The list comes from the set: a name with a terminal escape or a path is named in
+    the detail as a quoted, escaped value, never raw."""
+    for hostile in ["\x1b[2Jloop.ko", "../../etc/shadow"]:
+        check = check_stage1_modules(stage1_segments(tmp_path, {}, [hostile]), KERNEL)
+        assert not check.passed
+        assert "\x1b" not in check.detail
+        assert check.detail.startswith(f"/etc/stage1-modules names {json.dumps(hostile)}, not in")

@@ -4,6 +4,7 @@ mounts, whose superblock must be sound (formats.squashfs)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from plasmaboot.errors import UserError, WorkError
 from plasmaboot.formats import FormatError
 from plasmaboot.formats.cpio import SEGMENT_ALIGN, Member, Segment, SegmentError, read_segments
 from plasmaboot.formats.squashfs import read_squashfs_superblock
+from plasmaboot.profiles.located_errors import render_value
 from plasmaboot.verify.layers import DirLayer, dir_layers
 
 LATER_CHECKS = ("initrd.init", "initrd.stage1-modules", "initrd.squashfs")
@@ -21,6 +23,7 @@ STAGE1_LIST = "etc/stage1-modules"
 STAGE1_MODULES_DIR = "lib/modules"
 # Enough of a module to find its .modinfo strings (stage-1's are a few hundred KiB at most).
 MODULE_READ_LIMIT = 8 << 20
+MODULE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
 @dataclass(frozen=True)
@@ -106,14 +109,16 @@ def check_stage1_modules(segments: list[Segment], kernel_version: str | None) ->
     modules = member_bytes(segment, member, 1 << 16).decode("utf-8", "replace").split()
     for module in modules:
         found = last_member(segments, f"{STAGE1_MODULES_DIR}/{module}")
+        # the names come from the set: shown escaped (a forged list may hold any byte)
+        shown = module if MODULE_NAME.match(module) else render_value(module)
         if found is None:
-            return failed(name, f"/{STAGE1_LIST} names {module}, not in the initrd")
+            return failed(name, f"/{STAGE1_LIST} names {shown}, not in the initrd")
         body = member_bytes(found[1], found[2], MODULE_READ_LIMIT)
         if not body.startswith(b"\x7fELF"):
-            return failed(name, f"{module} is not a plain ELF module (compressed?)")
+            return failed(name, f"{shown} is not a plain ELF module (compressed?)")
         magic = module_vermagic(body)
         if kernel_version and (magic is None or magic.split()[0] != kernel_version):
-            return failed(name, f"{module} is built for {magic!r}, the kernel is {kernel_version}")
+            return failed(name, f"{shown} is built for {magic!r}, the kernel is {kernel_version}")
     return passed(
         name,
         f"{len(modules)} plain ELF modules"
