@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import stat
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from plasmaboot.errors import UserError
+from plasmaboot.errors import UserError, WorkError
 from plasmaboot.install.debian import UNPACK_DEBS
 from plasmaboot.install.packages import (
     Deb,
@@ -137,3 +139,35 @@ def test_debs_are_unpacked_into_one_tar_stream(tmp_path: Path) -> None:
     assert (target / "usr/share/beta/file").read_text() == "beta\n"
     # a package's ./bin/ lands in usr/bin through the link, which stays a link
     assert (target / "bin").is_symlink() and (target / "usr/bin/alpha").read_text() == "a\n"
+
+
+def forged_deb(directory: Path, member: str) -> Path:
+    """A .deb (ar: debian-binary, control.tar.gz, data.tar) whose data holds `member`:
+    dpkg-deb --build never writes one, a damaged or forged cache entry may."""
+    control, data = io.BytesIO(), io.BytesIO()
+    with tarfile.open(fileobj=control, mode="w:gz") as archive:
+        body = b"Package: forged\nVersion: 1\nArchitecture: all\nDescription: x\n"
+        info = tarfile.TarInfo("./control")
+        info.size = len(body)
+        archive.addfile(info, io.BytesIO(body))
+    with tarfile.open(fileobj=data, mode="w") as archive:
+        info = tarfile.TarInfo(member)
+        info.size = 2
+        archive.addfile(info, io.BytesIO(b"x\n"))
+    (directory / "debian-binary").write_bytes(b"2.0\n")
+    (directory / "control.tar.gz").write_bytes(control.getvalue())
+    (directory / "data.tar").write_bytes(data.getvalue())
+    path = directory / "forged_1_all.deb"
+    subprocess.run(
+        ["ar", "rc", str(path), "debian-binary", "control.tar.gz", "data.tar"],
+        cwd=directory,
+        check=True,
+    )
+    return path
+
+
+@pytest.mark.parametrize("member", ["./../../etc/cron.d/x", "/etc/shadow", "usr/../../x"])
+def test_a_deb_member_that_leaves_the_tree_is_refused(tmp_path: Path, member: str) -> None:
+    path = forged_deb(tmp_path, member)
+    with pytest.raises(WorkError, match=r"forged_1_all\.deb: the member .* leaves the package"):
+        unpacked_debs([Deb(path, "forged", (), ())])

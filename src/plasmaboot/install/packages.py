@@ -15,9 +15,9 @@ import re
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from plasmaboot.errors import UserError
+from plasmaboot.errors import UserError, WorkError
 from plasmaboot.install.layout import Layout
 from plasmaboot.log import Log
 from plasmaboot.run import require_tool, run
@@ -163,6 +163,16 @@ def unpacked_debs(debs: list[Deb], log: Log | None = None) -> bytes:
                 for member in archive:
                     if member.name.strip("./") == "":
                         continue
+                    parts = PurePosixPath(member.name).parts
+                    if member.name.startswith("/") or ".." in parts:
+                        # a package's files stay under the installed root (the cache's
+                        # .debs are the operator's, but a damaged one must not reach out)
+                        raise WorkError(
+                            f"{deb.path.name}: the member {member.name[:120]!r} leaves the "
+                            "package's tree",
+                            hint="delete that .deb from the cache and fetch it again "
+                            "(--fetch-debs)",
+                        )
                     merged.addfile(member, archive.extractfile(member) if member.isreg() else None)
     return out.getvalue()
 
