@@ -82,6 +82,18 @@ def test_the_node_needs_the_tools_of_the_layouts_filesystems() -> None:
     assert "xfsprogs" in node_packages(load_layout(Path("layouts/control-plane.toml")))
 
 
+def test_the_installed_system_gets_the_xfs_tools_the_image_lacks() -> None:
+    """base leaves xfsprogs out of the netboot image (python3 and libicu come with it): an
+    XFS layout gets it on the disk too, beside the boot loader; other layouts do not."""
+    from plasmaboot.install.layout import load_layout
+    from plasmaboot.install.packages import BOOT_PACKAGES, FETCHED, system_packages
+
+    xfs = system_packages(load_layout(Path("layouts/control-plane.toml")))
+    assert xfs == [*BOOT_PACKAGES, "xfsprogs"]
+    assert system_packages(load_layout(Path("layouts/default.toml"))) == list(BOOT_PACKAGES)
+    assert "xfsprogs" in FETCHED  # --fetch-debs brings it and its dependencies
+
+
 def test_the_kernel_config_comes_from_the_kernels_deb(tmp_path: Path) -> None:
     import subprocess
 

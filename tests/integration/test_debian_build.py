@@ -215,6 +215,18 @@ def test_image_has_no_build_leftovers(ci_image: CiImage, tmp_path: Path) -> None
     assert os.readlink(generators / "systemd-gpt-auto-generator") == "/dev/null"
 
 
+def test_image_is_small_and_has_no_python(ci_image: CiImage, tmp_path: Path) -> None:
+    """#16's size target: base leaves xfsprogs out (on Debian it pulls python3 and libicu
+    for xfs_scrub, 27 MB of the initrd; install brings it for an XFS layout), so the image
+    holds no python and no ICU, and the control-plane initrd is at most 100 MB."""
+    packages = read_manifest(ci_image.set_dir).packages
+    assert not [p for p in packages if p.startswith(("xfsprogs", "python3", "libicu"))]
+    files = image_files(ci_image, tmp_path)
+    assert not [f for f in files if f.startswith(("usr/lib/python3", "usr/bin/python3"))]
+    assert not [f for f in files if "/libicu" in f or f.startswith("usr/sbin/mkfs.xfs")]
+    assert (ci_image.set_dir / "initrd").stat().st_size <= 100_000_000
+
+
 def test_image_boot_path(ci_image: CiImage, tmp_path: Path) -> None:
     """What keeps the way to SSH short: nothing redone at boot that the build did, DNS and
     the journal out of the way, small squashfs blocks."""

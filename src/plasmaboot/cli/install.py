@@ -25,13 +25,13 @@ from plasmaboot.install.flow import (
 )
 from plasmaboot.install.layout import Layout, default_layout_path, load_layout
 from plasmaboot.install.packages import (
-    BOOT_PACKAGES,
     Deb,
     closure,
     fetch_debs,
     kernel_config,
     node_packages,
     read_debs,
+    system_packages,
 )
 from plasmaboot.install.remote import SshRemote
 from plasmaboot.install.secrets import list_secrets
@@ -344,7 +344,7 @@ def needed_debs(
     def resolve() -> tuple[list[Deb], list[Deb], bytes]:
         available = read_debs(directory) if directory.is_dir() else {}
         return (
-            closure(BOOT_PACKAGES, available, installed),
+            closure(system_packages(layout), available, installed),
             closure(node_packages(layout), available, installed),
             kernel_config(available, version, log),
         )

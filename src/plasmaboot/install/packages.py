@@ -32,10 +32,14 @@ BOOT_PACKAGES = (
     "initramfs-tools",
 )
 # What the node itself needs to cut and format the disk, by filesystem (installed in its
-# RAM overlay when missing: the image carries gdisk, parted, e2fsprogs and xfsprogs).
+# RAM overlay when missing: the image carries gdisk, parted and e2fsprogs, not xfsprogs).
 NODE_PACKAGES = {"vfat": "dosfstools", "xfs": "xfsprogs", "ext4": "e2fsprogs"}
+# What the installed system needs for its layout's filesystems beyond the image's layers
+# (unpacked onto the disk with BOOT_PACKAGES): base leaves xfsprogs out of the netboot
+# image (it pulls python3 and libicu, ~19 MB of the initrd; docs/benchmarks.md, "#16").
+SYSTEM_PACKAGES = {"xfs": "xfsprogs"}
 NODE_BASE = ("gdisk", "parted")
-FETCHED = (*BOOT_PACKAGES, *NODE_PACKAGES.values(), *NODE_BASE)
+FETCHED = (*BOOT_PACKAGES, *NODE_PACKAGES.values(), *SYSTEM_PACKAGES.values(), *NODE_BASE)
 DEB_FIELDS = ("Package", "Version", "Depends", "Pre-Depends", "Provides")
 FETCH_TIMEOUT = 1800.0
 
@@ -177,12 +181,23 @@ def unpacked_debs(debs: list[Deb], log: Log | None = None) -> bytes:
     return out.getvalue()
 
 
-def node_packages(layout: Layout) -> list[str]:
-    """The packages whose tools make `layout` on the node."""
+def layout_filesystems(layout: Layout) -> list[str]:
     filesystems = [p.filesystem for d in layout.disks for p in d.partitions if p.filesystem]
     filesystems += [v.filesystem for g in layout.volume_groups for v in g.volumes]
-    wanted = [NODE_PACKAGES[f.value] for f in filesystems if f.value in NODE_PACKAGES]
+    return [f.value for f in filesystems]
+
+
+def node_packages(layout: Layout) -> list[str]:
+    """The packages whose tools make `layout` on the node."""
+    wanted = [NODE_PACKAGES[f] for f in layout_filesystems(layout) if f in NODE_PACKAGES]
     return list(dict.fromkeys([*NODE_BASE, *wanted]))
+
+
+def system_packages(layout: Layout) -> list[str]:
+    """The packages the installed system gets on its disk: the boot loader's, and the
+    tools of its filesystems the image lacks (SYSTEM_PACKAGES)."""
+    wanted = [SYSTEM_PACKAGES[f] for f in layout_filesystems(layout) if f in SYSTEM_PACKAGES]
+    return list(dict.fromkeys([*BOOT_PACKAGES, *wanted]))
 
 
 def fetch_debs(directory: Path, release: str, mirror: str, log: Log | None = None) -> None:
