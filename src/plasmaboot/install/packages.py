@@ -35,7 +35,9 @@ BOOT_PACKAGES = (
 # RAM overlay when missing: the image carries gdisk, parted, e2fsprogs and xfsprogs).
 NODE_PACKAGES = {"vfat": "dosfstools", "xfs": "xfsprogs", "ext4": "e2fsprogs"}
 NODE_BASE = ("gdisk", "parted")
-FETCHED = (*BOOT_PACKAGES, *NODE_PACKAGES.values(), *NODE_BASE)
+# An encrypted / or /usr is opened by the initramfs: its hook and scripts (luks.py)
+EARLY_LUKS_PACKAGES = ("cryptsetup-initramfs",)
+FETCHED = (*BOOT_PACKAGES, *EARLY_LUKS_PACKAGES, *NODE_PACKAGES.values(), *NODE_BASE)
 DEB_FIELDS = ("Package", "Version", "Depends", "Pre-Depends", "Provides")
 FETCH_TIMEOUT = 1800.0
 
@@ -175,6 +177,12 @@ def unpacked_debs(debs: list[Deb], log: Log | None = None) -> bytes:
                         )
                     merged.addfile(member, archive.extractfile(member) if member.isreg() else None)
     return out.getvalue()
+
+
+def boot_packages(layout: Layout) -> list[str]:
+    """The packages the installed system needs to boot `layout`."""
+    early = EARLY_LUKS_PACKAGES if layout.early_mappings() else ()
+    return [*BOOT_PACKAGES, *early]
 
 
 def node_packages(layout: Layout) -> list[str]:
