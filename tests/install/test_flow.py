@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from plasmaboot.errors import PlasmabootError, UserError, WorkError
+from plasmaboot.install import debian
 from plasmaboot.install.debian import SEPARATOR, Install
 from plasmaboot.install.flow import Report, check_services, install_to_disk
 from plasmaboot.install.layout import load_layout
@@ -206,17 +207,27 @@ def luks_job(tmp_path: Path, layout_name: str) -> Install:
 
 
 def stdin_files(data: bytes) -> dict[str, tuple[bytes, int]]:
-    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-        return {
-            m.name: (archive.extractfile(m).read(), m.mode)  # type: ignore[union-attr]
-            for m in archive.getmembers()
-            if m.isfile()
-        }
+    """The files of a tar stream on stdin ({} for other data: the kernel, the .debs)."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            return {
+                m.name: (archive.extractfile(m).read(), m.mode)  # type: ignore[union-attr]
+                for m in archive.getmembers()
+                if m.isfile()
+            }
+    except tarfile.ReadError:
+        return {}
 
 
-def test_an_encrypted_root_is_opened_by_the_initramfs_with_its_key(tmp_path: Path) -> None:
+def test_an_encrypted_root_is_opened_by_the_initramfs_with_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     node = FakeNode(size=64 * GIB)
-    report = run_install(tmp_path, node, luks_job(tmp_path, "lvm-luks"))
+    install = luks_job(tmp_path, "lvm-luks")
+    # the packages' files (cryptsetup-initramfs among them), unpacked as one tar stream
+    install.debs = [Deb(tmp_path / "c.deb", "cryptsetup-initramfs", (), ())]
+    monkeypatch.setattr(debian, "unpacked_debs", lambda debs: b"debs")
+    report = run_install(tmp_path, node, install)
     assert report.failed_step is None, report.error
     scripts = node.scripts()
     assert ROOT_KEY.decode() not in scripts  # keys travel on stdin only
@@ -236,7 +247,18 @@ def test_an_encrypted_root_is_opened_by_the_initramfs_with_its_key(tmp_path: Pat
     assert written["etc/crypttab"][1] == 0o600
     assert b"KEYFILE_PATTERN='/*'" in written["etc/cryptsetup-initramfs/conf-hook"][0]
     assert b"UMASK=0077" in written["etc/initramfs-tools/conf.d/plasmaboot.conf"][0]
-    # the key is on the installed root before the initramfs that copies it is made
+    # the hook's configuration is written after the packages' files (cryptsetup-initramfs
+    # ships its own conf-hook, which would win), and the key is on the installed root,
+    # both before the initramfs that copies the key is made
+    unpacked = next(
+        i for i, (script, _) in enumerate(node.calls) if "--keep-directory-symlink" in script
+    )
+    conf_hook = next(
+        i
+        for i, (script, data) in enumerate(node.calls)
+        if data and "etc/cryptsetup-initramfs/conf-hook" in stdin_files(data)
+    )
+    assert unpacked < conf_hook
     key_on_root = next(
         i
         for i, (script, data) in enumerate(node.calls)
@@ -247,7 +269,7 @@ def test_an_encrypted_root_is_opened_by_the_initramfs_with_its_key(tmp_path: Pat
     initramfs = next(
         i for i, (script, _) in enumerate(node.calls) if "update-initramfs -c" in script
     )
-    assert key_on_root < initramfs
+    assert key_on_root < initramfs and conf_hook < initramfs
 
 
 def test_an_encrypted_data_partition_is_opened_by_systemd_not_the_initramfs(tmp_path: Path) -> None:

@@ -330,7 +330,6 @@ def configure(install: Install, remote: Remote) -> None:
     if install.plan.early:
         # the initramfs opens these mappings with their keys: the keys are on the root
         # before the initramfs is made (in `boot`), and cryptsetup-initramfs copies them
-        files[luks.CONF_HOOK] = (luks.conf_hook(), 0o644)
         remote.sh(
             f"tar -x --no-overwrite-dir --same-owner --same-permissions -C {TARGET}",
             input=secrets_tar(install.luks_keys),
@@ -387,7 +386,10 @@ def install_boot(install: Install, remote: Remote) -> None:
     grub = GRUB_DEFAULTS.format(cmdline=install.kernel_cmdline)
     # an initramfs holding LUKS keys is written 0600 (initramfs-tools' UMASK)
     conf = FAST_INITRAMFS + ("UMASK=0077\n" if install.plan.early else "")
-    write_files(remote, {"etc/default/grub": (grub, 0o644), INITRAMFS_CONF: (conf, 0o644)})
+    files = {"etc/default/grub": (grub, 0o644), INITRAMFS_CONF: (conf, 0o644)}
+    if install.plan.early:  # after the packages' files: theirs holds no KEYFILE_PATTERN
+        files[luks.CONF_HOOK] = (luks.conf_hook(), 0o644)
+    write_files(remote, files)
     # the image builder diverts update-initramfs to a no-op (a netboot image needs none);
     # the installed system boots through one, so the real tool comes back. It is the
     # slowest part (a thousand forks, each slow under TCG): it runs in the background while
