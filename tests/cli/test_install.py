@@ -87,3 +87,25 @@ def test_installed_keys_are_recorded_under_an_ip_address(tmp_path: Path) -> None
     key = " ".join(make_keypair(tmp_path).with_suffix(".pub").read_text().split()[:2])
     record_host_keys(inventory, "cp1", "10.0.0.7", "boot-1", [key])
     assert ip_address_of("cp1.lab", inventory, dynamic) == "10.0.0.7"  # the reported one
+
+
+def test_a_luks_key_missing_from_the_secrets_is_refused_before_any_connection(
+    tmp_path: Path,
+) -> None:
+    layout = Path("layouts/lvm-luks.toml")
+    secrets = tmp_path / "secrets"
+    argv = ["cp1", "--layout", str(layout), "--secrets", str(secrets), "--insecure-first-use"]
+    code, output = invoke(tmp_path, *argv)
+    assert code == 2 and "Traceback" not in output
+    assert (
+        "layouts/lvm-luks.toml: disks[0].partitions[3].luks.key: "
+        f"{secrets}/cp1/etc/plasmaboot/luks/root.key is not in the machine's secrets"
+    ) in " ".join(output.split())
+    key = secrets / "cp1/etc/plasmaboot/luks/root.key"
+    key.parent.mkdir(parents=True)
+    key.write_text("hunter2\n")  # a passphrase, not a key file
+    code, output = invoke(tmp_path, *argv)
+    assert code == 2 and "holds 8 bytes; a LUKS key file holds 32 to 8192 random bytes" in " ".join(
+        output.split()
+    )
+    assert "hunter2" not in output

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shlex
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from plasmaboot.errors import PlasmabootError, UserError, WorkError
+from plasmaboot.install import debian
 from plasmaboot.install.debian import SEPARATOR, Install
 from plasmaboot.install.flow import Report, check_services, install_to_disk
 from plasmaboot.install.layout import load_layout
@@ -45,14 +47,19 @@ class FakeNode:
             return f"{tree}\n{SEPARATOR}\n"
         if script == "uname -r":
             return "6.1.0-28-amd64\n"
-        if "blkid" in script:
-            return "/dev/vda2 AB12-CD34\n/dev/vda3 1111-2222\n"
+        if "blkid" in script:  # `for d in DEV...; do echo "$d $(blkid ...)"`
+            devices = script.removeprefix("for d in ").split(";", 1)[0].split()
+            known = {"/dev/vda2": "AB12-CD34", "/dev/vda3": "1111-2222"}
+            return "".join(f"{d} {known.get(d, f'{i:04X}-UUID')}\n" for i, d in enumerate(devices))
         if "ssh-keygen" in script:
             return f"{KEY} \n{KEY} \n"
         if script.startswith("for u in"):
             return "chainfire.service\niam.service\nflaredb.service\n"
         if script.startswith("stat -c"):
-            return f"{self.secrets_owner} 600 /mnt/plasmaboot/etc/iam/token\n"
+            paths = shlex.split(script)[3:]
+            return "".join(
+                f"{self.secrets_owner if '/etc/iam/' in p else 'root'} 600 {p}\n" for p in paths
+            )
         if script.startswith("systemctl is-active"):
             return "active\n"
         return ""
@@ -186,11 +193,108 @@ def test_a_secret_that_landed_with_the_wrong_owner_fails_the_install(tmp_path: P
     assert "landed as root 600, expected iam 600" in str(report.error)
 
 
-def test_luks_is_refused_by_the_debian_installer(tmp_path: Path) -> None:
-    layout = load_layout(Path("layouts/lvm-luks.toml"))
+ROOT_KEY = b"K" * 16 + b"-luks-root-key-bytes-0123456789"  # 47 bytes
+
+
+def luks_job(tmp_path: Path, layout_name: str) -> Install:
+    install = job(tmp_path, layout=load_layout(Path(f"layouts/{layout_name}.toml")))
+    key = tmp_path / "secrets/cp1/etc/plasmaboot/luks/root.key"
+    key.parent.mkdir(parents=True)
+    key.write_bytes(ROOT_KEY)
+    install.secrets = list_secrets(tmp_path / "secrets/cp1")
+    install.luks_keys = [(p, s) for p, s in install.secrets if p == key]
+    return install
+
+
+def stdin_files(data: bytes) -> dict[str, tuple[bytes, int]]:
+    """The files of a tar stream on stdin ({} for other data: the kernel, the .debs)."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            return {
+                m.name: (archive.extractfile(m).read(), m.mode)  # type: ignore[union-attr]
+                for m in archive.getmembers()
+                if m.isfile()
+            }
+    except tarfile.ReadError:
+        return {}
+
+
+def test_an_encrypted_root_is_opened_by_the_initramfs_with_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     node = FakeNode(size=64 * GIB)
-    report = run_install(tmp_path, node, job(tmp_path, layout=layout))
-    assert report.failed_step == "disks" and "does not encrypt yet" in str(report.error)
+    install = luks_job(tmp_path, "lvm-luks")
+    # the packages' files (cryptsetup-initramfs among them), unpacked as one tar stream
+    install.debs = [Deb(tmp_path / "c.deb", "cryptsetup-initramfs", (), ())]
+    monkeypatch.setattr(debian, "unpacked_debs", lambda debs: b"debs")
+    report = run_install(tmp_path, node, install)
+    assert report.failed_step is None, report.error
+    scripts = node.scripts()
+    assert ROOT_KEY.decode() not in scripts  # keys travel on stdin only
+    disks = next(script for script, _ in node.calls if "luksFormat" in script)
+    keys = "/run/plasmaboot-install/keys"
+    assert f"trap 'rm -rf {keys}' EXIT" in disks  # gone from the node's RAM however it ends
+    assert f"--key-file={keys}/etc/plasmaboot/luks/root.key /dev/vda4" in disks
+    assert "--pbkdf pbkdf2 --pbkdf-force-iterations 1000" in disks
+    assert disks.index("tar -x") < disks.index("luksFormat") < disks.index("pvcreate")
+    uploads = [stdin_files(data) for script, data in node.calls if data and "tar -x" in script]
+    assert uploads[0] == {"etc/plasmaboot/luks/root.key": (ROOT_KEY, 0o600)}  # the disks step
+    written = {k: v for files in uploads for k, v in files.items()}
+    crypttab = written["etc/crypttab"][0].decode()
+    assert crypttab.split("\t")[0] == "cryptlvm" and crypttab.rstrip().endswith(
+        "/etc/plasmaboot/luks/root.key\tluks,initramfs"
+    )
+    assert written["etc/crypttab"][1] == 0o600
+    assert b"KEYFILE_PATTERN='/*'" in written["etc/cryptsetup-initramfs/conf-hook"][0]
+    assert b"UMASK=0077" in written["etc/initramfs-tools/conf.d/plasmaboot.conf"][0]
+    # the hook's configuration is written after the packages' files (cryptsetup-initramfs
+    # ships its own conf-hook, which would win), and the key is on the installed root,
+    # both before the initramfs that copies the key is made
+    unpacked = next(
+        i for i, (script, _) in enumerate(node.calls) if "--keep-directory-symlink" in script
+    )
+    conf_hook = next(
+        i
+        for i, (script, data) in enumerate(node.calls)
+        if data and "etc/cryptsetup-initramfs/conf-hook" in stdin_files(data)
+    )
+    assert unpacked < conf_hook
+    key_on_root = next(
+        i
+        for i, (script, data) in enumerate(node.calls)
+        if data
+        and script.startswith("tar -x --no-overwrite-dir")
+        and "etc/plasmaboot/luks/root.key" in stdin_files(data)
+    )
+    initramfs = next(
+        i for i, (script, _) in enumerate(node.calls) if "update-initramfs -c" in script
+    )
+    assert key_on_root < initramfs and conf_hook < initramfs
+
+
+def test_an_encrypted_data_partition_is_opened_by_systemd_not_the_initramfs(tmp_path: Path) -> None:
+    layout = tmp_path / "data.toml"
+    layout.write_text(
+        Path("layouts/default.toml").read_text().replace('size = "rest"', 'size = "2G"')
+        + '\n[[disks.partitions]]\ntype = "linux"\nsize = "rest"\nfilesystem = "ext4"\n'
+        'mount = "/var/lib/data"\nluks = { name = "data", key = "etc/plasmaboot/luks/root.key" }\n'
+    )
+    install = luks_job(tmp_path, "default")
+    install.layout = load_layout(layout)
+    node = FakeNode()
+    report = run_install(tmp_path, node, install)
+    assert report.failed_step is None, report.error
+    written = {
+        k: v
+        for script, data in node.calls
+        if data and "tar -x" in script
+        for k, v in stdin_files(data).items()
+    }
+    assert written["etc/crypttab"][0].decode().rstrip().endswith("root.key\tluks")
+    assert "etc/cryptsetup-initramfs/conf-hook" not in written
+    assert b"UMASK" not in written["etc/initramfs-tools/conf.d/plasmaboot.conf"][0]
+    fstab = written["etc/fstab"][0].decode()
+    assert "/var/lib/data\text4" in fstab
 
 
 def test_services_are_checked_active(tmp_path: Path) -> None:

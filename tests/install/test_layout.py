@@ -227,3 +227,35 @@ def test_the_inventory_refuses_a_bad_layout_or_service(
     with pytest.raises(UserError) as caught:
         load_inventory(inventory(tmp_path, line), ProfileStore())
     assert expected in caught.value.message
+
+
+SRV_ON_LUKS = ISSUE_EXAMPLE.replace('size = "rest"', 'size = "2G"') + textwrap.dedent("""
+    [[disks.partitions]]
+    type = "linux"
+    size = "rest"
+    filesystem = "xfs"
+    mount = "/srv"
+    luks = { name = "srv", key = "etc/luks/srv.key" }
+    """)
+
+
+def test_what_lies_in_luks_and_what_the_initramfs_opens(tmp_path: Path) -> None:
+    layout = load_layout(builtin_layouts_dir() / "lvm-luks.toml")
+    assert layout.encrypted_mounts() == {"/": "cryptlvm", "/var/lib": "cryptlvm"}
+    assert layout.early_mappings() == ["cryptlvm"]  # it holds /
+    layout = load_layout(write(tmp_path, SRV_ON_LUKS))
+    assert layout.encrypted_mounts() == {"/srv": "srv"} and layout.early_mappings() == []
+
+
+def test_an_encrypted_boot_is_refused(tmp_path: Path) -> None:
+    """The boot loader reads /boot before anything is unlocked."""
+    text = SRV_ON_LUKS.replace('mount = "/srv"', 'mount = "/boot"')
+    assert "partitions[3]: /boot is encrypted (srv), and the boot loader reads it" in error_of(
+        tmp_path, text
+    )
+
+
+def test_an_encrypted_root_without_its_own_boot_is_refused(tmp_path: Path) -> None:
+    text = ISSUE_EXAMPLE.replace('mount = "/"', 'mount = "/"\nluks = { name = "c", key = "k.key" }')
+    error = error_of(tmp_path, text)
+    assert "partitions[2]: the root is encrypted (c) and /boot lies on it" in error

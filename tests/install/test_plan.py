@@ -102,13 +102,18 @@ def test_luks_and_lvm_read_the_key_from_a_file_never_the_command_line() -> None:
     commands = plan.storage_commands("/run/plasmaboot-install/secrets")
     key = "--key-file=/run/plasmaboot-install/secrets/etc/plasmaboot/luks/root.key"
     assert commands[0] == [
-        "cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", key, "/dev/nvme0n1p4",
+        "cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2",
+        "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", key, "/dev/nvme0n1p4",
     ]  # fmt: skip
     assert commands[1] == ["cryptsetup", "open", key, "/dev/nvme0n1p4", "cryptlvm"]
     assert ["vgcreate", "--yes", "vg0", "/dev/mapper/cryptlvm"] in commands
     assert commands[-1][-5:] == ["-l", "100%FREE", "-n", "data", "vg0"]
     assert ["mkswap", "-L", "swap", "/dev/vg0/swap"] in plan.mkfs_commands()
-    assert "root.key" in plan.crypttab({"/dev/nvme0n1p4": "u-1"})
+    # it holds /: the initramfs opens it (cryptsetup-initramfs reads the `initramfs` option)
+    assert plan.early == ("cryptlvm",)
+    assert plan.crypttab({"/dev/nvme0n1p4": "u-1"}) == (
+        "cryptlvm\tUUID=u-1\t/etc/plasmaboot/luks/root.key\tluks,initramfs\n"
+    )
     assert [fs.mount for fs in plan.mounted()] == ["/", "/boot", "/boot/efi", "/var/lib"]
 
 

@@ -52,6 +52,51 @@ DISK_SIZE = "3G"
 BOOT_TIMEOUT = 420  # power-on to SSH under TCG on a busy 2-core machine
 INSTALL_TIMEOUT = 1800  # the install command alone, with --fetch-debs on a cold cache
 SECRET = "plasmaboot-test-secret-7f3a9c"  # must appear nowhere but on the disk
+LUKS_KEY = f"{SECRET}-luks-key-0123456789abcdef\n"  # a key file: at least 32 bytes
+# The default layout, and a LUKS2 data partition opened at boot by systemd with its key
+# from the secrets (crypttab); the root keeps /dev/vda3.
+DATA_ON_LUKS = """
+[[disks.partitions]]
+type = "linux"
+label = "data"
+size = "rest"
+filesystem = "ext4"
+mount = "/var/lib/plasmacloud-data"
+luks = { name = "data", key = "etc/plasmaboot/luks/data.key" }
+"""
+# An encrypted root: LVM on LUKS2, opened by the initramfs (cryptsetup-initramfs) with the
+# key it holds; /boot on its own partition, read by GRUB
+ROOT_ON_LUKS = """
+description = "BIOS + UEFI, /boot, LVM on LUKS2"
+[[disks]]
+match = "/dev/vda"
+[[disks.partitions]]
+type = "bios_grub"
+size = "1M"
+[[disks.partitions]]
+type = "esp"
+size = "256M"
+filesystem = "vfat"
+mount = "/boot/efi"
+[[disks.partitions]]
+type = "linux"
+label = "boot"
+size = "512M"
+filesystem = "ext4"
+mount = "/boot"
+[[disks.partitions]]
+type = "lvm"
+size = "rest"
+volume_group = "vg0"
+luks = { name = "cryptlvm", key = "etc/plasmaboot/luks/data.key" }
+[[volume_groups]]
+name = "vg0"
+[[volume_groups.volumes]]
+name = "root"
+size = "rest"
+filesystem = "ext4"
+mount = "/"
+"""
 
 
 def install_argv(ci_image: CiImage, workdir: Path, *extra: str) -> list[str]:
@@ -84,6 +129,17 @@ def write_secrets(workdir: Path) -> None:
     (root / f"etc/{CI_SERVICE}/token").write_text(SECRET + "\n")
     (root / "etc/plasmaboot").mkdir(parents=True)
     (root / "etc/plasmaboot/cluster.key").write_text(SECRET + "-cluster\n")
+    (root / "etc/plasmaboot/luks").mkdir()
+    (root / "etc/plasmaboot/luks/data.key").write_text(LUKS_KEY)
+
+
+def write_layout(workdir: Path, encrypted_root: bool) -> str:
+    """The machine's layout, beside the inventory (named by it, relative to it)."""
+    default = (builtin_layouts_dir() / "default.toml").read_text()
+    text = ROOT_ON_LUKS if encrypted_root else default.replace('"rest"', '"2300M"') + DATA_ON_LUKS
+    (workdir / "layouts").mkdir(exist_ok=True)
+    (workdir / "layouts/machine.toml").write_text(text)
+    return "layouts/machine.toml"
 
 
 def run_install(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
@@ -99,13 +155,23 @@ def test_a_bios_machine_installs_and_boots_from_its_disk(ci_image: CiImage, tmp_
 
 
 @pytest.mark.extended
+def test_a_machine_with_an_encrypted_root_installs_and_boots(
+    ci_image: CiImage, tmp_path: Path
+) -> None:
+    """LVM on LUKS2 holding /: the installed initramfs opens it with its key, unattended."""
+    install_and_boot(ci_image, tmp_path, Firmware.BIOS, encrypted_root=True)
+
+
+@pytest.mark.extended
 def test_a_uefi_machine_installs_and_boots_from_its_disk(ci_image: CiImage, tmp_path: Path) -> None:
     """OVMF with its own variable store: after the install the firmware boots the disk's
     EFI/BOOT/BOOTX64.EFI, at once or after iPXE's `exit 1` (there is no NVRAM entry)."""
     install_and_boot(ci_image, tmp_path, Firmware.UEFI)
 
 
-def install_and_boot(ci_image: CiImage, tmp_path: Path, firmware: Firmware) -> None:
+def install_and_boot(
+    ci_image: CiImage, tmp_path: Path, firmware: Firmware, encrypted_root: bool = False
+) -> None:
     require(*PXE_TOOLS, "qemu-img", files=PXE_FILES)
     plan = plan_provisioning(
         ci_image.label, ci_image.label, None, HOSTNAME, "10.78.0.0/24", (ci_image.profiles_dir,)
@@ -122,7 +188,10 @@ def install_and_boot(ci_image: CiImage, tmp_path: Path, firmware: Firmware) -> N
         provisioning_network(plan, ci_image.artifacts, tmp_path, log) as net,
     ):
         inventory = tmp_path / INVENTORY
-        inventory.write_text(inventory.read_text() + f'services = ["{CI_SERVICE}"]\n')
+        layout = write_layout(tmp_path, encrypted_root)
+        inventory.write_text(
+            inventory.read_text() + f'services = ["{CI_SERVICE}"]\nlayout = "{layout}"\n'
+        )
 
         def vm_config(name: str) -> VmConfig:
             return VmConfig(
@@ -183,7 +252,9 @@ def install_and_boot(ci_image: CiImage, tmp_path: Path, firmware: Firmware) -> N
             assert report["service_states"] == {CI_SERVICE: "active"}
             if firmware is Firmware.BIOS:  # SeaBIOS boots the network first (order=n)
                 assert "is installed: local disk" in net.server_log.read_text()
-            check_installed_system(tmp_path, net.address, ci_image, net.netns, report)
+            check_installed_system(
+                tmp_path, net.address, ci_image, net.netns, report, encrypted_root
+            )
     check_no_secret_anywhere(tmp_path, ci_image)
     print(f"install step: {report['steps']}; install {timings['install']:.0f}s, "
           f"reboot to services active {timings['first_boot']:.0f}s")  # fmt: skip
@@ -244,7 +315,12 @@ def wait_until_reachable(net: Provisioned, timeout: float = 120) -> None:
 
 
 def check_installed_system(
-    workdir: Path, address: str, ci_image: CiImage, netns: Any, report: dict[str, Any]
+    workdir: Path,
+    address: str,
+    ci_image: CiImage,
+    netns: Any,
+    report: dict[str, Any],
+    encrypted_root: bool,
 ) -> None:
     state = workdir / "machines.state"
     record = json.loads((state / "hostkeys" / f"{HOSTNAME}.json").read_text())
@@ -253,21 +329,44 @@ def check_installed_system(
     known = workdir / "installed_known_hosts"
     known.write_text("".join(f"{address} {key}\n" for key in record["keys"]))
     node = SshRemote(address, ci_image.identity, known, netns=netns)  # pinned: no first use
+    encrypted = "/" if encrypted_root else "/var/lib/plasmacloud-data"
     mounts = node.sh(
-        "findmnt -n -o TARGET,SOURCE,FSTYPE / ; findmnt -n -o TARGET,SOURCE,FSTYPE /boot/efi"
+        "for m in / /boot/efi " + encrypted + "; do findmnt -n -o TARGET,SOURCE,FSTYPE $m; done"
     )
-    assert mounts.split() == ["/", "/dev/vda3", "ext4", "/boot/efi", "/dev/vda2", "vfat"]
+    if encrypted_root:
+        assert mounts.split() == [
+            "/", "/dev/mapper/vg0-root", "ext4", "/boot/efi", "/dev/vda2", "vfat",
+            "/", "/dev/mapper/vg0-root", "ext4",
+        ]  # fmt: skip
+        mapping, holder = "cryptlvm", "/dev/vda4"
+    else:
+        assert mounts.split() == [
+            "/", "/dev/vda3", "ext4", "/boot/efi", "/dev/vda2", "vfat",
+            encrypted, "/dev/mapper/data", "ext4",
+        ]  # fmt: skip
+        mapping, holder = "data", "/dev/vda4"
+    # the mapping is LUKS2 on its partition, opened with the key from the secrets
+    status = node.sh(f"cryptsetup status {mapping}")
+    assert "type:    LUKS2" in status and f"device:  {holder}" in status, status
+    assert node.sh(f"cryptsetup isLuks --type luks2 {holder} && echo yes").strip() == "yes"
     parts = node.sh("lsblk -n -b -o NAME,PARTTYPENAME,SIZE /dev/vda")
     assert "BIOS boot" in parts and "EFI System" in parts
     assert node.sh("hostname").strip() == HOSTNAME
     assert node.sh(f"systemctl is-enabled {CI_SERVICE}.service").strip() == "enabled"
     check_listening(node)
     assert node.sh("systemctl is-enabled chainfire.service || true").strip() == "disabled"
-    owners = node.sh(f"stat -c '%U %a %n' /etc/{CI_SERVICE}/token /etc/plasmaboot/cluster.key")
+    owners = node.sh(
+        f"stat -c '%U %a %n' /etc/{CI_SERVICE}/token /etc/plasmaboot/cluster.key "
+        "/etc/plasmaboot/luks/data.key"
+    )
     assert owners.splitlines() == [
         f"{CI_SERVICE} 600 /etc/{CI_SERVICE}/token",
         "root 600 /etc/plasmaboot/cluster.key",
+        "root 600 /etc/plasmaboot/luks/data.key",
     ]
+    if encrypted_root:  # the initramfs holds the key: it is readable by root only
+        modes = node.sh("stat -c '%a %U' /boot/initrd.img-$(uname -r)").split()
+        assert modes == ["600", "root"], modes
     assert node.sh("cat /etc/machine-id").strip() != ""
     assert "/run/rootfs" not in node.sh("findmnt -n -o SOURCE /")
 

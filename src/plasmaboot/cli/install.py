@@ -14,6 +14,7 @@ from rich.markup import escape
 from plasmaboot.cli.context import Context, console, err_console, pass_context
 from plasmaboot.cli.machines import inventory_option
 from plasmaboot.errors import PlasmabootError, UserError
+from plasmaboot.install import luks
 from plasmaboot.install.debian import Install
 from plasmaboot.install.disko import disko_config, nixos_anywhere_command
 from plasmaboot.install.flow import (
@@ -41,6 +42,7 @@ from plasmaboot.inventory.model import Machine
 from plasmaboot.inventory.state import make_private_dirs, read_host_keys, state_dir
 from plasmaboot.log import Log
 from plasmaboot.paths import cache_dir
+from plasmaboot.profiles.located_errors import display_path
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
@@ -181,6 +183,8 @@ def install(
                 inventory, entry, known_hosts, insecure_first_use, Path(tmp), address
             )
             label = entry.label if entry else None
+            secrets = list_secrets(machine_secrets)
+            keys = luks.key_files(layout, display_path(layout_path), secrets, machine_secrets)
             job = Install(
                 machine=name,
                 hostname=entry.hostname if entry else name,
@@ -188,7 +192,8 @@ def install(
                 kernel=set_kernel(artifacts, label),
                 debs=[],
                 services=entry.services if entry and entry.services is not None else (),
-                secrets=list_secrets(machine_secrets),
+                secrets=secrets,
+                luks_keys=keys,
                 ipv4=entry.ipv4 if entry else None,
                 macs=entry.macs if entry else (),
                 wipe=wipe,

@@ -2,11 +2,13 @@
 
     inspect   find the layout's disks, read what is on them, refuse a disk in use or not
               empty (without --wipe) and one too small, before anything is written
-    disks     wipe (--wipe), partition, LVM, mkfs, mount under /mnt/plasmaboot
+    disks     wipe (--wipe), partition, LUKS (the keys on stdin), LVM, mkfs, mount under
+              /mnt/plasmaboot
     system    copy the image the node booted: its read-only layers but the per-node one, not
               its tmpfs changes
-    configure fstab by UUID, host name, network (DHCP or the inventory's address), a fresh
-              machine-id, the installed system's own SSH host keys (made on the node)
+    configure fstab and crypttab by UUID, host name, network (DHCP or the inventory's
+              address), a fresh machine-id, the installed system's own SSH host keys (made
+              on the node); the keys of the mappings the initramfs opens
     boot      the set's kernel, GRUB's files (BIOS and UEFI, unpacked from the operator's
               deb cache), the initramfs started in the background, grub-install, grub.cfg
     services  every catalog service disabled but the machine's `services`
@@ -33,8 +35,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from plasmaboot.catalog import load_catalog
-from plasmaboot.errors import UserError, WorkError
+from plasmaboot.errors import WorkError
 from plasmaboot.image.backends.debian.contract import KERNEL_VERSION_PATTERN
+from plasmaboot.install import luks
 from plasmaboot.install.layout import Filesystem, Layout
 from plasmaboot.install.packages import Deb, unpacked_debs
 from plasmaboot.install.plan import (
@@ -52,6 +55,7 @@ from plasmaboot.install.secrets import Secret, secrets_tar
 from plasmaboot.serve import nodelayer
 
 WORK = "/run/plasmaboot-install"  # on the node's tmpfs: gone at reboot
+KEYS = f"{WORK}/keys"  # the LUKS keys while the disks step runs
 LOWER = f"{WORK}/lower"
 HOST_KEY_TYPES = ("ed25519", "ecdsa")
 STATIC_NETWORK = "etc/systemd/network/05-plasmaboot-static.network"
@@ -112,6 +116,7 @@ class Install:
     services: tuple[str, ...]
     secrets: list[tuple[Path, Secret]]
     node_debs: list[Deb] = field(default_factory=list)  # disk tools the node lacks
+    luks_keys: list[tuple[Path, Secret]] = field(default_factory=list)  # luks.key_files
     kernel_config: bytes = b""  # /boot/config-<version>, from the kernel's .deb
     ipv4: str | None = None  # "10.20.0.11/24": a static address, else DHCP
     macs: tuple[str, ...] = ()
@@ -219,16 +224,19 @@ def node_kernel_version(text: str) -> str:
 
 def make_disks(install: Install, remote: Remote) -> None:
     assert install.plan is not None
-    if install.layout.luks_keys():
-        raise UserError(
-            "the Debian installer does not encrypt yet (its initramfs has no cryptsetup)",
-            hint="use a layout without luks, or the Nix backend (nixos-anywhere + disko)",
-        )
     if install.node_debs:  # into the node's RAM overlay: gone at reboot
         remote.sh(f"mkdir -p {WORK}/debs\ntar -x -C {WORK}/debs", input=debs_tar(install.node_debs))
         names = [f"{WORK}/debs/{deb.path.name}" for deb in install.node_debs]
         remote.sh("DEBIAN_FRONTEND=noninteractive " + q("dpkg", "-i", *names), timeout=600)
-    remote.sh(install.plan.script(f"{WORK}/secrets", TARGET))
+    script = install.plan.script(KEYS, TARGET)
+    if install.luks_keys:
+        # the keys, on stdin, into the node's RAM for cryptsetup; gone when the script ends,
+        # however it ends (the installed root gets them with the other secrets)
+        script = (
+            f"umask 077\nrm -rf {KEYS}\nmkdir -p {KEYS}\ntrap 'rm -rf {KEYS}' EXIT\n"
+            f"tar -x --no-same-owner -C {KEYS}\n{script}"
+        )
+    remote.sh(script, input=secrets_tar(install.luks_keys) if install.luks_keys else None)
 
 
 # The node's root is an overlay of its read-only layers under a tmpfs. stage-1 leaves each
@@ -292,7 +300,9 @@ def write_files(remote: Remote, files: dict[str, tuple[str, int]]) -> None:
 
 def configure(install: Install, remote: Remote) -> None:
     assert install.plan is not None
+    # the filesystems by their UUIDs (fstab), the LUKS partitions by theirs (crypttab)
     devices = [fs.device for fs in install.plan.filesystems]
+    devices += [device for device, _, _ in install.plan.luks]
     out = remote.sh(
         "for d in "
         + " ".join(map(shlex.quote, devices))
@@ -317,6 +327,13 @@ def configure(install: Install, remote: Remote) -> None:
     crypttab = install.plan.crypttab(uuids)
     if crypttab:
         files["etc/crypttab"] = (crypttab, 0o600)
+    if install.plan.early:
+        # the initramfs opens these mappings with their keys: the keys are on the root
+        # before the initramfs is made (in `boot`), and cryptsetup-initramfs copies them
+        remote.sh(
+            f"tar -x --no-overwrite-dir --same-owner --same-permissions -C {TARGET}",
+            input=secrets_tar(install.luks_keys),
+        )
     if install.ipv4:
         files[STATIC_NETWORK] = (static_network(install.ipv4, install.macs), 0o644)
     write_files(remote, files)
@@ -367,9 +384,12 @@ def install_boot(install: Install, remote: Remote) -> None:
                 input=unpacked_debs(install.debs),
             )
     grub = GRUB_DEFAULTS.format(cmdline=install.kernel_cmdline)
-    write_files(
-        remote, {"etc/default/grub": (grub, 0o644), INITRAMFS_CONF: (FAST_INITRAMFS, 0o644)}
-    )
+    # an initramfs holding LUKS keys is written 0600 (initramfs-tools' UMASK)
+    conf = FAST_INITRAMFS + ("UMASK=0077\n" if install.plan.early else "")
+    files = {"etc/default/grub": (grub, 0o644), INITRAMFS_CONF: (conf, 0o644)}
+    if install.plan.early:  # after the packages' files: theirs holds no KEYFILE_PATTERN
+        files[luks.CONF_HOOK] = (luks.conf_hook(), 0o644)
+    write_files(remote, files)
     # the image builder diverts update-initramfs to a no-op (a netboot image needs none);
     # the installed system boots through one, so the real tool comes back. It is the
     # slowest part (a thousand forks, each slow under TCG): it runs in the background while

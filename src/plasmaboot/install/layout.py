@@ -185,6 +185,29 @@ class Layout(Table):
     def luks_keys(self) -> list[str]:
         return [p.luks.key for d in self.disks for p in d.partitions if p.luks]
 
+    def encrypted_mounts(self) -> dict[str, str]:
+        """Mount point -> the LUKS mapping it lies in: a filesystem on an encrypted
+        partition, or a volume of a group whose partition is encrypted."""
+        by_group: dict[str, str] = {}
+        found: dict[str, str] = {}
+        for disk in self.disks:
+            for part in disk.partitions:
+                if part.luks and part.volume_group:
+                    by_group[part.volume_group] = part.luks.name
+                elif part.luks and part.mount:
+                    found[part.mount] = part.luks.name
+        for group in self.volume_groups:
+            for volume in group.volumes:
+                if volume.mount and group.name in by_group:
+                    found[volume.mount] = by_group[group.name]
+        return found
+
+    def early_mappings(self) -> list[str]:
+        """The LUKS mappings the initramfs must open: those holding / or /usr (what is
+        mounted later is opened by systemd from /etc/crypttab)."""
+        encrypted = self.encrypted_mounts()
+        return list(dict.fromkeys(encrypted[m] for m in ("/", "/usr") if m in encrypted))
+
     def has_bios_grub(self) -> bool:
         return any(p.type is PartitionType.BIOS_GRUB for d in self.disks for p in d.partitions)
 
@@ -340,10 +363,32 @@ def check_mounts(layout: Layout, where: str) -> None:
     roots = [p for d in layout.disks for p in d.partitions if p.type is PartitionType.ROOT]
     if len(roots) > 1:
         raise UserError(f"{where}: more than one partition of type root")
+    check_encrypted_boot(layout, where, seen)
     if not re.fullmatch(r"/boot/efi|/efi|/boot", layout.esp_mount() or "/boot/efi"):
         raise UserError(
             f"{where}: the ESP is mounted at {layout.esp_mount()}",
             hint="mount the ESP at /boot/efi (or /efi or /boot)",
+        )
+
+
+def check_encrypted_boot(layout: Layout, where: str, mounts: dict[str, str]) -> None:
+    """The boot loader reads the kernel and initramfs from /boot (or the ESP) before
+    anything is unlocked: /boot stays out of LUKS, and an encrypted root needs its own
+    /boot."""
+    encrypted = layout.encrypted_mounts()
+    for mount in ("/boot", "/boot/efi", "/efi"):
+        if mount in encrypted:
+            raise UserError(
+                f"{where}: {mounts[mount]}: {mount} is encrypted ({encrypted[mount]}), and "
+                "the boot loader reads it before anything is unlocked",
+                hint=f"put {mount} on a partition without luks",
+            )
+    if "/" in encrypted and "/boot" not in mounts:
+        raise UserError(
+            f"{where}: {mounts['/']}: the root is encrypted ({encrypted['/']}) and /boot "
+            "lies on it: the boot loader could not read the kernel",
+            hint='add a partition without luks for /boot (type = "linux", size = "1G", '
+            'filesystem = "ext4", mount = "/boot") before the encrypted one',
         )
 
 

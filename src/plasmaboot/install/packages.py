@@ -39,7 +39,15 @@ NODE_PACKAGES = {"vfat": "dosfstools", "xfs": "xfsprogs", "ext4": "e2fsprogs"}
 # image (it pulls python3 and libicu, ~19 MB of the initrd; docs/benchmarks.md, "#16").
 SYSTEM_PACKAGES = {"xfs": "xfsprogs"}
 NODE_BASE = ("gdisk", "parted")
-FETCHED = (*BOOT_PACKAGES, *NODE_PACKAGES.values(), *SYSTEM_PACKAGES.values(), *NODE_BASE)
+# An encrypted / or /usr is opened by the initramfs: its hook and scripts (luks.py)
+EARLY_LUKS_PACKAGES = ("cryptsetup-initramfs",)
+FETCHED = (
+    *BOOT_PACKAGES,
+    *EARLY_LUKS_PACKAGES,
+    *NODE_PACKAGES.values(),
+    *SYSTEM_PACKAGES.values(),
+    *NODE_BASE,
+)
 DEB_FIELDS = ("Package", "Version", "Depends", "Pre-Depends", "Provides")
 FETCH_TIMEOUT = 1800.0
 
@@ -194,10 +202,12 @@ def node_packages(layout: Layout) -> list[str]:
 
 
 def system_packages(layout: Layout) -> list[str]:
-    """The packages the installed system gets on its disk: the boot loader's, and the
-    tools of its filesystems the image lacks (SYSTEM_PACKAGES)."""
+    """The packages the installed system gets on its disk: the boot loader's, the tools of
+    its filesystems the image lacks (SYSTEM_PACKAGES), and cryptsetup-initramfs when the
+    initramfs opens an encrypted / or /usr."""
     wanted = [SYSTEM_PACKAGES[f] for f in layout_filesystems(layout) if f in SYSTEM_PACKAGES]
-    return list(dict.fromkeys([*BOOT_PACKAGES, *wanted]))
+    early = EARLY_LUKS_PACKAGES if layout.early_mappings() else ()
+    return list(dict.fromkeys([*BOOT_PACKAGES, *wanted, *early]))
 
 
 def fetch_debs(directory: Path, release: str, mirror: str, log: Log | None = None) -> None:

@@ -27,6 +27,11 @@ SECTOR = 512
 GPT_RESERVED = 2 * MIB  # the first MiB (alignment, primary GPT) and the last (backup GPT)
 MIN_REST = 64 * MIB  # a `rest` partition smaller than this is a mistake, not a filesystem
 TARGET = "/mnt/plasmaboot"  # where the installed root is mounted on the node
+# A LUKS key here is a key file of at least install.luks.MIN_KEY_BYTES random bytes, never
+# a passphrase: stretching it buys nothing, while LUKS2's default (argon2id, up to 1 GiB of
+# memory, a 2 s target) would make every unlock slow and could fail a small machine at boot.
+# 1000 is the least cryptsetup takes.
+KEY_FILE_PBKDF = ("--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class Plan:
     luks: tuple[tuple[str, str, str], ...] = ()  # (partition device, mapping name, key path)
     volume_groups: tuple[tuple[str, str], ...] = ()  # (vg name, physical volume device)
     volumes: tuple[tuple[str, str, tuple[str, ...]], ...] = ()  # (vg, lv, lvcreate size)
+    early: tuple[str, ...] = ()  # LUKS mappings the initramfs opens (they hold / or /usr)
 
     def partition_commands(self) -> list[list[str]]:
         """sgdisk: a new GPT on each disk, then the partitions in order."""
@@ -94,7 +100,7 @@ class Plan:
         for device, name, key in self.luks:
             key_file = f"{secrets}/{key}"
             commands.append(
-                ["cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2",
+                ["cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", *KEY_FILE_PBKDF,
                  f"--key-file={key_file}", device]
             )  # fmt: skip
             commands.append(["cryptsetup", "open", f"--key-file={key_file}", device, name])
@@ -143,7 +149,11 @@ class Plan:
     def crypttab(self, uuids: dict[str, str]) -> str:
         """/etc/crypttab: each LUKS mapping unlocked at boot with its key from the installed
         root's secrets (the tree lands as it is: the key file is /<key>, mode 0600)."""
-        lines = [f"{name}\tUUID={uuids[device]}\t/{key}\tluks" for device, name, key in self.luks]
+        lines = [
+            f"{name}\tUUID={uuids[device]}\t/{key}\t"
+            + ("luks,initramfs" if name in self.early else "luks")
+            for device, name, key in self.luks
+        ]
         return "\n".join(lines) + "\n" if lines else ""
 
     def script(self, secrets: str, target: str = TARGET) -> str:
@@ -226,6 +236,7 @@ def make_plan(layout: Layout, disks: list[Disk]) -> Plan:
         tuple(luks),
         tuple(groups),
         tuple(volumes),
+        tuple(layout.early_mappings()),
     )
 
 

@@ -1,0 +1,56 @@
+"""install.luks: the layout's key files checked where they enter, and the initramfs's
+key configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from plasmaboot.errors import UserError
+from plasmaboot.install import luks
+from plasmaboot.install.layout import builtin_layouts_dir, load_layout
+from plasmaboot.install.packages import system_packages
+from plasmaboot.install.secrets import list_secrets
+
+LVM_LUKS = builtin_layouts_dir() / "lvm-luks.toml"
+
+
+def secrets_with_key(tmp_path: Path, data: bytes) -> Path:
+    root = tmp_path / "cp1"
+    (root / "etc/plasmaboot/luks").mkdir(parents=True)
+    (root / "etc/plasmaboot/luks/root.key").write_bytes(data)
+    (root / "etc/iam").mkdir(parents=True)
+    (root / "etc/iam/token").write_text("t")
+    return root
+
+
+def test_the_key_files_are_the_secrets_the_layout_names(tmp_path: Path) -> None:
+    root = secrets_with_key(tmp_path, bytes(range(64)))
+    found = luks.key_files(load_layout(LVM_LUKS), "l.toml", list_secrets(root), root)
+    assert [(p.name, s.path, s.owner, s.mode) for p, s in found] == [
+        ("root.key", "/etc/plasmaboot/luks/root.key", "root", 0o600)
+    ]
+
+
+@pytest.mark.parametrize("size", [0, 31, 8193])
+def test_a_key_file_of_the_wrong_size_is_refused(tmp_path: Path, size: int) -> None:
+    root = secrets_with_key(tmp_path, b"k" * size)
+    with pytest.raises(UserError) as caught:
+        luks.key_files(load_layout(LVM_LUKS), "l.toml", list_secrets(root), root)
+    assert caught.value.message.startswith("l.toml: disks[0].partitions[3].luks.key: ")
+    assert f"holds {size} bytes" in caught.value.message
+    assert "head -c 64 /dev/urandom" in str(caught.value.hint)
+
+
+def test_no_layout_key_means_no_key_file(tmp_path: Path) -> None:
+    root = secrets_with_key(tmp_path, b"x")  # not a key of this layout: not checked
+    layout = load_layout(builtin_layouts_dir() / "default.toml")
+    assert luks.key_files(layout, "l.toml", list_secrets(root), root) == []
+
+
+def test_the_initramfs_takes_the_early_keys_only_when_a_root_is_encrypted() -> None:
+    assert "KEYFILE_PATTERN='/*'" in luks.conf_hook()
+    assert system_packages(load_layout(LVM_LUKS))[-1] == "cryptsetup-initramfs"
+    default = load_layout(builtin_layouts_dir() / "default.toml")
+    assert "cryptsetup-initramfs" not in system_packages(default)
