@@ -21,6 +21,11 @@ from plasmaboot.artifacts.manifest import read_manifest
 from plasmaboot.formats.cpio import Compression, Member, read_segments
 from plasmaboot.formats.squashfs import read_squashfs_superblock
 from plasmaboot.image.backends.debian.hook import MASKED_GENERATORS
+from plasmaboot.image.backends.debian.runtime_units import (
+    DROP_INS,
+    MASKED_AT_NETBOOT,
+    RUNTIME_UNITS,
+)
 
 from conftest import CI_SERVICE, CiImage, plasmaboot
 
@@ -131,6 +136,10 @@ def test_initrd_segments(ci_image: CiImage) -> None:
         members
     )
     assert all(m.uid == 0 and m.gid == 0 for m in stage1.members)
+    # the units changed for the boot from RAM only (stage-1 copies them to /run)
+    for unit in MASKED_AT_NETBOOT:
+        assert members[f"{RUNTIME_UNITS}/{unit}"].link_target == "/dev/null", unit
+    assert set(DROP_INS) <= {m.name.removeprefix(f"{RUNTIME_UNITS}/") for m in stage1.members}
     assert root.compression is Compression.NONE
     _, squashfs = root.members
     assert squashfs.name == PACKAGE_LAYER

@@ -99,3 +99,44 @@ def test_the_init_does_nothing_unless_it_is_pid_1(tmp_path: Path) -> None:
         [str(BUSYBOX), "sh", str(STAGE1_INIT)], capture_output=True, text=True, timeout=30
     )
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+
+
+def install_runtime_units(tmp_path: Path, source: Path) -> subprocess.CompletedProcess[str]:
+    script = (
+        f'. "{STAGE1_INIT}"\nfail() {{ echo "FAILED: $*"; exit 3; }}\n'
+        f'install_runtime_units "{source}" "{tmp_path}/run/systemd/system"\n'
+    )
+    return subprocess.run(
+        [str(BUSYBOX), "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        timeout=30,
+    )
+
+
+def test_runtime_units_are_copied_to_run_with_their_links(tmp_path: Path) -> None:
+    """stage-1 puts the boot-from-RAM units (masks as links to /dev/null, drop-ins) in
+    /run/systemd/system, as `systemctl --runtime` would."""
+    source = tmp_path / "etc/runtime-units"
+    (source / "a.service.d").mkdir(parents=True)
+    (source / "a.service.d/x.conf").write_text("[Service]\n")
+    (source / "b.service").symlink_to("/dev/null")
+    proc = install_runtime_units(tmp_path, source)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = tmp_path / "run/systemd/system"
+    assert (run / "b.service").readlink() == Path("/dev/null")
+    assert (run / "a.service.d/x.conf").read_text() == "[Service]\n"
+
+
+def test_no_runtime_units_change_nothing(tmp_path: Path) -> None:
+    proc = install_runtime_units(tmp_path, tmp_path / "absent")
+    assert proc.returncode == 0 and not (tmp_path / "run").exists()
+
+
+def test_runtime_units_that_cannot_be_copied_stop_the_boot(tmp_path: Path) -> None:
+    source = tmp_path / "etc/runtime-units"
+    source.mkdir(parents=True)
+    (tmp_path / "run").write_text("a file where the directory should be")
+    proc = install_runtime_units(tmp_path, source)
+    assert proc.returncode == 3 and "FAILED: create" in proc.stdout

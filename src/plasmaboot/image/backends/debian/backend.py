@@ -70,6 +70,7 @@ from plasmaboot.image.backends.debian.profile_layer import (
     layer_entries,
     make_profile_layer,
 )
+from plasmaboot.image.backends.debian.runtime_units import runtime_unit_entries
 from plasmaboot.image.cache import files_fingerprint
 from plasmaboot.profiles.model import Profile
 from plasmaboot.run import require_tool, run
@@ -590,6 +591,7 @@ def stage1_entries(hook: HookResult) -> list[Entry]:
         Entry("etc/stage1-modules", stat.S_IFREG | 0o644, source=hook.stage1_order),
         *[Entry(f"lib/modules/{m.name}", stat.S_IFREG | 0o644, source=m) for m in modules],
         *[Entry(d, stat.S_IFDIR | 0o755) for d in ("proc", "sys", "run", "sysroot", "tmp")],
+        *runtime_unit_entries(),
     ]
 
 
