@@ -194,22 +194,26 @@ def install(
                 wipe=wipe,
             )
             node = SshRemote(address, identity, pinned, first_use=insecure_first_use, log=log)
-            deb_dir = debs or cache_dir() / "debs" / release
-            job.debs, job.node_debs, job.kernel_config = needed_debs(
-                node, layout, deb_dir, fetch_debs, release, mirror, log
-            )
-            progress(as_json, f"installing {name} on {address} (layout {layout_path})")
-            install_to_disk(job, node, report, log)
             installed_keys = Path(tmp) / "installed_known_hosts"
-            installed_keys.write_text("".join(f"{address} {key}\n" for key in job.host_keys))
-            if inventory and entry:
-                recorded = ip_address_of(address, inventory, entry)
-                record_installed_host_keys(inventory, name, recorded, job.host_keys)
-                # before the reboot: the machine's next PXE boot must get its disk
-                mark_installed(inventory, name, set_name(artifacts, label), report_path)
+            # one SSH connection for every command of the install (closed before the
+            # installed system is reached, also on failure)
+            with node.shared_connection():
+                deb_dir = debs or cache_dir() / "debs" / release
+                job.debs, job.node_debs, job.kernel_config = needed_debs(
+                    node, layout, deb_dir, fetch_debs, release, mirror, log
+                )
+                progress(as_json, f"installing {name} on {address} (layout {layout_path})")
+                install_to_disk(job, node, report, log)
+                installed_keys.write_text("".join(f"{address} {key}\n" for key in job.host_keys))
+                if inventory and entry:
+                    recorded = ip_address_of(address, inventory, entry)
+                    record_installed_host_keys(inventory, name, recorded, job.host_keys)
+                    # before the reboot: the machine's next PXE boot must get its disk
+                    mark_installed(inventory, name, set_name(artifacts, label), report_path)
+                if not no_reboot:
+                    progress(as_json, "rebooting into the installed system")
+                    reboot(node)
             if not no_reboot:
-                progress(as_json, "rebooting into the installed system")
-                reboot(node)
                 first = SshRemote(address, identity, installed_keys, log=log)
                 wait_for_installed(first, boot_timeout)
                 report.data["service_states"] = check_services(first, job.services)
