@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from plasmaboot.artifacts.layout import INSTALLED_INITRD
+from plasmaboot.artifacts.manifest import read_manifest
 from plasmaboot.cli.context import Context, console, err_console, pass_context
 from plasmaboot.cli.machines import inventory_option
 from plasmaboot.errors import PlasmabootError, UserError
@@ -193,6 +195,7 @@ def install(
                 macs=entry.macs if entry else (),
                 wipe=wipe,
             )
+            job.prebuilt_initrd, job.prebuilt_initrd_version = set_installed_initrd(job.kernel)
             node = SshRemote(address, identity, pinned, first_use=insecure_first_use, log=log)
             installed_keys = Path(tmp) / "installed_known_hosts"
             # one SSH connection for every command of the install (closed before the
@@ -325,6 +328,18 @@ def set_kernel(artifacts: Path, label: str | None) -> Path:
             hint="pass the artifacts directory serve uses (or a set directory with --host)",
         )
     return kernel
+
+
+def set_installed_initrd(kernel: Path) -> tuple[Path | None, str]:
+    """The set's prebuilt initramfs for installed systems and its kernel's version (from
+    the manifest beside it): (None, "") when the set has none (a Nix set, an older set)."""
+    initrd = kernel.parent / INSTALLED_INITRD
+    if not initrd.is_file():
+        return None, ""
+    try:
+        return initrd, read_manifest(kernel.parent).kernel_version
+    except (OSError, ValueError):
+        return None, ""
 
 
 def set_name(artifacts: Path, label: str | None) -> str:

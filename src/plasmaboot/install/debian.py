@@ -117,12 +117,17 @@ class Install:
     macs: tuple[str, ...] = ()
     wipe: bool = False
     kernel_cmdline: str = "console=ttyS0,115200 console=tty0"
+    # the set's installed-initrd (made at build time for its kernel) and that kernel's
+    # version: pushed as the installed system's initramfs when it fits (`prebuilt_fits`)
+    prebuilt_initrd: Path | None = None
+    prebuilt_initrd_version: str = ""
     # found on the node
     plan: Plan | None = None
     kernel_version: str = ""
     uuids: dict[str, str] = field(default_factory=dict)  # device -> filesystem UUID
     host_keys: list[str] = field(default_factory=list)
     parts: dict[str, float] = field(default_factory=dict)  # the slow steps' parts, seconds
+    initramfs_on_node: bool = False  # update-initramfs was started on the node (`boot`)
 
 
 @contextmanager
@@ -375,7 +380,16 @@ def install_boot(install: Install, remote: Remote) -> None:
     # slowest part (a thousand forks, each slow under TCG): it runs in the background while
     # GRUB, the services and the secrets are done, and the `initramfs` step waits for it
     remote.sh(in_target("sh", "-euc", RESTORE_UPDATE_INITRAMFS))
-    remote.sh(start_initramfs(version))
+    if prebuilt_fits(install):
+        assert install.prebuilt_initrd is not None
+        with part(install, "initramfs upload"):
+            remote.sh(
+                f"cat > {TARGET}/boot/initrd.img-{shlex.quote(version)}",
+                input=install.prebuilt_initrd.read_bytes(),
+            )
+    else:
+        remote.sh(start_initramfs(version))
+        install.initramfs_on_node = True
     boot_disk = install.plan.disks[0].device
     with part(install, "grub-install"):
         if install.layout.has_bios_grub():
@@ -430,13 +444,26 @@ exit "$rc"
 """
 
 
+def prebuilt_fits(install: Install) -> bool:
+    """Whether the set's prebuilt initramfs boots this install: one was built, for the
+    kernel the node runs, and the layout needs nothing machine-specific in it (a LUKS root
+    needs cryptsetup and a crypttab: that initramfs is made on the node)."""
+    return (
+        install.prebuilt_initrd is not None
+        and install.prebuilt_initrd_version == install.kernel_version
+        and not install.layout.luks_keys()
+    )
+
+
 def start_initramfs(version: str) -> str:
     return start_background(in_target("sh", "-euc", MAKE_INITRAMFS, "-", version))
 
 
 def wait_initramfs(install: Install, remote: Remote) -> None:
-    """Until the initramfs started in the `boot` step is written; its own time goes into
-    the report's parts."""
+    """Until the initramfs started in the `boot` step is written (nothing to wait for when
+    the set's prebuilt one was pushed); its own time goes into the report's parts."""
+    if not install.initramfs_on_node:
+        return
     out = remote.sh(wait_background(), timeout=1200)
     last = out.strip().splitlines()[-1] if out.strip() else ""
     seconds = last.rsplit(" after ", 1)[-1].removesuffix(" s")
