@@ -8,10 +8,12 @@
     configure fstab by UUID, host name, network (DHCP or the inventory's address), a fresh
               machine-id, the installed system's own SSH host keys (made on the node)
     boot      the set's kernel, GRUB's files (BIOS and UEFI, unpacked from the operator's
-              deb cache), the initramfs started in the background, grub-install, grub.cfg
+              deb cache), the set's prebuilt initramfs pushed (or, when it does not fit,
+              update-initramfs started in the background), grub-install, grub.cfg
     services  every catalog service disabled but the machine's `services`
     secrets   the machine's secrets tree, as it is, 0600, root's or the service user's
-    initramfs wait for the initramfs (update-initramfs, started in `boot`)
+    initramfs wait for the initramfs made on the node (update-initramfs, started in
+              `boot`), when there is one to wait for
     finish    unmount; the caller reboots and waits for the installed system
 
 Every step is a small function over an `Install` (what was decided) and a `Remote` (the
@@ -376,9 +378,10 @@ def install_boot(install: Install, remote: Remote) -> None:
         remote, {"etc/default/grub": (grub, 0o644), INITRAMFS_CONF: (FAST_INITRAMFS, 0o644)}
     )
     # the image builder diverts update-initramfs to a no-op (a netboot image needs none);
-    # the installed system boots through one, so the real tool comes back. It is the
-    # slowest part (a thousand forks, each slow under TCG): it runs in the background while
-    # GRUB, the services and the secrets are done, and the `initramfs` step waits for it
+    # the installed system updates its own, so the real tool comes back. The first one is
+    # the set's, made at build time (`prebuilt_fits`); else update-initramfs on the node,
+    # the slowest part (a thousand forks, each slow under TCG), in the background while
+    # GRUB, the services and the secrets are done; the `initramfs` step waits for it
     remote.sh(in_target("sh", "-euc", RESTORE_UPDATE_INITRAMFS))
     if prebuilt_fits(install):
         assert install.prebuilt_initrd is not None
