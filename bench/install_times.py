@@ -16,13 +16,17 @@ one). Each run PXE-boots a fresh machine with a blank 3G qcow2 disk through pxe-
 installs it, powers it on again and waits for its services. Prints the median (min-max) of
 each figure, of each install step and of the parts of the slow steps. `--same-machine`
 boots one machine and runs the install step alone (`--no-reboot`, then `--wipe`) `--runs`
-times on it.
+times on it. `--node-initramfs` installs from a copy of the set without its prebuilt
+`installed-initrd` (the initramfs is then made on the node, as before it existed: the A/B
+of that lever). With `--same-machine`, what one SSH connection costs is measured first: a
+fresh connection per command against commands on one shared connection (ControlMaster).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -39,10 +43,17 @@ from plasmaboot.boot.provisioning import (
 )
 from plasmaboot.boot.qemu import Accelerator, PxeVm, VmConfig
 from plasmaboot.boot.ssh import Ssh, wait_for_ssh
+from plasmaboot.install.remote import SshRemote
 from plasmaboot.inventory.state import read_host_keys
 from plasmaboot.log import Log
 
 HOSTNAME = "bench1"
+HOLDERS = """\
+grep -E 'vda|plasmaboot' /proc/self/mountinfo || true
+ls -l /sys/block/vda/vda*/holders 2>/dev/null || true
+find /proc/[0-9]*/fd /proc/[0-9]*/cwd /proc/[0-9]*/root -maxdepth 1 \\
+    -lname '/dev/vda*' -o -lname '/mnt/plasmaboot*' 2>/dev/null | head || true
+"""
 BOOT_TIMEOUT = 600
 INSTALL_TIMEOUT = 1800
 
@@ -75,7 +86,7 @@ def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         argv = net.netns.argv([
             sys.executable, "-m", "plasmaboot", "--profiles-dir", str(args.profiles_dir),
             "install", HOSTNAME, "--inventory", str(inventory), "--identity", str(args.identity),
-            "--artifacts", str(args.artifacts), "--debs", str(args.debs),
+            "--artifacts", str(args.install_artifacts), "--debs", str(args.debs),
             "--boot-timeout", str(BOOT_TIMEOUT), "--json",
         ])  # fmt: skip
         with PxeVm(config("ram"), access_log=net.server_log, log=log, netns=net.netns) as vm:
@@ -130,15 +141,20 @@ def same_machine_runs(args: argparse.Namespace, work: Path) -> list[dict[str, An
             record = read_host_keys(inventory, HOSTNAME)
             assert record is not None
             known = write_known_hosts(work / "ram_known_hosts", net, record)
+            remote = SshRemote(net.address, args.identity, known, log=log, netns=net.netns)
+            costs = ssh_costs(remote)
+            print(", ".join(f"{k} {v:.2f}s" for k, v in costs.items()), flush=True)
             for index in range(args.runs):
                 argv = net.netns.argv([
                     sys.executable, "-m", "plasmaboot", "--profiles-dir",
                     str(args.profiles_dir), "install", HOSTNAME, "--inventory", str(inventory),
-                    "--identity", str(args.identity), "--artifacts", str(args.artifacts),
+                    "--identity", str(args.identity), "--artifacts", str(args.install_artifacts),
                     "--debs", str(args.debs), "--known-hosts", str(known), "--no-reboot",
                     "--json",
                     *(["--wipe"] if index else []),
                 ])  # fmt: skip
+                if index:  # what still holds the disk after the previous run, if anything
+                    print(remote.sh(HOLDERS), flush=True)
                 started = time.monotonic()
                 proc = subprocess.run(
                     argv, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, check=False
@@ -148,9 +164,38 @@ def same_machine_runs(args: argparse.Namespace, work: Path) -> list[dict[str, An
                     raise RuntimeError(f"install failed ({work}): {proc.stdout[-2000:]}")
                 report = json.loads(proc.stdout)
                 result = {"install": seconds, **report["steps"], **report.get("parts", {})}
-                print(f"run {index + 1}: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.items()))
-                runs.append(result)
+                print(
+                    f"run {index + 1}: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.items()),
+                    flush=True,
+                )
+                runs.append({**result, **costs})
     return runs
+
+
+def without_prebuilt_initrd(artifacts: Path, label: str, work: Path) -> Path:
+    """A copy (hard links) of the set `label` names, without its installed-initrd."""
+    source = (artifacts / label).resolve()
+    copy = work / "artifacts-node-initramfs" / label
+    copy.mkdir(parents=True)
+    for path in source.iterdir():
+        if path.is_file() and path.name != "installed-initrd":
+            os.link(path, copy / path.name)
+    return copy.parent
+
+
+def ssh_costs(remote: SshRemote, count: int = 5) -> dict[str, float]:
+    """Seconds per `true` over SSH: a new connection each time, then on a shared one."""
+    started = time.monotonic()
+    for _ in range(count):
+        remote.sh("true")
+    fresh = (time.monotonic() - started) / count
+    with remote.shared_connection():
+        remote.sh("true")  # opens it
+        started = time.monotonic()
+        for _ in range(count):
+            remote.sh("true")
+        shared = (time.monotonic() - started) / count
+    return {"ssh: new connection": fresh, "ssh: shared connection": shared}
 
 
 def summary(values: list[float]) -> str:
@@ -167,12 +212,21 @@ def main() -> int:
     parser.add_argument("--service", default="iam")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
+        "--node-initramfs",
+        action="store_true",
+        help="install from a copy of the set without its installed-initrd (made on the node)",
+    )
+    parser.add_argument(
         "--same-machine",
         action="store_true",
         help="the install step alone, every run on one machine booted once (--no-reboot)",
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="plasmaboot-install-bench-"))
+    if args.node_initramfs:
+        args.install_artifacts = without_prebuilt_initrd(args.artifacts, args.label, work)
+    else:
+        args.install_artifacts = args.artifacts
     runs = same_machine_runs(args, work / "machine") if args.same_machine else []
     for index in range(0 if args.same_machine else args.runs):
         result = one_run(args, work / f"run{index}")

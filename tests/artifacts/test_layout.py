@@ -6,7 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from plasmaboot.artifacts.layout import clean_stale, sets_dir, staging_dir
+from plasmaboot.artifacts.layout import (
+    INSTALLED_INITRD,
+    clean_stale,
+    present_files,
+    sets_dir,
+    staging_dir,
+)
 from plasmaboot.artifacts.publish import publish_atomically
 from published_sets import NAMES, make_source
 
@@ -32,3 +38,12 @@ def test_clean_stale_keeps_a_running_builds_staging(tmp_path: Path) -> None:
     clean_stale(out)
     assert alive.exists()
     assert not dead.exists()
+
+
+def test_an_optional_set_file_is_listed_only_when_the_set_holds_it(tmp_path: Path) -> None:
+    assert present_files(tmp_path, ("bzImage",)) == ("bzImage",)
+    (tmp_path / INSTALLED_INITRD).mkdir()  # a directory is not the file
+    assert present_files(tmp_path, ("bzImage",)) == ("bzImage",)
+    (tmp_path / INSTALLED_INITRD).rmdir()
+    (tmp_path / INSTALLED_INITRD).write_bytes(b"x")
+    assert present_files(tmp_path, ("bzImage",)) == ("bzImage", INSTALLED_INITRD)

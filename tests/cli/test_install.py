@@ -109,3 +109,27 @@ def test_a_luks_key_missing_from_the_secrets_is_refused_before_any_connection(
         output.split()
     )
     assert "hunter2" not in output
+
+
+def test_the_sets_installed_initrd_comes_with_its_kernels_version(tmp_path: Path) -> None:
+    from plasmaboot.artifacts.layout import INSTALLED_INITRD, MANIFEST
+    from plasmaboot.artifacts.manifest import Manifest, write_manifest
+    from plasmaboot.cli.install import set_installed_initrd
+    from plasmaboot.profiles.store import ProfileStore
+
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(b"kernel")
+    assert set_installed_initrd(kernel) == (None, "")  # a Nix set, an older set
+    (tmp_path / INSTALLED_INITRD).write_bytes(b"initramfs")
+    assert set_installed_initrd(kernel) == (None, "")  # no manifest: no version to match
+    (tmp_path / MANIFEST).write_text("{not json")
+    assert set_installed_initrd(kernel) == (None, "")
+    manifest = Manifest(
+        profile="base", label="base", content_hash="x", cache_key="k", backend="debian",
+        distro="debian bookworm", kernel_version="6.12.95+deb12-amd64", kernel_params=[],
+        files={}, packages={}, services={}, steps={},
+        built_at="2026-01-01T00:00:00+00:00", plasmaboot_version="0.1.0",
+        resolved_profile=ProfileStore().resolve("base"),
+    )  # fmt: skip
+    write_manifest(tmp_path, manifest)
+    assert set_installed_initrd(kernel) == (tmp_path / INSTALLED_INITRD, "6.12.95+deb12-amd64")

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from plasmaboot.artifacts.layout import HASHED_FILES, MANIFEST, SET_FILES
+from plasmaboot.artifacts.layout import (
+    HASHED_FILES,
+    INSTALLED_INITRD,
+    MANIFEST,
+    SET_FILES,
+    present_files,
+)
 from plasmaboot.artifacts.manifest import Manifest, file_records, write_manifest
 from plasmaboot.image.cache import SetCache, cache_key
 from plasmaboot.profiles.store import ProfileStore
@@ -163,3 +169,31 @@ def test_a_file_written_close_to_its_check_is_hashed_again(
     monkeypatch.setattr(cache_module, "sha256_file", lambda p: hashed.append(p.name) or real(p))
     assert cache.lookup("k") is not None
     assert sorted(hashed) == sorted(HASHED_FILES)
+
+
+def test_a_sets_installed_initrd_is_kept_and_checked(cache: SetCache, tmp_path: Path) -> None:
+    """The Debian set's optional installed-initrd travels with the set through the cache;
+    recorded in the manifest, a damaged one makes the entry a miss."""
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / INSTALLED_INITRD).write_text("initramfs")
+    make_set_with(staged, present_files(staged, HASHED_FILES))
+    cache.store(staged, "k")
+    hit = cache.lookup("k")
+    assert hit is not None and (hit / INSTALLED_INITRD).read_text() == "initramfs"
+    (hit / INSTALLED_INITRD).write_text("initramfX")
+    assert cache.lookup("k") is None
+
+
+def make_set_with(directory: Path, hashed: tuple[str, ...]) -> None:
+    for name in SET_FILES:
+        if name != MANIFEST:
+            (directory / name).write_text(f"{name}:x")
+    manifest = Manifest(
+        profile="base", label="base", content_hash="x", cache_key="k", backend="debian",
+        distro="debian bookworm", kernel_version="6.1", kernel_params=[],
+        files=file_records(directory, hashed), packages={}, services={}, steps={},
+        built_at="2026-01-01T00:00:00+00:00", plasmaboot_version="0.1.0",
+        resolved_profile=ProfileStore().resolve("base"),
+    )  # fmt: skip
+    write_manifest(directory, manifest)

@@ -8,14 +8,14 @@ import io
 import json
 import shlex
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 
 from plasmaboot.errors import PlasmabootError, UserError, WorkError
 from plasmaboot.install import debian
-from plasmaboot.install.debian import SEPARATOR, Install
+from plasmaboot.install.debian import SEPARATOR, Install, prebuilt_fits
 from plasmaboot.install.flow import Report, check_services, install_to_disk
 from plasmaboot.install.layout import load_layout
 from plasmaboot.install.packages import Deb
@@ -362,3 +362,72 @@ def test_grub_cfg_is_written_from_what_the_install_knows(tmp_path: Path) -> None
     started = scripts.index("setsid sh -c")
     waited = scripts.index("while [ ! -e /run/plasmaboot-install/initramfs.rc ]")
     assert started < scripts.index("grub-install") < waited < scripts.index("sync\numount -R")
+
+
+def test_the_sets_prebuilt_initramfs_is_pushed_and_none_is_made_on_the_node(
+    tmp_path: Path,
+) -> None:
+    """The set's installed-initrd, made at build time for the kernel the node runs, lands as
+    /boot/initrd.img-<version> on stdin; no update-initramfs starts and nothing is waited
+    for. The real update-initramfs still comes back for the installed system's updates."""
+    node = FakeNode()
+    initrd = tmp_path / "installed-initrd"
+    initrd.write_bytes(b"\x1f\x8bprebuilt")
+    install = job(tmp_path, prebuilt_initrd=initrd, prebuilt_initrd_version="6.1.0-28-amd64")
+    report = run_install(tmp_path, node, install)
+    assert report.failed_step is None, report.error
+    pushed = [
+        (script, data) for script, data in node.calls if "boot/initrd.img-6.1.0-28-amd64" in script
+    ]
+    assert pushed == [("cat > /mnt/plasmaboot/boot/initrd.img-6.1.0-28-amd64", b"\x1f\x8bprebuilt")]
+    scripts = node.scripts()
+    assert "update-initramfs -c" not in scripts and "initramfs.rc" not in scripts
+    assert "dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs" in scripts
+    assert install.initramfs_on_node is False
+    assert "initramfs upload" in report.data["parts"]
+    assert "initramfs" in report.steps  # the step stays in the report, with nothing to wait for
+
+
+@pytest.mark.parametrize(
+    ("version", "layout"),
+    [
+        ("6.1.0-27-amd64", "layouts/default.toml"),  # the node booted another kernel
+        ("", "layouts/default.toml"),  # the set's manifest named none
+    ],
+)
+def test_a_prebuilt_initramfs_for_another_kernel_is_not_used(
+    tmp_path: Path, version: str, layout: str
+) -> None:
+    node = FakeNode()
+    initrd = tmp_path / "installed-initrd"
+    initrd.write_bytes(b"prebuilt")
+    install = job(
+        tmp_path,
+        prebuilt_initrd=initrd,
+        prebuilt_initrd_version=version,
+        layout=load_layout(Path(layout)),
+    )
+    report = run_install(tmp_path, node, install)
+    assert report.failed_step is None, report.error
+    assert all(data != b"prebuilt" for _, data in node.calls)
+    assert "update-initramfs -c -k" in node.scripts() and install.initramfs_on_node
+
+
+def test_an_encrypted_root_never_takes_the_prebuilt_initramfs(tmp_path: Path) -> None:
+    """A LUKS root needs cryptsetup, a crypttab and its key in its initramfs: the node
+    makes it. A LUKS data partition is systemd's: the prebuilt one boots it."""
+    initrd = tmp_path / "installed-initrd"
+    initrd.write_bytes(b"prebuilt")
+    plain = job(tmp_path, prebuilt_initrd=initrd, prebuilt_initrd_version="6.1.0-28-amd64")
+    plain.kernel_version = "6.1.0-28-amd64"
+    assert prebuilt_fits(plain)
+    assert not prebuilt_fits(replace(plain, layout=load_layout(Path("layouts/lvm-luks.toml"))))
+    data = tmp_path / "data.toml"
+    data.write_text(
+        Path("layouts/default.toml").read_text().replace('size = "rest"', 'size = "2G"')
+        + '\n[[disks.partitions]]\ntype = "linux"\nsize = "rest"\nfilesystem = "ext4"\n'
+        'mount = "/srv"\nluks = { name = "srv", key = "etc/luks/srv.key" }\n'
+    )
+    assert prebuilt_fits(replace(plain, layout=load_layout(data)))
+    plain.prebuilt_initrd = None
+    assert not prebuilt_fits(plain)

@@ -28,6 +28,17 @@ BOOT_FILES = (KERNEL, INITRD, IPXE)
 HASHED_FILES = (KERNEL, INITRD, IPXE)
 # What a finished set holds (what the cache keeps and a build commits).
 SET_FILES = (KERNEL, INITRD, IPXE, MANIFEST, BUILD_LOG)
+# The installed system's initramfs (the Debian backend's, for `plasmaboot install`; never
+# booted over the network): in a set when the backend made one, hashed in its manifest.
+INSTALLED_INITRD = "installed-initrd"
+OPTIONAL_SET_FILES = (INSTALLED_INITRD,)
+
+
+def present_files(directory: Path, names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names` and those of OPTIONAL_SET_FILES that `directory` holds."""
+    return (*names, *(name for name in OPTIONAL_SET_FILES if (directory / name).is_file()))
+
+
 # Inside the initrd: the root filesystem image the Debian backend makes, and the Nix store
 # image of a NixOS netboot initrd.
 ROOT_SQUASHFS = "root.squashfs"

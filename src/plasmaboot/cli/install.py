@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from plasmaboot.artifacts.layout import INSTALLED_INITRD
+from plasmaboot.artifacts.manifest import read_manifest
 from plasmaboot.cli.context import Context, console, err_console, pass_context
 from plasmaboot.cli.machines import inventory_option
 from plasmaboot.errors import PlasmabootError, UserError
@@ -198,23 +200,28 @@ def install(
                 macs=entry.macs if entry else (),
                 wipe=wipe,
             )
+            job.prebuilt_initrd, job.prebuilt_initrd_version = set_installed_initrd(job.kernel)
             node = SshRemote(address, identity, pinned, first_use=insecure_first_use, log=log)
-            deb_dir = debs or cache_dir() / "debs" / release
-            job.debs, job.node_debs, job.kernel_config = needed_debs(
-                node, layout, deb_dir, fetch_debs, release, mirror, log
-            )
-            progress(as_json, f"installing {name} on {address} (layout {layout_path})")
-            install_to_disk(job, node, report, log)
             installed_keys = Path(tmp) / "installed_known_hosts"
-            installed_keys.write_text("".join(f"{address} {key}\n" for key in job.host_keys))
-            if inventory and entry:
-                recorded = ip_address_of(address, inventory, entry)
-                record_installed_host_keys(inventory, name, recorded, job.host_keys)
-                # before the reboot: the machine's next PXE boot must get its disk
-                mark_installed(inventory, name, set_name(artifacts, label), report_path)
+            # one SSH connection for every command of the install (closed before the
+            # installed system is reached, also on failure)
+            with node.shared_connection():
+                deb_dir = debs or cache_dir() / "debs" / release
+                job.debs, job.node_debs, job.kernel_config = needed_debs(
+                    node, layout, deb_dir, fetch_debs, release, mirror, log
+                )
+                progress(as_json, f"installing {name} on {address} (layout {layout_path})")
+                install_to_disk(job, node, report, log)
+                installed_keys.write_text("".join(f"{address} {key}\n" for key in job.host_keys))
+                if inventory and entry:
+                    recorded = ip_address_of(address, inventory, entry)
+                    record_installed_host_keys(inventory, name, recorded, job.host_keys)
+                    # before the reboot: the machine's next PXE boot must get its disk
+                    mark_installed(inventory, name, set_name(artifacts, label), report_path)
+                if not no_reboot:
+                    progress(as_json, "rebooting into the installed system")
+                    reboot(node)
             if not no_reboot:
-                progress(as_json, "rebooting into the installed system")
-                reboot(node)
                 first = SshRemote(address, identity, installed_keys, log=log)
                 wait_for_installed(first, boot_timeout)
                 report.data["service_states"] = check_services(first, job.services)
@@ -326,6 +333,18 @@ def set_kernel(artifacts: Path, label: str | None) -> Path:
             hint="pass the artifacts directory serve uses (or a set directory with --host)",
         )
     return kernel
+
+
+def set_installed_initrd(kernel: Path) -> tuple[Path | None, str]:
+    """The set's prebuilt initramfs for installed systems and its kernel's version (from
+    the manifest beside it): (None, "") when the set has none (a Nix set, an older set)."""
+    initrd = kernel.parent / INSTALLED_INITRD
+    if not initrd.is_file():
+        return None, ""
+    try:
+        return initrd, read_manifest(kernel.parent).kernel_version
+    except (OSError, ValueError):
+        return None, ""
 
 
 def set_name(artifacts: Path, label: str | None) -> str:

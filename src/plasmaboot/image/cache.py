@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from plasmaboot.artifacts.layout import MANIFEST, SET_FILES, sha256_file
+from plasmaboot.artifacts.layout import MANIFEST, SET_FILES, present_files, sha256_file
 from plasmaboot.artifacts.manifest import read_manifest
 from plasmaboot.paths import cache_dir
 from plasmaboot.profiles.model import Profile
@@ -157,7 +157,7 @@ def write_checked(path: Path, directory: Path, names: list[str]) -> None:
 
 def copy_set(source: Path, target: Path) -> None:
     """The set's files from `source` into `target`: hard links where the filesystem allows."""
-    for name in SET_FILES:
+    for name in present_files(source, SET_FILES):
         try:
             os.link(source / name, target / name)
         except OSError:

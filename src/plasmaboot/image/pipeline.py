@@ -34,6 +34,7 @@ from plasmaboot.artifacts.layout import (
     SET_FILES,
     clean_stale,
     commit_set,
+    present_files,
     staging_dir,
 )
 from plasmaboot.artifacts.manifest import Manifest, file_records, read_manifest, write_manifest
@@ -275,7 +276,7 @@ def finish_set(backend: Backend, request: BuildRequest, result: BuildResult, key
         distro=result.distro,
         kernel_version=result.kernel_version,
         kernel_params=params,
-        files=file_records(staged, HASHED_FILES),
+        files=file_records(staged, present_files(staged, HASHED_FILES)),
         packages=result.packages,
         package_sizes=result.package_sizes,
         module_sizes=result.module_sizes,

@@ -10,10 +10,12 @@
               address), a fresh machine-id, the installed system's own SSH host keys (made
               on the node); the keys of the mappings the initramfs opens
     boot      the set's kernel, GRUB's files (BIOS and UEFI, unpacked from the operator's
-              deb cache), the initramfs started in the background, grub-install, grub.cfg
+              deb cache), the set's prebuilt initramfs pushed (or, when it does not fit,
+              update-initramfs started in the background), grub-install, grub.cfg
     services  every catalog service disabled but the machine's `services`
     secrets   the machine's secrets tree, as it is, 0600, root's or the service user's
-    initramfs wait for the initramfs (update-initramfs, started in `boot`)
+    initramfs wait for the initramfs made on the node (update-initramfs, started in
+              `boot`), when there is one to wait for
     finish    unmount; the caller reboots and waits for the installed system
 
 Every step is a small function over an `Install` (what was decided) and a `Remote` (the
@@ -122,12 +124,17 @@ class Install:
     macs: tuple[str, ...] = ()
     wipe: bool = False
     kernel_cmdline: str = "console=ttyS0,115200 console=tty0"
+    # the set's installed-initrd (made at build time for its kernel) and that kernel's
+    # version: pushed as the installed system's initramfs when it fits (`prebuilt_fits`)
+    prebuilt_initrd: Path | None = None
+    prebuilt_initrd_version: str = ""
     # found on the node
     plan: Plan | None = None
     kernel_version: str = ""
     uuids: dict[str, str] = field(default_factory=dict)  # device -> filesystem UUID
     host_keys: list[str] = field(default_factory=list)
     parts: dict[str, float] = field(default_factory=dict)  # the slow steps' parts, seconds
+    initramfs_on_node: bool = False  # update-initramfs was started on the node (`boot`)
 
 
 @contextmanager
@@ -391,11 +398,21 @@ def install_boot(install: Install, remote: Remote) -> None:
         files[luks.CONF_HOOK] = (luks.conf_hook(), 0o644)
     write_files(remote, files)
     # the image builder diverts update-initramfs to a no-op (a netboot image needs none);
-    # the installed system boots through one, so the real tool comes back. It is the
-    # slowest part (a thousand forks, each slow under TCG): it runs in the background while
-    # GRUB, the services and the secrets are done, and the `initramfs` step waits for it
+    # the installed system updates its own, so the real tool comes back. The first one is
+    # the set's, made at build time (`prebuilt_fits`); else update-initramfs on the node,
+    # the slowest part (a thousand forks, each slow under TCG), in the background while
+    # GRUB, the services and the secrets are done; the `initramfs` step waits for it
     remote.sh(in_target("sh", "-euc", RESTORE_UPDATE_INITRAMFS))
-    remote.sh(start_initramfs(version))
+    if prebuilt_fits(install):
+        assert install.prebuilt_initrd is not None
+        with part(install, "initramfs upload"):
+            remote.sh(
+                f"cat > {TARGET}/boot/initrd.img-{shlex.quote(version)}",
+                input=install.prebuilt_initrd.read_bytes(),
+            )
+    else:
+        remote.sh(start_initramfs(version))
+        install.initramfs_on_node = True
     boot_disk = install.plan.disks[0].device
     with part(install, "grub-install"):
         if install.layout.has_bios_grub():
@@ -450,13 +467,27 @@ exit "$rc"
 """
 
 
+def prebuilt_fits(install: Install) -> bool:
+    """Whether the set's prebuilt initramfs boots this install: one was built, for the
+    kernel the node runs, and the layout needs nothing machine-specific in it (an
+    encrypted / or /usr needs cryptsetup, a crypttab and its key: that initramfs is made on
+    the node; a mapping opened after the root is systemd's, from the installed root)."""
+    return (
+        install.prebuilt_initrd is not None
+        and install.prebuilt_initrd_version == install.kernel_version
+        and not install.layout.early_mappings()
+    )
+
+
 def start_initramfs(version: str) -> str:
     return start_background(in_target("sh", "-euc", MAKE_INITRAMFS, "-", version))
 
 
 def wait_initramfs(install: Install, remote: Remote) -> None:
-    """Until the initramfs started in the `boot` step is written; its own time goes into
-    the report's parts."""
+    """Until the initramfs started in the `boot` step is written (nothing to wait for when
+    the set's prebuilt one was pushed); its own time goes into the report's parts."""
+    if not install.initramfs_on_node:
+        return
     out = remote.sh(wait_background(), timeout=1200)
     last = out.strip().splitlines()[-1] if out.strip() else ""
     seconds = last.rsplit(" after ", 1)[-1].removesuffix(" s")

@@ -11,6 +11,7 @@ import pytest
 from plasmaboot.errors import WorkError
 from plasmaboot.image.backends.debian.contract import (
     ACCOUNT_FILES,
+    OPTIONAL_OUTPUTS,
     HookOutputs,
     HookPlan,
     Output,
@@ -83,13 +84,25 @@ def test_the_outputs_round_trip(tmp_path: Path) -> None:
     assert result.accounts["gshadow"] == "root:x:0:0 (gshadow)\n"
 
 
-@pytest.mark.parametrize("output", list(Output))
+@pytest.mark.parametrize("output", [o for o in Output if o not in OPTIONAL_OUTPUTS])
 def test_a_missing_output_is_named(tmp_path: Path, output: Output) -> None:
     outputs = written_outputs(tmp_path / "out")
     path = outputs.path(output)
     shutil.rmtree(path) if path.is_dir() else path.unlink()
     with pytest.raises(WorkError, match=f"the mmdebstrap hook left no {output}"):
         outputs.read()
+
+
+def test_the_installed_initramfs_is_optional_but_never_empty(tmp_path: Path) -> None:
+    """An older cache entry has none (install then makes one on the node); one the hook
+    left must hold bytes."""
+    outputs = written_outputs(tmp_path / "out")
+    assert outputs.read().installed_initrd is None
+    outputs.path(Output.INSTALLED_INITRD).write_bytes(b"")
+    with pytest.raises(WorkError, match="hook's installed-initrd is not valid: it is empty"):
+        outputs.read()
+    outputs.path(Output.INSTALLED_INITRD).write_bytes(b"\x1f\x8b")
+    assert outputs.read().installed_initrd == outputs.path(Output.INSTALLED_INITRD)
 
 
 @pytest.mark.parametrize(

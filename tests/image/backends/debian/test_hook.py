@@ -26,6 +26,7 @@ from plasmaboot.image.backends.debian.contract import (
     INSIDE_PLAN,
     HookOutputs,
     HookPlan,
+    Output,
     UnitInstall,
 )
 from plasmaboot.image.backends.debian.hook import (
@@ -73,6 +74,9 @@ case "$1" in
       esac
     done;;
   dpkg-query) printf 'openssh-server\\t1:9.2p1-2\\nsystemd\\t252.30-1\\n';;
+  mkinitramfs)
+    cp "$root$3/initramfs.conf" "$root/initramfs.conf.seen"
+    printf 'initramfs of %s, SOURCE_DATE_EPOCH=%s\\n' "$6" "$SOURCE_DATE_EPOCH" > "$root$5";;
 esac
 """
 
@@ -525,3 +529,51 @@ def test_the_squashfs_has_the_plans_compressor_and_is_reproducible(
     assert build_squashfs(other, monkeypatch, 1_796_005_301, compression) == image
     superblock = read_squashfs_superblock(image, len(image))
     assert superblock.compressor == compression
+
+
+def test_the_installed_systems_initramfs_is_made_in_the_chroot(
+    fake_root: Path, chroot_calls: ChrootCalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mkinitramfs with a configuration of its own (the image's /etc/initramfs-tools is left
+    as packaged), the build's date, its output in the hook's outputs, nothing left behind."""
+    write(fake_root / "usr/sbin/mkinitramfs", "#!/bin/sh\n")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    ctx = make_context(fake_root)
+    hook.make_installed_initramfs(ctx)
+    confdir = "/tmp/plasmaboot-initramfs"
+    assert chroot_calls() == [f"mkinitramfs -d {confdir} -o {confdir}/initrd.img {KERNEL_RELEASE}"]
+    made = ctx.outputs.path(Output.INSTALLED_INITRD)
+    assert made.read_text() == f"initramfs of {KERNEL_RELEASE}, SOURCE_DATE_EPOCH=1700000000\n"
+    assert not (fake_root / confdir.lstrip("/")).exists()
+    conf = (fake_root / "initramfs.conf.seen").read_text()
+    assert "MODULES=list\n" in conf and "RESUME=none\n" in conf and "COMPRESS=gzip\n" in conf
+    assert not (fake_root / "etc/initramfs-tools").exists()
+
+
+def test_the_initramfs_takes_every_module_class_of_most_but_the_network() -> None:
+    """initramfs-tools' MODULES=most is auto_add_modules with these classes; the root of an
+    installed system is on a disk, so NIC drivers (a third of the size) stay out."""
+    most = [
+        "base",
+        "net",
+        "ide",
+        "scsi",
+        "block",
+        "ata",
+        "dasd",
+        "firewire",
+        "mmc",
+        "usb_storage",
+        "fb",
+    ]
+    assert hook.INITRAMFS_CLASSES.split() == [c for c in most if c != "net"]
+    assert f"auto_add_modules {hook.INITRAMFS_CLASSES}\n" in hook.INITRAMFS_HOOK
+
+
+def test_an_image_without_initramfs_tools_gets_no_installed_initramfs(
+    fake_root: Path, chroot_calls: ChrootCalls
+) -> None:
+    ctx = make_context(fake_root)
+    hook.make_installed_initramfs(ctx)
+    assert chroot_calls() == []
+    assert not ctx.outputs.path(Output.INSTALLED_INITRD).exists()

@@ -19,7 +19,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from plasmaboot import __version__
-from plasmaboot.artifacts.layout import INITRD, KERNEL, PACKAGE_LAYER, sha256_file
+from plasmaboot.artifacts.layout import (
+    INITRD,
+    INSTALLED_INITRD,
+    KERNEL,
+    PACKAGE_LAYER,
+    sha256_file,
+)
 from plasmaboot.artifacts.manifest import LayerRecord
 from plasmaboot.catalog import native_package_names, packages_path
 from plasmaboot.errors import UserError
@@ -379,6 +385,8 @@ class DebianBackend:
             )
             records = layer_records(request.staging / INITRD, layer, reused)
         link_or_copy(hook.kernel, request.staging / KERNEL)
+        if hook.installed_initrd is not None:  # for `plasmaboot install`, never booted
+            link_or_copy(hook.installed_initrd, request.staging / INSTALLED_INITRD)
         if not reused:
             for step, seconds in hook.steps.items():
                 log.steps[f"customize.{step}"] = seconds

@@ -82,6 +82,12 @@ class Output(StrEnum):
     STEPS = "steps.json"  # {step: seconds}
     UNITS = "units.json"  # {unit file: UnitInstall}: what the profile layer enables
     ACCOUNTS = "accounts"  # a directory: the image's passwd, group, shadow, gshadow
+    # the installed system's initramfs (generic: every storage, filesystem, RAID and LVM
+    # driver of the image), for `plasmaboot install`; optional (older cache entries lack it)
+    INSTALLED_INITRD = "installed-initrd"
+
+
+OPTIONAL_OUTPUTS = frozenset({Output.INSTALLED_INITRD})
 
 
 # The account files the profile layer adds service users to (copies of the package layer's).
@@ -158,6 +164,7 @@ class HookResult:
     module_sizes: dict[str, int] = field(default_factory=dict)
     units: dict[str, UnitInstall] = field(default_factory=dict)
     accounts: dict[str, str] = field(default_factory=dict)  # ACCOUNT_FILES by name -> text
+    installed_initrd: Path | None = None  # Output.INSTALLED_INITRD, when the hook made one
 
 
 @dataclass(frozen=True)
@@ -205,7 +212,8 @@ class HookOutputs:
     def read(self) -> HookResult:
         """Every output, checked: a missing or malformed one is a WorkError naming it."""
         for output in Output:
-            self.require(output)
+            if output not in OPTIONAL_OUTPUTS:
+                self.require(output)
         version = self.text(Output.KERNEL_VERSION).strip()
         if not KERNEL_VERSION_PATTERN.match(version):
             raise self.invalid(Output.KERNEL_VERSION, f"{version!r} is not a kernel version")
@@ -224,8 +232,17 @@ class HookOutputs:
             steps=self.parsed(Output.STEPS, STEPS_JSON),
             units=self.parsed(Output.UNITS, UNITS_JSON),
             accounts=self.accounts(),
+            installed_initrd=self.optional_file(Output.INSTALLED_INITRD),
             **self.sizes(),
         )
+
+    def optional_file(self, output: Output) -> Path | None:
+        """An optional output: its path, None when the hook left none (an older entry)."""
+        path = self.path(output)
+        if not path.exists():
+            return None
+        self.require(output)
+        return path
 
     def sizes(self) -> dict[str, dict[str, int]]:
         """The optional sizes.json as HookResult's fields ({} when the hook wrote none)."""
