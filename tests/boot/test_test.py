@@ -423,7 +423,15 @@ def until_the_script_then(ending: BaseException) -> object:
     pxe-server (dnsmasq's DHCP, HTTP), then ends the boot as `ending` does."""
 
     def wait(vm: PxeVm, ssh: object, timeout: float) -> None:
-        vm.wait_until(lambda: "script_fetched" in vm.watch.events, 120, "the script")
+        # the first script (boot.ipxe without ?mac=) only asks again with the MAC: wait for
+        # serve's answer to that one, the machine's own script (a race under load)
+        log = vm.watch.access_log
+        assert log is not None
+
+        def machine_script_served() -> bool:
+            return "script_fetched" in vm.watch.events and b"boot: machine" in log.read_bytes()
+
+        vm.wait_until(machine_script_served, 120, "the machine's script")
         raise ending
 
     return wait
