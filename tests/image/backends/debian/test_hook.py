@@ -110,7 +110,11 @@ def fake_root(tmp_path: Path) -> Path:
     root = tmp_path / "root"
     modules = root / "usr/lib/modules" / KERNEL_RELEASE
     for relpath in MODULES:
-        write(modules / "kernel" / relpath, f"module {relpath}")
+        body = f"module {relpath}"
+        if relpath.endswith(".xz"):
+            write(modules / "kernel" / relpath).write_bytes(lzma.compress(body.encode()))
+        else:
+            write(modules / "kernel" / relpath, body)
     write(
         modules / "modules.dep",
         "".join(
@@ -153,8 +157,12 @@ def worker(**changes: dict[str, object]) -> Profile:
     )
 
 
-def make_context(root: Path, profile: Profile | None = None, level: int = 1) -> Context:
-    plan = HookPlan.for_profile(profile or worker(), squashfs_level=level)
+def make_context(
+    root: Path, profile: Profile | None = None, level: int = 1, compression: str = "zstd"
+) -> Context:
+    plan = HookPlan.for_profile(
+        profile or worker(), squashfs_level=level, squashfs_compression=compression
+    )
     outputs = HookOutputs(root / "tmp/plasmaboot-out")
     outputs.directory.mkdir(parents=True, exist_ok=True)
     return Context(root=root, plan=plan, log=Log(), outputs=outputs)
@@ -206,6 +214,21 @@ def test_trim_kernel_modules(fake_root: Path, chroot_calls: ChrootCalls) -> None
     assert not (tree / "sound").exists()  # emptied directories go too
     assert not (tree / "drivers/net/wireless").exists()
     assert chroot_calls() == [f"depmod -a {KERNEL_RELEASE}"]  # modules.dep made anew
+
+
+def test_modules_are_unpacked_before_depmod_under_xz(
+    fake_root: Path, chroot_calls: ChrootCalls
+) -> None:
+    """Under xz the shipped `.ko.xz` become plain `.ko` (xz with the x86 filter stores them
+    smaller across files); under zstd they stay as shipped (the test above)."""
+    tree = fake_root / "usr/lib/modules" / KERNEL_RELEASE / "kernel"
+    (tree / "drivers/net/e1000/e1000.ko.xz").chmod(0o600)
+    trim_kernel_modules(make_context(fake_root, compression="xz"))
+    plain = tree / "drivers/net/e1000/e1000.ko"
+    assert plain.read_text() == "module drivers/net/e1000/e1000.ko.xz"
+    assert mode(plain) == 0o600
+    assert not list(tree.rglob("*.ko.*"))
+    assert chroot_calls() == [f"depmod -a {KERNEL_RELEASE}"]  # after the unpacking
 
 
 def test_no_include_globs_keep_every_module_but_the_excluded(
@@ -529,6 +552,16 @@ def test_the_squashfs_has_the_plans_compressor_and_is_reproducible(
     assert build_squashfs(other, monkeypatch, 1_796_005_301, compression) == image
     superblock = read_squashfs_superblock(image, len(image))
     assert superblock.compressor == compression
+    assert superblock.block_size == 128 * 1024  # hook.SQUASHFS_BLOCK_SIZE
+    (tmp_path / "image.squashfs").write_bytes(image)
+    listing = subprocess.run(
+        ["unsquashfs", "-l", str(tmp_path / "image.squashfs")],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    shipped = "e1000.ko.xz" in listing  # the modules stay as shipped under zstd only
+    assert "e1000.ko" in listing and shipped == (compression == "zstd")
 
 
 def test_the_installed_systems_initramfs_is_made_in_the_chroot(
