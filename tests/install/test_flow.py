@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import shlex
+import subprocess
 import tarfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -270,6 +271,26 @@ def test_an_encrypted_root_is_opened_by_the_initramfs_with_its_key(
         i for i, (script, _) in enumerate(node.calls) if "update-initramfs -c" in script
     )
     assert key_on_root < initramfs and conf_hook < initramfs
+
+
+@pytest.mark.parametrize("signal_name", ["HUP", "PIPE", "TERM"])
+def test_the_keys_are_removed_when_the_disks_script_is_killed(
+    tmp_path: Path, signal_name: str
+) -> None:
+    """A lost SSH connection ends the script by a signal, which skips a bare EXIT trap."""
+    keys = tmp_path / "keys"
+    script = debian.with_keys(str(keys), f"touch {tmp_path}/ran\nkill -{signal_name} $$\nsleep 5")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo("root.key")
+        info.size = len(ROOT_KEY)
+        archive.addfile(info, io.BytesIO(ROOT_KEY))
+    proc = subprocess.run(["sh", "-euc", script], input=buffer.getvalue(), timeout=10)
+    assert (tmp_path / "ran").exists() and proc.returncode != 0
+    assert not keys.exists()
+    node = FakeNode()  # a re-run removes what a killed one left (SIGKILL skips every trap)
+    debian.release_previous(job(tmp_path), node)
+    assert "rm -rf /run/plasmaboot-install/keys" in node.scripts()
 
 
 def test_an_encrypted_data_partition_is_opened_by_systemd_not_the_initramfs(tmp_path: Path) -> None:
