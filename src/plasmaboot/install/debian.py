@@ -246,12 +246,16 @@ def with_keys(keys: str, script: str) -> str:
     """`script` after the keys on stdin are unpacked into `keys` (0700, in the node's RAM,
     for cryptsetup); removed when it ends, however it ends: an error (`sh -e`), or a signal
     (a lost SSH connection: SIGPIPE, SIGHUP), which would otherwise skip the EXIT trap.
-    The installed root gets them with the other secrets."""
+    The installed root gets them with the other secrets; the script itself runs with the
+    usual umask."""
     return (
         f"umask 077\nrm -rf {keys}\nmkdir -p {keys}\ntrap 'rm -rf {keys}' EXIT\n"
         "trap 'exit 129' HUP\ntrap 'exit 130' INT\ntrap 'exit 141' PIPE\n"
         "trap 'exit 143' TERM\n"
-        f"tar -x --no-same-owner -C {keys}\n{script}"
+        f"tar -x --no-same-owner -C {keys}\n"
+        # the layout's mount points (and any parent the image lacks) are the installed
+        # system's directories: 0755, as without keys
+        f"umask 022\n{script}"
     )
 
 
