@@ -63,6 +63,24 @@ def test_a_key_a_services_user_would_own_is_refused(tmp_path: Path) -> None:
     assert "owned by iam" in caught.value.message
 
 
+def test_an_unreadable_key_is_named_before_any_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = secrets_with_key(tmp_path, bytes(range(64)))
+    secrets = list_secrets(root)
+
+    def denied(path: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # as root, chmod 000 would not stop it
+    with pytest.raises(UserError) as caught:
+        luks.key_files(load_layout(LVM_LUKS), "l.toml", secrets, root)
+    assert caught.value.message == (
+        f"l.toml: disks[0].partitions[3].luks.key: {root}/etc/plasmaboot/luks/root.key: "
+        "cannot read it (Permission denied)"
+    )
+
+
 def test_no_layout_key_means_no_key_file(tmp_path: Path) -> None:
     root = secrets_with_key(tmp_path, b"x")  # not a key of this layout: not checked
     layout = load_layout(builtin_layouts_dir() / "default.toml")

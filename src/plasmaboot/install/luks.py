@@ -47,7 +47,13 @@ def key_files(
                     hint=f"write a random key there (head -c 64 /dev/urandom > FILE), or "
                     f"pass the --secrets directory that holds {root.name}/{part.luks.key}",
                 )
-            size = entry[0].stat().st_size
+            try:  # read here, before any connection: not in the middle of the disks step
+                size = len(entry[0].read_bytes())
+            except OSError as exc:
+                raise UserError(
+                    f"{at}: {display_path(entry[0])}: cannot read it ({exc.strerror})",
+                    hint="the key must be readable by the user running plasmaboot",
+                ) from None
             if not MIN_KEY_BYTES <= size <= MAX_KEY_BYTES:
                 raise UserError(
                     f"{at}: {display_path(entry[0])} holds {size} bytes; a LUKS key file "
