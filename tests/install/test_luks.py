@@ -67,14 +67,14 @@ def test_an_unreadable_key_is_named_before_any_connection(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = secrets_with_key(tmp_path, bytes(range(64)))
-    secrets = list_secrets(root)
+    secrets, layout = list_secrets(root), load_layout(LVM_LUKS)
 
-    def denied(path: Path) -> bytes:
+    def denied(path: Path, *args: object) -> object:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(Path, "read_bytes", denied)  # as root, chmod 000 would not stop it
+    monkeypatch.setattr(Path, "open", denied)  # as root, chmod 000 would not stop it
     with pytest.raises(UserError) as caught:
-        luks.key_files(load_layout(LVM_LUKS), "l.toml", secrets, root)
+        luks.key_files(layout, "l.toml", secrets, root)
     assert caught.value.message == (
         f"l.toml: disks[0].partitions[3].luks.key: {root}/etc/plasmaboot/luks/root.key: "
         "cannot read it (Permission denied)"

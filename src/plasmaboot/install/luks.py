@@ -47,8 +47,10 @@ def key_files(
                     hint=f"write a random key there (head -c 64 /dev/urandom > FILE), or "
                     f"pass the --secrets directory that holds {root.name}/{part.luks.key}",
                 )
-            try:  # read here, before any connection: not in the middle of the disks step
-                size = len(entry[0].read_bytes())
+            try:  # readable here, before any connection: not in the middle of the disks step
+                with entry[0].open("rb") as handle:
+                    handle.read(1)
+                size = entry[0].stat().st_size
             except OSError as exc:
                 raise UserError(
                     f"{at}: {display_path(entry[0])}: cannot read it ({exc.strerror})",
