@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from plasmaboot.cli import main
@@ -113,7 +114,7 @@ def test_a_luks_key_missing_from_the_secrets_is_refused_before_any_connection(
 
 def test_the_sets_installed_initrd_comes_with_its_kernels_version(tmp_path: Path) -> None:
     from plasmaboot.artifacts.layout import INSTALLED_INITRD, MANIFEST
-    from plasmaboot.artifacts.manifest import Manifest, write_manifest
+    from plasmaboot.artifacts.manifest import Manifest, file_records, write_manifest
     from plasmaboot.cli.install import set_installed_initrd
     from plasmaboot.profiles.store import ProfileStore
 
@@ -132,4 +133,33 @@ def test_the_sets_installed_initrd_comes_with_its_kernels_version(tmp_path: Path
         resolved_profile=ProfileStore().resolve("base"),
     )  # fmt: skip
     write_manifest(tmp_path, manifest)
+    assert set_installed_initrd(kernel) == (None, "")  # not recorded: not the build's
+    records = file_records(tmp_path, (INSTALLED_INITRD,))
+    write_manifest(tmp_path, manifest.model_copy(update={"files": records}))
     assert set_installed_initrd(kernel) == (tmp_path / INSTALLED_INITRD, "6.12.95+deb12-amd64")
+
+
+def test_a_damaged_installed_initrd_is_refused(tmp_path: Path) -> None:
+    """Pushed as it is, a truncated or altered one would install a system that cannot boot."""
+    from plasmaboot.artifacts.layout import INSTALLED_INITRD
+    from plasmaboot.artifacts.manifest import Manifest, file_records, write_manifest
+    from plasmaboot.cli.install import set_installed_initrd
+    from plasmaboot.errors import UserError
+
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(b"kernel")
+    (tmp_path / INSTALLED_INITRD).write_bytes(b"initramfs")
+    manifest = Manifest(
+        profile="base", label="base", content_hash="x", cache_key="k", backend="debian",
+        distro="debian bookworm", kernel_version="6.12.95+deb12-amd64", kernel_params=[],
+        files=file_records(tmp_path, (INSTALLED_INITRD,)), packages={}, services={}, steps={},
+        built_at="2026-01-01T00:00:00+00:00", plasmaboot_version="0.1.0",
+        resolved_profile=ProfileStore().resolve("base"),
+    )  # fmt: skip
+    write_manifest(tmp_path, manifest)
+    (tmp_path / INSTALLED_INITRD).write_bytes(b"initramfX")  # same size, other bytes
+    with pytest.raises(UserError, match="installed-initrd does not match its record in manifest"):
+        set_installed_initrd(kernel)
+    (tmp_path / INSTALLED_INITRD).write_bytes(b"initram")
+    with pytest.raises(UserError, match="damaged set"):
+        set_installed_initrd(kernel)

@@ -7,6 +7,7 @@ tests/integration/test_nix_build.py."""
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from plasmaboot.artifacts.layout import SET_FILES, sha256_file
+from plasmaboot.artifacts.layout import INSTALLED_INITRD, SET_FILES, sha256_file
 from plasmaboot.artifacts.manifest import LayerRecord, read_manifest
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.image import backends
@@ -70,6 +71,9 @@ class StandInBackend:
         make_kernel(request.staging / "bzImage", size=2 << 20)
         flavour = self.options.flavour.encode()
         (request.staging / "initrd").write_bytes(b"\x1f\x8b" + flavour + bytes(5 << 20))
+        if self.options.flavour == "installed":  # the Debian backend's optional file
+            (request.staging / INSTALLED_INITRD).write_bytes(b"initramfs")
+            (request.staging / INSTALLED_INITRD).chmod(0o600)
         return BuildResult(
             kernel_version="6.1.0-99-amd64",
             distro="stand-in 1",
@@ -151,6 +155,20 @@ def test_a_build_makes_a_complete_set(tmp_path: Path) -> None:
     # the stand-in's initrd is 5 MiB + 7 bytes: the set's ends 4-byte aligned (formats.cpio)
     assert outcome.initrd_size == (5 << 20) + 8
     assert "initrd: padded with 1 NUL byte(s) to end 4-byte aligned" in log
+
+
+def test_a_sets_optional_file_is_committed_with_the_others(tmp_path: Path) -> None:
+    """installed-initrd is hashed in the manifest and committed like the set's own files
+    (synced, mode 0644), from a fresh build and from the cache."""
+    for _ in range(2):
+        (outcome,) = build_profiles(
+            [resolve("base")], options(tmp_path, StandInOptions(flavour="installed"))
+        )
+        initrd = tmp_path / "artifacts" / "base" / INSTALLED_INITRD
+        assert stat.S_IMODE(initrd.stat().st_mode) == 0o644
+        record = read_manifest(initrd.parent).files[INSTALLED_INITRD]
+        assert record.sha256 == sha256_file(initrd)
+    assert outcome.cache_hit
 
 
 def test_the_same_inputs_are_a_cache_hit(tmp_path: Path) -> None:

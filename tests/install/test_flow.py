@@ -7,6 +7,8 @@ import contextlib
 import io
 import json
 import shlex
+import stat
+import subprocess
 import tarfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -270,6 +272,43 @@ def test_an_encrypted_root_is_opened_by_the_initramfs_with_its_key(
         i for i, (script, _) in enumerate(node.calls) if "update-initramfs -c" in script
     )
     assert key_on_root < initramfs and conf_hook < initramfs
+
+
+@pytest.mark.parametrize("signal_name", ["HUP", "PIPE", "TERM"])
+def test_the_keys_are_removed_when_the_disks_script_is_killed(
+    tmp_path: Path, signal_name: str
+) -> None:
+    """A lost SSH connection ends the script by a signal, which skips a bare EXIT trap."""
+    keys = tmp_path / "keys"
+    script = debian.with_keys(str(keys), f"touch {tmp_path}/ran\nkill -{signal_name} $$\nsleep 5")
+    proc = subprocess.run(["sh", "-euc", script], input=keys_tar(), timeout=10)
+    assert (tmp_path / "ran").exists() and proc.returncode != 0
+    assert not keys.exists()
+    node = FakeNode()  # a re-run removes what a killed one left (SIGKILL skips every trap)
+    debian.release_previous(job(tmp_path), node)
+    assert "rm -rf /run/plasmaboot-install/keys" in node.scripts()
+
+
+def keys_tar() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo("root.key")
+        info.size, info.mode = len(ROOT_KEY), 0o600
+        archive.addfile(info, io.BytesIO(ROOT_KEY))
+    return buffer.getvalue()
+
+
+def test_the_keys_are_private_but_the_mount_points_are_not(tmp_path: Path) -> None:
+    """umask 077 guards the keys only: a mount point's parent the image lacks (/data of
+    /data/db) stays on the installed root, and must not be 0700 there."""
+    keys, mounts = tmp_path / "keys", tmp_path / "target/data/db"
+    script = debian.with_keys(
+        str(keys), f"stat -c '%a' {keys} {keys}/root.key > {tmp_path}/modes\nmkdir -p {mounts}"
+    )
+    subprocess.run(["sh", "-euc", script], input=keys_tar(), timeout=10, check=True)
+    assert (tmp_path / "modes").read_text().split() == ["700", "600"]
+    assert stat.S_IMODE((tmp_path / "target/data").stat().st_mode) == 0o755
+    assert not keys.exists()
 
 
 def test_an_encrypted_data_partition_is_opened_by_systemd_not_the_initramfs(tmp_path: Path) -> None:

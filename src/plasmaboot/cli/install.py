@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from plasmaboot.artifacts.layout import INSTALLED_INITRD
+from plasmaboot.artifacts.layout import INSTALLED_INITRD, MANIFEST, sha256_file
 from plasmaboot.artifacts.manifest import read_manifest
 from plasmaboot.cli.context import Context, console, err_console, pass_context
 from plasmaboot.cli.machines import inventory_option
@@ -337,14 +337,25 @@ def set_kernel(artifacts: Path, label: str | None) -> Path:
 
 def set_installed_initrd(kernel: Path) -> tuple[Path | None, str]:
     """The set's prebuilt initramfs for installed systems and its kernel's version (from
-    the manifest beside it): (None, "") when the set has none (a Nix set, an older set)."""
+    the manifest beside it): (None, "") when the set has none (a Nix set, an older set) or
+    its manifest does not record one; a UserError when it differs from the manifest's
+    record (a damaged set would install a system that cannot boot)."""
     initrd = kernel.parent / INSTALLED_INITRD
     if not initrd.is_file():
         return None, ""
     try:
-        return initrd, read_manifest(kernel.parent).kernel_version
+        manifest = read_manifest(kernel.parent)
     except (OSError, ValueError):
         return None, ""
+    record = manifest.files.get(INSTALLED_INITRD)
+    if record is None:  # not the build's: never pushed to a disk
+        return None, ""
+    if initrd.stat().st_size != record.size or sha256_file(initrd) != record.sha256:
+        raise UserError(
+            f"{display_path(initrd)} does not match its record in {MANIFEST} (damaged set)",
+            hint="rebuild the set (plasmaboot build); `plasmaboot verify` checks a set",
+        )
+    return initrd, manifest.kernel_version
 
 
 def set_name(artifacts: Path, label: str | None) -> str:

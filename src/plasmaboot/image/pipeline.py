@@ -164,7 +164,8 @@ def build_one(
                 make_set(backend, request, key)
             cache.store(staged, key)
         manifest = read_manifest(staged)
-        final = commit_set(staged, options.output_dir, label, SET_FILES, manifest_id(manifest))
+        names = present_files(staged, SET_FILES)  # with installed-initrd: synced, 0644
+        final = commit_set(staged, options.output_dir, label, names, manifest_id(manifest))
     except BaseException as exc:
         keep_failed_log(staged, options.output_dir, label, exc)
         shutil.rmtree(staged, ignore_errors=True)

@@ -181,6 +181,7 @@ def release_previous(install: Install, remote: Remote) -> None:
         f"if mountpoint -q {TARGET} || mountpoint -q {LOWER}/root; then\n{kill_previous()}fi",
         f"if mountpoint -q {TARGET}; then umount -R {TARGET}; fi",
         f"if mountpoint -q {LOWER}/root; then umount -R {LOWER}/root; fi",
+        f"rm -rf {KEYS}",  # a previous run's LUKS keys, had its disks step been killed
     ]
     for group in install.layout.volume_groups:
         script.append(f"vgchange -an {shlex.quote(group.name)} >/dev/null 2>&1 || true")
@@ -237,13 +238,25 @@ def make_disks(install: Install, remote: Remote) -> None:
         remote.sh("DEBIAN_FRONTEND=noninteractive " + q("dpkg", "-i", *names), timeout=600)
     script = install.plan.script(KEYS, TARGET)
     if install.luks_keys:
-        # the keys, on stdin, into the node's RAM for cryptsetup; gone when the script ends,
-        # however it ends (the installed root gets them with the other secrets)
-        script = (
-            f"umask 077\nrm -rf {KEYS}\nmkdir -p {KEYS}\ntrap 'rm -rf {KEYS}' EXIT\n"
-            f"tar -x --no-same-owner -C {KEYS}\n{script}"
-        )
+        script = with_keys(KEYS, script)
     remote.sh(script, input=secrets_tar(install.luks_keys) if install.luks_keys else None)
+
+
+def with_keys(keys: str, script: str) -> str:
+    """`script` after the keys on stdin are unpacked into `keys` (0700, in the node's RAM,
+    for cryptsetup); removed when it ends, however it ends: an error (`sh -e`), or a signal
+    (a lost SSH connection: SIGPIPE, SIGHUP), which would otherwise skip the EXIT trap.
+    The installed root gets them with the other secrets; the script itself runs with the
+    usual umask."""
+    return (
+        f"umask 077\nrm -rf {keys}\nmkdir -p {keys}\ntrap 'rm -rf {keys}' EXIT\n"
+        "trap 'exit 129' HUP\ntrap 'exit 130' INT\ntrap 'exit 141' PIPE\n"
+        "trap 'exit 143' TERM\n"
+        f"tar -x --no-same-owner -C {keys}\n"
+        # the layout's mount points (and any parent the image lacks) are the installed
+        # system's directories: 0755, as without keys
+        f"umask 022\n{script}"
+    )
 
 
 # The node's root is an overlay of its read-only layers under a tmpfs. stage-1 leaves each

@@ -31,7 +31,8 @@ def key_files(
     layout: Layout, where: str, secrets: list[tuple[Path, Secret]], root: Path
 ) -> list[tuple[Path, Secret]]:
     """The secrets that are the layout's LUKS keys, in layout order; a UserError naming the
-    layout's key when one is missing from the machine's secrets or is not a key file."""
+    layout's key when one is missing from the machine's secrets, is not a key file, or
+    would land owned by a service's user (secrets.owner_of)."""
     by_path = {secret.path: (path, secret) for path, secret in secrets}
     found: list[tuple[Path, Secret]] = []
     for d, disk in enumerate(layout.disks):
@@ -46,12 +47,27 @@ def key_files(
                     hint=f"write a random key there (head -c 64 /dev/urandom > FILE), or "
                     f"pass the --secrets directory that holds {root.name}/{part.luks.key}",
                 )
-            size = entry[0].stat().st_size
+            try:  # readable here, before any connection: not in the middle of the disks step
+                with entry[0].open("rb") as handle:
+                    handle.read(1)
+                size = entry[0].stat().st_size
+            except OSError as exc:
+                raise UserError(
+                    f"{at}: {display_path(entry[0])}: cannot read it ({exc.strerror})",
+                    hint="the key must be readable by the user running plasmaboot",
+                ) from None
             if not MIN_KEY_BYTES <= size <= MAX_KEY_BYTES:
                 raise UserError(
                     f"{at}: {display_path(entry[0])} holds {size} bytes; a LUKS key file "
                     f"holds {MIN_KEY_BYTES} to {MAX_KEY_BYTES} random bytes",
                     hint="make one with: head -c 64 /dev/urandom > FILE",
+                )
+            if entry[1].owner != "root":
+                raise UserError(
+                    f"{at}: {display_path(entry[0])} lies under a service's configuration "
+                    f"directory: it would land owned by {entry[1].owner}, who could read "
+                    "the disk's key",
+                    hint="put LUKS keys where they land root's, e.g. etc/plasmaboot/luks/",
                 )
             if entry not in found:
                 found.append(entry)
