@@ -36,6 +36,7 @@ from plasmaboot.boot.qemu import (
     cpu_models,
     cpu_needs_kvm,
     free_port,
+    guest_panic,
     kvm_usable,
     probe_accelerator,
     qemu_command,
@@ -378,3 +379,16 @@ def test_a_machine_with_a_disk_has_it_as_virtio_and_still_boots_the_network(
     assert drive.startswith(f"file={tmp_path / 'disk.qcow2'},if=virtio,format=qcow2")
     assert argv[argv.index("-boot") + 1] == "order=n"
     assert "-drive" not in qemu_command(config(tmp_path))
+
+
+def test_a_guest_kernel_crash_is_found_in_its_console() -> None:
+    console = (
+        "EFI stub: Loaded initrd from command line option\r\n"
+        "[   13.158194] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\r\n"
+        "[   13.162731] Kernel panic - not syncing: Fatal exception in interrupt\r\n"
+    )
+    assert guest_panic(console) == "[   13.158194] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI"
+    assert guest_panic("[    1.0] \x1b[31mKernel panic - not syncing: VFS\x1b[0m") == (
+        "[    1.0] ?[31mKernel panic - not syncing: VFS?[0m"
+    )
+    assert guest_panic("Debian GNU/Linux 12 cp1 ttyS0\n\ncp1 login: ") is None

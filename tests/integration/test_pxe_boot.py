@@ -40,7 +40,7 @@ def pxe_tools() -> None:
 
 
 def boot_test(
-    ci_image: CiImage, tmp_path: Path, firmware: str, hostname: str, retry_handover: bool = False
+    ci_image: CiImage, tmp_path: Path, firmware: str, hostname: str, retry: bool = True
 ) -> dict[str, Any]:
     """`plasmaboot boot-test --network netns` as a user runs it; its JSON report."""
     tmp_path.mkdir(exist_ok=True)
@@ -56,14 +56,20 @@ def boot_test(
     assert report.is_file(), proc.stderr[-3000:]
     data: dict[str, Any] = json.loads(report.read_text())
     failed = [c for c in data["checks"] if c["result"] != "pass"]
-    if proc.returncode != 0 and retry_handover and handover_hang(data):
-        # Known and open: under OVMF+TCG on a loaded machine, about one boot in ten stops
-        # after the kernel and initrd were fetched (the PXE chain itself completed). Say so
-        # and boot once more; a second failure, or any other failure, fails the test.
-        print(f"UEFI boot stopped after the kernel handover; booting once more: {failed}")
-        return boot_test(ci_image, tmp_path / "again", firmware, hostname, retry_handover=False)
+    if proc.returncode != 0 and retry and (handover_hang(data) or guest_crashed(data)):
+        # Known and open, both QEMU's under TCG (the images boot): under OVMF+TCG on a
+        # loaded machine, about one boot in ten stops after the kernel and initrd were
+        # fetched; rarely, the guest kernel dies of "Oops: int3" while another vCPU patches
+        # kernel text. Say so and boot once more; a second failure, or any other, fails.
+        print(f"boot stopped by a known TCG failure; booting once more: {failed}")
+        return boot_test(ci_image, tmp_path / "again", firmware, hostname, retry=False)
     assert proc.returncode == 0, f"{failed}\n{proc.stderr[-3000:]}"
     return data
+
+
+def guest_crashed(report: dict[str, Any]) -> bool:
+    """boot-test named a crash of the guest kernel (read from its console)."""
+    return any("the guest kernel crashed: " in c["detail"] for c in report["checks"])
 
 
 def handover_hang(report: dict[str, Any]) -> bool:
@@ -98,7 +104,7 @@ def test_a_bios_machine_boots_its_profile(ci_image: CiImage, tmp_path: Path) -> 
 
 
 def test_a_uefi_machine_boots_through_tftp(ci_image: CiImage, tmp_path: Path) -> None:
-    report = boot_test(ci_image, tmp_path, "uefi", "uefi1", retry_handover=True)
+    report = boot_test(ci_image, tmp_path, "uefi", "uefi1")
     assert check(report, "hostname") == "uefi1 (the inventory's: uefi1)"
     # the per-node layer was read after the set's initrd (UEFI's loader appends it unpadded:
     # the set's initrd must end aligned) and its reporter sent the host keys SSH checked

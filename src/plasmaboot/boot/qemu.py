@@ -385,6 +385,21 @@ def tail(path: Path, lines: int = SERIAL_TAIL_LINES) -> str:
     return "\n".join(kept) if kept else f"({path.name} is empty: nothing was written)"
 
 
+# The lines the guest kernel prints when it crashes. Under TCG with 2 vCPUs, a rare one is
+# QEMU's, not the image's: "Oops: int3" in scheduler code while another vCPU patches kernel
+# text (static keys flipped by a module load). boot-test names a crash, never hides it.
+PANIC_MARKERS = ("Kernel panic - not syncing", "Oops: ", "BUG: unable to handle")
+
+
+def guest_panic(text: str) -> str | None:
+    """The guest kernel's first crash line in its console output, if it crashed."""
+    for line in text.replace("\r", "").splitlines():
+        if any(marker in line for marker in PANIC_MARKERS):
+            # console bytes: anything but printable ASCII (escapes, colours) is shown as ?
+            return "".join(c if " " <= c <= "~" else "?" for c in line.strip())[:160]
+    return None
+
+
 class PxeVm:
     """A running PXE-booted guest; a context manager that always stops QEMU on exit. With
     `netns`, QEMU runs inside that namespace (where its tap is)."""

@@ -43,6 +43,7 @@ from plasmaboot.boot.qemu import (
     cpu_model,
     cpu_needs_kvm,
     free_port,
+    guest_panic,
     kvm_usable,
     probe_accelerator,
     require_cpu_model,
@@ -287,6 +288,13 @@ def open_lab(
 # The boots
 
 
+def panicked(vm: PxeVm) -> str:
+    """ "the guest kernel crashed: <its line>; " when the console shows a crash (the
+    failure that follows is its consequence), else ""."""
+    line = guest_panic(vm.serial_text())
+    return f"the guest kernel crashed: {line}; " if line else ""
+
+
 def boot_check_name(index: int) -> str:
     return f"boot {index}: PXE to SSH"
 
@@ -319,7 +327,7 @@ def boot_once(
         try:
             wait_for_ssh(vm, ssh, timeout)
         except WorkError as exc:
-            check = failed(name, exc.message)
+            check = failed(name, panicked(vm) + exc.message)
         else:
             vm.watch.mark("ssh_reachable")
             seconds = vm.watch.events["ssh_reachable"]
@@ -334,7 +342,7 @@ def boot_once(
                     f"the SSH server answered after {seconds:.0f}s but refused the key "
                     f"{options.identity}: {out}"
                 )
-                check = failed(name, detail)
+                check = failed(name, panicked(vm) + detail)
         logs = {
             "serial": str(config.serial_log),
             "firmware": str(config.firmware_log),
