@@ -23,17 +23,18 @@ from plasmaboot.profiles.store import ProfileStore
 
 
 def make_set(directory: Path, content: str) -> Path:
-    """A finished set: its files, and a manifest that records their hashes."""
-    directory.mkdir(parents=True)
+    """A finished set: its files, and a manifest that records their hashes (and those of
+    the optional files `directory` already holds)."""
+    directory.mkdir(parents=True, exist_ok=True)
     for name in SET_FILES:
         if name != MANIFEST:
             (directory / name).write_text(f"{name}:{content}")
     manifest = Manifest(
         profile="base", label="base", content_hash="x", cache_key="k", backend="debian",
         distro="debian bookworm", kernel_version="6.1", kernel_params=[],
-        files=file_records(directory, HASHED_FILES), packages={}, services={}, steps={},
-        built_at="2026-01-01T00:00:00+00:00", plasmaboot_version="0.1.0",
-        resolved_profile=ProfileStore().resolve("base"),
+        files=file_records(directory, present_files(directory, HASHED_FILES)), packages={},
+        services={}, steps={}, built_at="2026-01-01T00:00:00+00:00",
+        plasmaboot_version="0.1.0", resolved_profile=ProfileStore().resolve("base"),
     )  # fmt: skip
     write_manifest(directory, manifest)
     return directory
@@ -177,23 +178,8 @@ def test_a_sets_installed_initrd_is_kept_and_checked(cache: SetCache, tmp_path: 
     staged = tmp_path / "staged"
     staged.mkdir()
     (staged / INSTALLED_INITRD).write_text("initramfs")
-    make_set_with(staged, present_files(staged, HASHED_FILES))
-    cache.store(staged, "k")
+    cache.store(make_set(staged, "x"), "k")
     hit = cache.lookup("k")
     assert hit is not None and (hit / INSTALLED_INITRD).read_text() == "initramfs"
     (hit / INSTALLED_INITRD).write_text("initramfX")
     assert cache.lookup("k") is None
-
-
-def make_set_with(directory: Path, hashed: tuple[str, ...]) -> None:
-    for name in SET_FILES:
-        if name != MANIFEST:
-            (directory / name).write_text(f"{name}:x")
-    manifest = Manifest(
-        profile="base", label="base", content_hash="x", cache_key="k", backend="debian",
-        distro="debian bookworm", kernel_version="6.1", kernel_params=[],
-        files=file_records(directory, hashed), packages={}, services={}, steps={},
-        built_at="2026-01-01T00:00:00+00:00", plasmaboot_version="0.1.0",
-        resolved_profile=ProfileStore().resolve("base"),
-    )  # fmt: skip
-    write_manifest(directory, manifest)

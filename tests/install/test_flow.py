@@ -19,7 +19,7 @@ from plasmaboot.errors import PlasmabootError, UserError, WorkError
 from plasmaboot.install import debian
 from plasmaboot.install.debian import SEPARATOR, Install, prebuilt_fits
 from plasmaboot.install.flow import Report, check_services, install_to_disk
-from plasmaboot.install.layout import load_layout
+from plasmaboot.install.layout import Layout, load_layout
 from plasmaboot.install.packages import Deb
 from plasmaboot.install.secrets import list_secrets
 from plasmaboot.log import Log
@@ -311,15 +311,20 @@ def test_the_keys_are_private_but_the_mount_points_are_not(tmp_path: Path) -> No
     assert not keys.exists()
 
 
-def test_an_encrypted_data_partition_is_opened_by_systemd_not_the_initramfs(tmp_path: Path) -> None:
+def data_on_luks(tmp_path: Path) -> Layout:
+    """The default layout with a LUKS2 data partition at /var/lib/data after its root."""
     layout = tmp_path / "data.toml"
     layout.write_text(
         Path("layouts/default.toml").read_text().replace('size = "rest"', 'size = "2G"')
         + '\n[[disks.partitions]]\ntype = "linux"\nsize = "rest"\nfilesystem = "ext4"\n'
         'mount = "/var/lib/data"\nluks = { name = "data", key = "etc/plasmaboot/luks/root.key" }\n'
     )
+    return load_layout(layout)
+
+
+def test_an_encrypted_data_partition_is_opened_by_systemd_not_the_initramfs(tmp_path: Path) -> None:
     install = luks_job(tmp_path, "default")
-    install.layout = load_layout(layout)
+    install.layout = data_on_luks(tmp_path)
     node = FakeNode()
     report = run_install(tmp_path, node, install)
     assert report.failed_step is None, report.error
@@ -461,12 +466,6 @@ def test_an_encrypted_root_never_takes_the_prebuilt_initramfs(tmp_path: Path) ->
     plain.kernel_version = "6.1.0-28-amd64"
     assert prebuilt_fits(plain)
     assert not prebuilt_fits(replace(plain, layout=load_layout(Path("layouts/lvm-luks.toml"))))
-    data = tmp_path / "data.toml"
-    data.write_text(
-        Path("layouts/default.toml").read_text().replace('size = "rest"', 'size = "2G"')
-        + '\n[[disks.partitions]]\ntype = "linux"\nsize = "rest"\nfilesystem = "ext4"\n'
-        'mount = "/srv"\nluks = { name = "srv", key = "etc/luks/srv.key" }\n'
-    )
-    assert prebuilt_fits(replace(plain, layout=load_layout(data)))
+    assert prebuilt_fits(replace(plain, layout=data_on_luks(tmp_path)))
     plain.prebuilt_initrd = None
     assert not prebuilt_fits(plain)

@@ -84,7 +84,8 @@ def test_every_shipped_layout_loads(path: Path) -> None:
 
 def test_the_encrypted_example_names_its_key_and_its_volume_group() -> None:
     layout = load_layout(builtin_layouts_dir() / "lvm-luks.toml")
-    assert layout.luks_keys() == ["etc/plasmaboot/luks/root.key"]
+    keys = [p.luks.key for p in layout.disks[0].partitions if p.luks]
+    assert keys == ["etc/plasmaboot/luks/root.key"]
     assert [v.name for v in layout.volume_groups[0].volumes] == ["root", "swap", "data"]
 
 

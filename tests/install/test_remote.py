@@ -72,15 +72,20 @@ def test_without_a_shared_connection_every_command_is_its_own(tmp_path: Path) ->
     assert "ControlMaster=no" in argv and "ControlPath=none" in argv
 
 
+def fake_master(calls: Path) -> str:
+    """A fake ssh's body that plays the master: every call recorded in `calls`, and the
+    socket file made where ControlPath says."""
+    return (
+        f'echo "$@" >> {calls}\n'
+        'for a in "$@"; do case "$a" in ControlPath=*) touch "${a#ControlPath=}";; esac; done'
+    )
+
+
 def test_a_shared_connection_lives_in_a_private_directory_and_is_closed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = tmp_path / "calls"
-    # the fake ssh plays the master: it makes the socket file, and `-O exit` is recorded
-    body = (
-        f'echo "$@" >> {calls}\n'
-        'for a in "$@"; do case "$a" in ControlPath=*) touch "${a#ControlPath=}";; esac; done'
-    )
+    body = fake_master(calls)
     monkeypatch.setenv("PATH", f"{fake_ssh(tmp_path, body)}:/usr/bin:/bin")
     remote = SshRemote("10.0.0.5", Path("id"), tmp_path / "k")
     with remote.shared_connection() as shared:
@@ -102,9 +107,7 @@ def test_a_shared_connection_is_closed_after_a_failure(
 ) -> None:
     calls = tmp_path / "calls"
     body = (
-        f'echo "$@" >> {calls}\n'
-        'for a in "$@"; do case "$a" in ControlPath=*) touch "${a#ControlPath=}";; esac; done\n'
-        'case "$*" in *"-O exit"*) exit 0;; esac\n'
+        fake_master(calls) + '\ncase "$*" in *"-O exit"*) exit 0;; esac\n'
         "echo 'Connection to 10.0.0.5 closed by remote host.' >&2; exit 255"
     )
     monkeypatch.setenv("PATH", f"{fake_ssh(tmp_path, body)}:/usr/bin:/bin")

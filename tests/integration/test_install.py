@@ -64,31 +64,22 @@ filesystem = "ext4"
 mount = "/var/lib/plasmacloud-data"
 luks = { name = "data", key = "etc/plasmaboot/luks/data.key" }
 """
-# An encrypted root: LVM on LUKS2, opened by the initramfs (cryptsetup-initramfs) with the
-# key it holds; /boot on its own partition, read by GRUB
-ROOT_ON_LUKS = """
-description = "BIOS + UEFI, /boot, LVM on LUKS2"
-[[disks]]
-match = "/dev/vda"
-[[disks.partitions]]
-type = "bios_grub"
-size = "1M"
-[[disks.partitions]]
-type = "esp"
-size = "256M"
-filesystem = "vfat"
-mount = "/boot/efi"
+# An encrypted root: the default layout's BIOS and EFI partitions, then /boot on its own
+# (read by GRUB) and LVM on LUKS2 holding /, opened by the initramfs with the key it holds
+BOOT_AND_LVM_ON_LUKS = """
 [[disks.partitions]]
 type = "linux"
 label = "boot"
 size = "512M"
 filesystem = "ext4"
 mount = "/boot"
+
 [[disks.partitions]]
 type = "lvm"
 size = "rest"
 volume_group = "vg0"
 luks = { name = "cryptlvm", key = "etc/plasmaboot/luks/data.key" }
+
 [[volume_groups]]
 name = "vg0"
 [[volume_groups.volumes]]
@@ -136,7 +127,11 @@ def write_secrets(workdir: Path) -> None:
 def write_layout(workdir: Path, encrypted_root: bool) -> str:
     """The machine's layout, beside the inventory (named by it, relative to it)."""
     default = (builtin_layouts_dir() / "default.toml").read_text()
-    text = ROOT_ON_LUKS if encrypted_root else default.replace('"rest"', '"2300M"') + DATA_ON_LUKS
+    if encrypted_root:
+        before_root = default.index('[[disks.partitions]]\ntype = "root"')
+        text = default[:before_root] + BOOT_AND_LVM_ON_LUKS
+    else:
+        text = default.replace('"rest"', '"2300M"') + DATA_ON_LUKS
     (workdir / "layouts").mkdir(exist_ok=True)
     (workdir / "layouts/machine.toml").write_text(text)
     return "layouts/machine.toml"

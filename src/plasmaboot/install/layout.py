@@ -182,9 +182,6 @@ class Layout(Table):
                     found.append((volume.mount, f"{group.name}/{volume.name}"))
         return found
 
-    def luks_keys(self) -> list[str]:
-        return [p.luks.key for d in self.disks for p in d.partitions if p.luks]
-
     def encrypted_mounts(self) -> dict[str, str]:
         """Mount point -> the LUKS mapping it lies in: a filesystem on an encrypted
         partition, or a volume of a group whose partition is encrypted."""
