@@ -103,6 +103,26 @@ def test_what_the_package_layer_is_made_from_changes_the_key(archive_dates: obje
     assert len(keys) == 7
 
 
+def test_a_caller_given_source_date_epoch_changes_the_keys(
+    archive_dates: object, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # the date is in every mtime of the layer and the set: a layer made for another date
+    # must not be handed to this one
+    profile = ProfileStore().resolve("control-plane")
+    request = BuildRequest(profile=profile, staging=tmp_path, log=Log())
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    unset = key_of(profile), DebianBackend().cache_inputs(request)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "not a number")  # ignored, as by the build
+    assert (key_of(profile), DebianBackend().cache_inputs(request)) == unset
+    dated = {}
+    for epoch in ("1700000000", "1700000001"):
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+        dated[epoch] = key_of(profile), DebianBackend().cache_inputs(request)
+        assert dated[epoch][1]["source_date_epoch"] == epoch
+    assert len({unset[0], *(key for key, _ in dated.values())}) == 3
+    assert unset[1] not in [inputs for _, inputs in dated.values()]
+
+
 # --------------------------------------------------------------------------------------
 # Builds with a stand-in mmdebstrap
 

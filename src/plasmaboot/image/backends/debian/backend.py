@@ -275,6 +275,18 @@ def source_fingerprint() -> str:
     return files_fingerprint(__version__, inputs)
 
 
+# The build's date when the caller gives none: the archive's state dates it (see
+# DebianBackend.source_date_epoch), which the cache keys hold already.
+ARCHIVE_EPOCH = "archive"
+
+
+def given_source_date_epoch() -> str:
+    """The caller's SOURCE_DATE_EPOCH (digits), else ARCHIVE_EPOCH: part of the cache keys,
+    since it dates every file of the image."""
+    given = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return given if given.isdigit() else ARCHIVE_EPOCH
+
+
 class DebianBackend:
     name = "debian"
     takes_ssh_keys = True
@@ -315,6 +327,7 @@ class DebianBackend:
             **self.archive_inputs(request.profile),
             "squashfs_level": str(self.options.squashfs_level),
             "squashfs_compression": self.options.squashfs_compression,
+            "source_date_epoch": given_source_date_epoch(),
             "code": source_fingerprint(),
         }
 
@@ -331,8 +344,8 @@ class DebianBackend:
         """The build's date (SOURCE_DATE_EPOCH): the caller's, else the archive's state
         (its newest Release date, or the snapshot's moment), so the same inputs give the
         same bytes."""
-        given = os.environ.get("SOURCE_DATE_EPOCH")
-        if given is not None and given.isdigit():
+        given = given_source_date_epoch()
+        if given != ARCHIVE_EPOCH:
             return given
         suites = self.options.suites(profile)
         return str(state_epoch(archive_state(suites, self.options.snapshot)))
@@ -417,6 +430,8 @@ class DebianBackend:
             "mirror": self.options.mirror,
             "components": components(profile),
             "plan": plan.model_dump(mode="json"),
+            # the caller's date is in every mtime of the layer: another date, other bytes
+            "source_date_epoch": given_source_date_epoch(),
             # the archive's state: a cached layer misses once the archive has moved on
             # (security updates, a new backports kernel), or for another snapshot
             **self.archive_inputs(profile),
