@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from plasmaboot import __version__
 from plasmaboot.artifacts.layout import (
     INITRD,
     INSTALLED_INITRD,
@@ -77,7 +76,7 @@ from plasmaboot.image.backends.debian.profile_layer import (
     make_profile_layer,
 )
 from plasmaboot.image.backends.debian.runtime_units import runtime_unit_entries
-from plasmaboot.image.cache import files_fingerprint
+from plasmaboot.image.cache import code_fingerprint
 from plasmaboot.profiles.model import Profile
 from plasmaboot.run import require_tool, run
 
@@ -263,16 +262,7 @@ def source_fingerprint() -> str:
     """A hash of everything besides the profile that shapes the image bytes: the code that
     writes them, the package name map and the busybox stage-1 runs, so a change to any of
     them misses the cache instead of giving a stale hit."""
-    package = Path(__file__).resolve().parents[3]  # src/plasmaboot
-    inputs = [
-        *sorted((package / "image").rglob("*.py")),
-        *sorted((package / "formats").rglob("*.py")),
-        STAGE1_INIT,
-        *sorted((package / "artifacts").rglob("*.py")),
-        packages_path(),
-        BUSYBOX,
-    ]
-    return files_fingerprint(__version__, inputs)
+    return code_fingerprint(STAGE1_INIT, packages_path(), BUSYBOX)
 
 
 # The build's date when the caller gives none: the archive's state dates it (see
