@@ -52,3 +52,45 @@ def test_a_symlink_in_the_tree_is_refused(tmp_path: Path) -> None:
 
 def test_a_machine_without_secrets_has_none(tmp_path: Path) -> None:
     assert list_secrets(tmp_path / "secrets" / "nobody") == []
+
+
+def test_an_unreadable_secret_is_named_before_anything_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tree(tmp_path)
+    token = root / "etc/iam/token"
+    opened = Path.open
+
+    def denied(path: Path, *args: object, **kwargs: object) -> object:
+        if path == token:  # as root, chmod 000 would not stop the read
+            raise PermissionError(13, "Permission denied", str(path))
+        return opened(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(UserError) as caught:
+        list_secrets(root)
+    assert caught.value.message == f"--secrets: {token}: cannot read it (Permission denied)"
+    assert caught.value.hint is not None and "readable" in caught.value.hint
+
+
+def test_a_directory_that_cannot_be_listed_is_named_not_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rglob skips a directory it cannot list without a word: its secrets would be missing
+    root = tree(tmp_path)
+    from plasmaboot.install import secrets
+
+    real_access = os.access
+    monkeypatch.setattr(
+        secrets.os, "access", lambda p, mode: Path(p) != root / "etc/iam" and real_access(p, mode)
+    )
+    with pytest.raises(UserError, match=r"etc/iam: cannot read it \(Permission denied\)$"):
+        list_secrets(root)
+
+
+def test_a_secret_gone_after_listing_is_a_user_error(tmp_path: Path) -> None:
+    root = tree(tmp_path)
+    files = list_secrets(root)
+    (root / "etc/plasmaboot/cluster.key").unlink()
+    with pytest.raises(UserError, match=r"cluster.key: cannot read it \(No such file"):
+        secrets_tar(files)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import lzma
+import os
 import stat
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -148,3 +150,25 @@ def test_a_forged_module_list_is_shown_escaped(tmp_path: Path) -> None:
         assert not check.passed
         assert "\x1b" not in check.detail
         assert check.detail.startswith(f"/etc/stage1-modules names {json.dumps(hostile)}, not in")
+
+
+def test_the_root_squashfs_is_never_held_in_memory_whole(make_set: Callable[..., Path]) -> None:
+    # a real root image is ~90 MB: verify copies it out of the mapped initrd a block at a
+    # time for unsquashfs, and reads only the superblock itself
+    size = 24 << 20
+
+    def add_blob(tree: Path) -> None:
+        (tree / "usr/share/blob").parent.mkdir(parents=True, exist_ok=True)
+        (tree / "usr/share/blob").write_bytes(os.urandom(size))  # does not compress
+
+    directory = make_set(add_blob)
+    assert (directory / INITRD).stat().st_size > size
+    tracemalloc.start()
+    try:
+        code, report, _ = run_verify(directory)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 0, failures(directory)
+    assert check_of(report, "image.read")["result"] == "pass"
+    assert peak < size // 2, f"verify held {peak >> 20} MiB at its peak"

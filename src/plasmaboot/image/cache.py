@@ -24,10 +24,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from plasmaboot import __version__
 from plasmaboot.artifacts.layout import MANIFEST, SET_FILES, present_files, sha256_file
 from plasmaboot.artifacts.manifest import read_manifest
 from plasmaboot.paths import cache_dir
 from plasmaboot.profiles.model import Profile
+
+PACKAGE = Path(__file__).resolve().parents[1]  # src/plasmaboot
+
+
+def code_fingerprint(*extra: Path) -> str:
+    """A hash of the code that makes a set around any backend's output (the image
+    pipeline, the cpio writer, the manifest: every module of image/, formats/ and
+    artifacts/), of `extra` (a backend's own data and tools) and of the version: part of
+    the set's cache key, so a change to any of them misses instead of giving a stale set."""
+    paths = [
+        *sorted((PACKAGE / "image").rglob("*.py")),
+        *sorted((PACKAGE / "formats").rglob("*.py")),
+        *sorted((PACKAGE / "artifacts").rglob("*.py")),
+        *extra,
+    ]
+    return files_fingerprint(__version__, paths)
 
 
 def files_fingerprint(salt: str, paths: Sequence[Path]) -> str:

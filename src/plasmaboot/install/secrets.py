@@ -12,6 +12,7 @@ report lists paths, owners and modes.
 from __future__ import annotations
 
 import io
+import os
 import stat
 import tarfile
 from dataclasses import dataclass
@@ -50,36 +51,70 @@ def owner_of(path: PurePosixPath, owners: dict[str, str]) -> str:
 
 def list_secrets(root: Path) -> list[tuple[Path, Secret]]:
     """(local file, where it lands) for every file under `root`; a UserError for a symlink,
-    device or FIFO, naming it."""
+    device or FIFO, or for a file or directory this user cannot read, naming it (a
+    directory that cannot be listed would otherwise drop its secrets without a word)."""
     if not root.is_dir():
         return []
+    require_listable(root)
     owners = service_owners()
     found: list[tuple[Path, Secret]] = []
     for path in sorted(root.rglob("*")):
         mode = path.lstat().st_mode
         if stat.S_ISDIR(mode):
+            require_listable(path)
             continue
         if not stat.S_ISREG(mode):
             raise UserError(
                 f"--secrets: {display_path(path)} is not a regular file",
                 hint="a secrets tree holds files and directories only (no symlinks)",
             )
+        require_readable(path)
         target = PurePosixPath("/") / path.relative_to(root).as_posix()
         found.append((path, Secret(str(target), owner_of(target, owners))))
     return found
 
 
+def require_listable(directory: Path) -> None:
+    if not os.access(directory, os.R_OK | os.X_OK):
+        raise unreadable(directory, "Permission denied")
+
+
+def require_readable(path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise unreadable(path, exc.strerror or str(exc)) from exc
+
+
+def size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:  # gone or changed since it was listed
+        raise unreadable(path, exc.strerror or str(exc)) from exc
+
+
+def unreadable(path: Path, reason: str) -> UserError:
+    return UserError(
+        f"--secrets: {display_path(path)}: cannot read it ({reason})",
+        hint="make the machine's secrets readable by the user who runs plasmaboot install",
+    )
+
+
 def secrets_tar(files: list[tuple[Path, Secret]]) -> bytes:
     """The tar stream of `files` (paths relative to the target root; names of owners, which
     the node's tar maps to the installed system's ids: both come from the same image)."""
-    total = sum(path.stat().st_size for path, _ in files)
+    total = sum(size_of(path) for path, _ in files)
     if total > MAX_SECRETS:
         raise UserError(f"--secrets: {total} bytes of secrets; at most {MAX_SECRETS} are sent")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for path, secret in files:
             info = tarfile.TarInfo(secret.path.lstrip("/"))
-            data = path.read_bytes()
+            try:
+                data = path.read_bytes()
+            except OSError as exc:  # changed since it was listed
+                raise unreadable(path, exc.strerror or str(exc)) from exc
             info.size = len(data)
             info.mode = secret.mode
             info.uname = info.gname = secret.owner

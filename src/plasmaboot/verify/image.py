@@ -314,7 +314,7 @@ def check_image(root: RootImage | None, manifest: Manifest | None) -> Iterator[C
         return
     with tempfile.TemporaryDirectory(prefix="plasmaboot-verify-") as temp:
         image_path = Path(temp) / ROOT_SQUASHFS
-        image_path.write_bytes(root.data)
+        root.write(image_path)
         try:
             tree = ImageTree.read(image_path, Path(temp) / "root")
             tree.stack(root.layers)
@@ -345,7 +345,7 @@ def check_store_image(root: RootImage, manifest: Manifest | None) -> Iterator[Ch
     nix_checks = store_checks(manifest)
     with tempfile.TemporaryDirectory(prefix="plasmaboot-verify-") as temp:
         image_path = Path(temp) / NIX_STORE_SQUASHFS
-        image_path.write_bytes(root.data)
+        root.write(image_path)
         try:
             entries = list_squashfs(image_path)
         except (FormatError, WorkError, UserError) as exc:

@@ -13,7 +13,7 @@ from plasmaboot.checks import Check, count, failed, passed, skipped
 from plasmaboot.errors import UserError, WorkError
 from plasmaboot.formats import FormatError
 from plasmaboot.formats.cpio import SEGMENT_ALIGN, Member, Segment, SegmentError, read_segments
-from plasmaboot.formats.squashfs import read_squashfs_superblock
+from plasmaboot.formats.squashfs import SQUASHFS_SUPERBLOCK, read_squashfs_superblock
 from plasmaboot.profiles.located_errors import render_value
 from plasmaboot.verify.layers import DirLayer, dir_layers
 
@@ -23,6 +23,8 @@ STAGE1_LIST = "etc/stage1-modules"
 STAGE1_MODULES_DIR = "lib/modules"
 # Enough of a module to find its .modinfo strings (stage-1's are a few hundred KiB at most).
 MODULE_READ_LIMIT = 8 << 20
+# What of the root image its superblock check reads (the rest is copied out for unsquashfs).
+SUPERBLOCK_READ = SQUASHFS_SUPERBLOCK.size
 MODULE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
@@ -30,11 +32,18 @@ MODULE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 class RootImage:
     """The squashfs the initrd carries: PACKAGE_LAYER (Debian, with the directory layers
     stacked above it), ROOT_SQUASHFS (a Debian set made before layers) or
-    NIX_STORE_SQUASHFS."""
+    NIX_STORE_SQUASHFS. Its bytes stay in the segment's mapped payload: they are most of
+    the initrd, so they are copied out a block at a time, never held as one bytes object."""
 
     name: str
-    data: bytes
+    segment: Segment
+    member: Member
     layers: tuple[DirLayer, ...] = ()  # bottom first
+
+    def write(self, path: Path) -> None:
+        """The image as a file, for unsquashfs."""
+        with path.open("wb") as out:
+            self.segment.copy_member(self.member, out)
 
 
 def last_member(segments: list[Segment], name: str) -> tuple[int, Segment, Member] | None:
@@ -143,9 +152,9 @@ def check_root_squashfs(segments: list[Segment]) -> tuple[Check, RootImage | Non
         wanted = f"/{PACKAGE_LAYER}, /{ROOT_SQUASHFS} or /{NIX_STORE_SQUASHFS}"
         return failed("initrd.squashfs", f"no {wanted} in any segment"), None
     number, segment, member = found
-    image = segment.payload[member.offset : member.offset + member.size]
+    head = segment.payload[member.offset : member.offset + min(member.size, SUPERBLOCK_READ)]
     try:
-        superblock = read_squashfs_superblock(image, member.size)
+        superblock = read_squashfs_superblock(bytes(head), member.size)
     except FormatError as exc:
         return failed("initrd.squashfs", f"/{member.name}: {exc}"), None
     detail = (
@@ -158,4 +167,4 @@ def check_root_squashfs(segments: list[Segment]) -> tuple[Check, RootImage | Non
         detail += "; above it " + ", ".join(
             f"{layer.name} ({len(layer.files)} entries)" for layer in layers
         )
-    return passed("initrd.squashfs", detail), RootImage(member.name, image, layers)
+    return passed("initrd.squashfs", detail), RootImage(member.name, segment, member, layers)

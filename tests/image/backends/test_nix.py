@@ -241,3 +241,30 @@ def test_driver_rejects_a_directory_without_a_flake(tmp_path: Path) -> None:
     )
     with pytest.raises(UserError, match=r"no flake\.nix there"):
         NixBackend(NixOptions(flake=tmp_path)).build(request)
+
+
+@needs_nix
+@pytest.mark.nix
+@pytest.mark.usefixtures("offline_nix")
+def test_the_cache_key_holds_the_code_that_makes_the_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # our code pads the initrd and writes the manifest around nix's output: a change to it
+    # must miss the set cache like a change to the flake does
+    from plasmaboot.image import cache
+    from plasmaboot.image.backends import nix as nix_backend
+
+    request = build_request(tmp_path, "base")
+    backend = fixture_backend(tmp_path)
+    inputs = backend.cache_inputs(request)
+    assert inputs["code"] == nix_backend.nix_code_fingerprint()
+    assert inputs["flake"].startswith("sha256-")
+    package = tmp_path / "plasmaboot"
+    shutil.copytree(cache.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache, "PACKAGE", package)
+    assert backend.cache_inputs(request) == inputs  # the same code, copied: the same key
+    with (package / "formats" / "cpio.py").open("a") as source:
+        source.write("\n# a change to the cpio writer\n")
+    changed = backend.cache_inputs(request)
+    assert changed["code"] != inputs["code"]
+    assert changed["flake"] == inputs["flake"]

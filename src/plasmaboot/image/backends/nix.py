@@ -26,6 +26,7 @@ from plasmaboot.image.backend import (
     option,
 )
 from plasmaboot.image.backends import register
+from plasmaboot.image.cache import code_fingerprint
 from plasmaboot.log import Log
 from plasmaboot.nix import (
     PROBE_TIMEOUT,
@@ -96,6 +97,11 @@ def checked_flake(flake: Path | None) -> str:
     return str(flake.resolve())
 
 
+def nix_code_fingerprint() -> str:
+    """The set's code (image/, formats/, artifacts/) and the nix driver (plasmaboot.nix)."""
+    return code_fingerprint(Path(__file__).resolve().parents[2] / "nix.py")
+
+
 @dataclass(frozen=True)
 class NixOptions(BackendOptions):
     """The Nix backend's options (`--flake`, `--plasmacloud`)."""
@@ -163,7 +169,9 @@ class NixBackend:
         if proc.returncode != 0:
             raise WorkError(f"nix cannot lock the flake's inputs: {last_line(proc.stdout)}")
         metadata = json_output(proc.stdout)
-        inputs = {"flake": str(metadata["locked"]["narHash"])}
+        # our code turns nix's output into the set (padding, layers, manifest): a change
+        # to it misses, as for the Debian backend
+        inputs = {"flake": str(metadata["locked"]["narHash"]), "code": nix_code_fingerprint()}
         for name, node in sorted(metadata["locks"]["nodes"].items()):
             if "locked" in node:
                 # lastModified of a path: input is its mtime, which says nothing of content

@@ -103,6 +103,26 @@ def test_what_the_package_layer_is_made_from_changes_the_key(archive_dates: obje
     assert len(keys) == 7
 
 
+def test_a_caller_given_source_date_epoch_changes_the_keys(
+    archive_dates: object, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # the date is in every mtime of the layer and the set: a layer made for another date
+    # must not be handed to this one
+    profile = ProfileStore().resolve("control-plane")
+    request = BuildRequest(profile=profile, staging=tmp_path, log=Log())
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    unset = key_of(profile), DebianBackend().cache_inputs(request)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "not a number")  # ignored, as by the build
+    assert (key_of(profile), DebianBackend().cache_inputs(request)) == unset
+    dated = {}
+    for epoch in ("1700000000", "1700000001"):
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+        dated[epoch] = key_of(profile), DebianBackend().cache_inputs(request)
+        assert dated[epoch][1]["source_date_epoch"] == epoch
+    assert len({unset[0], *(key for key, _ in dated.values())}) == 3
+    assert unset[1] not in [inputs for _, inputs in dated.values()]
+
+
 # --------------------------------------------------------------------------------------
 # Builds with a stand-in mmdebstrap
 
@@ -230,6 +250,63 @@ def test_a_damaged_layer_is_a_miss_and_is_replaced(tmp_path: Path, mmdebstrap_ca
     record = json.loads((entry / "layer.json").read_text())
     assert hashlib.sha256(squashfs.read_bytes()).hexdigest() == record["sha256"]
     assert record["inputs"]["release"] == "bookworm"
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [Output.KERNEL.value, Output.INSTALLED_INITRD.value, f"{Output.STAGE1_MODULES}/loop.ko"],
+)
+def test_any_damaged_or_missing_file_of_a_layer_is_a_miss(
+    tmp_path: Path, mmdebstrap_calls: Path, template: Path, damaged: str
+) -> None:
+    # the installed system's initramfs goes into every set made from the layer, hashed
+    # there as it is: a damaged cached copy must not get a fresh, valid hash
+    (template / Output.INSTALLED_INITRD).write_bytes(b"070701" + bytes(4096))
+    profile = ProfileStore().resolve("worker")
+    build(tmp_path, profile, "first")
+    (entry,) = PackageLayerCache.under(tmp_path / "cache").entries()
+    record = json.loads((entry / "layer.json").read_text())
+    assert set(record["files"]) >= {
+        Output.ROOT_SQUASHFS.value, Output.KERNEL.value, Output.INSTALLED_INITRD.value,
+        f"{Output.STAGE1_MODULES}/loop.ko", Output.PACKAGES.value,
+    }  # fmt: skip
+    assert "layer.json" not in record["files"]
+    build(tmp_path, profile, "hit")
+    assert calls(mmdebstrap_calls) == 1  # intact: found again
+    target = entry / damaged
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))  # same size, other bytes
+    build(tmp_path, profile, "after-damage")
+    assert calls(mmdebstrap_calls) == 2
+    target.unlink()
+    build(tmp_path, profile, "after-loss")
+    assert calls(mmdebstrap_calls) == 3
+    again = json.loads((entry / "layer.json").read_text())
+    assert again["files"][damaged] == record["files"][damaged]  # the rebuilt entry is whole
+    assert (tmp_path / "after-loss" / Output.INSTALLED_INITRD).read_bytes() == (
+        template / Output.INSTALLED_INITRD
+    ).read_bytes()
+
+
+@pytest.mark.parametrize("files", [None, [], {"../outside": {"size": 0, "sha256": ""}}])
+def test_a_record_without_files_or_naming_others_is_a_miss(
+    tmp_path: Path, mmdebstrap_calls: Path, files: object
+) -> None:
+    profile = ProfileStore().resolve("worker")
+    build(tmp_path, profile, "first")
+    (entry,) = PackageLayerCache.under(tmp_path / "cache").entries()
+    record = json.loads((entry / "layer.json").read_text())
+    if files is None:
+        del record["files"]  # an entry recorded before files were
+    elif isinstance(files, dict):
+        record["files"] = {**record["files"], **files}
+    else:
+        record["files"] = files
+    (entry / "layer.json").write_text(json.dumps(record))
+    build(tmp_path, profile, "second")
+    assert calls(mmdebstrap_calls) == 2
+    assert "files" in json.loads((entry / "layer.json").read_text())
 
 
 def test_no_cache_dir_builds_the_layer_in_the_staging_directory(

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from plasmaboot import __version__
 from plasmaboot.artifacts.layout import (
     INITRD,
     INSTALLED_INITRD,
@@ -77,7 +76,7 @@ from plasmaboot.image.backends.debian.profile_layer import (
     make_profile_layer,
 )
 from plasmaboot.image.backends.debian.runtime_units import runtime_unit_entries
-from plasmaboot.image.cache import files_fingerprint
+from plasmaboot.image.cache import code_fingerprint
 from plasmaboot.profiles.model import Profile
 from plasmaboot.run import require_tool, run
 
@@ -263,16 +262,19 @@ def source_fingerprint() -> str:
     """A hash of everything besides the profile that shapes the image bytes: the code that
     writes them, the package name map and the busybox stage-1 runs, so a change to any of
     them misses the cache instead of giving a stale hit."""
-    package = Path(__file__).resolve().parents[3]  # src/plasmaboot
-    inputs = [
-        *sorted((package / "image").rglob("*.py")),
-        *sorted((package / "formats").rglob("*.py")),
-        STAGE1_INIT,
-        *sorted((package / "artifacts").rglob("*.py")),
-        packages_path(),
-        BUSYBOX,
-    ]
-    return files_fingerprint(__version__, inputs)
+    return code_fingerprint(STAGE1_INIT, packages_path(), BUSYBOX)
+
+
+# The build's date when the caller gives none: the archive's state dates it (see
+# DebianBackend.source_date_epoch), which the cache keys hold already.
+ARCHIVE_EPOCH = "archive"
+
+
+def given_source_date_epoch() -> str:
+    """The caller's SOURCE_DATE_EPOCH (digits), else ARCHIVE_EPOCH: part of the cache keys,
+    since it dates every file of the image."""
+    given = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return given if given.isdigit() else ARCHIVE_EPOCH
 
 
 class DebianBackend:
@@ -315,6 +317,7 @@ class DebianBackend:
             **self.archive_inputs(request.profile),
             "squashfs_level": str(self.options.squashfs_level),
             "squashfs_compression": self.options.squashfs_compression,
+            "source_date_epoch": given_source_date_epoch(),
             "code": source_fingerprint(),
         }
 
@@ -331,8 +334,8 @@ class DebianBackend:
         """The build's date (SOURCE_DATE_EPOCH): the caller's, else the archive's state
         (its newest Release date, or the snapshot's moment), so the same inputs give the
         same bytes."""
-        given = os.environ.get("SOURCE_DATE_EPOCH")
-        if given is not None and given.isdigit():
+        given = given_source_date_epoch()
+        if given != ARCHIVE_EPOCH:
             return given
         suites = self.options.suites(profile)
         return str(state_epoch(archive_state(suites, self.options.snapshot)))
@@ -417,6 +420,8 @@ class DebianBackend:
             "mirror": self.options.mirror,
             "components": components(profile),
             "plan": plan.model_dump(mode="json"),
+            # the caller's date is in every mtime of the layer: another date, other bytes
+            "source_date_epoch": given_source_date_epoch(),
             # the archive's state: a cached layer misses once the archive has moved on
             # (security updates, a new backports kernel), or for another snapshot
             **self.archive_inputs(profile),

@@ -5,8 +5,10 @@ packages, release, mirror, module globs and documentation setting shares one ent
 
     <cache>/layers/packages/<key>/   the hook's outputs (contract.Output) + layer.json
 
-An entry is found again only while its squashfs matches layer.json (a damaged entry is a
-miss, and the next build replaces it). Two builds of one key wait for each other (a lock
+An entry is found again only while every file of it matches layer.json (its size and
+sha256: the squashfs, the kernel, the installed system's initramfs, ...): a damaged or
+missing file is a miss, and the next build replaces the entry, so a set never ships a
+damaged copy under a freshly computed hash. Two builds of one key wait for each other (a lock
 file per key), so a layer is made once even with --jobs.
 """
 
@@ -73,8 +75,36 @@ class PackageLayer:
         return cls(key, directory, sha256_file(squashfs), squashfs.stat().st_size)
 
     def write_record(self, inputs: Mapping[str, object]) -> None:
-        record = {"key": self.key, "sha256": self.sha256, "size": self.size, "inputs": inputs}
+        record = {
+            "key": self.key,
+            "sha256": self.sha256,
+            "size": self.size,
+            "files": describe_files(self.directory),
+            "inputs": inputs,
+        }
         (self.directory / LAYER_JSON).write_text(json.dumps(record, indent=1, sort_keys=True))
+
+
+def describe_files(directory: Path) -> dict[str, dict[str, object]]:
+    """Every regular file of an entry but its record, by path under it: size and sha256."""
+    files: dict[str, dict[str, object]] = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and not path.is_symlink() and path.name != LAYER_JSON:
+            name = path.relative_to(directory).as_posix()
+            files[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    return files
+
+
+def files_match(directory: Path, files: Mapping[str, Mapping[str, object]]) -> bool:
+    """Whether each recorded file is there with its size and sha256 (sizes first: cheap)."""
+    if any(Path(name).is_absolute() or ".." in Path(name).parts for name in files):
+        return False  # a record naming files outside its entry is not ours
+    paths = {name: directory / name for name in files}
+    if any(path.is_symlink() or not path.is_file() for path in paths.values()):
+        return False
+    if any(paths[name].stat().st_size != files[name]["size"] for name in files):
+        return False
+    return all(sha256_file(paths[name]) == files[name]["sha256"] for name in files)
 
 
 @dataclass(frozen=True)
@@ -103,15 +133,16 @@ class PackageLayerCache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def lookup(self, key: str) -> PackageLayer | None:
-        """The stored layer, if it is complete and its squashfs matches its record."""
+        """The stored layer, if every file of it matches its record (an entry recorded
+        before files were, or with its squashfs left out of them, is a miss)."""
         directory = self.root / key
         try:
             record = json.loads((directory / LAYER_JSON).read_text())
-            squashfs = directory / Output.ROOT_SQUASHFS
-            if (
-                squashfs.stat().st_size != record["size"]
-                or sha256_file(squashfs) != record["sha256"]
-            ):
+            files = record["files"]
+            squashfs = files[Output.ROOT_SQUASHFS.value]
+            if (squashfs["size"], squashfs["sha256"]) != (record["size"], record["sha256"]):
+                return None
+            if not files_match(directory, files):
                 return None
             return PackageLayer(key, directory, record["sha256"], record["size"])
         except (OSError, ValueError, KeyError, TypeError):
