@@ -176,7 +176,7 @@ def same_machine_runs(args: argparse.Namespace, work: Path) -> list[dict[str, An
                     **report.get("parts", {}),
                 }
                 print(
-                    f"run {index + 1}: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.items()),
+                    f"run {index + 1}: " + shown(result),
                     flush=True,
                 )
                 runs.append({**result, **costs})
@@ -214,6 +214,11 @@ def load() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def shown(result: dict[str, Any]) -> str:
+    """One run's figures: seconds, but the load average."""
+    return ", ".join(f"{k} {v:.1f}" + ("" if k == "load" else "s") for k, v in result.items())
+
+
 def summary(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} s ({min(values):.1f}-{max(values):.1f})"
 
@@ -246,11 +251,12 @@ def main() -> int:
     runs = same_machine_runs(args, work / "machine") if args.same_machine else []
     for index in range(0 if args.same_machine else args.runs):
         result = one_run(args, work / f"run{index}")
-        print(f"run {index + 1}: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.items()))
+        print(f"run {index + 1}: " + shown(result))
         runs.append(result)
     print(f"median of {len(runs)} (min-max), under TCG:")
     for key in runs[0]:
-        print(f"  {key:<22} {summary([r.get(key, 0.0) for r in runs])}")
+        text = summary([r.get(key, 0.0) for r in runs])
+        print(f"  {key:<26} {text.replace(' s (', ' (') if key == 'load' else text}")
     print(f"logs: {work}")
     return 0
 

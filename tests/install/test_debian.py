@@ -4,7 +4,9 @@ without the per-node layer, and a node whose stage-1 kept no layers is a clear f
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from plasmaboot.errors import WorkError
 from plasmaboot.install.debian import (
     NODE_LAYER,
+    copy_tree,
     kill_previous,
     lower_view,
     node_kernel_version,
@@ -193,3 +196,47 @@ def test_commands_run_together_and_every_failure_is_named(tmp_path: Path) -> Non
     assert failed.returncode == 1
     assert failed.stdout.splitlines() == ["a", "b", "failed: 0 2 (of 0-2, in order)"]
     assert together(["echo alone"], logs) == "echo alone"
+
+
+def tree(root: Path) -> dict[str, tuple[int, int, str]]:
+    """path -> (mode, mtime, link target or content) of every entry under `root`, itself too."""
+    found = {}
+    for path in [root, *sorted(root.rglob("*"))]:
+        info = path.lstat()
+        what = str(path.readlink()) if path.is_symlink() else (
+            path.read_text() if path.is_file() else ""
+        )  # fmt: skip
+        found[str(path.relative_to(root))] = (info.st_mode, int(info.st_mtime), what)
+    return found
+
+
+@pytest.mark.parametrize("merged_usr", [True, False])
+def test_the_tree_is_copied_in_two_streams_as_cp_a_would(tmp_path: Path, merged_usr: bool) -> None:
+    """Every entry, with its mode, times and links, the directories above the streams'
+    entries too; a tree without usr/lib (no split) is one cp -a."""
+    source, target = tmp_path / "source", tmp_path / "target"
+    for name in ("usr/lib/modules/6.1", "usr/lib/x86_64-linux-gnu", "usr/bin", "etc/ssh", "var"):
+        (source / name).mkdir(parents=True)
+    (source / "usr/lib/modules/6.1/a.ko").write_text("module")
+    (source / "usr/lib/os-release").write_text("ID=debian\n")
+    (source / "usr/bin/perl").write_text("perl")
+    (source / "usr/bin/perl").chmod(0o755)
+    os.link(source / "usr/bin/perl", source / "usr/bin/perl5.36.0")
+    (source / "etc/ssh/sshd_config").write_text("x")
+    (source / "etc/ssh/sshd_config").chmod(0o600)
+    (source / "bin").symlink_to("usr/bin")
+    if not merged_usr:
+        shutil.rmtree(source / "usr/lib")
+    (source / "var").chmod(0o700)
+    (source / "usr").chmod(0o751)
+    for path in [source, source / "usr", *([source / "usr/lib"] if merged_usr else [])]:
+        os.utime(path, (1_600_000_000, 1_600_000_000))
+    target.mkdir()
+    proc = subprocess.run(
+        ["sh", "-euc", copy_tree(str(source), str(target))],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert tree(target) == tree(source)
+    assert (target / "usr/bin/perl").stat().st_ino == (target / "usr/bin/perl5.36.0").stat().st_ino
+    assert ("xargs" in copy_tree("/s", "/t")) and "cp -a /s/. /t/" in copy_tree("/s", "/t")

@@ -410,7 +410,8 @@ def test_grub_cfg_is_written_from_what_the_install_knows(tmp_path: Path) -> None
         "console=ttyS0,115200 console=tty0\n\tinitrd /boot/initrd.img-6.1.0-28-amd64\n"
     ) in text
     assert set(report.data["parts"]) == {
-        "copy", "kernel upload", "grub files upload", "boot files", "grub-install",
+        "partitions and filesystems", "copy", "kernel upload", "grub files upload",
+        "boot files", "grub-install",
     }  # fmt: skip
     # the initramfs runs in the background from `boot` and is waited for before unmounting
     started = scripts.index("setsid sh -c")
@@ -549,6 +550,6 @@ class BlockingCopyNode(FakeNode):
     def sh(self, script: str, input: bytes | None = None, timeout: float = 0) -> str:
         if script.startswith("cat > /run/plasmaboot-install/boot/vmlinuz-"):
             self.kernel.set()
-        if script.startswith("cp -a "):
+        if "cp -a --parents" in script:
             self.kernel_during_copy = self.kernel.wait(timeout=10)
         return super().sh(script, input, timeout)

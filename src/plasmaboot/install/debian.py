@@ -270,13 +270,17 @@ def node_kernel_version(text: str) -> str:
 def make_disks(install: Install, remote: Remote) -> None:
     assert install.plan is not None
     if install.node_debs:  # into the node's RAM overlay: gone at reboot
-        remote.sh(f"mkdir -p {WORK}/debs\ntar -x -C {WORK}/debs", input=debs_tar(install.node_debs))
-        names = [f"{WORK}/debs/{deb.path.name}" for deb in install.node_debs]
-        remote.sh("DEBIAN_FRONTEND=noninteractive " + q("dpkg", "-i", *names), timeout=600)
+        with part(install, "node tools"):
+            remote.sh(
+                f"mkdir -p {WORK}/debs\ntar -x -C {WORK}/debs", input=debs_tar(install.node_debs)
+            )
+            names = [f"{WORK}/debs/{deb.path.name}" for deb in install.node_debs]
+            remote.sh("DEBIAN_FRONTEND=noninteractive " + q("dpkg", "-i", *names), timeout=600)
     script = install.plan.script(KEYS, TARGET)
     if install.luks_keys:
         script = with_keys(KEYS, script)
-    remote.sh(script, input=secrets_tar(install.luks_keys) if install.luks_keys else None)
+    with part(install, "partitions and filesystems"):
+        remote.sh(script, input=secrets_tar(install.luks_keys) if install.luks_keys else None)
 
 
 def with_keys(keys: str, script: str) -> str:
@@ -336,7 +340,7 @@ def copy_system(install: Install, remote: Remote) -> None:
         staged = pool.submit(stage_boot_files, install, remote)
         with part(install, "copy"):
             remote.sh(
-                f"cp -a {LOWER}/root/. {TARGET}/\n"
+                copy_tree(f"{LOWER}/root", TARGET) +
                 # the node's own keys for root, where the per-node layer puts them
                 "if [ -f /etc/plasmaboot/node/authorized_keys ]; then\n"
                 f"  mkdir -p {TARGET}/etc/plasmaboot/node\n"
@@ -346,6 +350,29 @@ def copy_system(install: Install, remote: Remote) -> None:
                 timeout=1800,
             )
         staged.result()  # its failure, after the copy's (a failed copy is named first)
+
+
+def copy_tree(source: str, target: str) -> str:
+    """The script that copies `source`'s tree onto `target` (`cp -a`) in two streams: each
+    entry of usr/lib, of usr and of the top directory is one `cp -a --parents`, two at a
+    time (xargs -P 2), then the three directories above them get their owner, mode and
+    times (tar). Squashfs decompresses in the reader and the kernel has a decompressor per
+    CPU: one `cp -a` used one of the guest's two CPUs (25.5 s cold under TCG, 12.2 s in
+    two streams; docs/benchmarks.md). A tree without usr/lib is one `cp -a`."""
+    return f"""\
+if [ ! -d {source}/usr/lib ] || [ -L {source}/usr ] || [ -L {source}/usr/lib ]; then
+    cp -a {source}/. {target}/
+else
+    cd {source}
+    mkdir -p {target}/usr/lib
+    {{ find usr/lib -mindepth 1 -maxdepth 1 -print0
+      find usr -mindepth 1 -maxdepth 1 ! -path usr/lib -print0
+      find . -mindepth 1 -maxdepth 1 ! -path ./usr -print0
+    }} | xargs -0 -r -P 2 -n 1 cp -a --parents -t {target}
+    tar -cf - --no-recursion . usr usr/lib | tar -xpf - -C {target}
+    cd /
+fi
+"""
 
 
 def stage_boot_files(install: Install, remote: Remote) -> None:
