@@ -50,6 +50,11 @@ from plasmaboot.log import Log
 HOSTNAME = "bench1"
 HOLDERS = """\
 grep -E 'vda|plasmaboot' /proc/self/mountinfo || true
+for f in /proc/[0-9]*/mountinfo; do
+    grep -qE ' /dev/vda| /mnt/plasmaboot' "$f" 2>/dev/null || continue
+    p=${f%/mountinfo}; echo "mount namespace of ${p#/proc/} ($(cat $p/comm)) holds:"
+    grep -E ' /dev/vda| /mnt/plasmaboot' "$f" | head -3
+done
 ls -l /sys/block/vda/vda*/holders 2>/dev/null || true
 find /proc/[0-9]*/fd /proc/[0-9]*/cwd /proc/[0-9]*/root -maxdepth 1 \\
     -lname '/dev/vda*' -o -lname '/mnt/plasmaboot*' 2>/dev/null | head || true
@@ -107,6 +112,7 @@ def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         raise RuntimeError(f"install failed ({work}): {out[-2000:]} {err[-2000:]}")
     report = json.loads(out)
     return {
+        "load": load(),
         "install": install_seconds,
         "power_on_to_services": to_services,
         **report["steps"],
@@ -163,9 +169,14 @@ def same_machine_runs(args: argparse.Namespace, work: Path) -> list[dict[str, An
                 if proc.returncode != 0:
                     raise RuntimeError(f"install failed ({work}): {proc.stdout[-2000:]}")
                 report = json.loads(proc.stdout)
-                result = {"install": seconds, **report["steps"], **report.get("parts", {})}
+                result = {
+                    "load": load(),
+                    "install": seconds,
+                    **report["steps"],
+                    **report.get("parts", {}),
+                }
                 print(
-                    f"run {index + 1}: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.items()),
+                    f"run {index + 1}: " + shown(result),
                     flush=True,
                 )
                 runs.append({**result, **costs})
@@ -196,6 +207,16 @@ def ssh_costs(remote: SshRemote, count: int = 5) -> dict[str, float]:
             remote.sh("true")
         shared = (time.monotonic() - started) / count
     return {"ssh: new connection": fresh, "ssh: shared connection": shared}
+
+
+def load() -> float:
+    """The machine's 1-minute load average (quoted beside every figure)."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def shown(result: dict[str, Any]) -> str:
+    """One run's figures: seconds, but the load average."""
+    return ", ".join(f"{k} {v:.1f}" + ("" if k == "load" else "s") for k, v in result.items())
 
 
 def summary(values: list[float]) -> str:
@@ -230,11 +251,12 @@ def main() -> int:
     runs = same_machine_runs(args, work / "machine") if args.same_machine else []
     for index in range(0 if args.same_machine else args.runs):
         result = one_run(args, work / f"run{index}")
-        print(f"run {index + 1}: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.items()))
+        print(f"run {index + 1}: " + shown(result))
         runs.append(result)
     print(f"median of {len(runs)} (min-max), under TCG:")
     for key in runs[0]:
-        print(f"  {key:<22} {summary([r.get(key, 0.0) for r in runs])}")
+        text = summary([r.get(key, 0.0) for r in runs])
+        print(f"  {key:<26} {text.replace(' s (', ' (') if key == 'load' else text}")
     print(f"logs: {work}")
     return 0
 

@@ -4,8 +4,11 @@ without the per-node layer, and a node whose stage-1 kept no layers is a clear f
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,10 +16,13 @@ import pytest
 from plasmaboot.errors import WorkError
 from plasmaboot.install.debian import (
     NODE_LAYER,
+    copy_tree,
     kill_previous,
     lower_view,
     node_kernel_version,
+    release_other_namespaces,
     start_background,
+    together,
     wait_background,
 )
 
@@ -137,3 +143,100 @@ def test_the_nodes_kernel_version_is_checked_where_it_enters() -> None:
                     "6.1;reboot", "x" * 5000]:  # fmt: skip
         with pytest.raises(WorkError, match="not a kernel version"):
             node_kernel_version(hostile)
+
+
+def fake_process(proc: Path, pid: int, namespace: str, mounts: str, comm: str) -> None:
+    (proc / str(pid) / "ns").mkdir(parents=True)
+    (proc / str(pid) / "ns/mnt").symlink_to(f"mnt:[{namespace}]")
+    (proc / str(pid) / "mountinfo").write_text(mounts)
+    (proc / str(pid) / "comm").write_text(comm + "\n")
+
+
+def test_the_target_left_mounted_in_other_namespaces_is_unmounted_there(tmp_path: Path) -> None:
+    """What an install before the chroot namespaces left: the target still mounted in the
+    namespaces of the node's sandboxed services. Each such namespace is entered once and
+    the target unmounted there; the node's own namespace and one without it are left alone."""
+    proc, record = tmp_path / "proc", tmp_path / "nsenter"
+    held = "310 78 254:3 / /mnt/plasmaboot rw,relatime shared:168 - ext4 /dev/vda3 rw\n"
+    clean = "22 1 0:21 / /run rw - tmpfs tmpfs rw\n"
+    (proc / "self/ns").mkdir(parents=True)
+    (proc / "self/ns/mnt").symlink_to("mnt:[1]")
+    fake_process(proc, 1, "1", held, "systemd")  # the node's own namespace: not entered
+    fake_process(proc, 202, "2", held, "systemd-udevd")
+    fake_process(proc, 203, "2", held, "udev-worker")  # the same namespace: entered once
+    fake_process(proc, 225, "3", held + clean, "systemd-logind")
+    fake_process(proc, 300, "4", clean, "sshd")  # does not hold it
+    stub = f'nsenter() {{ echo "nsenter $*" >> "{record}"; }}\n'
+    proc_run = subprocess.run(
+        ["sh", "-euc", stub + release_other_namespaces("/mnt/plasmaboot", str(proc))],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc_run.returncode == 0, proc_run.stderr
+    assert record.read_text().splitlines() == [
+        "nsenter -t 202 -m umount -R /mnt/plasmaboot",
+        "nsenter -t 225 -m umount -R /mnt/plasmaboot",
+    ]
+    assert proc_run.stdout.splitlines() == [
+        "unmounted /mnt/plasmaboot in the mount namespace of systemd-udevd",
+        "unmounted /mnt/plasmaboot in the mount namespace of systemd-logind",
+    ]
+
+
+def test_commands_run_together_and_every_failure_is_named(tmp_path: Path) -> None:
+    logs = str(tmp_path / "together")
+    both = together(["sleep 1; echo first", "sleep 1; echo second"], logs)
+    started = time.monotonic()
+    ok = subprocess.run(["sh", "-euc", both], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0 and ok.stdout == "first\nsecond\n"
+    assert time.monotonic() - started < 1.9  # at once, not one after the other
+    failed = subprocess.run(
+        ["sh", "-euc", together(["echo a; exit 3", "echo b", "exit 1"], logs)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert failed.returncode == 1
+    assert failed.stdout.splitlines() == ["a", "b", "failed: 0 2 (of 0-2, in order)"]
+    assert together(["echo alone"], logs) == "echo alone"
+
+
+def tree(root: Path) -> dict[str, tuple[int, int, str]]:
+    """path -> (mode, mtime, link target or content) of every entry under `root`, itself too."""
+    found = {}
+    for path in [root, *sorted(root.rglob("*"))]:
+        info = path.lstat()
+        what = str(path.readlink()) if path.is_symlink() else (
+            path.read_text() if path.is_file() else ""
+        )  # fmt: skip
+        found[str(path.relative_to(root))] = (info.st_mode, int(info.st_mtime), what)
+    return found
+
+
+@pytest.mark.parametrize("merged_usr", [True, False])
+def test_the_tree_is_copied_in_two_streams_as_cp_a_would(tmp_path: Path, merged_usr: bool) -> None:
+    """Every entry, with its mode, times and links, the directories above the streams'
+    entries too; a tree without usr/lib (no split) is one cp -a."""
+    source, target = tmp_path / "source", tmp_path / "target"
+    for name in ("usr/lib/modules/6.1", "usr/lib/x86_64-linux-gnu", "usr/bin", "etc/ssh", "var"):
+        (source / name).mkdir(parents=True)
+    (source / "usr/lib/modules/6.1/a.ko").write_text("module")
+    (source / "usr/lib/os-release").write_text("ID=debian\n")
+    (source / "usr/bin/perl").write_text("perl")
+    (source / "usr/bin/perl").chmod(0o755)
+    os.link(source / "usr/bin/perl", source / "usr/bin/perl5.36.0")
+    (source / "etc/ssh/sshd_config").write_text("x")
+    (source / "etc/ssh/sshd_config").chmod(0o600)
+    (source / "bin").symlink_to("usr/bin")
+    if not merged_usr:
+        shutil.rmtree(source / "usr/lib")
+    (source / "var").chmod(0o700)
+    (source / "usr").chmod(0o751)
+    for path in [source, source / "usr", *([source / "usr/lib"] if merged_usr else [])]:
+        os.utime(path, (1_600_000_000, 1_600_000_000))
+    target.mkdir()
+    proc = subprocess.run(
+        ["sh", "-euc", copy_tree(str(source), str(target))],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert tree(target) == tree(source)
+    assert (target / "usr/bin/perl").stat().st_ino == (target / "usr/bin/perl5.36.0").stat().st_ino
+    assert ("xargs" in copy_tree("/s", "/t")) and "cp -a /s/. /t/" in copy_tree("/s", "/t")

@@ -10,6 +10,7 @@ import shlex
 import stat
 import subprocess
 import tarfile
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -389,8 +390,15 @@ def test_grub_cfg_is_written_from_what_the_install_knows(tmp_path: Path) -> None
     assert report.failed_step is None, report.error
     scripts = node.scripts()
     assert "grub-mkconfig" not in scripts and "dpkg -i" not in scripts
-    assert "tar -x -i --keep-directory-symlink --no-overwrite-dir --same-owner" in scripts
-    assert "chroot /mnt/plasmaboot ldconfig" in scripts
+    # uploaded to the node's RAM beside the copy, unpacked over the copied system after it
+    uploaded = [script for script, data in node.calls if data == unpacked.getvalue()]
+    assert uploaded == ["cat > /run/plasmaboot-install/grub-files.tar"]
+    unpack = scripts.index(
+        "tar -x -i --keep-directory-symlink --no-overwrite-dir --same-owner --same-permissions"
+        " -C /mnt/plasmaboot -f /run/plasmaboot-install/grub-files.tar"
+    )
+    assert scripts.index("cp -a /run/plasmaboot-install/lower/root/.") < unpack
+    assert unpack < scripts.index('exec chroot "$0" "$@"\n\' /mnt/plasmaboot sh -euc \'ldconfig')
     cfg, mode, _ = files_sent(node)["boot/grub/grub.cfg"]
     assert mode == 0o444
     text = cfg.decode()
@@ -401,7 +409,10 @@ def test_grub_cfg_is_written_from_what_the_install_knows(tmp_path: Path) -> None
         "\tlinux /boot/vmlinuz-6.1.0-28-amd64 root=UUID=1111-2222 ro "
         "console=ttyS0,115200 console=tty0\n\tinitrd /boot/initrd.img-6.1.0-28-amd64\n"
     ) in text
-    assert set(report.data["parts"]) == {"kernel", "grub files", "grub-install"}
+    assert set(report.data["parts"]) == {
+        "partitions and filesystems", "copy", "kernel upload", "grub files upload",
+        "boot files", "grub-install",
+    }  # fmt: skip
     # the initramfs runs in the background from `boot` and is waited for before unmounting
     started = scripts.index("setsid sh -c")
     waited = scripts.index("while [ ! -e /run/plasmaboot-install/initramfs.rc ]")
@@ -423,8 +434,11 @@ def test_the_sets_prebuilt_initramfs_is_pushed_and_none_is_made_on_the_node(
     pushed = [
         (script, data) for script, data in node.calls if "boot/initrd.img-6.1.0-28-amd64" in script
     ]
-    assert pushed == [("cat > /mnt/plasmaboot/boot/initrd.img-6.1.0-28-amd64", b"\x1f\x8bprebuilt")]
+    # to the node's RAM beside the copy, then moved to the disk's /boot with the kernel
+    staged = "/run/plasmaboot-install/boot"
+    assert pushed == [(f"cat > {staged}/initrd.img-6.1.0-28-amd64", b"\x1f\x8bprebuilt")]
     scripts = node.scripts()
+    assert f"mv {staged}/* /mnt/plasmaboot/boot/" in scripts
     assert "update-initramfs -c" not in scripts and "initramfs.rc" not in scripts
     assert "dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs" in scripts
     assert install.initramfs_on_node is False
@@ -469,3 +483,73 @@ def test_an_encrypted_root_never_takes_the_prebuilt_initramfs(tmp_path: Path) ->
     assert prebuilt_fits(replace(plain, layout=data_on_luks(tmp_path)))
     plain.prebuilt_initrd = None
     assert not prebuilt_fits(plain)
+
+
+def test_chroot_commands_bind_the_nodes_trees_in_a_namespace_of_their_own(tmp_path: Path) -> None:
+    """The second install with --wipe on a node failed at `disks` ("/dev/vda3 apparently in
+    use by the system"): /dev, /proc, /sys and /run bound under the target in the node's
+    mount namespace were copied into its sandboxed services' namespaces (udevd, logind,
+    networkd, resolved), where the node's `umount -R` never reached them, and those held
+    the root filesystem. Now nothing is bound under the target in the node's namespace:
+    every command in the installed root binds them in a private namespace of its own."""
+    node = FakeNode()
+    initrd = tmp_path / "installed-initrd"
+    initrd.write_bytes(b"prebuilt")
+    install = job(tmp_path, prebuilt_initrd=initrd, prebuilt_initrd_version="6.1.0-28-amd64")
+    report = run_install(tmp_path, node, install)
+    assert report.failed_step is None, report.error
+    prefix = shlex.join(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-euc", debian.CHROOT,
+         "/mnt/plasmaboot"]
+    )  # fmt: skip
+    chrooted = 0
+    for script, _ in node.calls:
+        # every chroot is the one in CHROOT, in a namespace of its own
+        assert script.count("chroot") == script.count(prefix)
+        chrooted += script.count(prefix)
+        assert "--make-rslave" not in script
+        assert "mount --rbind" not in script.replace(debian.CHROOT, "")
+    assert chrooted == 3  # update-initramfs's restore, grub-install BIOS and UEFI
+    # update-initramfs on the node (no prebuilt one) runs in one too
+    job_text = shlex.split(debian.start_initramfs("6.1.0-28-amd64").split("setsid sh -c ")[1])[0]
+    assert prefix in job_text
+
+
+def test_bios_and_uefi_grub_install_run_at_once_with_grubenv_made_first(tmp_path: Path) -> None:
+    node = FakeNode()
+    run_install(tmp_path, node, job(tmp_path))
+    [together] = [script for script, _ in node.calls if "grub-install" in script]
+    assert together.count(" & pids=") == 2
+    assert together.index("--target=i386-pc") < together.index("--target=x86_64-efi")
+    grubenv, mode, _ = files_sent(node)["boot/grub/grubenv"]
+    assert len(grubenv) == 1024 and grubenv.startswith(b"# GRUB Environment Block\n#")
+    assert mode == 0o644
+    sent = [script for script, data in node.calls if data and b"grubenv" in data]
+    assert node.scripts().index(sent[0]) < node.scripts().index(together)
+
+
+def test_the_kernel_is_uploaded_beside_the_copy_on_another_channel(tmp_path: Path) -> None:
+    """The uploads run while the copy does: the copy's command is still running when the
+    kernel arrives (a node that blocks the copy until the kernel is uploaded would hang
+    were they in sequence)."""
+    node = BlockingCopyNode()
+    install = job(tmp_path)
+    report = run_install(tmp_path, node, install)
+    assert report.failed_step is None, report.error
+    assert node.kernel_during_copy
+    assert {"copy", "kernel upload"} <= set(report.data["parts"])
+
+
+@dataclass
+class BlockingCopyNode(FakeNode):
+    kernel_during_copy: bool = False
+
+    def __post_init__(self) -> None:
+        self.kernel = threading.Event()
+
+    def sh(self, script: str, input: bytes | None = None, timeout: float = 0) -> str:
+        if script.startswith("cat > /run/plasmaboot-install/boot/vmlinuz-"):
+            self.kernel.set()
+        if "cp -a --parents" in script:
+            self.kernel_during_copy = self.kernel.wait(timeout=10)
+        return super().sh(script, input, timeout)

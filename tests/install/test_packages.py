@@ -183,3 +183,48 @@ def test_a_deb_member_that_leaves_the_tree_is_refused(tmp_path: Path, member: st
     path = forged_deb(tmp_path, member)
     with pytest.raises(WorkError, match=r"forged_1_all\.deb: the member .* leaves the package"):
         unpacked_debs([Deb(path, "forged", (), ())])
+
+
+def built_deb(directory: Path, package: str, control: str, *compression: str) -> Path:
+    """A .deb made by dpkg-deb (-Z: its data's compression; the control's follows)."""
+    root = directory / package
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "boot").mkdir()
+    (root / "DEBIAN/control").write_text(
+        f"Package: {package}\nVersion: 1\nArchitecture: amd64\n{control}"
+        "Maintainer: t <t@t.invalid>\nDescription: t\n more text\n"
+    )
+    (root / "boot/config-6.1.0-9-amd64").write_text("CONFIG_RD_GZIP=y\n")
+    path = directory / f"{package}_1_amd64.deb"
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", *compression, "-b", root, path],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("compression", [(), ("-Zgzip",), ("-Znone",), ("-Zzstd",)])
+def test_control_fields_read_here_are_dpkg_debs(tmp_path: Path, compression: tuple[str]) -> None:
+    """Read in-process (xz, gzip, none) or by dpkg-deb (zstd, which tarfile lacks): the
+    same Deb either way, and the kernel config from the data tar's start."""
+    from plasmaboot.install.packages import DEB_FIELDS, control_text, kernel_config, read_debs
+
+    fields = "Depends: libc6 (>= 2.36), a | b\nPre-Depends: dpkg\nProvides: c (= 1)\n"
+    path = built_deb(tmp_path, "linux-image-6.1.0-9-amd64", fields, *compression)
+    text = subprocess.run(
+        ["dpkg-deb", "-f", path, *DEB_FIELDS], capture_output=True, text=True, check=True
+    ).stdout
+    expected = parse_control(path, text)
+    assert expected.depends == (("dpkg",), ("libc6",), ("a", "b")) and expected.provides == ("c",)
+    assert read_debs(tmp_path) == {expected.package: expected}
+    assert (control_text(path) is None) == (compression == ("-Zzstd",))
+    assert kernel_config(read_debs(tmp_path), "6.1.0-9-amd64") == b"CONFIG_RD_GZIP=y\n"
+
+
+def test_a_file_that_is_no_deb_is_left_to_dpkg_deb(tmp_path: Path) -> None:
+    from plasmaboot.install.packages import control_text
+
+    (tmp_path / "x.deb").write_bytes(b"!<arch>\nnot an ar header at all")
+    (tmp_path / "y.deb").write_bytes(b"plain text")
+    assert control_text(tmp_path / "x.deb") is None
+    assert control_text(tmp_path / "y.deb") is None

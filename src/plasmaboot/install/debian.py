@@ -31,6 +31,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -151,8 +152,23 @@ def q(*argv: str) -> str:
     return shlex.join(argv)
 
 
+# The node's /dev, /proc, /sys and /run for a command in the installed root, bound in a
+# mount namespace of that command's own: gone when it ends, never seen by the node's. Bound
+# in the node's namespace, they were copied into the namespaces of its sandboxed services
+# (udevd, logind, networkd, resolved: ProtectSystem=) as mounts of their own, which the
+# node's `umount -R` does not reach; those held the installed root, /dev/vda3 stayed
+# "in use by the system", and a second install with --wipe failed at `disks`.
+CHROOT = """\
+for m in dev proc sys run; do mkdir -p "$0/$m"; mount --rbind "/$m" "$0/$m"; done
+exec chroot "$0" "$@"
+"""
+
+
 def in_target(*argv: str) -> str:
-    return q("chroot", TARGET, *argv)
+    """The command that runs `argv` chrooted in the installed root, with the node's /dev,
+    /proc, /sys and /run bound in a private mount namespace (see CHROOT)."""
+    return q("unshare", "--mount", "--propagation", "private", "sh", "-euc", CHROOT, TARGET,
+             *argv)  # fmt: skip
 
 
 # A run whose SSH connection was lost leaves its command running on the node (sshd does not
@@ -173,6 +189,26 @@ fi
 """
 
 
+def release_other_namespaces(target: str = TARGET, proc: str = "/proc") -> str:
+    """The script that unmounts `target` in every other mount namespace that still holds it
+    (what a run before CHROOT's namespaces left in the node's sandboxed services): one grep
+    over every process's mountinfo, then nsenter once per namespace."""
+    return f"""\
+self=$(readlink {proc}/self/ns/mnt)
+seen=""
+for f in $(grep -l ' {target} ' {proc}/[0-9]*/mountinfo 2>/dev/null || true); do
+    pid=${{f#{proc}/}}; pid=${{pid%/mountinfo}}
+    ns=$(readlink {proc}/$pid/ns/mnt 2>/dev/null) || continue
+    [ "$ns" != "$self" ] || continue
+    case " $seen " in *" $ns "*) continue ;; esac
+    seen="$seen $ns"
+    echo "unmounted {target} in the mount namespace of $(cat {proc}/$pid/comm 2>/dev/null)"
+    nsenter -t "$pid" -m umount -R {target} 2>/dev/null \\
+        || nsenter -t "$pid" -m umount -R -l {target} 2>/dev/null || true
+done
+"""
+
+
 def release_previous(install: Install, remote: Remote) -> None:
     """Undo what a failed run left mounted or open (our own mounts and names only), so a
     re-run can inspect and wipe the disk."""
@@ -181,6 +217,7 @@ def release_previous(install: Install, remote: Remote) -> None:
         f"if mountpoint -q {TARGET} || mountpoint -q {LOWER}/root; then\n{kill_previous()}fi",
         f"if mountpoint -q {TARGET}; then umount -R {TARGET}; fi",
         f"if mountpoint -q {LOWER}/root; then umount -R {LOWER}/root; fi",
+        release_other_namespaces(),
         f"rm -rf {KEYS}",  # a previous run's LUKS keys, had its disks step been killed
     ]
     for group in install.layout.volume_groups:
@@ -233,13 +270,17 @@ def node_kernel_version(text: str) -> str:
 def make_disks(install: Install, remote: Remote) -> None:
     assert install.plan is not None
     if install.node_debs:  # into the node's RAM overlay: gone at reboot
-        remote.sh(f"mkdir -p {WORK}/debs\ntar -x -C {WORK}/debs", input=debs_tar(install.node_debs))
-        names = [f"{WORK}/debs/{deb.path.name}" for deb in install.node_debs]
-        remote.sh("DEBIAN_FRONTEND=noninteractive " + q("dpkg", "-i", *names), timeout=600)
+        with part(install, "node tools"):
+            remote.sh(
+                f"mkdir -p {WORK}/debs\ntar -x -C {WORK}/debs", input=debs_tar(install.node_debs)
+            )
+            names = [f"{WORK}/debs/{deb.path.name}" for deb in install.node_debs]
+            remote.sh("DEBIAN_FRONTEND=noninteractive " + q("dpkg", "-i", *names), timeout=600)
     script = install.plan.script(KEYS, TARGET)
     if install.luks_keys:
         script = with_keys(KEYS, script)
-    remote.sh(script, input=secrets_tar(install.luks_keys) if install.luks_keys else None)
+    with part(install, "partitions and filesystems"):
+        remote.sh(script, input=secrets_tar(install.luks_keys) if install.luks_keys else None)
 
 
 def with_keys(keys: str, script: str) -> str:
@@ -290,17 +331,71 @@ esac
 
 
 def copy_system(install: Install, remote: Remote) -> None:
+    """The image's layers copied to the disk; beside it, on another channel of the same
+    connection, the files of the `boot` step uploaded to the node's RAM (`stage_boot_files`):
+    the copy is the guest's disk and decompression work, the uploads its network and SSH
+    decryption, and the guest has a CPU for each."""
     remote.sh(lower_view())
-    remote.sh(
-        f"cp -a {LOWER}/root/. {TARGET}/\n"
-        # the node's own keys for root, where the per-node layer puts them
-        "if [ -f /etc/plasmaboot/node/authorized_keys ]; then\n"
-        f"  mkdir -p {TARGET}/etc/plasmaboot/node\n"
-        f"  cp /etc/plasmaboot/node/authorized_keys {TARGET}/etc/plasmaboot/node/\n"
-        "fi\n"
-        f"umount {LOWER}/root",
-        timeout=1800,
-    )
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plasmaboot-stage") as pool:
+        staged = pool.submit(stage_boot_files, install, remote)
+        with part(install, "copy"):
+            remote.sh(
+                copy_tree(f"{LOWER}/root", TARGET) +
+                # the node's own keys for root, where the per-node layer puts them
+                "if [ -f /etc/plasmaboot/node/authorized_keys ]; then\n"
+                f"  mkdir -p {TARGET}/etc/plasmaboot/node\n"
+                f"  cp /etc/plasmaboot/node/authorized_keys {TARGET}/etc/plasmaboot/node/\n"
+                "fi\n"
+                f"umount {LOWER}/root",
+                timeout=1800,
+            )
+        staged.result()  # its failure, after the copy's (a failed copy is named first)
+
+
+def copy_tree(source: str, target: str) -> str:
+    """The script that copies `source`'s tree onto `target` (`cp -a`) in two streams: each
+    entry of usr/lib, of usr and of the top directory is one `cp -a --parents`, two at a
+    time (xargs -P 2), then the three directories above them get their owner, mode and
+    times (tar). Squashfs decompresses in the reader and the kernel has a decompressor per
+    CPU: one `cp -a` used one of the guest's two CPUs (25.5 s cold under TCG, 12.2 s in
+    two streams; docs/benchmarks.md). A tree without usr/lib is one `cp -a`."""
+    return f"""\
+if [ ! -d {source}/usr/lib ] || [ -L {source}/usr ] || [ -L {source}/usr/lib ]; then
+    cp -a {source}/. {target}/
+else
+    cd {source}
+    mkdir -p {target}/usr/lib
+    {{ find usr/lib -mindepth 1 -maxdepth 1 -print0
+      find usr -mindepth 1 -maxdepth 1 ! -path usr/lib -print0
+      find . -mindepth 1 -maxdepth 1 ! -path ./usr -print0
+    }} | xargs -0 -r -P 2 -n 1 cp -a --parents -t {target}
+    tar -cf - --no-recursion . usr usr/lib | tar -xpf - -C {target}
+    cd /
+fi
+"""
+
+
+def stage_boot_files(install: Install, remote: Remote) -> None:
+    """The set's kernel (and its config), its prebuilt initramfs when it fits this install,
+    and GRUB's files (one tar stream unpacked from the operator's .debs) into `STAGE` on the
+    node's tmpfs; `install_boot` moves them onto the disk."""
+    version = shlex.quote(install.kernel_version)
+    remote.sh(f"rm -rf {STAGE} {GRUB_TAR}\nmkdir -p {STAGE}")
+    with part(install, "kernel upload"):
+        remote.sh(f"cat > {STAGE}/vmlinuz-{version}", input=install.kernel.read_bytes())
+        if install.kernel_config:
+            remote.sh(f"cat > {STAGE}/config-{version}", input=install.kernel_config)
+    if prebuilt_fits(install):
+        assert install.prebuilt_initrd is not None
+        with part(install, "initramfs upload"):
+            remote.sh(
+                f"cat > {STAGE}/initrd.img-{version}", input=install.prebuilt_initrd.read_bytes()
+            )
+    if install.debs:
+        with part(install, "grub files upload"):
+            # the packages' files, unpacked on the operator's side into one tar stream: no
+            # dpkg run, no maintainer scripts or triggers on the node (see docs/install.md)
+            remote.sh(f"cat > {GRUB_TAR}", input=unpacked_debs(install.debs))
 
 
 def write_files(remote: Remote, files: dict[str, tuple[str, int]]) -> None:
@@ -378,80 +473,98 @@ def install_boot(install: Install, remote: Remote) -> None:
     GRUB on the disk and its grub.cfg written from what the install knows."""
     assert install.plan is not None
     version = install.kernel_version
-    with part(install, "kernel"):
-        remote.sh(
-            f"mkdir -p {TARGET}/boot\ncat > {TARGET}/boot/vmlinuz-{shlex.quote(version)}",
-            input=install.kernel.read_bytes(),
-        )
-        if install.kernel_config:
-            remote.sh(
-                f"cat > {TARGET}/boot/config-{shlex.quote(version)}", input=install.kernel_config
-            )
-        # rslave: unmounting the copies later must never unmount the node's own
-        remote.sh("\n".join(
-            f"mkdir -p {TARGET}/{m}\nmount --rbind /{m} {TARGET}/{m}\n"
-            f"mount --make-rslave {TARGET}/{m}"
-            for m in ("dev", "proc", "sys", "run")
-        ))  # fmt: skip
-    if install.debs:
-        with part(install, "grub files"):
-            # the packages' files, unpacked on the operator's side into one tar stream: no
-            # dpkg run, no maintainer scripts or triggers on the node (see docs/install.md)
-            remote.sh(
-                q("tar", *UNPACK_DEBS, "--same-owner", "--same-permissions", "-C", TARGET)
-                + "\n"
-                + in_target("ldconfig"),
-                input=unpacked_debs(install.debs),
-            )
+    with part(install, "boot files"):
+        # what `stage_boot_files` uploaded beside the copy: the kernel (and the prebuilt
+        # initramfs) into /boot, GRUB's files unpacked over the copied system
+        script = f"mkdir -p {TARGET}/boot\nmv {STAGE}/* {TARGET}/boot/\nrmdir {STAGE}"
+        if install.debs:
+            script += "\n" + q(
+                "tar", *UNPACK_DEBS, "--same-owner", "--same-permissions", "-C", TARGET,
+                "-f", GRUB_TAR,
+            ) + f"\nrm -f {GRUB_TAR}"  # fmt: skip
+        remote.sh(script)
     grub = GRUB_DEFAULTS.format(cmdline=install.kernel_cmdline)
     # an initramfs holding LUKS keys is written 0600 (initramfs-tools' UMASK)
     conf = FAST_INITRAMFS + ("UMASK=0077\n" if install.plan.early else "")
-    files = {"etc/default/grub": (grub, 0o644), INITRAMFS_CONF: (conf, 0o644)}
+    files = {
+        "etc/default/grub": (grub, 0o644),
+        INITRAMFS_CONF: (conf, 0o644),
+        # present, so that neither of the two grub-install below makes one (each would
+        # write grubenv.new and rename it: one would fail)
+        "boot/grub/grubenv": (GRUBENV, 0o644),
+    }
     if install.plan.early:  # after the packages' files: theirs holds no KEYFILE_PATTERN
         files[luks.CONF_HOOK] = (luks.conf_hook(), 0o644)
     write_files(remote, files)
     # the image builder diverts update-initramfs to a no-op (a netboot image needs none);
     # the installed system updates its own, so the real tool comes back. The first one is
-    # the set's, made at build time (`prebuilt_fits`); else update-initramfs on the node,
-    # the slowest part (a thousand forks, each slow under TCG), in the background while
-    # GRUB, the services and the secrets are done; the `initramfs` step waits for it
-    remote.sh(in_target("sh", "-euc", RESTORE_UPDATE_INITRAMFS))
-    if prebuilt_fits(install):
-        assert install.prebuilt_initrd is not None
-        with part(install, "initramfs upload"):
-            remote.sh(
-                f"cat > {TARGET}/boot/initrd.img-{shlex.quote(version)}",
-                input=install.prebuilt_initrd.read_bytes(),
-            )
-    else:
+    # the set's, made at build time (`prebuilt_fits`, uploaded by `stage_boot_files`); else
+    # update-initramfs on the node, the slowest part (a thousand forks, each slow under
+    # TCG), in the background while GRUB, the services and the secrets are done; the
+    # `initramfs` step waits for it
+    remote.sh(
+        in_target("sh", "-euc", ("ldconfig\n" if install.debs else "") + RESTORE_UPDATE_INITRAMFS)
+    )
+    if not prebuilt_fits(install):
         remote.sh(start_initramfs(version))
         install.initramfs_on_node = True
     boot_disk = install.plan.disks[0].device
-    with part(install, "grub-install"):
-        if install.layout.has_bios_grub():
-            remote.sh(in_target("grub-install", "--target=i386-pc", boot_disk), timeout=600)
-        esp = install.layout.esp_mount()
-        if esp:
-            # --removable: \EFI\BOOT\BOOTX64.EFI, found by any firmware with no NVRAM
-            # entry; --no-nvram: the firmware's boot order is never rewritten
-            remote.sh(
-                in_target(
-                    "grub-install",
-                    "--target=x86_64-efi",
-                    f"--efi-directory={esp}",
-                    "--removable",
-                    "--no-nvram",
-                    boot_disk,
-                ),
-                timeout=600,
+    installs = []
+    if install.layout.has_bios_grub():
+        installs.append(in_target("grub-install", "--target=i386-pc", boot_disk))
+    esp = install.layout.esp_mount()
+    if esp:
+        # --removable: \EFI\BOOT\BOOTX64.EFI, found by any firmware with no NVRAM entry;
+        # --no-nvram: the firmware's boot order is never rewritten
+        installs.append(
+            in_target(
+                "grub-install",
+                "--target=x86_64-efi",
+                f"--efi-directory={esp}",
+                "--removable",
+                "--no-nvram",
+                boot_disk,
             )
+        )
+    with part(install, "grub-install"):
+        # BIOS and UEFI at once: each is one CPU's work (probing, core.img), the guest has two
+        remote.sh(together(installs), timeout=600)
     write_files(remote, {"boot/grub/grub.cfg": (grub_cfg(install), 0o444)})
+
+
+def together(commands: list[str], logs: str = f"{WORK}/together") -> str:
+    """The script that runs `commands` at once and waits for all of them: each one's output,
+    then a failure naming the commands that failed (exit 1), or nothing."""
+    if len(commands) <= 1:
+        return "".join(commands)
+    lines = [f"mkdir -p {WORK}", "pids="]
+    for index, command in enumerate(commands):
+        lines.append(f'( {command} ) >{logs}.{index}.log 2>&1 & pids="$pids $!"')
+    lines += [
+        "failed=",
+        "index=0",
+        "for pid in $pids; do",
+        '    wait "$pid" || failed="$failed $index"',
+        f"    cat {logs}.$index.log; rm -f {logs}.$index.log",
+        "    index=$((index + 1))",
+        "done",
+        '[ -z "$failed" ] || { echo "failed:$failed (of 0-'
+        + str(len(commands) - 1)
+        + ', in order)"; exit 1; }',
+    ]
+    return "\n".join(lines) + "\n"
 
 
 # GNU tar flags for the packages' files (`unpacked_debs`: one tar stream): a directory of a
 # package (./bin/) never replaces the system's link to one (merged /usr: /bin -> usr/bin),
 # and an existing directory keeps its owner and mode
 UNPACK_DEBS = ("-x", "-i", "--keep-directory-symlink", "--no-overwrite-dir")
+STAGE = f"{WORK}/boot"  # the installed /boot's files, uploaded beside the copy
+GRUB_TAR = f"{WORK}/grub-files.tar"  # GRUB's files, unpacked on the operator's side
+# /boot/grub/grubenv as `grub-editenv create` writes it (GRUB 2.06): the signature, then
+# '#' to 1024 bytes
+GRUBENV_SIGNATURE = "# GRUB Environment Block\n"
+GRUBENV = GRUBENV_SIGNATURE + "#" * (1024 - len(GRUBENV_SIGNATURE))
 INITRAMFS = f"{WORK}/initramfs"  # .rc: "<exit status> <seconds>" once done; .log: output
 
 
