@@ -24,6 +24,7 @@ from plasmaboot.image.backends.debian import hook
 from plasmaboot.image.backends.debian.contract import (
     INSIDE_OUT,
     INSIDE_PLAN,
+    SQUASHFS_BLOCK_SIZES,
     HookOutputs,
     HookPlan,
     Output,
@@ -552,7 +553,7 @@ def test_the_squashfs_has_the_plans_compressor_and_is_reproducible(
     assert build_squashfs(other, monkeypatch, 1_796_005_301, compression) == image
     superblock = read_squashfs_superblock(image, len(image))
     assert superblock.compressor == compression
-    assert superblock.block_size == 128 * 1024  # hook.SQUASHFS_BLOCK_SIZE
+    assert superblock.block_size == SQUASHFS_BLOCK_SIZES[compression]  # 1 MiB xz, 128 KiB zstd
     (tmp_path / "image.squashfs").write_bytes(image)
     listing = subprocess.run(
         ["unsquashfs", "-l", str(tmp_path / "image.squashfs")],
@@ -562,6 +563,23 @@ def test_the_squashfs_has_the_plans_compressor_and_is_reproducible(
     ).stdout
     shipped = "e1000.ko.xz" in listing  # the modules stay as shipped under zstd only
     assert "e1000.ko" in listing and shipped == (compression == "zstd")
+
+
+def test_the_squashfs_has_the_plans_block_size(
+    fake_root: Path, chroot_calls: ChrootCalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796005301")
+    ctx = make_context(fake_root, compression="xz")
+    ctx = Context(
+        root=ctx.root,
+        plan=ctx.plan.model_copy(update={"squashfs_block_size": 256 * 1024}),
+        log=ctx.log,
+        outputs=ctx.outputs,
+    )
+    hook.make_squashfs(ctx)
+    image = ctx.outputs.path(Output.ROOT_SQUASHFS).read_bytes()
+    superblock = read_squashfs_superblock(image, len(image))
+    assert (superblock.compressor, superblock.block_size) == ("xz", 256 * 1024)
 
 
 def test_the_installed_systems_initramfs_is_made_in_the_chroot(

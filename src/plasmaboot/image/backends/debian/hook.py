@@ -494,17 +494,11 @@ def export_base(ctx: Context) -> None:
 SQUASHFS_EXCLUDES = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*", *BUILD_LEFTOVERS)
 
 
-# Every file read at boot decompresses the whole block holding it. With 1 MiB blocks the
-# control-plane initrd was 113.6 MB, with 128 KiB 122.3 MB, and (measured together with
-# the update stamps) boots reached DHCP ~3 s sooner under TCG: systemd, udevd and networkd
-# start from many small reads.
-SQUASHFS_BLOCK_SIZE = "128K"
-
-
 def make_squashfs(ctx: Context) -> None:
     level = str(ctx.plan.squashfs_level)
     output = ctx.outputs.path(Output.ROOT_SQUASHFS)
-    options = ["-noappend", "-no-progress", "-quiet", "-b", SQUASHFS_BLOCK_SIZE]
+    block_size = str(ctx.plan.squashfs_block_size)
+    options = ["-noappend", "-no-progress", "-quiet", "-b", block_size]
     # The same tree gives the same bytes. SOURCE_DATE_EPOCH (the build's date): mksquashfs
     # makes it the filesystem's time and clamps every later file time to it, so what the
     # build wrote (with the build's clock) carries it and what packages shipped keeps its
