@@ -133,31 +133,11 @@ def trim_kernel_modules(ctx: Context) -> None:
     for directory in sorted(tree.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
+    # The kept modules stay as the package ships them (backports' `.ko.xz`): unpacked,
+    # they are 4.1 MB smaller in the xz squashfs (1 MiB blocks) for twice its input and
+    # about twice mksquashfs's time (docs/benchmarks.md, #16 "Size: xz by default").
     ctx.log.info(f"dropped {removed} kernel modules")
-    if ctx.plan.squashfs_compression in MODULES_UNPACKED_UNDER:
-        ctx.log.info(f"unpacked {unpack_modules(tree)} compressed kernel modules")
     ctx.chroot("depmod", "-a", version)
-
-
-# Compressors that store the kept modules smaller as plain `.ko` than as the kernel
-# package ships them (backports' `.ko.xz`, which no squashfs compressor shrinks): xz with
-# the x86 filter works across them (docs/benchmarks.md, #16 "Size: the squashfs's
-# compressor"); zstd does not, so under zstd they stay as shipped.
-MODULES_UNPACKED_UNDER = ("xz",)
-
-
-def unpack_modules(tree: Path) -> int:
-    """Replace every compressed module under tree by its plain `.ko` (same mode); depmod,
-    run after, lists the new names. Returns how many were unpacked."""
-    unpacked = 0
-    for module in sorted(tree.rglob("*.ko.*")):
-        if module.is_symlink() or not module.is_file():
-            continue
-        plain = copy_module_plain(module, module.parent)
-        shutil.copymode(module, module.parent / plain)
-        module.unlink()
-        unpacked += 1
-    return unpacked
 
 
 # kmod-static-nodes.service lists, at every boot, the device nodes (/dev/fuse,
