@@ -113,7 +113,7 @@ DPKG_INCLUDES = (
 )
 # A cold build takes minutes; a stalled mirror must not hold a build (or CI) for ever.
 # mmdebstrap prints a line at least every few seconds while it downloads and installs; the
-# longest quiet stretch is mksquashfs in our hook (~40 s at level 15 on 2 cores).
+# longest quiet stretch is mksquashfs in our hook (xz: ~1-3 minutes on 2 cores).
 MMDEBSTRAP_TIMEOUT = 3 * 3600.0
 MMDEBSTRAP_IDLE_TIMEOUT = 15 * 60.0
 HOOK_MODULE = "plasmaboot.image.backends.debian.hook"
