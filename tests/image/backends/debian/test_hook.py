@@ -222,7 +222,7 @@ def test_kept_modules_stay_as_shipped_under_either_compressor(
     fake_root: Path, chroot_calls: ChrootCalls, compression: str
 ) -> None:
     """Unpacked, they would be 4.1 MB smaller in the xz squashfs for twice mksquashfs's
-    time: they stay `.ko.xz` (docs/benchmarks.md, #16 "Size: xz by default")."""
+    time: they stay `.ko.xz` (docs/benchmarks.md, #16 "Size: xz in 1 MiB blocks")."""
     tree = fake_root / "usr/lib/modules" / KERNEL_RELEASE / "kernel"
     trim_kernel_modules(make_context(fake_root, compression=compression))
     assert (tree / "drivers/net/e1000/e1000.ko.xz").is_file()

@@ -164,7 +164,7 @@ class DebianOptions(BackendOptions):
     )
     squashfs_block_size: str | None = option(
         None,
-        help="block size of the root squashfs, 4K to 1M (default: 1M under xz, 128K under zstd)",
+        help="block size of the root squashfs, 4K to 1M (default: 128K under zstd, 1M under xz)",
         metavar="SIZE",
     )
 
