@@ -53,6 +53,7 @@ def test_the_real_backends_describe_their_options() -> None:
         "--snapshot",
         "--squashfs-level",
         "--squashfs-compression",
+        "--squashfs-block-size",
     ]
     assert [info.flag for info in NixOptions.describe()] == ["--flake", "--plasmacloud"]
 

@@ -25,7 +25,8 @@ from plasmaboot.image.backends.debian.backend import (
     stage1_entries,
     store_new_debs,
 )
-from plasmaboot.image.backends.debian.contract import INSIDE_OUT, INSIDE_PLAN, HookResult
+from plasmaboot.image.backends.debian.contract import INSIDE_OUT, INSIDE_PLAN, HookPlan, HookResult
+from plasmaboot.image.backends.debian.package_layer import package_layer_key
 from plasmaboot.image.cache import cache_key
 from plasmaboot.log import Log
 from plasmaboot.profiles.model import Profile
@@ -53,6 +54,14 @@ def test_default_options_pass() -> None:
             DebianOptions(squashfs_compression="lz4"),
             "--squashfs-compression: expected zstd or xz, got 'lz4'",
         ),
+        *(
+            (
+                DebianOptions(squashfs_block_size=size),
+                f"--squashfs-block-size: expected a power of two from 4K to 1M (like 128K or"
+                f" 1M), got {size!r}",
+            )
+            for size in ("2M", "2K", "96K", "1G", "128 K", "", "-1M", "131073")
+        ),
         (DebianOptions(mirror="http://m/debian\nx"), "--mirror: expected a URL with no spaces"),
         (DebianOptions(mirror="http://m/deb ian"), "--mirror: expected a URL with no spaces"),
         (DebianOptions(security_mirror="ftp://s/"), "--security-mirror: expected an http(s)"),
@@ -77,6 +86,38 @@ def test_bad_options_are_refused(options: DebianOptions, message: str) -> None:
     assert "secret" not in caught.value.message
 
 
+@pytest.mark.parametrize(
+    ("size", "expected"), [("4K", 4096), ("128k", 131072), ("1M", 1048576), ("262144", 262144)]
+)
+def test_block_sizes_are_read_as_mksquashfs_reads_them(size: str, expected: int) -> None:
+    options = DebianOptions(squashfs_block_size=size)
+    options.check()
+    assert options.block_size() == expected
+
+
+def test_the_package_layers_key_follows_the_squashfs_settings(
+    tmp_path: Path, archive_dates: object
+) -> None:
+    """Compressor and block size are in the plan, so a layer made with others is not reused."""
+    profile = ProfileStore().resolve("base")
+
+    def key(options: DebianOptions) -> str:
+        backend = DebianBackend(options)
+        plan = HookPlan.for_profile(
+            profile, options.squashfs_level, options.squashfs_compression, options.block_size()
+        )
+        return package_layer_key(backend.package_inputs(profile, ["openssh-server"], plan))
+
+    keys = {
+        key(DebianOptions()),
+        key(DebianOptions(squashfs_block_size="1M")),
+        key(DebianOptions(squashfs_compression="xz")),
+        key(DebianOptions(squashfs_compression="xz", squashfs_block_size="128K")),
+    }
+    assert len(keys) == 4
+    assert key(DebianOptions(squashfs_block_size="128K")) == key(DebianOptions())
+
+
 def test_file_mirrors_and_other_releases_pass() -> None:
     DebianOptions(release="trixie", mirror="file:///srv/mirror/debian").check()
     DebianOptions(security_mirror="none").check()
@@ -96,6 +137,11 @@ def test_cache_inputs_follow_the_options(tmp_path: Path, archive_dates: object) 
     assert default["code"] == level["code"]  # the code's fingerprint, the same for both
     xz = DebianBackend(DebianOptions(squashfs_compression="xz")).cache_inputs(request)
     assert default["squashfs_compression"] == "zstd" and xz["squashfs_compression"] == "xz"
+    # the block size: the compressor's own unless given (128 KiB under zstd, 1 MiB under xz)
+    assert default["squashfs_block_size"] == str(128 * 1024)
+    assert xz["squashfs_block_size"] == str(1024 * 1024)
+    given = DebianOptions(squashfs_block_size="1M")
+    assert DebianBackend(given).cache_inputs(request)["squashfs_block_size"] == str(1024 * 1024)
     no_security = DebianBackend(DebianOptions(security_mirror="none")).cache_inputs(request)
     assert "bookworm-security" in default["sources"]
     assert "bookworm-security" not in no_security["sources"]

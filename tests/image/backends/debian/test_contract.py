@@ -43,6 +43,7 @@ def test_the_plan_holds_only_what_the_package_layer_depends_on() -> None:
         "exclude_modules",
         "squashfs_level",
         "squashfs_compression",
+        "squashfs_block_size",
     }
 
 

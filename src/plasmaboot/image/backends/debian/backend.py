@@ -58,8 +58,10 @@ from plasmaboot.image.backends.debian.archive import (
     state_epoch,
 )
 from plasmaboot.image.backends.debian.contract import (
+    DEFAULT_SQUASHFS_COMPRESSION,
     INSIDE_OUT,
     INSIDE_PLAN,
+    SQUASHFS_BLOCK_SIZES,
     HookOutputs,
     HookPlan,
     HookResult,
@@ -110,14 +112,14 @@ DPKG_INCLUDES = (
 )
 # A cold build takes minutes; a stalled mirror must not hold a build (or CI) for ever.
 # mmdebstrap prints a line at least every few seconds while it downloads and installs; the
-# longest quiet stretch is mksquashfs in our hook (~40 s at level 15 on 2 cores).
+# longest quiet stretch is mksquashfs in our hook (xz: ~1-3 minutes on 2 cores).
 MMDEBSTRAP_TIMEOUT = 3 * 3600.0
 MMDEBSTRAP_IDLE_TIMEOUT = 15 * 60.0
 HOOK_MODULE = "plasmaboot.image.backends.debian.hook"
 
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-SQUASHFS_COMPRESSORS = ("zstd", "xz")
+BLOCK_SIZE_PATTERN = re.compile(r"([0-9]{1,8})([kKmM]?)")
 RELEASE_PATTERN = re.compile(r"[a-z][a-z0-9-]*")
 # The mirror is one word of an apt sources line and of mmdebstrap's command line.
 MIRROR_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\s\u2028\u2029]")
@@ -126,7 +128,7 @@ MIRROR_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\s\u2028\u2029]")
 @dataclass(frozen=True)
 class DebianOptions(BackendOptions):
     """The Debian backend's options (`--release`, `--mirror`, `--security-mirror`,
-    `--snapshot`, `--squashfs-level`)."""
+    `--snapshot`, `--squashfs-level`, `--squashfs-compression`, `--squashfs-block-size`)."""
 
     release: str = option("bookworm", help="the release to install")
     mirror: str = option(DEFAULT_MIRROR, help="the mirror URL")
@@ -149,21 +151,32 @@ class DebianOptions(BackendOptions):
         maximum=22,
     )
 
-    # Measured on control-plane (docs/benchmarks.md, #16): xz with the x86 filter and the
-    # modules unpacked makes the initrd 82.5 MB against zstd 9's 93.5 MB, for ~4 minutes
-    # of mksquashfs on the loaded 2-core machine against 3 s; PXE boots within the noise.
+    # Measured on control-plane (docs/benchmarks.md, #16 "Size: xz in 1 MiB blocks"): xz
+    # with the x86 filter in 1 MiB blocks makes kernel + initrd 90.8 MB (mkosi's: 96.3), zstd
+    # 9 in 128 KiB blocks 105.6 MB; xz costs ~1-2 minutes of mksquashfs and PXE -> SSH went
+    # from 18.3 to 21.7 s under TCG on a calm machine.
     squashfs_compression: str = option(
-        "zstd",
-        help="compressor of the root squashfs: zstd, or xz (smaller: the kernel modules are"
-        " stored unpacked under it; much slower to build)",
+        DEFAULT_SQUASHFS_COMPRESSION,
+        help="compressor of the root squashfs: zstd (faster boot), or xz (smallest image;"
+        " slower to build and to boot)",
         metavar="zstd|xz",
+    )
+    squashfs_block_size: str | None = option(
+        None,
+        help="block size of the root squashfs, 4K to 1M (default: 128K under zstd, 1M under xz)",
+        metavar="SIZE",
     )
 
     def check(self) -> None:
         super().check()
-        if self.squashfs_compression not in SQUASHFS_COMPRESSORS:
+        if self.squashfs_compression not in SQUASHFS_BLOCK_SIZES:
             raise UserError(
                 f"--squashfs-compression: expected zstd or xz, got {self.squashfs_compression!r}"
+            )
+        if self.squashfs_block_size is not None and block_size(self.squashfs_block_size) is None:
+            raise UserError(
+                "--squashfs-block-size: expected a power of two from 4K to 1M (like 128K or"
+                f" 1M), got {self.squashfs_block_size!r}"
             )
         if not RELEASE_PATTERN.fullmatch(self.release):
             raise UserError(
@@ -187,12 +200,27 @@ class DebianOptions(BackendOptions):
                     hint="give either --snapshot or the mirrors",
                 )
 
+    def block_size(self) -> int:
+        """The root squashfs's block size in bytes: the option's, or the compressor's own."""
+        given = None if self.squashfs_block_size is None else block_size(self.squashfs_block_size)
+        return given or SQUASHFS_BLOCK_SIZES[self.squashfs_compression]
+
     def suites(self, profile: Profile | None = None) -> list[Suite]:
         """The suites a build of `profile` installs from (-backports only when its kernel
         comes from there)."""
         security = None if self.security_mirror == "none" else self.security_mirror
         backports = profile is not None and profile.kernel.suite == "backports"
         return image_suites(self.release, self.mirror, security, self.snapshot, backports)
+
+
+def block_size(text: str) -> int | None:
+    """`128K`, `1M` or a number of bytes, as mksquashfs's -b takes them: the size in bytes
+    if it is a power of two from 4 KiB to 1 MiB, else None."""
+    match = BLOCK_SIZE_PATTERN.fullmatch(text)
+    if match is None:
+        return None
+    size = int(match[1]) * {"": 1, "K": 1024, "M": 1024 * 1024}[match[2].upper()]
+    return size if 4096 <= size <= 1024 * 1024 and size & (size - 1) == 0 else None
 
 
 def check_mirror_url(flag: str, value: str, example: str) -> None:
@@ -317,6 +345,7 @@ class DebianBackend:
             **self.archive_inputs(request.profile),
             "squashfs_level": str(self.options.squashfs_level),
             "squashfs_compression": self.options.squashfs_compression,
+            "squashfs_block_size": str(self.options.block_size()),
             "source_date_epoch": given_source_date_epoch(),
             "code": source_fingerprint(),
         }
@@ -354,7 +383,10 @@ class DebianBackend:
         for name in skipped:
             log.info(f"package {name!r} is not available on Debian; skipped")
         plan = HookPlan.for_profile(
-            profile, self.options.squashfs_level, self.options.squashfs_compression
+            profile,
+            self.options.squashfs_level,
+            self.options.squashfs_compression,
+            self.options.block_size(),
         )
         inputs = self.package_inputs(profile, packages, plan)
         key = package_layer_key(inputs)
@@ -410,8 +442,9 @@ class DebianBackend:
     ) -> dict[str, object]:
         """Everything the package layer is made from (its cache key, with the code's
         fingerprint): the packages and the services' own .deb files, the release, mirror
-        and components, and the hook's plan (module globs, documentation, squashfs level).
-        Nothing else of the profile: a port, a sysctl or a key leaves the key alone."""
+        and components, and the hook's plan (module globs, documentation, the squashfs's
+        compressor, level and block size). Nothing else of the profile: a port, a sysctl
+        or a key leaves the key alone."""
         debs = [s.package_file for s in profile.services.values() if s.package_file]
         return {
             "packages": sorted(packages),

@@ -133,31 +133,11 @@ def trim_kernel_modules(ctx: Context) -> None:
     for directory in sorted(tree.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
+    # The kept modules stay as the package ships them (backports' `.ko.xz`): unpacked,
+    # they are 4.1 MB smaller in the xz squashfs (1 MiB blocks) for twice its input and
+    # about twice mksquashfs's time (docs/benchmarks.md, #16 "Size: xz in 1 MiB blocks").
     ctx.log.info(f"dropped {removed} kernel modules")
-    if ctx.plan.squashfs_compression in MODULES_UNPACKED_UNDER:
-        ctx.log.info(f"unpacked {unpack_modules(tree)} compressed kernel modules")
     ctx.chroot("depmod", "-a", version)
-
-
-# Compressors that store the kept modules smaller as plain `.ko` than as the kernel
-# package ships them (backports' `.ko.xz`, which no squashfs compressor shrinks): xz with
-# the x86 filter works across them (docs/benchmarks.md, #16 "Size: the squashfs's
-# compressor"); zstd does not, so under zstd they stay as shipped.
-MODULES_UNPACKED_UNDER = ("xz",)
-
-
-def unpack_modules(tree: Path) -> int:
-    """Replace every compressed module under tree by its plain `.ko` (same mode); depmod,
-    run after, lists the new names. Returns how many were unpacked."""
-    unpacked = 0
-    for module in sorted(tree.rglob("*.ko.*")):
-        if module.is_symlink() or not module.is_file():
-            continue
-        plain = copy_module_plain(module, module.parent)
-        shutil.copymode(module, module.parent / plain)
-        module.unlink()
-        unpacked += 1
-    return unpacked
 
 
 # kmod-static-nodes.service lists, at every boot, the device nodes (/dev/fuse,
@@ -494,17 +474,14 @@ def export_base(ctx: Context) -> None:
 SQUASHFS_EXCLUDES = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*", *BUILD_LEFTOVERS)
 
 
-# Every file read at boot decompresses the whole block holding it. With 1 MiB blocks the
-# control-plane initrd was 113.6 MB, with 128 KiB 122.3 MB, and (measured together with
-# the update stamps) boots reached DHCP ~3 s sooner under TCG: systemd, udevd and networkd
-# start from many small reads.
-SQUASHFS_BLOCK_SIZE = "128K"
-
-
+# The block size is the plan's (contract.SQUASHFS_BLOCK_SIZES). Every file read at boot
+# decompresses the whole block holding it: with zstd, 128 KiB blocks reached DHCP ~3 s
+# sooner under TCG than 1 MiB (systemd, udevd and networkd start from many small reads).
 def make_squashfs(ctx: Context) -> None:
     level = str(ctx.plan.squashfs_level)
     output = ctx.outputs.path(Output.ROOT_SQUASHFS)
-    options = ["-noappend", "-no-progress", "-quiet", "-b", SQUASHFS_BLOCK_SIZE]
+    block_size = str(ctx.plan.squashfs_block_size)
+    options = ["-noappend", "-no-progress", "-quiet", "-b", block_size]
     # The same tree gives the same bytes. SOURCE_DATE_EPOCH (the build's date): mksquashfs
     # makes it the filesystem's time and clamps every later file time to it, so what the
     # build wrote (with the build's clock) carries it and what packages shipped keeps its
