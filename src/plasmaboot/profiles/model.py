@@ -131,7 +131,10 @@ class ConsoleSection(Section):
 
 class SystemSection(Section):
     locales: list[str] = Field(["en_US.UTF-8"], description="Locales kept (others dropped).")
-    documentation: bool = Field(False, description="Keep docs and man pages.")
+    documentation: bool = Field(
+        False,
+        description="Keep docs, man pages, translations and udev's vendor/model name databases.",
+    )
 
 
 class LimitsSection(Section):

@@ -42,6 +42,7 @@ from plasmaboot.image.backends.debian.hook import (
     restore_build_replacements,
     stage1_module_order,
     trim_documentation,
+    trim_hardware_names,
     trim_kernel_modules,
 )
 from plasmaboot.log import Log
@@ -189,6 +190,37 @@ def test_documentation_is_kept_when_the_profile_wants_it(fake_root: Path) -> Non
     trim_documentation(make_context(fake_root, worker(system={"documentation": True})))
     assert (fake_root / "usr/share/man/man1/ls.1.gz").is_file()
     assert (fake_root / "usr/share/locale/de/LC_MESSAGES/coreutils.mo").is_file()
+
+
+HWDB_SOURCES = ("20-OUI.hwdb", "20-pci-vendor-model.hwdb", "20-net-ifname.hwdb", "60-keyboard.hwdb")
+
+
+def with_hwdb(root: Path) -> Path:
+    hwdb = root / "usr/lib/udev/hwdb.d"
+    for name in HWDB_SOURCES:
+        write(hwdb / name, f"# {name}\n")
+    return hwdb
+
+
+def test_trim_hardware_names_keeps_what_rules_read_and_compiles_again(
+    fake_root: Path, chroot_calls: ChrootCalls
+) -> None:
+    hwdb = with_hwdb(fake_root)
+    trim_hardware_names(make_context(fake_root, worker(system={"documentation": False})))
+    # interface names and keyboard maps are read by udev's rules: kept
+    assert sorted(p.name for p in hwdb.iterdir()) == ["20-net-ifname.hwdb", "60-keyboard.hwdb"]
+    assert chroot_calls() == ["systemd-hwdb update --usr --strict"]
+    trim_hardware_names(make_context(fake_root, worker(system={"documentation": False})))
+    assert len(chroot_calls()) == 1  # nothing left to remove: hwdb.bin is not rebuilt
+
+
+def test_hardware_names_are_kept_with_documentation(
+    fake_root: Path, chroot_calls: ChrootCalls
+) -> None:
+    hwdb = with_hwdb(fake_root)
+    trim_hardware_names(make_context(fake_root, worker(system={"documentation": True})))
+    assert sorted(p.name for p in hwdb.iterdir()) == sorted(HWDB_SOURCES)
+    assert chroot_calls() == []
 
 
 def kept_modules(root: Path) -> list[str]:
