@@ -110,7 +110,7 @@ def test_another_backends_option_is_refused(
 
 
 def test_an_option_at_its_default_is_not_given() -> None:
-    backend, _ = select_backend("nix", {"debian": DebianOptions(squashfs_level=9)})
+    backend, _ = select_backend("nix", {"debian": DebianOptions(squashfs_level=19)})
     assert isinstance(backend, NixBackend)
 
 

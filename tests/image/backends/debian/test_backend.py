@@ -110,12 +110,12 @@ def test_the_package_layers_key_follows_the_squashfs_settings(
 
     keys = {
         key(DebianOptions()),
-        key(DebianOptions(squashfs_block_size="1M")),
+        key(DebianOptions(squashfs_block_size="128K")),
         key(DebianOptions(squashfs_compression="xz")),
         key(DebianOptions(squashfs_compression="xz", squashfs_block_size="128K")),
     }
     assert len(keys) == 4
-    assert key(DebianOptions(squashfs_block_size="128K")) == key(DebianOptions())
+    assert key(DebianOptions(squashfs_block_size="1M")) == key(DebianOptions())
 
 
 def test_file_mirrors_and_other_releases_pass() -> None:
@@ -129,7 +129,7 @@ def test_cache_inputs_follow_the_options(tmp_path: Path, archive_dates: object) 
     default = DebianBackend().cache_inputs(request)
     level = DebianBackend(DebianOptions(squashfs_level=15)).cache_inputs(request)
     mirror = DebianBackend(DebianOptions(mirror="http://mirror.example/debian"))
-    assert default["squashfs_level"] == "9" and level["squashfs_level"] == "15"
+    assert default["squashfs_level"] == "19" and level["squashfs_level"] == "15"
     assert (
         "deb http://mirror.example/debian bookworm main"
         in mirror.cache_inputs(request)["sources"].splitlines()
@@ -137,11 +137,11 @@ def test_cache_inputs_follow_the_options(tmp_path: Path, archive_dates: object) 
     assert default["code"] == level["code"]  # the code's fingerprint, the same for both
     xz = DebianBackend(DebianOptions(squashfs_compression="xz")).cache_inputs(request)
     assert default["squashfs_compression"] == "zstd" and xz["squashfs_compression"] == "xz"
-    # the block size: the compressor's own unless given (128 KiB under zstd, 1 MiB under xz)
-    assert default["squashfs_block_size"] == str(128 * 1024)
+    # the block size: the compressor's own unless given (1 MiB under both)
+    assert default["squashfs_block_size"] == str(1024 * 1024)
     assert xz["squashfs_block_size"] == str(1024 * 1024)
-    given = DebianOptions(squashfs_block_size="1M")
-    assert DebianBackend(given).cache_inputs(request)["squashfs_block_size"] == str(1024 * 1024)
+    given = DebianOptions(squashfs_block_size="128K")
+    assert DebianBackend(given).cache_inputs(request)["squashfs_block_size"] == str(128 * 1024)
     no_security = DebianBackend(DebianOptions(security_mirror="none")).cache_inputs(request)
     assert "bookworm-security" in default["sources"]
     assert "bookworm-security" not in no_security["sources"]

@@ -141,19 +141,20 @@ class DebianOptions(BackendOptions):
         help="install from snapshot.debian.org as it was at this moment (pins the archive)",
         metavar="YYYYMMDDTHHMMSSZ",
     )
-    # Measured on control-plane's tree with 128 KiB blocks: zstd 9 makes 121.1 MB in 5 s,
-    # 12 makes 121.0 MB in 16 s, 15 makes 113.2 MB in 41 s. 9 keeps builds fast; a
-    # smaller image is one --squashfs-level away.
+    # Measured on control-plane's package layer (docs/benchmarks.md, #16 "Size"): zstd 9 in
+    # 128 KiB blocks 89.0 MB in 2 s, 19 in 1 MiB blocks 80.0 MB in 28 s of mksquashfs, once
+    # per package layer (config-only and no-change rebuilds do not pay it), and the faster
+    # boot of the two. --squashfs-level 9 builds the layer fastest.
     squashfs_level: int = option(
-        9,
+        19,
         help="zstd level of the root squashfs (higher: smaller, slower)",
         minimum=1,
         maximum=22,
     )
 
     # Measured on control-plane (docs/benchmarks.md, #16 "Size: xz in 1 MiB blocks"): xz
-    # with the x86 filter in 1 MiB blocks makes kernel + initrd 90.8 MB (mkosi's: 96.3), zstd
-    # 9 in 128 KiB blocks 105.6 MB; xz costs ~1-2 minutes of mksquashfs and PXE -> SSH went
+    # with the x86 filter in 1 MiB blocks makes kernel + initrd 90.8 MB (mkosi's: 96.3; zstd
+    # 19 in 1 MiB blocks 93.3 MB); xz costs ~1-2 minutes of mksquashfs and PXE -> SSH went
     # from 18.3 to 21.7 s under TCG on a calm machine.
     squashfs_compression: str = option(
         DEFAULT_SQUASHFS_COMPRESSION,
@@ -163,7 +164,7 @@ class DebianOptions(BackendOptions):
     )
     squashfs_block_size: str | None = option(
         None,
-        help="block size of the root squashfs, 4K to 1M (default: 128K under zstd, 1M under xz)",
+        help="block size of the root squashfs, 4K to 1M (default: 1M)",
         metavar="SIZE",
     )
 
