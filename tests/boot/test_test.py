@@ -28,7 +28,9 @@ from plasmaboot.boot.test import (
     rebuilt_note,
     require_same_profile,
     run_boot_test,
+    tcg_crashed,
     validate,
+    with_note,
 )
 from plasmaboot.checks import failed, passed
 from plasmaboot.cli import main
@@ -234,6 +236,26 @@ def test_kvm_that_dies_before_the_kernel_means_falling_back() -> None:
     assert not kvm_gave_out(tcg, record({"start": 0.0}), stopped)
     reached = passed("boot 1: PXE to SSH", "ok")
     assert not kvm_gave_out(kvm, record({"start": 0.0}), reached)
+
+
+def test_only_tcgs_own_crash_boots_once_more() -> None:
+    name = "boot 1: PXE to SSH"
+    tcg = ProbeResult(Accelerator.TCG, "KVM failed")
+    kvm = ProbeResult(Accelerator.KVM, "KVM ran the firmware")
+    int3 = failed(
+        name,
+        "the guest kernel crashed: [    9.539024] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI; "
+        "the SSH server answered after 16s but refused the key",
+    )
+    assert tcg_crashed(tcg, int3)
+    assert not tcg_crashed(kvm, int3)  # under KVM a crash is the image's
+    panic = failed(name, "the guest kernel crashed: Kernel panic - not syncing: VFS; timed out")
+    assert not tcg_crashed(tcg, panic)  # any other crash is the image's too
+    later = failed(name, "timed out waiting for SSH; the console said Oops: int3 earlier")
+    assert not tcg_crashed(tcg, later)  # only a crash boot-test named as such
+    assert not tcg_crashed(tcg, passed(name, "SSH answered after 19s"))
+    noted = with_note(passed(name, "SSH answered after 19s"), "the first try: Oops under TCG")
+    assert noted.passed and noted.detail == "SSH answered after 19s (the first try: Oops under TCG)"
 
 
 # --------------------------------------------------------------------------------------
