@@ -93,6 +93,15 @@ def job(tmp_path: Path, **changes: object) -> Install:
     return Install(**values)  # type: ignore[arg-type]
 
 
+def prebuilt_job(
+    tmp_path: Path, data: bytes = b"prebuilt", version: str = "6.1.0-28-amd64", **changes: object
+) -> Install:
+    """A job whose set has an installed-initrd holding `data`, made for kernel `version`."""
+    initrd = tmp_path / "installed-initrd"
+    initrd.write_bytes(data)
+    return job(tmp_path, prebuilt_initrd=initrd, prebuilt_initrd_version=version, **changes)
+
+
 def run_install(tmp_path: Path, node: FakeNode, install: Install) -> Report:
     report = Report("cp1", node.host)
     with Log(tmp_path / "install.log") as log, contextlib.suppress(PlasmabootError):
@@ -437,9 +446,7 @@ def test_the_sets_prebuilt_initramfs_is_pushed_and_none_is_made_on_the_node(
     /boot/initrd.img-<version> on stdin; no update-initramfs starts and nothing is waited
     for. The real update-initramfs still comes back for the installed system's updates."""
     node = FakeNode()
-    initrd = tmp_path / "installed-initrd"
-    initrd.write_bytes(b"\x1f\x8bprebuilt")
-    install = job(tmp_path, prebuilt_initrd=initrd, prebuilt_initrd_version="6.1.0-28-amd64")
+    install = prebuilt_job(tmp_path, b"\x1f\x8bprebuilt")
     report = run_install(tmp_path, node, install)
     assert report.failed_step is None, report.error
     pushed = [
@@ -468,14 +475,7 @@ def test_a_prebuilt_initramfs_for_another_kernel_is_not_used(
     tmp_path: Path, version: str, layout: str
 ) -> None:
     node = FakeNode()
-    initrd = tmp_path / "installed-initrd"
-    initrd.write_bytes(b"prebuilt")
-    install = job(
-        tmp_path,
-        prebuilt_initrd=initrd,
-        prebuilt_initrd_version=version,
-        layout=load_layout(Path(layout)),
-    )
+    install = prebuilt_job(tmp_path, version=version, layout=load_layout(Path(layout)))
     report = run_install(tmp_path, node, install)
     assert report.failed_step is None, report.error
     assert all(data != b"prebuilt" for _, data in node.calls)
@@ -485,9 +485,7 @@ def test_a_prebuilt_initramfs_for_another_kernel_is_not_used(
 def test_an_encrypted_root_never_takes_the_prebuilt_initramfs(tmp_path: Path) -> None:
     """A LUKS root needs cryptsetup, a crypttab and its key in its initramfs: the node
     makes it. A LUKS data partition is systemd's: the prebuilt one boots it."""
-    initrd = tmp_path / "installed-initrd"
-    initrd.write_bytes(b"prebuilt")
-    plain = job(tmp_path, prebuilt_initrd=initrd, prebuilt_initrd_version="6.1.0-28-amd64")
+    plain = prebuilt_job(tmp_path)
     plain.kernel_version = "6.1.0-28-amd64"
     assert prebuilt_fits(plain)
     assert not prebuilt_fits(replace(plain, layout=load_layout(Path("layouts/lvm-luks.toml"))))
@@ -504,9 +502,7 @@ def test_chroot_commands_bind_the_nodes_trees_in_a_namespace_of_their_own(tmp_pa
     the root filesystem. Now nothing is bound under the target in the node's namespace:
     every command in the installed root binds them in a private namespace of its own."""
     node = FakeNode()
-    initrd = tmp_path / "installed-initrd"
-    initrd.write_bytes(b"prebuilt")
-    install = job(tmp_path, prebuilt_initrd=initrd, prebuilt_initrd_version="6.1.0-28-amd64")
+    install = prebuilt_job(tmp_path)
     report = run_install(tmp_path, node, install)
     assert report.failed_step is None, report.error
     prefix = shlex.join(

@@ -14,6 +14,7 @@ from plasmaboot.errors import UserError, WorkError
 from plasmaboot.install.debian import UNPACK_DEBS
 from plasmaboot.install.packages import (
     Deb,
+    ar_members,
     closure,
     parse_control,
     parse_relations,
@@ -228,3 +229,18 @@ def test_a_file_that_is_no_deb_is_left_to_dpkg_deb(tmp_path: Path) -> None:
     (tmp_path / "y.deb").write_bytes(b"plain text")
     assert control_text(tmp_path / "x.deb") is None
     assert control_text(tmp_path / "y.deb") is None
+
+
+@pytest.mark.parametrize("size", [b"-60", b"+1", b"1e3", b"99999999", b""])
+def test_an_ar_member_size_that_is_not_a_size_inside_the_file_is_no_archive(
+    tmp_path: Path, size: bytes
+) -> None:
+    # "-60" would seek back onto the same header: an endless loop before this check
+    header = b"debian-binary/  " + b"0" * 32 + size.ljust(10) + b"`\n"
+    path = tmp_path / "forged.deb"
+    path.write_bytes(b"!<arch>\n" + header + b"2.0\n")
+    assert len(header) == 60
+    assert ar_members(path) == {}
+    good = tmp_path / "good.deb"
+    good.write_bytes(b"!<arch>\n" + header[:48] + b"4".ljust(10) + b"`\n" + b"2.0\n")
+    assert ar_members(good) == {"debian-binary": (68, 4)}

@@ -153,18 +153,21 @@ READABLE = ("control.tar.xz", "control.tar.gz", "control.tar", "data.tar.xz", "d
 
 
 def ar_members(path: Path) -> dict[str, tuple[int, int]]:
-    """A .deb's (ar archive's) members: name -> (offset, size); empty when it is not one."""
+    """A .deb's (ar archive's) members: name -> (offset, size); empty when it is not one,
+    or when a member's size is not a plain decimal inside the file (a negative one would
+    seek backwards and read the same header for ever)."""
     members: dict[str, tuple[int, int]] = {}
+    end = path.stat().st_size
     with path.open("rb") as archive:
         if archive.read(8) != b"!<arch>\n":
             return {}
         while len(header := archive.read(60)) == 60:
             name = header[:16].decode("ascii", "replace").strip().rstrip("/")
-            try:
-                size = int(header[48:58])
-            except ValueError:
-                return {}
+            field = header[48:58].strip()
             offset = archive.tell()
+            if not field.isdigit() or offset + int(field) > end:
+                return {}
+            size = int(field)
             members[name] = (offset, size)
             archive.seek(offset + size + (size & 1))
     return members
