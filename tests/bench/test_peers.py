@@ -137,7 +137,10 @@ def test_read_packages_skips_comments(tmp_path: Path) -> None:
     ("console", "crash"),
     [
         (b"[ 2.716317] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n", "Oops: int3"),
-        (b"Kernel panic - not syncing: IO-APIC + timer doesn't work!\n", "IO-APIC + timer doesn't work"),
+        (
+            b"Kernel panic - not syncing: IO-APIC + timer doesn't work!\n",
+            "IO-APIC + timer doesn't work",
+        ),
         (b"[ 3.1] Oops: general protection fault\n", None),
         (b"Welcome to Debian GNU/Linux 12\n", None),
     ],
