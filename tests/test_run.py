@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -130,3 +131,28 @@ def test_background_program_dies_with_its_parent(tmp_path: Path) -> None:
     while alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(child)
+
+
+def test_steps_in_two_threads_keep_their_own_nesting(tmp_path: Path) -> None:
+    """The Debian hook's last two steps run at once: a thread's depth is its own, so a line
+    is never indented by the other thread's step."""
+    started = threading.Barrier(2, timeout=10)
+    with Log(tmp_path / "build.log") as log:
+
+        def step(name: str) -> None:
+            with log.step(name):
+                started.wait()
+                log.info(f"inside {name}")
+                started.wait()
+
+        threads = [threading.Thread(target=step, args=(name,)) for name in ("first", "second")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        log.info("after")
+    lines = (tmp_path / "build.log").read_text().splitlines()
+    inside = [line for line in lines if "inside" in line]
+    assert len(inside) == 2 and all(line.startswith("  [") for line in inside)
+    assert lines[-1].startswith("[") and lines[-1].endswith("after")
+    assert sorted(log.steps) == ["first", "second"]

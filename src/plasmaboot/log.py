@@ -16,7 +16,8 @@ ProgressCallback = Callable[[str, str, float | None], None]
 
 
 class Log:
-    """A build log file plus step timing; safe to use from one build thread at a time."""
+    """A build log file plus step timing. Steps may run in several threads at once (the
+    Debian hook's last two): each thread keeps its own nesting depth, lines are whole."""
 
     def __init__(
         self,
@@ -31,7 +32,7 @@ class Log:
         self.progress = progress
         self.steps: dict[str, float] = {}
         self.warnings: list[str] = []
-        self._depth = 0
+        self._local = threading.local()
         self._lock = threading.Lock()
         # a stream we were given (e.g. stdout of the build hook) is written, never closed
         self._file: TextIO | None = stream
@@ -64,6 +65,14 @@ class Log:
 
     def command(self, argv: list[str]) -> None:
         self.write(f"$ {shlex.join(argv)}")
+
+    @property
+    def _depth(self) -> int:
+        return getattr(self._local, "depth", 0)
+
+    @_depth.setter
+    def _depth(self, value: int) -> None:
+        self._local.depth = value
 
     def output(self, text: str) -> None:
         self._depth += 1

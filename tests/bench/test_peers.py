@@ -131,3 +131,20 @@ def test_read_packages_skips_comments(tmp_path: Path) -> None:
     assert peers.read_packages(listing) == ["systemd", "openssh-server"]
     shipped = peers.read_packages(peers.DATA / "packages.txt")
     assert "linux-image-amd64" in shipped and "disko" not in shipped
+
+
+@pytest.mark.parametrize(
+    ("console", "crash"),
+    [
+        (b"[ 2.716317] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n", "Oops: int3"),
+        (
+            b"Kernel panic - not syncing: IO-APIC + timer doesn't work!\n",
+            "IO-APIC + timer doesn't work",
+        ),
+        (b"[ 3.1] Oops: general protection fault\n", None),
+        (b"Welcome to Debian GNU/Linux 12\n", None),
+    ],
+)
+def test_only_tcgs_own_crashes_are_booted_again(console: bytes, crash: str | None) -> None:
+    """A crash of the image's own (any other Oops) counts as a failed boot."""
+    assert peers.tcg_crash(console) == crash

@@ -12,6 +12,8 @@ import os
 import shutil
 import stat
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +79,9 @@ case "$1" in
     done;;
   dpkg-query) printf 'openssh-server\\t1:9.2p1-2\\nsystemd\\t252.30-1\\n';;
   mkinitramfs)
+    # as Debian's: the kernel's config from /boot, its work under $TMPDIR (or /var/tmp)
+    [ -f "$root/boot/config-$6" ] || {{ echo "no /boot/config-$6" >&2; exit 1; }}
+    touch "$root${{TMPDIR:-/var/tmp}}/mkinitramfs_XXXXXX" || exit 1
     cp "$root$3/initramfs.conf" "$root/initramfs.conf.seen"
     printf 'initramfs of %s, SOURCE_DATE_EPOCH=%s\\n' "$6" "$SOURCE_DATE_EPOCH" > "$root$5";;
 esac
@@ -343,7 +348,9 @@ def test_export_kernel(fake_root: Path) -> None:
         "squashfs.ko",
         "zstd_decompress.ko",
     ]
-    assert boot.is_dir() and not any(boot.iterdir())  # the kernel is not in the image twice
+    # /boot stays for mkinitramfs (it reads the kernel's config there); the squashfs leaves
+    # it out (test_the_hook_fills_the_contracts_outputs)
+    assert (boot / f"config-{KERNEL_RELEASE}").is_file()
 
 
 # --------------------------------------------------------------------------------------
@@ -433,7 +440,7 @@ def test_the_hook_fills_the_contracts_outputs(fake_root: Path, chroot_calls: Chr
     result = HookOutputs(fake_root / INSIDE_OUT.lstrip("/")).read()
     assert result.kernel_version == KERNEL_RELEASE
     assert result.packages == {"openssh-server": "1:9.2p1-2", "systemd": "252.30-1"}
-    assert list(result.steps) == [step.__name__ for step in hook.STEPS]
+    assert sorted(result.steps) == sorted(s.__name__ for s in hook.STEPS + hook.CONCURRENT_STEPS)
     assert [p.name for p in result.stage1_modules][-1] == "overlay.ko"
     listing = subprocess.run(
         ["unsquashfs", "-l", str(result.root_squashfs)], check=True, capture_output=True, text=True
@@ -441,6 +448,8 @@ def test_the_hook_fills_the_contracts_outputs(fake_root: Path, chroot_calls: Chr
     assert "squashfs-root/etc/hostname" in listing
     assert "squashfs-root/root/.ssh/authorized_keys" not in listing  # the profile layer's
     assert "squashfs-root/tmp/" not in listing  # the plan and the outputs stay out
+    assert "squashfs-root/boot\n" in listing  # an empty /boot: the kernel is not in it twice
+    assert "squashfs-root/boot/" not in listing
     assert "ssh_host_ed25519_key" not in listing
     assert f"depmod -a {KERNEL_RELEASE}" in chroot_calls()
     # what the profile layer reads from this one
@@ -450,6 +459,48 @@ def test_the_hook_fills_the_contracts_outputs(fake_root: Path, chroot_calls: Chr
         alias=("sshd.service",),
     )
     assert result.accounts["shadow"] == "root:x:0:0::/root:/bin/sh (shadow)\n"
+
+
+def test_the_initramfs_and_the_squashfs_are_made_side_by_side(
+    fake_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of CONCURRENT_STEPS waits for the other to start: run one after the other, the
+    first would wait in vain and the barrier break."""
+    barrier = threading.Barrier(2, timeout=10)
+
+    def make_installed_initramfs(ctx: Context) -> None:
+        barrier.wait()
+
+    def make_squashfs(ctx: Context) -> None:
+        barrier.wait()
+
+    monkeypatch.setattr(hook, "STEPS", [])
+    monkeypatch.setattr(hook, "CONCURRENT_STEPS", [make_installed_initramfs, make_squashfs])
+    ctx = make_context(fake_root)
+    timings = hook.apply_plan(fake_root, ctx.plan, Log(), ctx.outputs)
+    assert sorted(timings) == ["make_installed_initramfs", "make_squashfs"]
+
+
+def test_a_failed_concurrent_step_fails_the_hook_after_the_other_ends(
+    fake_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No build step is left running behind an error (mksquashfs writing on after the
+    hook has failed)."""
+    ended: list[str] = []
+
+    def make_installed_initramfs(ctx: Context) -> None:
+        raise RuntimeError("mkinitramfs failed")
+
+    def make_squashfs(ctx: Context) -> None:
+        time.sleep(0.3)
+        ended.append("make_squashfs")
+
+    monkeypatch.setattr(hook, "STEPS", [])
+    monkeypatch.setattr(hook, "CONCURRENT_STEPS", [make_installed_initramfs, make_squashfs])
+    ctx = make_context(fake_root)
+    with pytest.raises(RuntimeError, match="mkinitramfs failed"):
+        hook.apply_plan(fake_root, ctx.plan, Log(), ctx.outputs)
+    assert ended == ["make_squashfs"]
 
 
 SSH_UNIT_FILE = """\
@@ -625,6 +676,9 @@ def test_the_installed_systems_initramfs_is_made_in_the_chroot(
     made = ctx.outputs.path(Output.INSTALLED_INITRD)
     assert made.read_text() == f"initramfs of {KERNEL_RELEASE}, SOURCE_DATE_EPOCH=1700000000\n"
     assert not (fake_root / confdir.lstrip("/")).exists()
+    # its work under /tmp (the squashfs, made at the same time, leaves tmp/ out), then gone
+    assert not (fake_root / "tmp/plasmaboot-initramfs-work").exists()
+    assert not (fake_root / "var/tmp").exists()
     conf = (fake_root / "initramfs.conf.seen").read_text()
     assert "MODULES=list\n" in conf and "RESUME=none\n" in conf and "COMPRESS=gzip\n" in conf
     assert not (fake_root / "etc/initramfs-tools").exists()
