@@ -582,11 +582,18 @@ def apply_plan(root: Path, plan: HookPlan, log: Log, outputs: HookOutputs) -> di
 
     for step in STEPS:
         apply(step)
-    # Both run to their end even if one fails (the pool waits), then the first error raises.
+    # Both run to their end even if one fails (the pool waits); every failure is logged
+    # (one cause, a full disk, can fail both), then the first of the list raises.
     with ThreadPoolExecutor(max_workers=len(CONCURRENT_STEPS)) as pool:
-        running = [pool.submit(apply, step) for step in CONCURRENT_STEPS]
-    for future in running:
-        future.result()
+        running = {step.__name__: pool.submit(apply, step) for step in CONCURRENT_STEPS}
+    first: BaseException | None = None
+    for name, future in running.items():
+        error = future.exception()
+        if error is not None:
+            log.write(f"{name} failed: {error}")
+            first = first or error
+    if first is not None:
+        raise first
     return timings
 
 
