@@ -16,8 +16,10 @@ ProgressCallback = Callable[[str, str, float | None], None]
 
 
 class Log:
-    """A build log file plus step timing. Steps may run in several threads at once (the
-    Debian hook's last two): each thread keeps its own nesting depth, lines are whole."""
+    """A build log file plus step timing. Steps of different names may run in several
+    threads at once (the Debian hook's last two): each thread keeps its own nesting depth
+    (starting at 0) and lines are written whole; a progress callback is called from the
+    thread of the step."""
 
     def __init__(
         self,

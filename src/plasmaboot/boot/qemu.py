@@ -477,8 +477,9 @@ class PxeVm:
         self, done: Callable[[], bool], timeout: float, what: str, every: float = 0.0
     ) -> None:
         """Poll `done` (at most once per `every` seconds) until it is true; WorkError with
-        the serial tail on timeout or if the guest stopped (with -no-reboot a panic or a
-        power-off ends QEMU)."""
+        the serial tail on timeout or if the guest stopped (with -no-reboot a power-off or
+        a reboot ends QEMU; a panicked guest spins unless its kernel line has `panic=N`,
+        Debian's kernel has no panic timeout)."""
         deadline = time.monotonic() + timeout
         next_try = 0.0
         while True:

@@ -503,6 +503,28 @@ def test_a_failed_concurrent_step_fails_the_hook_after_the_other_ends(
     assert ended == ["make_squashfs"]
 
 
+def test_when_both_concurrent_steps_fail_both_are_in_the_log(
+    fake_root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """One cause (a full disk) can fail both: the second's error is not lost."""
+
+    def make_installed_initramfs(ctx: Context) -> None:
+        time.sleep(0.2)
+        raise RuntimeError("mkinitramfs: No space left on device")
+
+    def make_squashfs(ctx: Context) -> None:
+        raise RuntimeError("mksquashfs: No space left on device")
+
+    monkeypatch.setattr(hook, "STEPS", [])
+    monkeypatch.setattr(hook, "CONCURRENT_STEPS", [make_installed_initramfs, make_squashfs])
+    ctx = make_context(fake_root)
+    with Log(tmp_path / "hook.log") as log, pytest.raises(RuntimeError, match="mkinitramfs"):
+        hook.apply_plan(fake_root, ctx.plan, log, ctx.outputs)
+    text = (tmp_path / "hook.log").read_text()
+    assert "make_installed_initramfs failed: mkinitramfs: No space left" in text
+    assert "make_squashfs failed: mksquashfs: No space left" in text
+
+
 SSH_UNIT_FILE = """\
 [Unit]
 Description=OpenBSD Secure Shell server

@@ -563,9 +563,10 @@ STEPS: list[Callable[[Context], None]] = [
     export_base,
 ]
 # Then these two at once, on the finished tree: each writes only outside what the squashfs
-# takes (mkinitramfs under /tmp). mksquashfs's threads and mkinitramfs's forks (14 s, most
-# of it one process at a time) share the build's CPUs: a cold build is shorter by most of
-# the initramfs's time (docs/benchmarks.md, #16 "Cold build").
+# takes (mkinitramfs under /tmp). mksquashfs's threads and mkinitramfs's forks (14 s alone,
+# mostly one process at a time) share the build's CPUs: mksquashfs took as long as alone
+# and control-plane's cold build went 103.1 -> 95.1 s (median of 3; docs/benchmarks.md,
+# "Peers").
 CONCURRENT_STEPS: list[Callable[[Context], None]] = [make_installed_initramfs, make_squashfs]
 
 
@@ -581,11 +582,18 @@ def apply_plan(root: Path, plan: HookPlan, log: Log, outputs: HookOutputs) -> di
 
     for step in STEPS:
         apply(step)
-    # Both run to their end even if one fails (the pool waits), then the first error raises.
+    # Both run to their end even if one fails (the pool waits); every failure is logged
+    # (one cause, a full disk, can fail both), then the first of the list raises.
     with ThreadPoolExecutor(max_workers=len(CONCURRENT_STEPS)) as pool:
-        running = [pool.submit(apply, step) for step in CONCURRENT_STEPS]
-    for future in running:
-        future.result()
+        running = {step.__name__: pool.submit(apply, step) for step in CONCURRENT_STEPS}
+    first: BaseException | None = None
+    for name, future in running.items():
+        error = future.exception()
+        if error is not None:
+            log.write(f"{name} failed: {error}")
+            first = first or error
+    if first is not None:
+        raise first
     return timings
 
 
